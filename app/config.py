@@ -1,0 +1,109 @@
+"""The one settings module: every ``TAGSIFT_*`` environment variable is read here and nowhere else.
+
+Other packages read configuration through :func:`get_settings`; ``ml/`` never does (the worker passes
+plain values into it).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The backbone name that selects the offline reference dual encoder (EfficientNet-Lite0 + MiniLM).
+REFERENCE_BACKBONE = "reference"
+
+
+class Settings(BaseSettings):
+    """tagsift configuration. Each field is read from ``TAGSIFT_<FIELD>`` (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_prefix="TAGSIFT_", env_file=None, extra="ignore")
+
+    # --- storage -------------------------------------------------------------------------------
+    data_dir: Path = Field(Path("./var"), description="Images, artifacts, feature cache, SQLite files.")
+    database_url: str = Field("", description="SQLAlchemy URL; empty: SQLite file <data_dir>/tagsift.db.")
+    broker_url: str = Field(
+        "", description="Celery broker URL; empty: an embedded SQLite broker <data_dir>/broker.sqlite."
+    )
+    queue: str = Field("tagsift", description="Celery queue that training jobs go to.")
+
+    # --- model ---------------------------------------------------------------------------------
+    backbone: str = Field(
+        "ViT-B-32:laion2b_s34b_b79k",
+        description="open_clip '<model>:<pretrained tag or checkpoint path>', or 'reference'.",
+    )
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
+    model_cache_dir: Path | None = Field(None, description="Downloaded / built backbones; empty: <data_dir>/models.")
+    cifar10_path: Path = Field(
+        Path("../shared/data/cifar10-jpg.tar.gz"), description="CIFAR-10 JPEG archive (tests, benchmarks)."
+    )
+
+    # --- API -----------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address `tagsift serve` binds.")
+    port: int = Field(8000, description="Port `tagsift serve` binds.")
+    public_url: str = Field("", description="External base URL used in links; empty: relative links.")
+
+    # --- limits --------------------------------------------------------------------------------
+    max_request_bytes: int = Field(512 * 1024 * 1024, description="Largest accepted request body.")
+    max_image_bytes: int = Field(32 * 1024 * 1024, description="Largest accepted single image file.")
+    max_image_pixels: int = Field(40_000_000, description="Largest accepted image (width x height).")
+    max_archive_members: int = Field(100_000, description="Most files in one uploaded zip.")
+    max_archive_ratio: int = Field(200, description="Largest compression ratio accepted for a zip member.")
+    max_items_per_request: int = Field(50_000, description="Most items in one upload.")
+    max_tag_length: int = Field(200, description="Longest tag (class name), in characters.")
+    max_classes: int = Field(10_000, description="Most classes in one dataset.")
+
+    # --- jobs ----------------------------------------------------------------------------------
+    job_max_attempts: int = Field(2, description="Runs of one job (first + re-runs after a lost worker).")
+    job_lease_seconds: int = Field(120, description="A running job whose heartbeat is older is re-run.")
+    job_heartbeat_seconds: int = Field(15, description="How often a running job renews its lease.")
+    broker_visibility_timeout: int = Field(
+        7 * 24 * 3600, description="Redis visibility timeout (s); must exceed the longest job."
+    )
+    worker_concurrency: int = Field(1, description="Jobs one worker process runs at once.")
+
+    # --- test infrastructure (read by tests/conftest.py only) ---------------------------------------
+    test_postgres_url: str = Field(
+        "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+        description="Tests: a PostgreSQL server to create throwaway databases on (started if not answering).",
+    )
+    test_redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Tests: a Redis server (a throwaway one is started if not answering)."
+    )
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _fill_derived_defaults(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'tagsift.db'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
+        if self.model_cache_dir is None:
+            self.model_cache_dir = self.data_dir / "models"
+        return self
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when the database is SQLite (the embedded default)."""
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting: the README's configuration section."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        env = f"TAGSIFT_{name.upper()}"
+        default = field.default
+        rows.append((env, "" if default is None else str(default), field.description or ""))
+    return rows

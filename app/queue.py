@@ -1,0 +1,58 @@
+"""A light Celery client for the API: it sends tasks by name and never imports ``worker`` or ``ml``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery
+
+from app.config import Settings, get_settings
+
+TRAIN_TASK = "tagsift.train"
+
+
+def celery_config(settings: Settings) -> dict:
+    """Celery settings shared by the API's client and the worker (one place, one truth)."""
+    transport_options: dict = {}
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        # An unacked message is redelivered after this; it must exceed the longest job.
+        transport_options = {
+            "visibility_timeout": settings.broker_visibility_timeout,
+            "socket_timeout": 5,
+            "socket_connect_timeout": 5,
+        }
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "task_default_queue": settings.queue,
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "worker_hijack_root_logger": False,
+    }
+
+
+@lru_cache
+def get_celery() -> Celery:
+    app = Celery("tagsift")
+    app.conf.update(celery_config(get_settings()))
+    return app
+
+
+def enqueue(task_name: str, *args: str) -> None:
+    """Send ``task_name`` with string ids; call only after the rows it names are committed."""
+    get_celery().send_task(task_name, args=list(args), queue=get_settings().queue)
+
+
+def broker_reachable(timeout: float = 2.0) -> bool:
+    try:
+        with get_celery().connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+        return True
+    except Exception:
+        return False

@@ -1,0 +1,39 @@
+"""API keys: created by the CLI, stored as SHA-256 hashes, resolved to an owner per request."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.models import ApiKey, Owner
+
+KEY_PREFIX = "tsk_"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def create_api_key(*, session: Session, owner_name: str) -> str:
+    """Create (or reuse) the owner ``owner_name`` and a new key for it; returns the plaintext key once."""
+    owner_name = owner_name.strip()
+    if not owner_name:
+        raise ValueError("owner: the owner name is empty")
+    owner = session.scalar(select(Owner).where(Owner.name == owner_name))
+    if owner is None:
+        owner = Owner(name=owner_name)
+        session.add(owner)
+        session.flush()
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    session.add(ApiKey(owner_id=owner.id, prefix=key[:12], key_hash=hash_key(key)))
+    session.flush()
+    return key
+
+
+def owner_for_key(*, session: Session, key: str) -> Owner | None:
+    """The owner of an unrevoked key, or None."""
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
+    return row.owner if row is not None else None
