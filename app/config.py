@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     max_tag_length: int = Field(200, description="Longest tag (class name), in characters.")
     max_classes: int = Field(10_000, description="Most classes in one dataset.")
 
+    # --- review -------------------------------------------------------------------------------
+    review_margin: float = Field(
+        0.2, description="An item whose tag beats the runner-up candidate by less than this needs review."
+    )
+
     # --- jobs ----------------------------------------------------------------------------------
     job_max_attempts: int = Field(2, description="Runs of one job (first + re-runs after a lost worker).")
     job_lease_seconds: int = Field(120, description="A running job whose heartbeat is older is re-run.")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import pool
 
 from app.config import get_settings
 from app.db import make_engine
@@ -28,8 +27,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = make_engine(_url())
-    engine.pool = pool.NullPool(engine.pool._creator)  # one-shot: no pooled connections left behind
+    engine = make_engine(_url(), one_shot=True)
     with engine.connect() as conn:
         _run(conn)
     engine.dispose()
