@@ -70,6 +70,10 @@ def reset_caches() -> None:
     get_engine.cache_clear()
     get_sessionmaker.cache_clear()
     get_settings.cache_clear()
+    from app import queue, storage
+
+    queue.get_celery.cache_clear()
+    storage.get_storage.cache_clear()
 
 
 def migrations_dir() -> str:
