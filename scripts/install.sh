@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install tagsift and its development tools into the project-local virtual environment ./.venv.
+# Idempotent: a second run only checks. Needs Python 3.11 (torch==2.14.1 / torchvision==0.29.1 wheels).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  echo "tagsift needs Python 3.11 (found $("$PY" --version 2>&1) at $PY); set PYTHON=/path/to/python3.11" >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.tagsift-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e '.[dev]'
+  touch "$stamp"
+fi
+.venv/bin/tagsift --help >/dev/null
