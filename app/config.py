@@ -69,6 +69,18 @@ class Settings(BaseSettings):
         7 * 24 * 3600, description="Redis visibility timeout (s); must exceed the longest job."
     )
     worker_concurrency: int = Field(1, description="Jobs one worker process runs at once.")
+    job_cancel_poll_seconds: float = Field(
+        2.0, description="How often a running job reads its cancel flag (cancel latency, between steps)."
+    )
+    job_reap_interval_seconds: float = Field(
+        30.0, description="How often each worker looks for jobs whose runner died (expired lease) to re-enqueue."
+    )
+    job_requeue_after_seconds: float = Field(
+        300.0, description="A queued job untouched this long is enqueued again (its message may be lost)."
+    )
+    train_views: int = Field(
+        2, description="Feature views per image for training (1 = eval transform only; more = augmented views)."
+    )
 
     # --- test infrastructure (read by tests/conftest.py only) ---------------------------------------
     test_postgres_url: str = Field(

@@ -1,5 +1,20 @@
-"""Celery tasks: thin shells that load rows by id, call ``ml/`` and save the results."""
+"""Celery tasks: thin shells that take ids and hand over to the job code (``worker.training``).
+
+``tagsift.train`` is acks_late + reject_on_worker_lost: its message stays in the broker until the run ends, and is
+redelivered if the child process running it dies. That is safe because the run is idempotent: it claims the job
+row atomically first (a duplicate delivery of a finished or live job returns quietly) and resumes from the last
+epoch checkpoint. It never retries through Celery: errors are recorded on the job row (``worker.training``).
+"""
 
 from __future__ import annotations
 
-from worker.celery_app import celery_app  # noqa: F401  (tasks register on this app)
+from app.queue import TRAIN_TASK
+from worker.celery_app import celery_app
+
+
+@celery_app.task(name=TRAIN_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True, max_retries=0)
+def train(job_id: str) -> str:
+    """Train job ``job_id`` (a row the API committed before enqueueing); returns the run's outcome."""
+    from worker.training import run_train_job  # torch and ml load in the process that runs the task
+
+    return run_train_job(job_id)

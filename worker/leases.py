@@ -1,0 +1,305 @@
+"""Who runs a job: the atomic claim, the heartbeat that keeps a lease, and the reaper that re-enqueues lost jobs.
+
+The job row is the source of truth; broker messages only name a job id and may arrive twice (acks_late redelivery,
+a reaper re-enqueue, a Redis visibility timeout). Every rule below is one conditional ``UPDATE`` so that any number
+of workers on any number of hosts agree without locks held across a run:
+
+* **Claim** (:func:`claim_job`): ``queued`` -> ``running``, or ``running`` whose lease expired -> ``running``
+  with ``attempt + 1`` and a fresh lease ``<host>:<pid>:<uuid>``. Only one UPDATE can match, so a job never runs
+  twice at once. A finished job, or one leased by a live runner, is left alone (duplicate delivery). A claim that
+  would start run ``max_attempts + 1`` fails the job with ``attempts_exhausted`` instead.
+* **Heartbeat** (:class:`Heartbeat`): a daemon thread with its own sessions renews the lease every
+  ``job_heartbeat_seconds`` and reads ``cancel_requested`` every ``job_cancel_poll_seconds``. If the lease is no
+  longer ours (the reaper gave the job to someone else after a stall) the run is told to stop, and every write the
+  run makes is fenced on ``lease_owner`` so a stale runner can never overwrite the new one.
+* **Reaper** (:func:`reap_once`, :class:`Reaper`): each worker's main process runs it on a timer. A ``running`` job
+  whose lease expired (its worker died: the embedded SQLite broker never redelivers, and Redis redelivers only
+  after the visibility timeout when the whole worker died) is put back to ``queued`` and enqueued again; a
+  ``queued`` job untouched for ``job_requeue_after_seconds`` (its message may have been lost, e.g. the broker was
+  down at submit time) is enqueued again. Attempt accounting stays in the claim.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from app.db import session_scope
+from app.models import Job, JobEvent
+
+log = logging.getLogger(__name__)
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_runner_id() -> str:
+    """``<host>:<pid>:<uuid>``: names this run in ``Job.lease_owner`` (and in logs)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def _aware(ts: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes (stored as UTC); make them comparable with aware ones."""
+    if ts is not None and ts.tzinfo is None:
+        return ts.replace(tzinfo=UTC)
+    return ts
+
+
+class ClaimOutcome(StrEnum):
+    CLAIMED = "claimed"  # this runner owns the job now
+    MISSING = "missing"  # no such job (deleted)
+    FINISHED = "finished"  # already succeeded / failed / cancelled: nothing to do
+    BUSY = "busy"  # a live runner holds the lease: duplicate delivery, nothing to do
+    CANCELLED = "cancelled"  # cancel was requested before the run started: marked cancelled now
+    EXHAUSTED = "exhausted"  # all attempts used: marked failed ("attempts_exhausted") now
+
+
+@dataclass
+class Claim:
+    outcome: ClaimOutcome
+    job_id: str
+    runner: str
+    attempt: int = 0
+
+
+def add_event(session: Session, job_id: str, kind: str, **data) -> None:
+    session.add(JobEvent(job_id=job_id, kind=kind, data=data))
+
+
+def claim_job(job_id: str, *, runner: str, lease_seconds: float, now: datetime | None = None) -> Claim:
+    """Try to become the one runner of ``job_id`` (see the module docstring for the rules)."""
+    now = now or utcnow()
+    claimable = and_(
+        Job.id == job_id,
+        Job.cancel_requested.is_(False),
+        Job.attempt < Job.max_attempts,
+        or_(Job.status == "queued", and_(Job.status == "running", Job.lease_expires_at < now)),
+    )
+    with session_scope() as session:
+        res = session.execute(
+            update(Job)
+            .where(claimable)
+            .values(
+                status="running",
+                attempt=Job.attempt + 1,
+                lease_owner=runner,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                started_at=now,
+                finished_at=None,
+                error_code=None,
+                error_message=None,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if res.rowcount == 1:
+            attempt = session.execute(select(Job.attempt).where(Job.id == job_id)).scalar_one()
+            add_event(session, job_id, "attempt", attempt=attempt, runner=runner)
+            return Claim(ClaimOutcome.CLAIMED, job_id, runner, attempt)
+
+    # Not claimable: find out why, and settle the two cases that end the job here.
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return Claim(ClaimOutcome.MISSING, job_id, runner)
+        if job.status in FINISHED:
+            return Claim(ClaimOutcome.FINISHED, job_id, runner, job.attempt)
+        expires = _aware(job.lease_expires_at)
+        if job.status == "running" and expires is not None and expires >= now:
+            return Claim(ClaimOutcome.BUSY, job_id, runner, job.attempt)
+        # queued, or running with an expired lease: it is ours to settle, if nobody else settles it first.
+        settle = (
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.status == job.status,
+                Job.attempt == job.attempt,
+                Job.updated_at == job.updated_at,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if job.cancel_requested:
+            res = session.execute(
+                settle.values(
+                    status="cancelled", finished_at=now, lease_owner=None, lease_expires_at=None, updated_at=now
+                )
+            )
+            if res.rowcount == 1:
+                add_event(session, job_id, "stage", stage="cancelled", reason="cancel requested before the run")
+            return Claim(ClaimOutcome.CANCELLED, job_id, runner, job.attempt)
+        message = (
+            f"the job was started {job.attempt} time(s) and each run lost its worker (process killed, out of memory, "
+            f"or host lost: the last runner {job.lease_owner or 'unknown'} stopped renewing its lease); giving up "
+            f"after max_attempts={job.max_attempts} (TAGSIFT_JOB_MAX_ATTEMPTS). Check the worker's logs and memory, "
+            "then submit the job again."
+        )
+        res = session.execute(
+            settle.values(
+                status="failed",
+                error_code="attempts_exhausted",
+                error_message=message,
+                finished_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+        )
+        if res.rowcount == 1:
+            add_event(session, job_id, "error", code="attempts_exhausted", message=message)
+        return Claim(ClaimOutcome.EXHAUSTED, job_id, runner, job.attempt)
+
+
+def renew_lease(job_id: str, *, runner: str, lease_seconds: float) -> bool:
+    """Extend our lease; False when the job is no longer ours (reaped and re-claimed, or finished)."""
+    now = utcnow()
+    with session_scope() as session:
+        res = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.lease_owner == runner, Job.status == "running")
+            .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+            .execution_options(synchronize_session=False)
+        )
+        return res.rowcount == 1
+
+
+def cancel_requested(job_id: str) -> bool:
+    with session_scope() as session:
+        return bool(session.execute(select(Job.cancel_requested).where(Job.id == job_id)).scalar_one_or_none())
+
+
+class Heartbeat:
+    """Renews the lease of a running job and watches its cancel flag, on a daemon thread.
+
+    ``should_stop()`` is what the run passes to ``ml`` as ``should_cancel``: it only reads two flags, so it is
+    cheap to call between steps. ``lost`` tells a lost lease (stop without writing) from a user's cancel.
+    """
+
+    def __init__(self, job_id: str, *, runner: str, lease_seconds: float, beat_seconds: float, poll_seconds: float):
+        self.job_id = job_id
+        self.runner = runner
+        self.lease_seconds = lease_seconds
+        self.beat_seconds = max(0.05, beat_seconds)
+        self.poll_seconds = max(0.05, min(poll_seconds, beat_seconds))
+        self.cancelled = False
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id[:8]}", daemon=True)
+
+    def should_stop(self) -> bool:
+        return self.cancelled or self.lost
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        next_beat = 0.0
+        elapsed = 0.0
+        while not self._stop.wait(self.poll_seconds):
+            elapsed += self.poll_seconds
+            try:
+                if elapsed >= next_beat:
+                    next_beat = elapsed + self.beat_seconds
+                    if not renew_lease(self.job_id, runner=self.runner, lease_seconds=self.lease_seconds):
+                        log.warning("job %s: lease lost by %s; stopping this run", self.job_id, self.runner)
+                        self.lost = True
+                        return
+                if cancel_requested(self.job_id):
+                    self.cancelled = True
+            except Exception:  # a DB hiccup: keep trying; the lease is long enough to ride it out
+                log.exception("job %s: heartbeat failed", self.job_id)
+
+
+# --- reaper ---------------------------------------------------------------------------------------------------------
+
+
+def reap_once(*, requeue_after_seconds: float, now: datetime | None = None) -> list[tuple[str, str]]:
+    """Put back jobs whose runner died and find queued jobs whose message may be lost.
+
+    Returns ``(job_id, reason)`` for every job that should be enqueued again (the caller sends the messages).
+    Each job is taken by a conditional UPDATE, so several workers reaping at once enqueue it once.
+    """
+    now = now or utcnow()
+    out: list[tuple[str, str]] = []
+    with session_scope() as session:
+        expired = session.execute(
+            select(Job.id, Job.lease_owner, Job.attempt).where(Job.status == "running", Job.lease_expires_at < now)
+        ).all()
+        for job_id, owner, attempt in expired:
+            res = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "running", Job.lease_expires_at < now)
+                .values(status="queued", lease_owner=None, lease_expires_at=None, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if res.rowcount == 1:
+                reason = f"worker lost: runner {owner} of attempt {attempt} stopped renewing its lease"
+                add_event(session, job_id, "requeue", reason=reason)
+                out.append((job_id, reason))
+    stale_before = now - timedelta(seconds=requeue_after_seconds)
+    with session_scope() as session:
+        stale = session.execute(
+            select(Job.id, Job.updated_at).where(Job.status == "queued", Job.updated_at < stale_before)
+        ).all()
+        for job_id, updated_at in stale:
+            res = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "queued", Job.updated_at == updated_at)
+                .values(updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if res.rowcount == 1:
+                reason = f"queued since {updated_at:%Y-%m-%d %H:%M:%S} without a run: message enqueued again"
+                add_event(session, job_id, "requeue", reason=reason)
+                out.append((job_id, reason))
+    return out
+
+
+class Reaper:
+    """Runs :func:`reap_once` every ``interval`` seconds on a daemon thread and enqueues what it returns."""
+
+    def __init__(self, *, interval: float, requeue_after_seconds: float, enqueue) -> None:
+        self.interval = interval
+        self.requeue_after_seconds = requeue_after_seconds
+        self.enqueue = enqueue
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tagsift-reaper", daemon=True)
+
+    def start(self) -> Reaper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def tick(self) -> list[tuple[str, str]]:
+        found = reap_once(requeue_after_seconds=self.requeue_after_seconds)
+        for job_id, reason in found:
+            log.warning("reaper: job %s enqueued again (%s)", job_id, reason)
+            self.enqueue(job_id)
+        return found
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.tick()
+            except Exception:
+                log.exception("reaper pass failed")
+            if self._stop.wait(self.interval):
+                return
