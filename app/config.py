@@ -55,6 +55,18 @@ class Settings(BaseSettings):
     max_items_per_request: int = Field(50_000, description="Most items in one upload.")
     max_tag_length: int = Field(200, description="Longest tag (class name), in characters.")
     max_classes: int = Field(10_000, description="Most classes in one dataset.")
+    max_archive_bytes: int = Field(
+        2 * 1024 * 1024 * 1024, description="Largest total uncompressed size of the files in one uploaded zip."
+    )
+    max_manifest_bytes: int = Field(64 * 1024 * 1024, description="Largest manifest (JSONL or CSV) in one upload.")
+    max_predict_images: int = Field(64, description="Most images in one POST /predict.")
+    page_limit_default: int = Field(100, description="Page size of list endpoints when `limit` is not given.")
+    page_limit_max: int = Field(1000, description="Largest `limit` accepted by list endpoints.")
+
+    # --- predict (ONNX Runtime in the API process) ----------------------------------------------
+    predict_cache_size: int = Field(4, description="ONNX Runtime sessions kept in memory (LRU, one per model).")
+    predict_threads: int = Field(0, description="ONNX Runtime intra-op threads per session; 0: its default.")
+    predict_batch_size: int = Field(16, description="Images per ONNX Runtime call in /predict.")
 
     # --- review -------------------------------------------------------------------------------
     review_margin: float = Field(
