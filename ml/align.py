@@ -1,0 +1,53 @@
+"""Prompt alignment (method.md section 1): a handcrafted-prompt teacher restricted to the candidate set.
+
+Teacher (code version, a = 0):        q_i = normalise(softmax(z̃_i) ⊙ Y_i)                      (detached)
+Mixed posterior (paper's abstract):   q_i = normalise(((1 - a_t) softmax(z̃_i) + a_t sg(softmax(z_i))) ⊙ Y_i)
+Alignment loss:                       L_align = -(1/B) Σ_i Σ_k q_ik log softmax(z_i)_k
+Total:                                L = L_PLL + L_align · sg(L_PLL) / sg(L_align)
+z̃ = s·<f, t̃>, z = s·<f, t> with f, t, t̃ all L2-normalised (method.md 6.3: normalised for both prompts).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+MIX_MODES = ("none", "constant", "ramp")
+
+
+def mix_alpha(mode: str, alpha: float, epoch: int, epochs: int) -> float:
+    """Weight a_t of the learned posterior in the teacher at 0-based `epoch`.
+
+    none -> 0 (CoOpPLL code);  constant -> alpha;  ramp -> alpha · epoch / (epochs - 1), linear from 0 at the first
+    epoch to alpha at the last (GUESS of the paper's "dynamic" mixing, method.md 6.1).
+    """
+    if mode == "none":
+        return 0.0
+    if mode == "constant":
+        return float(alpha)
+    if mode == "ramp":
+        return float(alpha) * (epoch / (epochs - 1) if epochs > 1 else 1.0)
+    raise ValueError(f"unknown mix mode {mode!r}; expected one of {MIX_MODES}")
+
+
+@torch.no_grad()
+def teacher(
+    hand_logits: torch.Tensor, mask: torch.Tensor, learned_logits: torch.Tensor | None = None, alpha: float = 0.0
+) -> torch.Tensor:
+    """(B, K) candidate-restricted, renormalised target q (no grad)."""
+    p = F.softmax(hand_logits.float(), dim=1)
+    if alpha > 0:
+        assert learned_logits is not None, "a mixed teacher needs the learned logits"
+        p = (1 - alpha) * p + alpha * F.softmax(learned_logits.detach().float(), dim=1)
+    p = p * mask
+    return p / p.sum(dim=1, keepdim=True).clamp_min(1e-30)
+
+
+def align_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L_align = -(1/B) Σ_i Σ_k q_ik log softmax(z_i)_k."""
+    return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def combine(pll_loss: torch.Tensor, al_loss: torch.Tensor) -> torch.Tensor:
+    """L = L_PLL + L_align · sg(L_PLL) / sg(L_align): the alignment term always carries the PLL loss's value."""
+    return pll_loss + al_loss * pll_loss.detach() / al_loss.detach().clamp_min(1e-12)

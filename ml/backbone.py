@@ -1,0 +1,232 @@
+"""Frozen open_clip backbones: naming (`BackboneSpec`), parsing, loading.
+
+A backbone is an open_clip model name plus one of: a pretrained tag (downloads where a network exists), a local
+checkpoint path, or a model config JSON registered with `open_clip.add_model_config`. Every parameter is frozen;
+only `ml.prompt_learner` / `ml.linear_probe` own trainable parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import open_clip
+import torch
+
+_SCHEMAS = ("hf-hub:", "local-dir:")  # open_clip model-name schemas that carry a colon themselves
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
+    """sha256 of a file, memoised on (path, mtime, size) so large checkpoints are hashed once per process."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 hex digest of the file at `path`."""
+    st = os.stat(path)
+    return _file_sha256(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+def _is_path(text: str) -> bool:
+    return os.sep in text or text.startswith(".") or os.path.exists(text)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    model_name: str  # open_clip model name ("ViT-B-32", "RN50", "effnetlite0-minilm", ...)
+    pretrained: str | None = None  # open_clip pretrained tag ("laion2b_s34b_b79k") or a local checkpoint path
+    config_path: str | None = None  # model config JSON registered with open_clip.add_model_config first
+
+    @property
+    def is_local_checkpoint(self) -> bool:
+        """True when `pretrained` names a file rather than an open_clip tag."""
+        return self.pretrained is not None and _is_path(self.pretrained)
+
+    @property
+    def id(self) -> str:
+        """Stable cache key: name + tag, or name + sha256[:16] of the checkpoint file (and of the config JSON)."""
+        parts = [self.model_name]
+        if self.config_path is not None:
+            parts.append("cfg-" + file_sha256(self.config_path)[:16])
+        if self.pretrained is None:
+            parts.append("random")  # random init is seeded in load_backbone, so it is reproducible
+        elif self.is_local_checkpoint:
+            parts.append("ckpt-" + file_sha256(self.pretrained)[:16])
+        else:
+            parts.append(self.pretrained)
+        return ":".join(parts)
+
+    def __str__(self) -> str:
+        head = self.config_path or self.model_name
+        return head if self.pretrained is None else f"{head}:{self.pretrained}"
+
+
+def parse_backbone(text: str) -> BackboneSpec:
+    """Parse "NAME", "NAME:TAG", "NAME:/path/ckpt" or "/x/model.json[:/x/ckpt]" into a `BackboneSpec`.
+
+    A config JSON's model name is its file stem (that is the name `open_clip.add_model_config` registers).
+    "reference" is not parsed here: `load_backbone` resolves it through `ml.reference`.
+    """
+    text = text.strip()
+    if not text:
+        raise ValueError("empty backbone name")
+    if text.startswith(_SCHEMAS):
+        return BackboneSpec(model_name=text)
+    head, sep, tail = text.partition(":")
+    pretrained = tail or None
+    if sep and not tail:
+        raise ValueError(f"backbone {text!r}: nothing after ':' (expected a pretrained tag or a checkpoint path)")
+    if head.endswith(".json"):
+        return BackboneSpec(model_name=Path(head).stem, pretrained=pretrained, config_path=head)
+    return BackboneSpec(model_name=head, pretrained=pretrained)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """What the deployed classifier needs to reproduce the eval transform."""
+
+    image_size: int  # e.g. 224: side of the square centre crop fed to the image encoder
+    mean: tuple[float, float, float]  # per-channel mean subtracted after scaling pixels to [0, 1]
+    std: tuple[float, float, float]  # per-channel std divided after the mean
+    interpolation: str = "bicubic"  # PIL filter name used by the resize
+    resize_mode: str = "shortest"  # resize the shortest side to image_size, then center-crop image_size
+
+    def to_dict(self) -> dict:
+        return {
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "resize_mode": self.resize_mode,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PreprocessConfig:
+        return cls(
+            image_size=int(d["image_size"]),
+            mean=tuple(float(x) for x in d["mean"]),
+            std=tuple(float(x) for x in d["std"]),
+            interpolation=str(d.get("interpolation", "bicubic")),
+            resize_mode=str(d.get("resize_mode", "shortest")),
+        )
+
+
+@dataclass
+class Backbone:
+    spec: BackboneSpec
+    id: str  # == spec.id, computed once
+    model: torch.nn.Module  # the open_clip model, eval mode, every parameter requires_grad=False
+    tokenizer: Callable  # open_clip tokenizer: list[str] -> (B, context_length) long
+    preprocess: Callable  # PIL.Image -> (3, H, W) tensor, the eval transform
+    preprocess_cfg: PreprocessConfig
+    device: torch.device
+    embed_dim: int  # dimension D of image and text features
+    extra: dict = field(default_factory=dict)  # free-form provenance (e.g. reference-build facts)
+
+    @torch.no_grad()
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) preprocessed pixels -> (B, D) unnormalised image features."""
+        return self.model.encode_image(pixels.to(self.device)).float()
+
+
+class BackboneLoadError(RuntimeError):
+    """A backbone could not be built; the message names it, the cause and how to use a local checkpoint."""
+
+
+def _local_hint(spec: BackboneSpec) -> str:
+    return (
+        f"To use a local checkpoint instead, name the backbone "
+        f"'{spec.model_name}:/path/to/open_clip_model.safetensors' "
+        f"(or '/path/to/model-config.json:/path/to/checkpoint.pt' for a custom architecture)."
+    )
+
+
+def _preprocess_cfg(model: torch.nn.Module) -> PreprocessConfig:
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    size = cfg.get("size", 224)
+    if isinstance(size, (tuple, list)):
+        assert size[0] == size[1], f"only square inputs are supported, got {size}"
+        size = size[0]
+    mode = cfg.get("resize_mode", "shortest")
+    assert mode == "shortest", f"resize_mode {mode!r} is not supported by the exported preprocessing"
+    return PreprocessConfig(
+        image_size=int(size),
+        mean=tuple(float(x) for x in cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        std=tuple(float(x) for x in cfg.get("std", open_clip.OPENAI_DATASET_STD)),
+        interpolation=str(cfg.get("interpolation", "bicubic")),
+        resize_mode=mode,
+    )
+
+
+def load_backbone(
+    spec: BackboneSpec | str, *, device: str | torch.device = "cpu", cache_dir: str | Path | None = None
+) -> Backbone:
+    """Build a frozen open_clip model, its tokenizer and eval transform.
+
+    "reference" resolves through `ml.reference.reference_spec(cache_dir)` (built if missing). A random-init
+    model (no pretrained) is created under a fixed seed so its id is a valid cache key.
+    """
+    if isinstance(spec, str):
+        if spec.strip() == "reference":
+            from ml.reference import reference_spec  # lazy: the reference builder is optional
+
+            if cache_dir is None:
+                raise BackboneLoadError("backbone 'reference': cache_dir is required to build or find it")
+            spec = reference_spec(cache_dir)
+        else:
+            spec = parse_backbone(spec)
+    device = torch.device(device)
+    try:
+        if spec.config_path is not None:
+            cfg_path = Path(spec.config_path)
+            if not cfg_path.is_file():
+                raise FileNotFoundError(f"model config JSON {cfg_path} does not exist")
+            json.loads(cfg_path.read_text())  # fail early with a clear error on malformed JSON
+            open_clip.add_model_config(cfg_path)
+        if spec.is_local_checkpoint and not Path(spec.pretrained).is_file():
+            raise FileNotFoundError(f"checkpoint {spec.pretrained} does not exist")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # random-init towers are reproducible (their id says "random")
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                spec.model_name, pretrained=spec.pretrained, device=device, cache_dir=None
+            )
+        tokenizer = open_clip.get_tokenizer(spec.model_name)
+    except Exception as e:  # rewrapped with the backbone name, the cause and a remedy
+        raise BackboneLoadError(
+            f"could not load backbone '{spec}': {type(e).__name__}: {e}. {_local_hint(spec)}"
+        ) from e
+    model.eval()
+    model.requires_grad_(False)
+    embed_dim = _embed_dim(model)
+    return Backbone(
+        spec=spec,
+        id=spec.id,
+        model=model,
+        tokenizer=tokenizer,
+        preprocess=preprocess,
+        preprocess_cfg=_preprocess_cfg(model),
+        device=device,
+        embed_dim=embed_dim,
+    )
+
+
+def _embed_dim(model: torch.nn.Module) -> int:
+    """Output dimension of the image tower (== text tower), measured rather than guessed from the config."""
+    visual = model.visual
+    size = open_clip.get_model_preprocess_cfg(model).get("size", 224)
+    size = size if isinstance(size, int) else size[0]
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        out = model.encode_image(torch.zeros(1, 3, size, size, device=device))
+    del visual
+    return int(out.shape[-1])

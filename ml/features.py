@@ -1,0 +1,182 @@
+"""Frozen image features, computed once per (backbone, image, view) and cached on disk.
+
+Training never runs the image encoder: `encode_images` returns a (V, N, D) tensor and `ml.train.fit` samples one
+cached view per item per step. View 0 is the deterministic eval transform; views 1..V-1 are augmented
+(RandomResizedCrop(scale 0.08-1) + horizontal flip), each deterministic given (seed, image sha256, view). With
+augmentation on, *the set of V cached views is the augmentation*: this is how the features are computed once.
+Cache layout: <root>/<backbone>/<sha[:2]>/<sha>_v<view>[_s<seed>].npy (augmented views also key on the seed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+import random
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ml.backbone import Backbone, PreprocessConfig
+from ml.train import TrainingCancelled
+
+_AUG_SCALE = (0.08, 1.0)  # RandomResizedCrop area range (torchvision / Dassl default)
+_AUG_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop aspect-ratio range
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of raw image bytes: the identity of an image in the cache."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class FeatureCache:
+    """On-disk cache of float32 feature vectors keyed by (backbone id, image sha256, view)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @staticmethod
+    def _backbone_dir(backbone_id: str) -> str:
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", backbone_id)[:80]
+        return f"{safe}-{hashlib.sha256(backbone_id.encode()).hexdigest()[:12]}"
+
+    def path(self, backbone_id: str, sha: str, view: int, seed: int = 0) -> Path:
+        name = f"{sha}_v{view}.npy" if view == 0 else f"{sha}_v{view}_s{seed}.npy"
+        return self.root / self._backbone_dir(backbone_id) / sha[:2] / name
+
+    def get(self, backbone_id: str, sha: str, view: int, seed: int = 0) -> torch.Tensor | None:
+        p = self.path(backbone_id, sha, view, seed)
+        if not p.is_file():
+            return None
+        try:
+            return torch.from_numpy(np.load(p))
+        except (OSError, ValueError):  # a torn or corrupt file is a miss, it gets rewritten
+            return None
+
+    def put(self, backbone_id: str, sha: str, view: int, feature: torch.Tensor, seed: int = 0) -> None:
+        p = self.path(backbone_id, sha, view, seed)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, feature.detach().cpu().float().numpy())
+        os.replace(tmp, p)  # atomic: readers never see a partial file
+
+
+def _read(image: str | Path | bytes) -> bytes:
+    return image if isinstance(image, bytes) else Path(image).read_bytes()
+
+
+def _decode(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as im:
+        return im.convert("RGB")
+
+
+def _pil_filter(name: str) -> int:
+    return {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}[
+        name
+    ]
+
+
+def _to_tensor(img: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)  # [3, S, S]
+    mean = torch.tensor(cfg.mean).view(3, 1, 1)
+    std = torch.tensor(cfg.std).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def augment(img: Image.Image, cfg: PreprocessConfig, rng: random.Random) -> torch.Tensor:
+    """RandomResizedCrop(image_size, scale 0.08-1, ratio 3/4-4/3) + horizontal flip(p 0.5), drawn from `rng`."""
+    w, h = img.size
+    area = w * h
+    box = None
+    for _ in range(10):
+        target = area * rng.uniform(*_AUG_SCALE)
+        aspect = math.exp(rng.uniform(math.log(_AUG_RATIO[0]), math.log(_AUG_RATIO[1])))
+        cw = round(math.sqrt(target * aspect))
+        ch = round(math.sqrt(target / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            top, left = rng.randint(0, h - ch), rng.randint(0, w - cw)
+            box = (left, top, left + cw, top + ch)
+            break
+    if box is None:  # fallback: the whole image centre-cropped to a valid ratio (torchvision behaviour)
+        s = min(w, h)
+        box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+    out = img.crop(box).resize((cfg.image_size, cfg.image_size), _pil_filter(cfg.interpolation))
+    if rng.random() < 0.5:
+        out = out.transpose(Image.FLIP_LEFT_RIGHT)
+    return _to_tensor(out, cfg)
+
+
+def _view_pixels(backbone: Backbone, img: Image.Image, sha: str, view: int, seed: int) -> torch.Tensor:
+    if view == 0:
+        return backbone.preprocess(img)
+    return augment(img, backbone.preprocess_cfg, random.Random(f"{seed}:{sha}:{view}"))
+
+
+def encode_images(
+    backbone: Backbone,
+    images: Sequence[str | Path | bytes],
+    *,
+    shas: Sequence[str] | None = None,
+    views: int = 1,
+    cache: FeatureCache | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    should_cancel: Callable[[], bool] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """(views, N, D) float32 CPU image features, NOT normalised (see module doc for views and caching).
+
+    Images whose every requested view is cached are neither read (when `shas` is given), decoded nor encoded.
+    `should_cancel()` True -> `TrainingCancelled` between batches; `on_progress(done, total)` counts views.
+    """
+    assert views >= 1, f"views must be >= 1, got {views}"
+    assert batch_size >= 1, f"batch_size must be >= 1, got {batch_size}"
+    n = len(images)
+    if shas is not None and len(shas) != n:
+        raise ValueError(f"shas has {len(shas)} entries for {n} images")
+    total = n * views
+    out = torch.zeros(views, n, backbone.embed_dim)
+    # hashing reads each file once; bytes are not kept (a path is read again only if it must be encoded)
+    sha_list = list(shas) if shas is not None else [sha256_bytes(_read(im)) for im in images]
+
+    pending: list[tuple[int, int]] = []  # (item, view) pairs still to encode
+    for i, sha in enumerate(sha_list):
+        for v in range(views):
+            hit = cache.get(backbone.id, sha, v, seed) if cache is not None else None
+            if hit is not None and hit.numel() == backbone.embed_dim:
+                out[v, i] = hit
+            else:
+                pending.append((i, v))
+    done = total - len(pending)
+    if on_progress is not None:
+        on_progress(done, total)
+
+    for start in range(0, len(pending), batch_size):
+        if should_cancel is not None and should_cancel():
+            raise TrainingCancelled("image encoding cancelled")
+        chunk = pending[start : start + batch_size]
+        decoded: dict[int, Image.Image] = {}
+        pixels = []
+        for i, v in chunk:
+            if i not in decoded:
+                data = _read(images[i])
+                try:
+                    decoded[i] = _decode(data)
+                except Exception as e:  # any decoder error: name the item
+                    raise ValueError(f"item {i}: cannot decode image ({type(e).__name__}: {e})") from e
+            pixels.append(_view_pixels(backbone, decoded[i], sha_list[i], v, seed))
+        feats = backbone.encode_image(torch.stack(pixels)).cpu()  # [b, D]
+        for (i, v), f in zip(chunk, feats, strict=True):
+            out[v, i] = f
+            if cache is not None:
+                cache.put(backbone.id, sha_list[i], v, f, seed)
+        done += len(chunk)
+        if on_progress is not None:
+            on_progress(done, total)
+    return out

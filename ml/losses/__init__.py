@@ -1,0 +1,37 @@
+"""PLL objectives (method.md section 3), one module each, looked up by name."""
+
+from __future__ import annotations
+
+import torch
+
+from ml.losses.base import PLLBatch, PLLLoss
+from ml.losses.cavl import CAVLLoss
+from ml.losses.cc import CCLoss
+from ml.losses.lws import LWSLoss
+from ml.losses.naive import NaiveLoss
+from ml.losses.pico import PiCOLoss
+from ml.losses.plcr import PLCRLoss
+from ml.losses.rc import RCLoss
+
+LOSSES: dict[str, type[PLLLoss]] = {
+    "naive": NaiveLoss,
+    "cc": CCLoss,
+    "rc": RCLoss,
+    "proden": RCLoss,  # PRODEN is RC
+    "lws": LWSLoss,
+    "cavl": CAVLLoss,
+    "plcr": PLCRLoss,
+    "crdpll": PLCRLoss,
+    "pico": PiCOLoss,
+}
+
+
+def build_loss(name: str, candidates: torch.Tensor, *, epochs: int, feature_dim: int) -> PLLLoss:
+    """Instantiate the PLL objective `name` with state for the (N, K) candidate mask."""
+    key = name.lower()
+    if key not in LOSSES:
+        raise ValueError(f"unknown PLL loss {name!r}; expected one of {sorted(LOSSES)}")
+    return LOSSES[key](candidates, epochs=epochs, feature_dim=feature_dim)
+
+
+__all__ = ["LOSSES", "PLLBatch", "PLLLoss", "build_loss"]

@@ -1,0 +1,30 @@
+"""RC (Feng et al., NeurIPS 2020), equivalent to PRODEN (Lv et al., ICML 2020); CoOpPLL `alg_PLL/RC.py`."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ml.losses.base import PLLBatch, PLLLoss, renormalise, uniform_confidence
+
+
+class RCLoss(PLLLoss):
+    """L = -(1/B) Σ_i Σ_k c_ik log p_ik, with per-item confidences c (init Y/|S|).
+
+    After each optimiser step, from a fresh no-grad forward of the same batch:
+        c_i <- (p_i ⊙ Y_i) / (Σ_k p_ik Y_ik + 1e-7)
+    """
+
+    needs_after_step = True
+
+    def __init__(self, candidates: torch.Tensor, *, epochs: int, feature_dim: int):
+        super().__init__(candidates, epochs=epochs, feature_dim=feature_dim)
+        self.register_buffer("confidence", uniform_confidence(candidates))  # (N, K)
+
+    def forward(self, batch: PLLBatch) -> torch.Tensor:
+        logp = F.log_softmax(batch.logits[0], dim=1)
+        return -(self.confidence[batch.index] * logp).sum(1).mean()
+
+    @torch.no_grad()
+    def after_step(self, logits: torch.Tensor, batch: PLLBatch) -> None:
+        self.confidence[batch.index] = renormalise(F.softmax(logits, dim=1), batch.mask)
