@@ -1,0 +1,191 @@
+"""Errors as ``application/problem+json`` (RFC 9457), one shape for every failure.
+
+Services raise :class:`ApiError` (or a subclass) with the HTTP status, a stable ``code`` and, for input
+problems, a list of :class:`FieldError` naming the field and the item. The handlers below also turn
+FastAPI's own validation errors, Starlette's HTTP errors, and database outages (``OperationalError``)
+into the same shape, so a client never sees an HTML page or a bare 500 for bad input or a DB outage.
+
+Body::
+
+    {"type": "urn:tagsift:problem:<code>", "title": "...", "status": 422, "detail": "...",
+     "code": "<code>", "instance": "/datasets/1/items",
+     "errors": [{"field": "manifest", "item": "a.jpg", "line": 3, "message": "..."}]}
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+@dataclass
+class FieldError:
+    """One problem with the input: which field, which item (file name, row, index) and what is wrong."""
+
+    field: str
+    message: str
+    item: str | None = None
+    line: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+class ApiError(Exception):
+    """An error with its own HTTP status and a stable machine-readable ``code``."""
+
+    status: int = 400
+    code: str = "bad_request"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
+        self.errors = errors or []
+        self.headers = headers
+        self.extra = extra or {}
+
+
+class NotFound(ApiError):
+    status, code = 404, "not_found"
+
+
+class Conflict(ApiError):
+    status, code = 409, "conflict"
+
+
+class InvalidInput(ApiError):
+    """422: the request is well-formed but its content is wrong; ``errors`` lists every bad field/item."""
+
+    status, code = 422, "invalid_input"
+
+
+class Unauthorized(ApiError):
+    status, code = 401, "unauthorized"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class PayloadTooLarge(ApiError):
+    status, code = 413, "payload_too_large"
+
+
+class ServiceUnavailable(ApiError):
+    status, code = 503, "service_unavailable"
+
+
+def problem_response(
+    request: Request | None,
+    *,
+    status: int,
+    code: str,
+    detail: str,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"urn:tagsift:problem:{code}",
+        "title": _title(status),
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    if request is not None:
+        body["instance"] = request.url.path
+    if errors:
+        body["errors"] = [e.to_dict() for e in errors]
+    if extra:
+        body.update(extra)
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def _title(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _validation_field(loc: tuple | list) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie", "form"):
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the problem+json handlers on ``app``."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return problem_response(
+            request,
+            status=exc.status,
+            code=exc.code,
+            detail=exc.detail,
+            errors=exc.errors,
+            headers=exc.headers,
+            extra=exc.extra,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = []
+        for err in exc.errors():
+            field = _validation_field(err.get("loc", ()))
+            errors.append(FieldError(field=field, message=f"{field}: {err.get('msg', 'invalid')}"))
+        detail = "; ".join(e.message for e in errors) or "the request is invalid"
+        return problem_response(request, status=422, code="invalid_input", detail=detail, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        detail = exc.detail if isinstance(exc.detail, str) else _title(exc.status_code)
+        return problem_response(
+            request, status=exc.status_code, code=code, detail=detail, headers=getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable during %s %s: %s", request.method, request.url.path, exc)
+        return problem_response(
+            request,
+            status=503,
+            code="database_unavailable",
+            detail="the database is unavailable; retry later",
+            headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - safety net
+        log.exception("unhandled error during %s %s", request.method, request.url.path)
+        return problem_response(request, status=500, code="internal_error", detail="internal error")

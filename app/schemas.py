@@ -1,0 +1,257 @@
+"""Pydantic I/O schemas, one family per resource: ``XCreate`` / ``XUpdate`` (input), ``XRead`` / ``XList`` (output).
+
+:class:`JobCreate` is the one place the job parameter defaults live (the reproduction benchmark's settings for
+prompt alignment on partial labels: method ``prompt_alignment``, loss ``rc``, 50 epochs, batch 32, SGD lr 0.002,
+16 context tokens, seed 1). The stored job ``params`` are ``JobCreate.model_dump()``: every value explicit, so a
+job re-run later means the same thing even if these defaults change.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+METHODS = ("prompt_alignment", "coop", "zero_shot", "linear_probe")
+LOSSES = ("naive", "cc", "rc", "lws", "cavl", "plcr", "pico")
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINISHED_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Output(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+# --- datasets ---------------------------------------------------------------------------------------------
+
+
+class DatasetCreate(_Input):
+    """JSON body of ``POST /datasets`` for an empty dataset (images come later via ``POST /datasets/{id}/items``)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    classes: list[str] = Field(min_length=1, description="The tag vocabulary; item candidates must come from it.")
+    prompt_template: str | None = Field(None, max_length=500, description='e.g. "a photo of a {}."')
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_has_slot(cls, value: str | None) -> str | None:
+        if value is not None and value.strip() and "{}" not in value:
+            raise ValueError('the template needs a "{}" where the class name goes')
+        return value.strip() or None if value is not None else None
+
+
+class DuplicateRead(BaseModel):
+    """An uploaded image that was not stored because the same bytes (sha256) are already in the dataset/batch."""
+
+    file: str
+    sha256: str
+    duplicate_of: str = Field(description="The item id (already stored) or file name (earlier in this batch).")
+
+
+class DatasetRead(_Output):
+    id: str
+    name: str
+    classes: list[str]
+    prompt_template: str | None
+    item_count: int
+    created_at: datetime
+
+
+class DatasetCreated(DatasetRead):
+    """``POST /datasets``: the dataset, how many items the upload added, and the duplicates it skipped."""
+
+    added: int
+    duplicates: list[DuplicateRead]
+
+
+class DatasetDetail(DatasetRead):
+    """``GET /datasets/{id}``: the dataset with its counts."""
+
+    labelled_count: int = Field(description="Items that have a tag (from a model or a reviewer).")
+    reviewed_count: int = Field(description="Items whose tag a reviewer set.")
+    needs_review_count: int
+    class_counts: dict[str, int] = Field(description="Per class: items having it among their candidates.")
+    label_counts: dict[str, int] = Field(description="Per class: items currently tagged with it.")
+    updated_at: datetime
+
+
+class DatasetList(BaseModel):
+    data: list[DatasetRead]
+
+
+class ItemsAdded(BaseModel):
+    """``POST /datasets/{id}/items``: what the batch stored and what it skipped as duplicates."""
+
+    dataset_id: str
+    added: int
+    item_ids: list[str]
+    duplicates: list[DuplicateRead]
+    item_count: int
+
+
+# --- items ------------------------------------------------------------------------------------------------
+
+
+class ItemRead(_Output):
+    id: str
+    dataset_id: str
+    file: str
+    sha256: str
+    width: int
+    height: int
+    candidates: list[str]
+    given_label: str | None
+    label: str | None
+    confidence: float | None
+    margin: float | None
+    label_source: Literal["model", "reviewer"] | None
+    needs_review: bool
+    image_url: str
+
+
+class ItemList(BaseModel):
+    data: list[ItemRead]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class ItemUpdate(_Input):
+    """A reviewer's tag: one of the dataset's classes (see ``services.items.review_item``)."""
+
+    label: str = Field(min_length=1)
+
+
+# --- jobs -------------------------------------------------------------------------------------------------
+
+
+class JobCreate(_Input):
+    """Training parameters; defaults reproduce the benchmark. Unknown fields and values answer 422 naming the field.
+
+    ``shots``: at most that many training items per class (items chosen by the worker, seeded by ``seed``);
+    null = every item. Reviewed items always count as certain (a single candidate: the reviewer's tag).
+    """
+
+    method: Literal["prompt_alignment", "coop", "zero_shot", "linear_probe"] = "prompt_alignment"
+    loss: Literal["naive", "cc", "rc", "lws", "cavl", "plcr", "pico"] = "rc"
+    epochs: int = Field(50, ge=1, le=1000)
+    batch_size: int = Field(32, ge=1, le=4096)
+    lr: float = Field(0.002, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0, le=1)
+    n_ctx: int = Field(16, ge=1, le=64)
+    ctx_init: str = Field("", max_length=200, description='"" = random init; else an init phrase ("a photo of a").')
+    class_token_position: Literal["end", "middle", "front"] = "end"
+    csc: bool = Field(False, description="Class-specific context.")
+    mix: Literal["none", "constant", "ramp"] = "none"
+    mix_alpha: float = Field(0.5, ge=0, le=1)
+    templates: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description='Handcrafted prompt(s) with "{}" for the class; null: the dataset\'s prompt_template.',
+    )
+    shots: int | None = Field(None, ge=1, le=100_000)
+    views: int | None = Field(None, ge=1, le=64, description="Augmented views per image; null: the server default.")
+    seed: int = Field(1, ge=0, le=2**31 - 1)
+    precision: Literal["fp32", "amp"] = "fp32"
+
+    @field_validator("templates")
+    @classmethod
+    def _templates_have_slot(cls, value: list[str] | None) -> list[str] | None:
+        for t in value or []:
+            if "{}" not in t or len(t) > 500:
+                raise ValueError('each template needs a "{}" for the class name and at most 500 characters')
+        return value
+
+
+class ProgressRead(BaseModel):
+    stage: str | None = None
+    epoch: int | None = None
+    epochs: int | None = None
+    fraction: float | None = None
+
+
+class ErrorRead(BaseModel):
+    code: str
+    message: str | None
+
+
+class JobRead(BaseModel):
+    id: str
+    type: str
+    dataset_id: str | None
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    params: dict[str, Any]
+    progress: ProgressRead
+    metrics: dict[str, Any]
+    error: ErrorRead | None
+    attempt: int
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    model_id: str | None
+
+
+class JobEventRead(_Output):
+    id: int
+    kind: str
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class JobEventList(BaseModel):
+    data: list[JobEventRead]
+    next_after: int | None = Field(description="Pass as `after` to read newer events (the last id returned).")
+    has_more: bool
+
+
+# --- models and predictions -------------------------------------------------------------------------------
+
+
+class ModelRead(_Output):
+    id: str
+    job_id: str
+    dataset_id: str | None
+    backbone: str
+    method: str
+    classes: list[str]
+    metrics: dict[str, Any]
+    artifacts: list[str]
+    export_url: str
+    created_at: datetime
+
+
+class ScoredLabel(BaseModel):
+    label: str
+    score: float
+
+
+class Prediction(BaseModel):
+    file: str | None = None
+    item_id: str | None = None
+    label: str
+    score: float
+    top_k: list[ScoredLabel]
+    restricted_to_candidates: bool
+
+
+class PredictResponse(BaseModel):
+    model_id: str
+    predictions: list[Prediction]
+
+
+class Problem(BaseModel):
+    """``application/problem+json`` (RFC 9457) with ``code`` and, for input errors, ``errors``."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    instance: str | None = None
+    errors: list[dict[str, Any]] | None = None
