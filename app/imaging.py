@@ -1,0 +1,144 @@
+"""Image checks and the eval preprocessing, with Pillow and NumPy only (the API never imports torch).
+
+:func:`preprocess` reproduces ``open_clip.image_transform(S, is_train=False, mean, std)`` exactly, step by step:
+
+1. ``Resize(S)`` with bicubic on the image *in its own mode* (torchvision resizes before the RGB conversion):
+   the shortest side becomes ``S``, the other ``int(S * long / short)`` (torchvision's rounding down);
+2. ``CenterCrop(S)``: offsets ``int(round((h - S) / 2))`` (Python's round, as torchvision);
+3. convert to RGB; 4. ``ToTensor``: float32 ``/ 255``, CHW; 5. ``Normalize``: ``(x - mean) / std`` in float32.
+
+Same PIL calls, same float32 arithmetic, so the result matches the torch transform bit for bit (tested).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFile
+
+# Truncated files must fail, never be padded with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+_FILTERS = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+class ImageInvalid(ValueError):
+    """The bytes are not an acceptable image; the message says why (no file name: callers add it)."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    width: int
+    height: int
+    format: str
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """The deployed model's ``preprocess.json`` (``ml.backbone.PreprocessConfig.to_dict()``)."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PreprocessConfig:
+        cfg = cls(
+            image_size=int(d["image_size"]),
+            mean=tuple(float(x) for x in d["mean"]),
+            std=tuple(float(x) for x in d["std"]),
+            interpolation=str(d.get("interpolation", "bicubic")),
+            resize_mode=str(d.get("resize_mode", "shortest")),
+        )
+        if cfg.interpolation not in _FILTERS:
+            raise ValueError(f"preprocess.json: unsupported interpolation {cfg.interpolation!r}")
+        if cfg.resize_mode != "shortest":
+            raise ValueError(f"preprocess.json: unsupported resize_mode {cfg.resize_mode!r}")
+        if len(cfg.mean) != 3 or len(cfg.std) != 3:
+            raise ValueError("preprocess.json: mean and std need 3 values")
+        return cfg
+
+
+def verify_image(data: bytes, *, max_pixels: int, max_bytes: int) -> ImageInfo:
+    """Decode ``data`` fully and return its size; :class:`ImageInvalid` for anything not a sound image.
+
+    Rejects: empty files, files over ``max_bytes``, non-images and formats outside :data:`ALLOWED_FORMATS`,
+    images over ``max_pixels`` (checked from the header, before decoding: decompression bombs), and
+    truncated or corrupt data (the whole image is decoded).
+    """
+    if not data:
+        raise ImageInvalid("the file is empty (0 bytes)")
+    if len(data) > max_bytes:
+        raise ImageInvalid(f"the file is {len(data)} bytes, over the limit of {max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                fmt = img.format or "?"
+                if fmt not in ALLOWED_FORMATS:
+                    raise ImageInvalid(
+                        f"unsupported image format {fmt} (allowed: {', '.join(sorted(ALLOWED_FORMATS))})"
+                    )
+                width, height = img.size
+                if width < 1 or height < 1:
+                    raise ImageInvalid(f"invalid image size {width}x{height}")
+                if width * height > max_pixels:
+                    raise ImageInvalid(f"the image is {width}x{height} pixels, over the limit of {max_pixels}")
+                img.load()
+    except ImageInvalid:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageInvalid(f"the image is too large to decode safely ({exc})") from None
+    except Image.UnidentifiedImageError:
+        raise ImageInvalid("not an image (Pillow cannot identify it)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageInvalid(f"corrupt or truncated image ({exc})") from None
+    except Exception as exc:  # Pillow plugins raise assorted errors on hostile input
+        raise ImageInvalid(f"cannot decode the image ({type(exc).__name__}: {exc})") from None
+    return ImageInfo(width=width, height=height, format=fmt)
+
+
+def open_image(data: bytes) -> Image.Image:
+    """A loaded PIL image (call :func:`verify_image` on untrusted bytes first)."""
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(w, h) after torchvision ``Resize(size)``: shortest side ``size``, the other scaled and rounded down."""
+    short, long = (width, height) if width <= height else (height, width)
+    if short == size:
+        return width, height
+    new_short, new_long = size, int(size * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def preprocess(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """The eval transform: (3, S, S) float32, identical to ``open_clip.image_transform(S, is_train=False)``."""
+    size = cfg.image_size
+    w, h = resized_size(img.width, img.height, size)
+    if (w, h) != img.size:
+        img = img.resize((w, h), _FILTERS[cfg.interpolation])
+    top = int(round((h - size) / 2.0))
+    left = int(round((w - size) / 2.0))
+    if (w, h) != (size, size):
+        img = img.crop((left, top, left + size, top + size))
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    arr = np.asarray(img, dtype=np.uint8).astype(np.float32) / np.float32(255.0)  # (S, S, 3)
+    arr = arr.transpose(2, 0, 1)  # (3, S, S)
+    mean = np.asarray(cfg.mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(cfg.std, dtype=np.float32).reshape(3, 1, 1)
+    return np.ascontiguousarray((arr - mean) / std, dtype=np.float32)

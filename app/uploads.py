@@ -1,0 +1,605 @@
+"""Upload parsing and validation: a multipart body -> a validated batch of items, or one 422 listing every problem.
+
+An upload is a *manifest* (JSONL lines ``{"file", "candidates", "label"?}`` or CSV ``file,candidates[,label]``
+with candidates separated by ``|``) plus the images, as repeated ``images`` parts or one ``archive`` zip (which
+may carry the manifest itself as a top-level ``manifest.jsonl`` / ``manifest.csv``).
+
+Checks (all of them run; every problem is reported at once, and nothing is stored unless there is none):
+
+* manifest: UTF-8 (a BOM is fine), one object per JSONL line / a ``file`` and ``candidates`` CSV header,
+  a non-empty ``file`` named once, a non-empty candidate set, tags non-empty and at most
+  ``settings.max_tag_length`` characters, every candidate in the dataset's ``classes``, ``label`` (if any)
+  among the row's candidates, at most ``settings.max_items_per_request`` rows;
+* images: decoded fully by Pillow (0-byte, non-image, truncated/corrupt, over ``max_image_pixels`` or
+  ``max_image_bytes`` are rejected, see :func:`app.imaging.verify_image`), each uploaded file named by a
+  manifest row and each row matched by an uploaded file;
+* zip: no absolute or ``..`` member names, no encrypted members, at most ``max_archive_members`` members,
+  no member compressed more than ``max_archive_ratio`` times or over ``max_image_bytes``, at most
+  ``max_archive_bytes`` uncompressed in total (bounded reads, the headers are not trusted);
+* duplicates (same sha256) within the batch are not errors: the first is kept, the others reported.
+
+File names are display names only; nothing is ever written under a name from the request (blobs are
+content-addressed), so a hostile name cannot escape the data directory.
+
+A manifest row's ``file`` matches the uploaded file (or zip member path) of the same name, or else the only
+uploaded file with that base name (a browser sends ``a.jpg`` for ``photos/a.jpg``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import posixpath
+import re
+import zipfile
+from dataclasses import dataclass, field
+
+from fastapi import Request
+from starlette.datastructures import UploadFile
+
+from app.api.errors import ApiError, FieldError, InvalidInput
+from app.config import Settings
+from app.imaging import ImageInvalid, verify_image
+from app.storage import sha256_hex
+
+FORM_FIELDS = ("name", "classes", "prompt_template", "manifest", "images", "archive")
+MANIFEST_NAMES = ("manifest.jsonl", "manifest.csv")
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+@dataclass
+class RawUpload:
+    """The parts of a multipart upload, read but not yet validated."""
+
+    name: str | None = None
+    classes: str | None = None
+    prompt_template: str | None = None
+    manifest: bytes | None = None
+    manifest_name: str | None = None
+    images: list[tuple[str, bytes]] = field(default_factory=list)
+    archive: bytes | None = None
+    archive_name: str | None = None
+    errors: list[FieldError] = field(default_factory=list)
+
+
+@dataclass
+class ValidItem:
+    file: str
+    sha256: str
+    data: bytes
+    width: int
+    height: int
+    candidates: list[str]
+    label: str | None
+
+
+@dataclass
+class BatchDuplicate:
+    file: str
+    sha256: str
+    duplicate_of: str
+
+
+@dataclass
+class ValidBatch:
+    items: list[ValidItem]
+    duplicates: list[BatchDuplicate]
+    classes: list[str]
+
+
+@dataclass
+class _Row:
+    line: int
+    file: str
+    candidates: list[str]
+    label: str | None
+
+
+# --- reading the request ----------------------------------------------------------------------------------
+
+
+async def read_multipart(request: Request, settings: Settings) -> RawUpload:
+    """Read a ``multipart/form-data`` body into a :class:`RawUpload` (unknown fields become errors)."""
+    try:
+        form = await request.form(
+            max_files=settings.max_items_per_request + 2,
+            max_fields=len(FORM_FIELDS) + 10,
+            max_part_size=settings.max_manifest_bytes,
+        )
+    except ApiError:
+        raise
+    except Exception as exc:  # starlette's MultiPartException / HTTPException(400)
+        detail = getattr(exc, "detail", None) or getattr(exc, "message", None) or str(exc)
+        raise ApiError(f"body: cannot parse the multipart form ({detail})", code="malformed_multipart") from None
+    raw = RawUpload()
+    try:
+        for key, value in form.multi_items():
+            if key not in FORM_FIELDS:
+                raw.errors.append(
+                    FieldError(
+                        field=key, message=f"{key}: unknown form field (expected one of {', '.join(FORM_FIELDS)})"
+                    )
+                )
+                continue
+            if key == "images":
+                if not isinstance(value, UploadFile):
+                    raw.errors.append(FieldError(field="images", message="images: each part must be a file"))
+                    continue
+                raw.images.append((_clean_name(value.filename or ""), await value.read()))
+            elif key == "archive":
+                if raw.archive is not None:
+                    raw.errors.append(FieldError(field="archive", message="archive: send at most one zip"))
+                    continue
+                raw.archive, raw.archive_name = await _part_bytes(value), _part_name(value)
+            elif key == "manifest":
+                if raw.manifest is not None:
+                    raw.errors.append(FieldError(field="manifest", message="manifest: send exactly one manifest"))
+                    continue
+                raw.manifest, raw.manifest_name = await _part_bytes(value), _part_name(value)
+            else:
+                data = await _part_bytes(value)
+                try:
+                    setattr(raw, key, data.decode("utf-8"))
+                except UnicodeDecodeError:
+                    raw.errors.append(FieldError(field=key, message=f"{key}: not valid UTF-8"))
+    finally:
+        await form.close()
+    return raw
+
+
+async def _part_bytes(value: UploadFile | str) -> bytes:
+    if isinstance(value, UploadFile):
+        return await value.read()
+    return value.encode("utf-8")
+
+
+def _part_name(value: UploadFile | str) -> str | None:
+    return value.filename if isinstance(value, UploadFile) else None
+
+
+def _clean_name(name: str) -> str:
+    """A display name: '/' separators, no leading './' or '/'. Never used as a path."""
+    name = name.replace("\\", "/").strip()
+    while name.startswith("./"):
+        name = name[2:]
+    return name.lstrip("/")
+
+
+# --- validation -------------------------------------------------------------------------------------------
+
+
+def parse_classes(text: str, *, settings: Settings, errors: list[FieldError]) -> list[str] | None:
+    """The ``classes`` form field: a JSON list of distinct, non-empty tags."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        errors.append(FieldError(field="classes", message=f"classes: not valid JSON ({exc.msg} at char {exc.pos})"))
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        errors.append(FieldError(field="classes", message="classes: must be a JSON list of strings"))
+        return None
+    return check_classes(value, settings=settings, errors=errors)
+
+
+def check_classes(value: list[str], *, settings: Settings, errors: list[FieldError]) -> list[str]:
+    """Stripped classes; empty, too long or repeated tags are recorded in ``errors``."""
+    out: list[str] = []
+    for i, raw in enumerate(value):
+        tag = raw.strip()
+        problem = _tag_problem(tag, settings)
+        if problem:
+            errors.append(FieldError(field="classes", item=str(i), message=f"classes[{i}]: {problem}"))
+        elif tag in out:
+            errors.append(FieldError(field="classes", item=tag, message=f"classes[{i}]: {tag!r} is listed twice"))
+        else:
+            out.append(tag)
+    return out
+
+
+def _tag_problem(tag: str, settings: Settings) -> str | None:
+    if not tag:
+        return "empty tag"
+    if len(tag) > settings.max_tag_length:
+        return f"tag {tag[:40]!r}... is {len(tag)} characters, over the limit of {settings.max_tag_length}"
+    return None
+
+
+def validate_upload(
+    raw: RawUpload, *, settings: Settings, dataset_classes: list[str] | None, require_items: bool
+) -> ValidBatch:
+    """Check everything in ``raw``; :class:`InvalidInput` listing every problem, or the batch to store.
+
+    ``dataset_classes`` is None for a new dataset (its classes are ``classes`` or the union of the candidates,
+    in order of first appearance); for an existing dataset, ``classes`` in the upload may append new classes.
+    """
+    errors = list(raw.errors)
+    given_classes = parse_classes(raw.classes, settings=settings, errors=errors) if raw.classes else None
+
+    files: list[tuple[str, bytes]] = list(raw.images)
+    if raw.archive is not None:
+        if raw.images:
+            errors.append(FieldError(field="archive", message="archive: send either `images` files or one `archive`"))
+        manifest_from_zip = _read_archive(raw.archive, settings=settings, errors=errors)
+        files.extend(manifest_from_zip[0])
+        if raw.manifest is None and manifest_from_zip[1] is not None:
+            raw.manifest, raw.manifest_name = manifest_from_zip[1]
+
+    rows: list[_Row] = []
+    if raw.manifest is not None:
+        rows = _parse_manifest(raw.manifest, raw.manifest_name, settings=settings, errors=errors)
+    elif files:
+        errors.append(FieldError(field="manifest", message="manifest: required when images are uploaded"))
+    elif require_items:
+        errors.append(FieldError(field="manifest", message="manifest: required (with `images` or an `archive`)"))
+
+    if len(rows) > settings.max_items_per_request or len(files) > settings.max_items_per_request:
+        errors.append(
+            FieldError(
+                field="manifest",
+                message=f"manifest: {max(len(rows), len(files))} items, over the limit of "
+                f"{settings.max_items_per_request} per request",
+            )
+        )
+        raise InvalidInput(_summary(errors), errors=errors)
+
+    # Classes: the dataset's, plus any given; or, for a new dataset, the given ones or the candidates' union.
+    if dataset_classes is not None:
+        classes = list(dataset_classes) + [c for c in (given_classes or []) if c not in dataset_classes]
+    elif given_classes is not None:
+        classes = given_classes
+    else:
+        classes = []
+        seen: set[str] = set()
+        for row in rows:
+            for c in row.candidates:
+                if c not in seen:
+                    seen.add(c)
+                    classes.append(c)
+    if len(classes) > settings.max_classes:
+        errors.append(
+            FieldError(
+                field="classes", message=f"classes: {len(classes)} classes, over the limit of {settings.max_classes}"
+            )
+        )
+    class_set = set(classes)
+    for row in rows:
+        unknown = [c for c in row.candidates if c not in class_set]
+        for c in unknown:
+            errors.append(
+                FieldError(
+                    field="candidates",
+                    item=row.file,
+                    line=row.line,
+                    message=f"{row.file}: candidate {c!r} is not one of the dataset's classes",
+                )
+            )
+
+    # Files <-> rows.
+    by_name: dict[str, bytes] = {}
+    for name, data in files:
+        if not name:
+            errors.append(FieldError(field="images", message="images: a file part has no file name"))
+        elif name in by_name:
+            errors.append(FieldError(field="images", item=name, message=f"{name}: uploaded twice under the same name"))
+        else:
+            by_name[name] = data
+    by_base: dict[str, list[str]] = {}
+    for name in by_name:
+        by_base.setdefault(posixpath.basename(name), []).append(name)
+
+    matched: dict[str, _Row] = {}
+    for row in rows:
+        name = row.file if row.file in by_name else None
+        if name is None and len(by_base.get(posixpath.basename(row.file), [])) == 1:
+            name = by_base[posixpath.basename(row.file)][0]
+        if name is None or name in matched:
+            errors.append(
+                FieldError(
+                    field="manifest",
+                    item=row.file,
+                    line=row.line,
+                    message=f"{row.file}: named in the manifest (line {row.line}) but not uploaded",
+                )
+            )
+            continue
+        matched[name] = row
+    for name in by_name:
+        if name not in matched:
+            errors.append(FieldError(field="images", item=name, message=f"{name}: uploaded but not in the manifest"))
+
+    # Images.
+    items: list[ValidItem] = []
+    for name, data in by_name.items():
+        try:
+            info = verify_image(data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes)
+        except ImageInvalid as exc:
+            errors.append(FieldError(field="images", item=name, message=f"{name}: {exc}"))
+            continue
+        row = matched.get(name)
+        if row is not None:
+            items.append(
+                ValidItem(
+                    file=row.file,
+                    sha256=sha256_hex(data),
+                    data=data,
+                    width=info.width,
+                    height=info.height,
+                    candidates=row.candidates,
+                    label=row.label,
+                )
+            )
+
+    if errors:
+        raise InvalidInput(_summary(errors), errors=errors)
+
+    # Duplicates within the batch: keep the first, report the others.
+    kept: list[ValidItem] = []
+    first: dict[str, str] = {}
+    duplicates: list[BatchDuplicate] = []
+    for item in items:
+        if item.sha256 in first:
+            duplicates.append(BatchDuplicate(file=item.file, sha256=item.sha256, duplicate_of=first[item.sha256]))
+        else:
+            first[item.sha256] = item.file
+            kept.append(item)
+    return ValidBatch(items=kept, duplicates=duplicates, classes=classes)
+
+
+def _summary(errors: list[FieldError]) -> str:
+    head = "; ".join(e.message for e in errors[:5])
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return f"{len(errors)} problem(s), nothing was stored: {head}{more}"
+
+
+def _parse_manifest(data: bytes, name: str | None, *, settings: Settings, errors: list[FieldError]) -> list[_Row]:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        errors.append(FieldError(field="manifest", message=f"manifest: not UTF-8 (invalid byte at offset {exc.start})"))
+        return []
+    lower = (name or "").lower()
+    if lower.endswith(".csv"):
+        is_jsonl = False
+    elif lower.endswith((".jsonl", ".ndjson", ".json")):
+        is_jsonl = True
+    else:
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+        is_jsonl = first.startswith("{")
+    rows = _parse_jsonl(text, errors) if is_jsonl else _parse_csv(text, errors)
+    out: list[_Row] = []
+    seen: dict[str, int] = {}
+    out_files: set[str] = set()
+    for row in rows:
+        # A row with problems is still kept (unless it repeats a file) so its image is not also reported as
+        # "not in the manifest"; the batch fails on the recorded errors anyway.
+        ok = True
+        if row.file in seen:
+            errors.append(
+                FieldError(
+                    field="manifest",
+                    item=row.file,
+                    line=row.line,
+                    message=f"{row.file}: listed twice in the manifest (lines {seen[row.file]} and {row.line})",
+                )
+            )
+            ok = False
+        else:
+            seen[row.file] = row.line
+        if not row.candidates:
+            errors.append(
+                FieldError(
+                    field="candidates",
+                    item=row.file,
+                    line=row.line,
+                    message=f"{row.file}: the candidate set is empty (line {row.line})",
+                )
+            )
+            ok = False
+        for tag in [*row.candidates, *([row.label] if row.label is not None else [])]:
+            problem = _tag_problem(tag, settings)
+            if problem:
+                errors.append(
+                    FieldError(field="candidates", item=row.file, line=row.line, message=f"{row.file}: {problem}")
+                )
+                ok = False
+        if row.label is not None and row.candidates and row.label not in row.candidates:
+            errors.append(
+                FieldError(
+                    field="label",
+                    item=row.file,
+                    line=row.line,
+                    message=f"{row.file}: label {row.label!r} is not among its candidates",
+                )
+            )
+            ok = False
+        if ok or row.file not in out_files:
+            out.append(row)
+            out_files.add(row.file)
+    return out
+
+
+def _tags(values: list[str]) -> list[str]:
+    """Stripped, de-duplicated (order kept); empty strings are kept so they are reported."""
+    out: list[str] = []
+    for v in values:
+        t = v.strip()
+        if t not in out:
+            out.append(t)
+    return out
+
+
+def _parse_jsonl(text: str, errors: list[FieldError]) -> list[_Row]:
+    rows: list[_Row] = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            errors.append(
+                FieldError(field="manifest", line=n, message=f"manifest line {n}: not valid JSON ({exc.msg})")
+            )
+            continue
+        if not isinstance(obj, dict):
+            errors.append(FieldError(field="manifest", line=n, message=f"manifest line {n}: not a JSON object"))
+            continue
+        file = obj.get("file")
+        if not isinstance(file, str) or not _clean_name(file):
+            errors.append(
+                FieldError(field="file", line=n, message=f"manifest line {n}: `file` must be a non-empty string")
+            )
+            continue
+        file = _clean_name(file)
+        cands = obj.get("candidates")
+        if not isinstance(cands, list) or not all(isinstance(c, str) for c in cands):
+            errors.append(
+                FieldError(
+                    field="candidates",
+                    item=file,
+                    line=n,
+                    message=f"{file}: `candidates` must be a list of strings (line {n})",
+                )
+            )
+            continue
+        label = obj.get("label")
+        if label is not None and not isinstance(label, str):
+            errors.append(FieldError(field="label", item=file, line=n, message=f"{file}: `label` must be a string"))
+            continue
+        rows.append(_Row(line=n, file=file, candidates=_tags(cands), label=label.strip() if label else None))
+    return rows
+
+
+def _parse_csv(text: str, errors: list[FieldError]) -> list[_Row]:
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader)
+    except StopIteration:
+        return []
+    except csv.Error as exc:
+        errors.append(FieldError(field="manifest", line=1, message=f"manifest line 1: bad CSV ({exc})"))
+        return []
+    cols = [h.strip().lower() for h in header]
+    if "file" not in cols or "candidates" not in cols:
+        errors.append(
+            FieldError(
+                field="manifest",
+                line=1,
+                message="manifest: a CSV manifest needs a header with `file` and `candidates` (and optionally `label`)",
+            )
+        )
+        return []
+    i_file, i_cand = cols.index("file"), cols.index("candidates")
+    i_label = cols.index("label") if "label" in cols else None
+    rows: list[_Row] = []
+    try:
+        for values in reader:
+            n = reader.line_num
+            if not any(v.strip() for v in values):
+                continue
+            if len(values) != len(cols):
+                errors.append(
+                    FieldError(
+                        field="manifest",
+                        line=n,
+                        message=f"manifest line {n}: {len(values)} columns, the header has {len(cols)}",
+                    )
+                )
+                continue
+            file = _clean_name(values[i_file])
+            if not file:
+                errors.append(FieldError(field="file", line=n, message=f"manifest line {n}: empty `file`"))
+                continue
+            cands = _tags(values[i_cand].split("|")) if values[i_cand].strip() else []
+            label = values[i_label].strip() if i_label is not None and values[i_label].strip() else None
+            rows.append(_Row(line=n, file=file, candidates=cands, label=label))
+    except csv.Error as exc:
+        errors.append(FieldError(field="manifest", line=reader.line_num, message=f"manifest: bad CSV ({exc})"))
+    return rows
+
+
+def _read_archive(
+    data: bytes, *, settings: Settings, errors: list[FieldError]
+) -> tuple[list[tuple[str, bytes]], tuple[bytes, str] | None]:
+    """The images of a zip (and its top-level manifest, if any), checked for zip bombs and path tricks."""
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        infos = zf.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
+        errors.append(FieldError(field="archive", message=f"archive: not a readable zip file ({exc})"))
+        return [], None
+    if len(infos) > settings.max_archive_members:
+        errors.append(
+            FieldError(
+                field="archive",
+                message=f"archive: {len(infos)} members, over the limit of {settings.max_archive_members}",
+            )
+        )
+        return [], None
+    files: list[tuple[str, bytes]] = []
+    manifest: tuple[bytes, str] | None = None
+    total = 0
+    with zf:
+        for info in infos:
+            raw_name = info.filename
+            name = raw_name.replace("\\", "/")
+            if info.is_dir() or name.endswith("/"):
+                continue
+            parts = name.split("/")
+            if name.startswith("/") or _DRIVE.match(name) or ".." in parts:
+                errors.append(
+                    FieldError(field="archive", item=raw_name, message=f"{raw_name}: unsafe path in the archive")
+                )
+                continue
+            name = _clean_name(name)
+            if parts[0] == "__MACOSX" or posixpath.basename(name) in (".DS_Store", "Thumbs.db"):
+                continue
+            if info.flag_bits & 0x1:
+                errors.append(
+                    FieldError(field="archive", item=name, message=f"{name}: encrypted zip members are refused")
+                )
+                continue
+            is_manifest = name.lower() in MANIFEST_NAMES
+            limit = settings.max_manifest_bytes if is_manifest else settings.max_image_bytes
+            if info.file_size > limit:
+                errors.append(
+                    FieldError(
+                        field="archive", item=name, message=f"{name}: {info.file_size} bytes, over the limit of {limit}"
+                    )
+                )
+                continue
+            if info.file_size and info.file_size > settings.max_archive_ratio * max(info.compress_size, 1):
+                errors.append(
+                    FieldError(
+                        field="archive",
+                        item=name,
+                        message=f"{name}: compressed {info.file_size / max(info.compress_size, 1):.0f} times, over "
+                        f"the limit of {settings.max_archive_ratio} (zip bomb?)",
+                    )
+                )
+                continue
+            total += info.file_size
+            if total > settings.max_archive_bytes:
+                errors.append(
+                    FieldError(
+                        field="archive",
+                        message=f"archive: over {settings.max_archive_bytes} bytes uncompressed in total",
+                    )
+                )
+                return files, manifest
+            try:
+                with zf.open(info) as member:
+                    content = member.read(limit + 1)
+            except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError) as exc:
+                errors.append(FieldError(field="archive", item=name, message=f"{name}: cannot be read ({exc})"))
+                continue
+            if len(content) > limit:
+                errors.append(
+                    FieldError(field="archive", item=name, message=f"{name}: over the limit of {limit} bytes")
+                )
+                continue
+            if is_manifest:
+                manifest = (content, name)
+            else:
+                files.append((name, content))
+    return files, manifest
