@@ -1,0 +1,268 @@
+"""Datasets and item uploads: rules, queries and the transaction boundary (routes never commit)."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.api.errors import Conflict, FieldError, InvalidInput, NotFound
+from app.config import Settings
+from app.models import Dataset, Item, Job, Owner, utcnow
+from app.schemas import (
+    DatasetCreate,
+    DatasetCreated,
+    DatasetDetail,
+    DatasetList,
+    DatasetRead,
+    DuplicateRead,
+    ItemsAdded,
+)
+from app.storage import BlobStore
+from app.uploads import RawUpload, ValidBatch, check_classes, validate_upload
+
+log = logging.getLogger(__name__)
+
+_IN_CHUNK = 1000
+
+
+def get_dataset(*, session: Session, owner: Owner, dataset_id: str, lock: bool = False) -> Dataset:
+    """The owner's dataset; 404 for a missing id and for another owner's (ids are not disclosed)."""
+    stmt = select(Dataset).where(Dataset.id == dataset_id, Dataset.owner_id == owner.id)
+    if lock:
+        stmt = stmt.with_for_update()
+    dataset = session.scalar(stmt)
+    if dataset is None:
+        raise NotFound(f"dataset {dataset_id} not found")
+    return dataset
+
+
+def _item_count(session: Session, dataset_id: str) -> int:
+    return session.scalar(select(func.count()).select_from(Item).where(Item.dataset_id == dataset_id)) or 0
+
+
+def _read(dataset: Dataset, item_count: int) -> DatasetRead:
+    return DatasetRead(
+        id=dataset.id,
+        name=dataset.name,
+        classes=dataset.classes,
+        prompt_template=dataset.prompt_template,
+        item_count=item_count,
+        created_at=dataset.created_at,
+    )
+
+
+def create_empty_dataset(
+    *, session: Session, owner: Owner, dataset_in: DatasetCreate, settings: Settings
+) -> DatasetRead:
+    """``POST /datasets`` with JSON: a dataset with classes and no items."""
+    errors: list[FieldError] = []
+    classes = check_classes(dataset_in.classes, settings=settings, errors=errors)
+    if errors:
+        raise InvalidInput("; ".join(e.message for e in errors), errors=errors)
+    if len(classes) > settings.max_classes:
+        raise InvalidInput(f"classes: {len(classes)} classes, over the limit of {settings.max_classes}")
+    dataset = Dataset(
+        owner_id=owner.id, name=dataset_in.name.strip(), classes=classes, prompt_template=dataset_in.prompt_template
+    )
+    session.add(dataset)
+    session.commit()
+    return _read(dataset, 0)
+
+
+def create_dataset_from_upload(
+    *, session: Session, storage: BlobStore, owner: Owner, raw: RawUpload, settings: Settings
+) -> DatasetCreated:
+    """``POST /datasets`` with multipart: validate the whole batch first, then store it in one transaction."""
+    name = (raw.name or "").strip()
+    batch: ValidBatch | None = None
+    try:
+        batch = validate_upload(raw, settings=settings, dataset_classes=None, require_items=False)
+    except InvalidInput as exc:
+        if not name:
+            exc.errors.insert(0, _name_error())
+            exc.detail = f"name: required; {exc.detail}"
+        raise
+    if not name or len(name) > 200:
+        raise InvalidInput("name: required, 1 to 200 characters", errors=[_name_error()])
+    if not batch.classes:
+        raise InvalidInput(
+            "classes: a dataset needs classes (give `classes` or a manifest with candidates)",
+            errors=[_field("classes", "classes: a dataset needs classes (give `classes` or a manifest)")],
+        )
+    prompt = (raw.prompt_template or "").strip() or None
+    if prompt is not None and (len(prompt) > 500 or "{}" not in prompt):
+        message = 'prompt_template: needs a "{}" where the class name goes, at most 500 characters'
+        raise InvalidInput(message, errors=[_field("prompt_template", message)])
+    dataset = Dataset(owner_id=owner.id, name=name, classes=batch.classes, prompt_template=prompt)
+    session.add(dataset)
+    session.flush()
+    added, duplicates = _store_items(session=session, storage=storage, dataset=dataset, batch=batch)
+    read = _read(dataset, len(added))
+    return DatasetCreated(**read.model_dump(), added=len(added), duplicates=duplicates)
+
+
+def _name_error() -> FieldError:
+    return _field("name", "name: required, 1 to 200 characters")
+
+
+def _field(field: str, message: str) -> FieldError:
+    return FieldError(field=field, message=message)
+
+
+def add_items(
+    *, session: Session, storage: BlobStore, owner: Owner, dataset_id: str, raw: RawUpload, settings: Settings
+) -> ItemsAdded:
+    """``POST /datasets/{id}/items``: all-or-nothing; duplicates of stored images are reported, not stored."""
+    dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
+    if raw.name is not None:
+        raw.errors.append(_field("name", "name: not accepted when adding items (the dataset has its name)"))
+    batch = validate_upload(raw, settings=settings, dataset_classes=list(dataset.classes), require_items=True)
+    # Serialise uploads to one dataset (sequence numbers, duplicate check) on PostgreSQL; SQLite writes are serial.
+    dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id, lock=True)
+    if batch.classes != list(dataset.classes):
+        dataset.classes = batch.classes
+    added, duplicates = _store_items(session=session, storage=storage, dataset=dataset, batch=batch)
+    return ItemsAdded(
+        dataset_id=dataset.id,
+        added=len(added),
+        item_ids=added,
+        duplicates=duplicates,
+        item_count=_item_count(session, dataset.id),
+    )
+
+
+def _store_items(
+    *, session: Session, storage: BlobStore, dataset: Dataset, batch: ValidBatch
+) -> tuple[list[str], list[DuplicateRead]]:
+    """Insert the batch's new images (blobs first, then rows, one commit); returns (new item ids, duplicates)."""
+    duplicates = [DuplicateRead(file=d.file, sha256=d.sha256, duplicate_of=d.duplicate_of) for d in batch.duplicates]
+    shas = [it.sha256 for it in batch.items]
+    existing: dict[str, str] = {}
+    for i in range(0, len(shas), _IN_CHUNK):
+        rows = session.execute(
+            select(Item.sha256, Item.id).where(Item.dataset_id == dataset.id, Item.sha256.in_(shas[i : i + _IN_CHUNK]))
+        )
+        existing.update({sha: item_id for sha, item_id in rows})
+    seq = session.scalar(select(func.max(Item.seq)).where(Item.dataset_id == dataset.id)) or 0
+    new_items: list[Item] = []
+    for it in batch.items:
+        if it.sha256 in existing:
+            duplicates.append(DuplicateRead(file=it.file, sha256=it.sha256, duplicate_of=existing[it.sha256]))
+            continue
+        storage.put(it.data)
+        seq += 1
+        new_items.append(
+            Item(
+                dataset_id=dataset.id,
+                seq=seq,
+                file=it.file[:500],
+                sha256=it.sha256,
+                width=it.width,
+                height=it.height,
+                candidates=it.candidates,
+                given_label=it.label,
+            )
+        )
+    session.add_all(new_items)
+    dataset.updated_at = utcnow()
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict("a concurrent upload stored some of these images first; retry the request") from None
+    # A concurrent dataset delete may have collected a blob we share between put() and commit: put it back.
+    for it in batch.items:
+        if it.sha256 not in existing and not storage.exists(it.sha256):
+            storage.put(it.data)
+    return [item.id for item in new_items], duplicates
+
+
+def list_datasets(*, session: Session, owner: Owner) -> DatasetList:
+    counts = dict(
+        session.execute(
+            select(Item.dataset_id, func.count())
+            .join(Dataset, Dataset.id == Item.dataset_id)
+            .where(Dataset.owner_id == owner.id)
+            .group_by(Item.dataset_id)
+        ).all()
+    )
+    datasets = session.scalars(
+        select(Dataset).where(Dataset.owner_id == owner.id).order_by(Dataset.created_at, Dataset.id)
+    ).all()
+    return DatasetList(data=[_read(d, counts.get(d.id, 0)) for d in datasets])
+
+
+def dataset_detail(*, session: Session, owner: Owner, dataset_id: str) -> DatasetDetail:
+    """The dataset with its counts: per-class candidates and labels, labelled, reviewed, needing review."""
+    dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
+    class_counts: Counter[str] = Counter({c: 0 for c in dataset.classes})
+    label_counts: Counter[str] = Counter({c: 0 for c in dataset.classes})
+    n = labelled = reviewed = review = 0
+    rows = session.execute(
+        select(Item.candidates, Item.label, Item.label_source, Item.needs_review).where(Item.dataset_id == dataset.id)
+    )
+    for candidates, label, source, needs_review in rows:
+        n += 1
+        class_counts.update(candidates)
+        if label is not None:
+            labelled += 1
+            label_counts[label] += 1
+        reviewed += source == "reviewer"
+        review += bool(needs_review)
+    read = _read(dataset, n)
+    return DatasetDetail(
+        **read.model_dump(),
+        labelled_count=labelled,
+        reviewed_count=reviewed,
+        needs_review_count=review,
+        class_counts=dict(class_counts),
+        label_counts=dict(label_counts),
+        updated_at=dataset.updated_at,
+    )
+
+
+def delete_dataset(*, session: Session, storage: BlobStore, owner: Owner, dataset_id: str) -> None:
+    """Delete the dataset and its items; its queued jobs are cancelled and running ones asked to stop.
+
+    Models trained on it stay (their ``dataset_id`` becomes null). Image blobs no other item references
+    are removed after the commit.
+    """
+    dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id, lock=True)
+    shas = set(session.scalars(select(Item.sha256).where(Item.dataset_id == dataset.id)))
+    now = utcnow()
+    session.execute(
+        update(Job)
+        .where(Job.dataset_id == dataset.id, Job.status == "queued")
+        .values(
+            status="cancelled",
+            finished_at=now,
+            error_code="cancelled",
+            error_message="the dataset was deleted",
+        )
+    )
+    session.execute(
+        update(Job).where(Job.dataset_id == dataset.id, Job.status == "running").values(cancel_requested=True)
+    )
+    session.execute(delete(Item).where(Item.dataset_id == dataset.id))
+    session.delete(dataset)
+    session.commit()
+    _collect_blobs(session=session, storage=storage, shas=shas)
+
+
+def _collect_blobs(*, session: Session, storage: BlobStore, shas: set[str]) -> None:
+    """Delete the blobs of ``shas`` that no item references any more (best effort)."""
+    remaining = list(shas)
+    for i in range(0, len(remaining), _IN_CHUNK):
+        chunk = remaining[i : i + _IN_CHUNK]
+        used = set(session.scalars(select(Item.sha256).where(Item.sha256.in_(chunk)).distinct()))
+        for sha in chunk:
+            if sha not in used:
+                try:
+                    storage.delete(sha)
+                except OSError as exc:  # pragma: no cover - disk trouble must not fail the delete
+                    log.warning("could not delete blob %s: %s", sha, exc)
+    session.rollback()

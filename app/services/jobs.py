@@ -1,0 +1,209 @@
+"""Training jobs: create (idempotent), read, events, cooperative cancel.
+
+The database row is the source of truth; the broker message only names the job id and is sent *after* the
+commit. If the broker is down at that moment the job stays ``queued`` and the API still answers 202: the row
+is durable, an ``error`` event (code ``broker_unavailable``) records the failed send, and the worker's reaper
+re-enqueues queued jobs that have not started (the same path that heals a lost message). A client therefore
+never has to retry a create, and retrying with the same ``Idempotency-Key`` returns this same job.
+
+Idempotency (IETF Idempotency-Key draft): the key is scoped to the owner; the request fingerprint is the
+sha256 of the dataset id and the full parameter set *after defaults*. Same key + same fingerprint -> the
+original job (202, header ``Idempotent-Replayed: true``); same key + another fingerprint -> 422.
+
+Cancel (AIP-151, best effort): a queued job becomes ``cancelled`` at once (a conditional UPDATE, so a worker
+that just started it wins and the job is treated as running); a running job gets ``cancel_requested`` and the
+worker stops at its next step, ending ``cancelled``; a finished job answers 409.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app import queue
+from app.api.errors import Conflict, FieldError, InvalidInput, NotFound
+from app.config import Settings
+from app.models import Item, Job, JobEvent, Owner, utcnow
+from app.schemas import FINISHED_STATUSES, ErrorRead, JobCreate, JobEventList, JobEventRead, JobRead, ProgressRead
+from app.services.datasets import get_dataset
+
+log = logging.getLogger(__name__)
+
+
+def job_read(job: Job) -> JobRead:
+    error = ErrorRead(code=job.error_code, message=job.error_message) if job.error_code else None
+    progress = {k: v for k, v in (job.progress or {}).items() if k in ProgressRead.model_fields}
+    return JobRead(
+        id=job.id,
+        type=job.type,
+        dataset_id=job.dataset_id,
+        status=job.status,
+        params=job.params or {},
+        progress=ProgressRead(**progress),
+        metrics=job.metrics or {},
+        error=error,
+        attempt=job.attempt,
+        cancel_requested=bool(job.cancel_requested),
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        model_id=job.model_id,
+    )
+
+
+def _fingerprint(dataset_id: str, params: dict) -> str:
+    canonical = json.dumps({"dataset_id": dataset_id, "params": params}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _replay(job: Job, request_hash: str, key: str) -> JobRead:
+    if job.request_hash != request_hash:
+        raise InvalidInput(
+            f"Idempotency-Key: {key!r} was used for a different request (job {job.id}); use a new key",
+            code="idempotency_key_reused",
+            errors=[FieldError(field="Idempotency-Key", message="the key was used with a different body")],
+        )
+    return job_read(job)
+
+
+def create_job(
+    *,
+    session: Session,
+    owner: Owner,
+    dataset_id: str,
+    job_in: JobCreate,
+    idempotency_key: str | None,
+    settings: Settings,
+) -> tuple[JobRead, bool]:
+    """Create and enqueue a training job; returns (job, replayed)."""
+    if idempotency_key is not None:
+        idempotency_key = idempotency_key.strip()
+        if not idempotency_key or len(idempotency_key) > 200:
+            raise InvalidInput(
+                "Idempotency-Key: 1 to 200 characters",
+                errors=[FieldError(field="Idempotency-Key", message="1 to 200 characters")],
+            )
+    dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
+    params = job_in.model_dump()
+    request_hash = _fingerprint(dataset.id, params)
+    if idempotency_key:
+        prior = session.scalar(select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == idempotency_key))
+        if prior is not None:
+            return _replay(prior, request_hash, idempotency_key), True
+    has_items = session.scalar(select(Item.id).where(Item.dataset_id == dataset.id).limit(1)) is not None
+    if not has_items:
+        raise Conflict(f"dataset {dataset.id} has no items to train on", code="dataset_empty")
+    if len(dataset.classes) < 2:
+        raise Conflict(f"dataset {dataset.id} needs at least 2 classes to train", code="too_few_classes")
+    job = Job(
+        owner_id=owner.id,
+        dataset_id=dataset.id,
+        type="train",
+        status="queued",
+        params=params,
+        progress={"stage": "queued", "epoch": 0, "epochs": job_in.epochs, "fraction": 0.0},
+        metrics={},
+        attempt=0,
+        max_attempts=settings.job_max_attempts,
+        idempotency_key=idempotency_key or None,
+        request_hash=request_hash,
+    )
+    session.add(job)
+    try:
+        session.flush()
+    except IntegrityError:  # a concurrent request with the same key won the race
+        session.rollback()
+        prior = session.scalar(select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == idempotency_key))
+        if prior is None:  # pragma: no cover - the unique constraint names only this pair
+            raise
+        return _replay(prior, request_hash, idempotency_key or ""), True
+    session.add(JobEvent(job_id=job.id, kind="stage", data={"stage": "queued"}))
+    session.commit()
+    _enqueue(session=session, job=job)
+    return job_read(job), False
+
+
+def _enqueue(*, session: Session, job: Job) -> None:
+    """Send the job id to the broker (after the commit); on failure keep it queued for the reaper."""
+    try:
+        queue.enqueue(queue.TRAIN_TASK, job.id)
+    except Exception as exc:
+        log.warning("job %s: broker unavailable, left queued for the reaper: %s", job.id, exc)
+        session.add(
+            JobEvent(
+                job_id=job.id,
+                kind="error",
+                data={
+                    "code": "broker_unavailable",
+                    "message": f"could not send the job to the broker ({type(exc).__name__}); it stays queued "
+                    "and is re-sent when the broker is back",
+                },
+            )
+        )
+        try:
+            session.commit()
+        except Exception:  # pragma: no cover - the event is informative only
+            session.rollback()
+
+
+def get_job(*, session: Session, owner: Owner, job_id: str) -> Job:
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.owner_id == owner.id))
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def read_job(*, session: Session, owner: Owner, job_id: str) -> JobRead:
+    return job_read(get_job(session=session, owner=owner, job_id=job_id))
+
+
+def list_events(*, session: Session, owner: Owner, job_id: str, after: int | None, limit: int) -> JobEventList:
+    """Events in order, after the id ``after`` (exclusive)."""
+    job = get_job(session=session, owner=owner, job_id=job_id)
+    stmt = select(JobEvent).where(JobEvent.job_id == job.id)
+    if after is not None:
+        stmt = stmt.where(JobEvent.id > after)
+    events = list(session.scalars(stmt.order_by(JobEvent.id).limit(limit + 1)))
+    has_more = len(events) > limit
+    events = events[:limit]
+    return JobEventList(
+        data=[JobEventRead.model_validate(e) for e in events],
+        next_after=events[-1].id if events else after,
+        has_more=has_more,
+    )
+
+
+def cancel_job(*, session: Session, owner: Owner, job_id: str) -> JobRead:
+    """Cooperative cancel (see the module docstring)."""
+    job = get_job(session=session, owner=owner, job_id=job_id)
+    now = utcnow()
+    cancelled = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == "queued")
+        .values(
+            status="cancelled",
+            cancel_requested=True,
+            finished_at=now,
+            updated_at=now,
+            error_code="cancelled",
+            error_message="cancelled before it started",
+        )
+    ).rowcount
+    if cancelled:
+        session.add(JobEvent(job_id=job.id, kind="stage", data={"stage": "cancelled"}))
+    else:
+        session.refresh(job)
+        if job.status in FINISHED_STATUSES:
+            session.rollback()
+            raise Conflict(f"job {job.id} already finished ({job.status}); nothing to cancel", code="job_finished")
+        if not job.cancel_requested:
+            session.execute(update(Job).where(Job.id == job.id).values(cancel_requested=True, updated_at=now))
+            session.add(JobEvent(job_id=job.id, kind="stage", data={"stage": "cancel_requested"}))
+    session.commit()
+    session.refresh(job)
+    return job_read(job)
