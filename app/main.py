@@ -7,6 +7,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from app import queue
+from app.api.errors import install_error_handlers
+from app.api.limits import BodyLimitMiddleware
+from app.api.routes import datasets, items, jobs
 from app.db import get_engine
 
 
@@ -14,8 +17,12 @@ def create_app() -> FastAPI:
     api = FastAPI(
         title="tagsift",
         version="0.1.0",
-        description="Weakly labelled image annotation: candidate tag sets in, disambiguated tags out.",
+        description="Weakly labelled image annotation: candidate tag sets in, disambiguated tags out. "
+        "Every endpoint but /healthz, /readyz and the docs needs `Authorization: Bearer <key>`; "
+        "errors are application/problem+json.",
     )
+    install_error_handlers(api)
+    api.add_middleware(BodyLimitMiddleware)
 
     @api.get("/healthz", tags=["health"])
     def healthz() -> dict:
@@ -25,10 +32,12 @@ def create_app() -> FastAPI:
     @api.get("/readyz", tags=["health"], responses={503: {"description": "database or broker unreachable"}})
     def readyz() -> JSONResponse:
         """The database and the broker answer."""
-        checks = {"database": _database_ok(), "broker": queue.broker_reachable()}
+        checks = {"database": _database_ok(), "broker": _broker_ok()}
         ok = all(checks.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 
+    for module in (datasets, items, jobs):
+        api.include_router(module.router)
     return api
 
 
@@ -37,6 +46,13 @@ def _database_ok() -> bool:
         with get_engine().connect() as conn:
             conn.execute(text("SELECT 1"))
         return True
+    except Exception:
+        return False
+
+
+def _broker_ok() -> bool:
+    try:
+        return queue.broker_reachable()
     except Exception:
         return False
 

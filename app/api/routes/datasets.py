@@ -1,0 +1,200 @@
+"""Datasets: create (JSON or multipart upload), add items, list, read, delete, items page, labels export."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import ValidationError
+
+from app.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
+from app.api.errors import ApiError, FieldError, InvalidInput
+from app.config import Settings, get_settings
+from app.schemas import DatasetCreate, DatasetCreated, DatasetDetail, DatasetList, ItemList, ItemsAdded
+from app.services import datasets as datasets_service
+from app.services import items as items_service
+from app.services import labels as labels_service
+from app.uploads import RawUpload, read_multipart
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "description": "Dataset name (create only)."},
+                    "classes": {"type": "string", "description": 'JSON list of tags, e.g. ["cat", "lynx"].'},
+                    "prompt_template": {"type": "string", "description": 'e.g. "a photo of a {}." (create only)'},
+                    "manifest": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": 'JSONL {"file", "candidates", "label"?} or CSV file,candidates[,label] ("|").',
+                    },
+                    "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    "archive": {"type": "string", "format": "binary", "description": "One zip of the images."},
+                },
+            }
+        }
+    },
+}
+CREATE_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": DatasetCreate.model_json_schema()},
+        **UPLOAD_BODY["content"],
+    },
+}
+PROBLEMS = {
+    401: {"description": "missing or invalid API key"},
+    404: {"description": "no such dataset (or another owner's)"},
+    413: {"description": "request body too large"},
+    415: {"description": "unsupported content type"},
+    422: {"description": "invalid input: every problem listed in `errors`"},
+}
+
+
+async def read_dataset_body(request: Request, settings: Annotated[Settings, Depends(get_settings)]):
+    """The create body: a :class:`DatasetCreate` (JSON) or a :class:`RawUpload` (multipart)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "application/json":
+        try:
+            return DatasetCreate.model_validate_json(await request.body())
+        except ValidationError as exc:
+            errors = [
+                FieldError(field=".".join(str(p) for p in e["loc"]) or "body", message=e["msg"]) for e in exc.errors()
+            ]
+            raise InvalidInput(
+                "; ".join(f"{e.field}: {e.message}" for e in errors),
+                errors=[FieldError(field=e.field, message=f"{e.field}: {e.message}") for e in errors],
+            ) from None
+    return await read_upload_body(request, settings)
+
+
+async def read_upload_body(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> RawUpload:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "multipart/form-data":
+        raise ApiError(
+            f"Content-Type: expected multipart/form-data, got {ctype or 'none'}",
+            status=415,
+            code="unsupported_media_type",
+        )
+    return await read_multipart(request, settings)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetCreated,
+    openapi_extra={"requestBody": CREATE_BODY},
+    responses=PROBLEMS,
+)
+def create_dataset(
+    owner: OwnerDep,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    body: Annotated[DatasetCreate | RawUpload, Depends(read_dataset_body)],
+) -> DatasetCreated:
+    """Create a dataset: JSON `{"name", "classes"}` (empty) or multipart with a manifest and images / a zip."""
+    if isinstance(body, DatasetCreate):
+        read = datasets_service.create_empty_dataset(session=session, owner=owner, dataset_in=body, settings=settings)
+        return DatasetCreated(**read.model_dump(), added=0, duplicates=[])
+    return datasets_service.create_dataset_from_upload(
+        session=session, storage=storage, owner=owner, raw=body, settings=settings
+    )
+
+
+@router.get("", response_model=DatasetList, responses=PROBLEMS)
+def list_datasets(owner: OwnerDep, session: SessionDep) -> DatasetList:
+    """The owner's datasets, oldest first."""
+    return datasets_service.list_datasets(session=session, owner=owner)
+
+
+@router.get("/{dataset_id}", response_model=DatasetDetail, responses=PROBLEMS)
+def get_dataset(dataset_id: str, owner: OwnerDep, session: SessionDep) -> DatasetDetail:
+    """One dataset with its counts (per-class candidates and labels, labelled, reviewed, needing review)."""
+    return datasets_service.dataset_detail(session=session, owner=owner, dataset_id=dataset_id)
+
+
+@router.delete("/{dataset_id}", status_code=204, responses=PROBLEMS)
+def delete_dataset(dataset_id: str, owner: OwnerDep, session: SessionDep, storage: StorageDep) -> Response:
+    """Delete a dataset and its items (its queued jobs are cancelled, running ones asked to stop)."""
+    datasets_service.delete_dataset(session=session, storage=storage, owner=owner, dataset_id=dataset_id)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/{dataset_id}/items",
+    status_code=201,
+    response_model=ItemsAdded,
+    openapi_extra={"requestBody": UPLOAD_BODY},
+    responses=PROBLEMS,
+)
+def add_items(
+    dataset_id: str,
+    owner: OwnerDep,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    raw: Annotated[RawUpload, Depends(read_upload_body)],
+) -> ItemsAdded:
+    """Add a batch of items (all or nothing); images already in the dataset are reported as duplicates."""
+    return datasets_service.add_items(
+        session=session, storage=storage, owner=owner, dataset_id=dataset_id, raw=raw, settings=settings
+    )
+
+
+@router.get("/{dataset_id}/items", response_model=ItemList, responses=PROBLEMS)
+def list_items(
+    dataset_id: str,
+    owner: OwnerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    cursor: Annotated[str | None, Query(max_length=500, description="`next_cursor` of the previous page.")] = None,
+    limit: Annotated[int | None, Query(ge=1, description="Page size (default and maximum in the settings).")] = None,
+    needs_review: Annotated[bool | None, Query(description="Only items that do (true) / do not (false).")] = None,
+    order: Annotated[
+        items_service.ItemOrder, Query(description="`upload` order, or `margin` ascending (most doubtful first).")
+    ] = "upload",
+) -> ItemList:
+    """A page of the dataset's items; `needs_review=true&order=margin` is the review queue."""
+    limit = min(limit or settings.page_limit_default, settings.page_limit_max)
+    return items_service.list_items(
+        session=session,
+        owner=owner,
+        dataset_id=dataset_id,
+        settings=settings,
+        cursor=cursor,
+        limit=limit,
+        needs_review=needs_review,
+        order=order,
+    )
+
+
+@router.get(
+    "/{dataset_id}/labels",
+    responses={
+        **PROBLEMS,
+        200: {
+            "description": "the labels",
+            "content": {"application/json": {}, "application/x-ndjson": {}, "text/csv": {}},
+        },
+    },
+)
+def export_labels(
+    dataset_id: str,
+    owner: OwnerDep,
+    session: SessionDep,
+    format: Annotated[labels_service.LabelFormat, Query(description="json, jsonl or csv")] = "json",
+) -> Response:
+    """Every item's disambiguated tag, confidence, margin and source."""
+    body, media_type = labels_service.export_labels(session=session, owner=owner, dataset_id=dataset_id, fmt=format)
+    ext = {"json": "json", "jsonl": "jsonl", "csv": "csv"}[format]
+    return Response(
+        body,
+        media_type=media_type,
+        headers={"Content-Disposition": f'attachment; filename="labels-{dataset_id}.{ext}"'},
+    )

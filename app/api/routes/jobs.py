@@ -1,0 +1,73 @@
+"""Training jobs: create (202 + Location, Idempotency-Key), read, events, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+
+from app.api.deps import OwnerDep, SessionDep, SettingsDep
+from app.schemas import JobCreate, JobEventList, JobRead
+from app.services import jobs as jobs_service
+
+router = APIRouter(tags=["jobs"])
+
+PROBLEMS = {
+    401: {"description": "missing or invalid API key"},
+    404: {"description": "no such job / dataset (or another owner's)"},
+    409: {"description": "conflict: empty dataset, or the job already finished"},
+    422: {"description": "invalid parameters, or an Idempotency-Key reused with another body"},
+}
+
+
+@router.post("/datasets/{dataset_id}/jobs", status_code=202, response_model=JobRead, responses=PROBLEMS)
+def create_job(
+    dataset_id: str,
+    response: Response,
+    owner: OwnerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    job_in: JobCreate | None = None,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", description="Same key + same body: the same job.")
+    ] = None,
+) -> JobRead:
+    """Start a training job on the dataset (defaults: prompt alignment, rc loss, 50 epochs)."""
+    job, replayed = jobs_service.create_job(
+        session=session,
+        owner=owner,
+        dataset_id=dataset_id,
+        job_in=job_in or JobCreate(),
+        idempotency_key=idempotency_key,
+        settings=settings,
+    )
+    response.headers["Location"] = f"/jobs/{job.id}"
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return job
+
+
+@router.get("/jobs/{job_id}", response_model=JobRead, responses=PROBLEMS)
+def get_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobRead:
+    """A job's status, progress, metrics, error and model."""
+    return jobs_service.read_job(session=session, owner=owner, job_id=job_id)
+
+
+@router.get("/jobs/{job_id}/events", response_model=JobEventList, responses=PROBLEMS)
+def list_job_events(
+    job_id: str,
+    owner: OwnerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    after: Annotated[int | None, Query(ge=0, description="Only events with an id above this.")] = None,
+    limit: Annotated[int | None, Query(ge=1)] = None,
+) -> JobEventList:
+    """Stage changes and per-epoch metrics, oldest first."""
+    limit = min(limit or settings.page_limit_default, settings.page_limit_max)
+    return jobs_service.list_events(session=session, owner=owner, job_id=job_id, after=after, limit=limit)
+
+
+@router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobRead, responses=PROBLEMS)
+def cancel_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobRead:
+    """Cancel: a queued job at once, a running one at the worker's next step; 409 if already finished."""
+    return jobs_service.cancel_job(session=session, owner=owner, job_id=job_id)
