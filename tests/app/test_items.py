@@ -1,0 +1,129 @@
+"""Items: pagination, the review queue by margin, a reviewer's tag, the image, and the labels export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from sqlalchemy import select
+
+from app.db import session_scope
+from app.models import Item
+from tests.app.conftest import Api, image_bytes
+
+
+def _label_like_the_worker(dataset_id: str, margins: list[float]) -> list[str]:
+    """Write model labels as the worker does (label, confidence, margin, needs_review); returns ids in upload order."""
+    with session_scope() as session:
+        items = list(session.scalars(select(Item).where(Item.dataset_id == dataset_id).order_by(Item.seq)))
+        for item, margin in zip(items, margins, strict=True):
+            item.label = item.candidates[0]
+            item.confidence = 0.5 + margin / 2
+            item.margin = margin
+            item.label_source = "model"
+            item.needs_review = margin < 0.2
+        return [i.id for i in items]
+
+
+def test_cursor_pagination_walks_every_item_once(alice: Api) -> None:
+    ds = alice.make_dataset(7)
+    seen, cursor, pages = [], None, 0
+    while True:
+        params = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+        page = alice.get(f"/datasets/{ds['id']}/items", params=params).json()
+        seen += [i["file"] for i in page["data"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [f"img{i}.png" for i in range(7)] and pages == 3
+    item = page["data"][0]
+    assert item["image_url"] == f"/items/{item['id']}/image"
+    assert {"candidates", "label", "confidence", "margin", "label_source"} <= item.keys()
+    assert alice.get(f"/datasets/{ds['id']}/items", params={"cursor": "garbage!"}).status_code == 422
+    assert alice.get(f"/datasets/{ds['id']}/items", params={"limit": 0}).status_code == 422
+    assert alice.get(f"/datasets/{ds['id']}/items", params={"order": "random"}).status_code == 422
+
+
+def test_review_queue_orders_by_margin_most_doubtful_first(alice: Api) -> None:
+    ds = alice.make_dataset(6)
+    ids = _label_like_the_worker(ds["id"], [0.9, 0.05, 0.15, 0.5, 0.01, 0.15])
+    url = f"/datasets/{ds['id']}/items"
+    queue, cursor = [], None
+    while True:
+        page = alice.get(
+            url,
+            params={"needs_review": "true", "order": "margin", "limit": 2, **({"cursor": cursor} if cursor else {})},
+        ).json()
+        queue += [(i["id"], i["margin"]) for i in page["data"]]
+        if not (cursor := page["next_cursor"]):
+            break
+    assert [i for i, _ in queue] == [ids[4], ids[1], ids[2], ids[5]]  # ties (0.15) in upload order
+    all_by_margin = alice.get(url, params={"order": "margin"}).json()["data"]
+    assert [i["margin"] for i in all_by_margin] == sorted(i["margin"] for i in all_by_margin)
+    # A cursor from one order is refused by the other.
+    first = alice.get(url, params={"order": "margin", "limit": 1}).json()["next_cursor"]
+    assert alice.get(url, params={"cursor": first}).status_code == 422
+
+    detail = alice.get(f"/datasets/{ds['id']}").json()
+    assert detail["labelled_count"] == 6 and detail["needs_review_count"] == 4
+
+
+def test_reviewer_label_makes_the_item_certain(alice: Api) -> None:
+    ds = alice.make_dataset(3)
+    ids = _label_like_the_worker(ds["id"], [0.1, 0.1, 0.1])
+    item = alice.get(f"/items/{ids[0]}").json()  # candidates ["cat", "lynx"]
+    r = alice.patch(f"/items/{ids[0]}", json={"label": "lynx"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["label"] == "lynx" and body["label_source"] == "reviewer"
+    assert body["confidence"] == 1.0 and body["margin"] == 1.0 and body["needs_review"] is False
+    assert body["candidates"] == item["candidates"]
+    # A class outside the candidates is accepted and joins them; a tag outside the classes is refused.
+    r = alice.patch(f"/items/{ids[1]}", json={"label": "cat"})  # candidates ["lynx", "dog"]
+    assert r.status_code == 200 and r.json()["candidates"] == ["lynx", "dog", "cat"]
+    r = alice.patch(f"/items/{ids[2]}", json={"label": "wolf"})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "label"
+    r = alice.patch(f"/items/{ids[2]}", json={"labl": "cat"})
+    assert r.status_code == 422 and "labl" in r.text
+    detail = alice.get(f"/datasets/{ds['id']}").json()
+    assert detail["reviewed_count"] == 2 and detail["needs_review_count"] == 1
+    queue = alice.get(f"/datasets/{ds['id']}/items", params={"needs_review": "true"}).json()["data"]
+    assert [i["id"] for i in queue] == [ids[2]]
+
+
+def test_item_image_returns_the_uploaded_bytes(alice: Api) -> None:
+    ds = alice.make_dataset(1, offset=400)
+    item = alice.get(f"/datasets/{ds['id']}/items").json()["data"][0]
+    r = alice.get(item["image_url"])
+    assert r.status_code == 200 and r.content == image_bytes(400)
+    assert r.headers["content-type"] == "image/png" and r.headers["etag"] == f'"{item["sha256"]}"'
+    assert alice.get("/items/doesnotexist/image").status_code == 404
+
+
+def test_labels_export_in_three_formats(alice: Api) -> None:
+    ds = alice.make_dataset(3)
+    ids = _label_like_the_worker(ds["id"], [0.9, 0.05, 0.5])
+    alice.patch(f"/items/{ids[1]}", json={"label": "dog"})
+    url = f"/datasets/{ds['id']}/labels"
+
+    as_json = alice.get(url).json()
+    assert as_json["classes"] == ["cat", "lynx", "dog"]
+    rows = as_json["items"]
+    assert [r["id"] for r in rows] == ids
+    assert rows[0]["label"] == "cat" and rows[0]["margin"] == 0.9 and rows[0]["label_source"] == "model"
+    assert rows[1]["label"] == "dog" and rows[1]["label_source"] == "reviewer" and rows[1]["confidence"] == 1.0
+
+    r = alice.get(url, params={"format": "jsonl"})
+    assert r.headers["content-type"].startswith("application/x-ndjson")
+    assert [json.loads(line) for line in r.text.splitlines()] == rows
+
+    r = alice.get(url, params={"format": "csv"})
+    assert r.headers["content-type"].startswith("text/csv")
+    table = list(csv.DictReader(io.StringIO(r.text)))
+    assert [t["id"] for t in table] == ids
+    assert table[0]["label"] == "cat" and float(table[0]["confidence"]) == rows[0]["confidence"]
+    assert table[1]["label_source"] == "reviewer" and table[0]["candidates"] == "cat|lynx"
+
+    assert alice.get(url, params={"format": "xml"}).status_code == 422
