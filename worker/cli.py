@@ -117,6 +117,33 @@ def up() -> None:
             worker_proc.kill()
 
 
+@cli.command("build-reference-backbone")
+def build_reference_backbone(
+    cache_dir: Annotated[
+        Path | None, typer.Option("--cache-dir", help="Where to build it (default TAGSIFT_MODEL_CACHE_DIR).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even when a cached build exists.")] = False,
+) -> None:
+    """Build (or find) the offline reference backbone effnetlite0-minilm and print its paths and fit R^2."""
+    import time
+
+    from app.config import get_settings
+    from ml.reference import ReferenceBuildError
+    from ml.reference import build_reference_backbone as _build
+
+    started = time.perf_counter()
+    try:
+        build = _build(cache_dir or get_settings().model_cache_dir, force=force)
+    except ReferenceBuildError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    state = "built" if build.built else "cached"
+    typer.echo(f"reference backbone effnetlite0-minilm ({state}, {time.perf_counter() - started:.1f} s)")
+    typer.echo(f"config: {build.config_path}")
+    typer.echo(f"checkpoint: {build.checkpoint_path}")
+    typer.echo(f"r2: {build.r2:.4f}")
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
