@@ -245,7 +245,7 @@ def reap_once(*, requeue_after_seconds: float, now: datetime | None = None) -> l
             res = session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.status == "running", Job.lease_expires_at < now)
-                .values(status="queued", lease_owner=None, lease_expires_at=None, updated_at=now)
+                .values(status="queued", lease_expires_at=None, updated_at=now)  # lease_owner kept: who was lost
                 .execution_options(synchronize_session=False)
             )
             if res.rowcount == 1:

@@ -268,7 +268,6 @@ def _finish(run: JobRun, status: str, *, code: str | None = None, message: str |
 
 def _train(claim: Claim, run: JobRun, ckpt_dir: Path) -> str:
     import torch
-    import torch.nn.functional as F
 
     from ml.export import export_classifier
     from ml.features import FeatureCache, encode_images
@@ -353,7 +352,7 @@ def _train(claim: Claim, run: JobRun, ckpt_dir: Path) -> str:
     # --- labels for every item ---
     run.stage("labelling", items=len(job.items))
     labels, confidence, margin = disambiguate(
-        F.normalize(eval_feats.float(), dim=-1), result.class_features.cpu(), result.logit_scale, candidates=mask
+        eval_feats, result.class_features, result.logit_scale, candidates=mask, bias=result.class_bias
     )
     rows = []
     for i, it in enumerate(job.items):
@@ -396,9 +395,11 @@ def _train(claim: Claim, run: JobRun, ckpt_dir: Path) -> str:
     model_id = new_id()
     artifacts: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="tagsift-export-") as tmp:
-        files = export_classifier(backbone, result.class_features, result.logit_scale, job.classes, tmp)
-        for name, path in files.items():
-            artifacts[name] = storage.put(Path(path).read_bytes())
+        files = export_classifier(
+            backbone, result.class_features, result.logit_scale, job.classes, tmp, class_bias=result.class_bias
+        )
+        for path in files.values():
+            artifacts[Path(path).name] = storage.put(Path(path).read_bytes())  # model.onnx, classes.json, ...
     artifacts["model_card.md"] = storage.put(model_card(job, cfg, metrics, model_id).encode())
 
     # --- save: one transaction, fenced on our lease ---

@@ -26,11 +26,11 @@ from app.storage import get_storage
 ROOT = Path(__file__).resolve().parents[2]
 TAGSIFT = ROOT / ".venv" / "bin" / "tagsift"
 
-#: A tiny random-init open_clip model: loads in a second, trains an epoch in milliseconds.
+#: A tiny random-init open_clip model (ModifiedResNet image tower, 1-layer text transformer): fast on CPU.
 TINY_CLIP = {
     "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8, "head_width": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 64},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
 
 #: Fast reliability timings for worker processes under test.

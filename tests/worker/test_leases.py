@@ -100,7 +100,7 @@ def test_reaper_requeues_expired_and_stale_jobs_once(prod_env):
     found = dict(reap_once(requeue_after_seconds=300, now=later))
     assert set(found) == {running, stale}
     assert "worker lost" in found[running] and "dead" in found[running]
-    assert get_job(running).status == "queued" and get_job(running).lease_owner is None
+    assert get_job(running).status == "queued" and get_job(running).lease_expires_at is None
     assert fresh not in found and get_job(live).status == "running"
     # a second reaper pass (another worker) finds nothing new
     assert reap_once(requeue_after_seconds=300, now=later) == []
