@@ -1,0 +1,60 @@
+"""The deployment files are valid: docker-compose.yml against the Compose specification, the Dockerfile by hadolint.
+
+(`docker compose config` needs a Docker engine; the same schema check runs here offline.) Also checks the
+properties the service relies on: Redis without eviction, a one-shot migration before the API and workers, data
+and model-cache volumes, health checks, and the GPU worker's NVIDIA reservation under the "gpu" profile.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / ".venv" / "bin"
+
+
+def _tool(name: str) -> str:
+    path = BIN / name
+    if not path.exists():
+        pytest.skip(f"{name} is not installed in .venv (pip install -e '.[dev]' installs it)")
+    return str(path)
+
+
+def test_compose_file_matches_compose_spec():
+    cmd = [_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "docker-compose.yml"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_dockerfile_passes_hadolint():
+    res = subprocess.run([_tool("hadolint"), "Dockerfile"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_compose_services_and_reliability_settings():
+    spec = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = spec["services"]
+    assert {"postgres", "redis", "migrate", "api", "worker", "worker-gpu"} <= set(services)
+    assert "noeviction" in services["redis"]["command"]
+    for name in ("api", "worker", "worker-gpu"):
+        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert "healthcheck" in services[name]
+    assert services["migrate"]["restart"] == "no"
+    assert services["worker-gpu"]["profiles"] == ["gpu"]
+    devices = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert {"data", "models"} <= set(spec["volumes"])
+    assert any(v.startswith("models:") for v in services["worker"]["volumes"])
+
+
+def test_dockerfile_api_target_has_no_torch():
+    text = (ROOT / "Dockerfile").read_text()
+    for target in ("AS api", "AS worker", "AS worker-gpu"):
+        assert target in text
+    lines = (ROOT / "docker" / "requirements-api.txt").read_text().splitlines()
+    reqs = [line for line in lines if line.strip() and not line.startswith("#")]
+    assert not [r for r in reqs if "torch" in r or "open_clip" in r]
