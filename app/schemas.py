@@ -226,6 +226,10 @@ class ModelRead(_Output):
     created_at: datetime
 
 
+class ModelList(BaseModel):
+    data: list[ModelRead]
+
+
 class ScoredLabel(BaseModel):
     label: str
     score: float

@@ -603,3 +603,52 @@ def _read_archive(
             else:
                 files.append((name, content))
     return files, manifest
+
+
+@dataclass
+class RawPredict:
+    """The parts of a ``POST /predict`` form."""
+
+    model_id: str | None = None
+    images: list[tuple[str, bytes]] = field(default_factory=list)
+    candidates: str | None = None
+    top_k: str | None = None
+
+
+async def read_predict_form(request: Request, settings: Settings) -> RawPredict:
+    """Read ``model_id``, one or more ``image`` files, ``candidates`` (JSON) and ``top_k``."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "multipart/form-data":
+        raise ApiError(
+            f"Content-Type: expected multipart/form-data, got {ctype or 'none'}",
+            status=415,
+            code="unsupported_media_type",
+        )
+    try:
+        form = await request.form(max_files=settings.max_predict_images + 1, max_fields=20, max_part_size=1024 * 1024)
+    except Exception as exc:
+        detail = getattr(exc, "detail", None) or str(exc)
+        raise ApiError(f"body: cannot parse the multipart form ({detail})", code="malformed_multipart") from None
+    raw = RawPredict()
+    errors: list[FieldError] = []
+    try:
+        for key, value in form.multi_items():
+            if key == "image":
+                if isinstance(value, UploadFile):
+                    raw.images.append((_clean_name(value.filename or ""), await value.read()))
+                else:
+                    errors.append(FieldError(field="image", message="image: each part must be a file"))
+            elif key in ("model_id", "candidates", "top_k"):
+                text = (await _part_bytes(value)).decode("utf-8", errors="replace")
+                setattr(raw, key, text)
+            else:
+                errors.append(FieldError(field=key, message=f"{key}: unknown form field"))
+    finally:
+        await form.close()
+    if not raw.model_id:
+        errors.append(FieldError(field="model_id", message="model_id: required"))
+    if not raw.images and not any(e.field == "image" for e in errors):
+        errors.append(FieldError(field="image", message="image: send one or more image files"))
+    if errors:
+        raise InvalidInput("; ".join(e.message for e in errors), errors=errors)
+    return raw

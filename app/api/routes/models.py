@@ -1,0 +1,53 @@
+"""Models: read one, list, and export the deployable zip."""
+
+from __future__ import annotations
+
+import os
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
+
+from app.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
+from app.schemas import ModelList, ModelRead
+from app.services import models as models_service
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+PROBLEMS = {
+    401: {"description": "missing or invalid API key"},
+    404: {"description": "no such model (or another owner's)"},
+    409: {"description": "the model's artifacts are missing"},
+}
+
+
+@router.get("", response_model=ModelList, responses=PROBLEMS)
+def list_models(owner: OwnerDep, session: SessionDep, settings: SettingsDep) -> ModelList:
+    """The owner's models, oldest first."""
+    return ModelList(data=models_service.list_models(session=session, owner=owner, settings=settings))
+
+
+@router.get("/{model_id}", response_model=ModelRead, responses=PROBLEMS)
+def get_model(model_id: str, owner: OwnerDep, session: SessionDep, settings: SettingsDep) -> ModelRead:
+    """A model: backbone, method, classes, metrics, its job and artifacts."""
+    return models_service.read_model(session=session, owner=owner, model_id=model_id, settings=settings)
+
+
+@router.get(
+    "/{model_id}/export",
+    response_class=FileResponse,
+    responses={**PROBLEMS, 200: {"description": "zip", "content": {"application/zip": {}}}},
+)
+def export_model(
+    model_id: str, owner: OwnerDep, session: SessionDep, storage: StorageDep, settings: SettingsDep
+) -> FileResponse:
+    """A zip with model.onnx, classes.json, preprocess.json, model_card.md and model.json."""
+    path = models_service.export_model(
+        session=session, storage=storage, owner=owner, model_id=model_id, settings=settings
+    )
+    return FileResponse(
+        path,
+        media_type="application/zip",
+        filename=f"tagsift-model-{model_id}.zip",
+        background=BackgroundTask(os.unlink, path),
+    )

@@ -1,0 +1,102 @@
+"""Predictions with the exported ONNX classifier (ONNX Runtime in the API process)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from app.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
+from app.api.errors import FieldError, InvalidInput
+from app.config import Settings, get_settings
+from app.schemas import PredictResponse
+from app.services import models as models_service
+from app.uploads import RawPredict, read_predict_form
+
+router = APIRouter(prefix="/predict", tags=["predict"])
+
+PROBLEMS = {
+    401: {"description": "missing or invalid API key"},
+    404: {"description": "no such model / item (or another owner's)"},
+    409: {"description": "the model's artifacts are missing"},
+    422: {"description": "invalid input: bad image, unknown candidates, ..."},
+}
+PREDICT_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["model_id", "image"],
+                "properties": {
+                    "model_id": {"type": "string"},
+                    "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    "candidates": {
+                        "type": "string",
+                        "description": 'JSON list of tags for every image, or one list per image: ["cat", "lynx"]',
+                    },
+                    "top_k": {"type": "integer", "minimum": 1, "default": 5},
+                },
+            }
+        }
+    },
+}
+
+
+async def _predict_form(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> RawPredict:
+    return await read_predict_form(request, settings)
+
+
+@router.get("", response_model=PredictResponse, responses=PROBLEMS)
+def predict_item(
+    owner: OwnerDep,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    model_id: Annotated[str, Query(max_length=64)],
+    item_id: Annotated[str, Query(max_length=64)],
+    top_k: Annotated[int, Query(ge=1, le=1000)] = 5,
+    restrict_to_candidates: Annotated[bool, Query(description="Score only the item's candidates.")] = True,
+) -> PredictResponse:
+    """Predict a stored item's tag with a model (by default among the item's candidates)."""
+    return models_service.predict_item(
+        session=session,
+        storage=storage,
+        owner=owner,
+        model_id=model_id,
+        item_id=item_id,
+        top_k=top_k,
+        restrict_to_candidates=restrict_to_candidates,
+        settings=settings,
+    )
+
+
+@router.post("", response_model=PredictResponse, responses=PROBLEMS, openapi_extra={"requestBody": PREDICT_BODY})
+def predict_images(
+    owner: OwnerDep,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    raw: Annotated[RawPredict, Depends(_predict_form)],
+) -> PredictResponse:
+    """Predict uploaded images; `candidates` restricts the answer, `top_k` sets how many scores come back."""
+    top_k = 5
+    if raw.top_k is not None and raw.top_k.strip():
+        try:
+            top_k = int(raw.top_k)
+        except ValueError:
+            top_k = 0
+        if not 1 <= top_k <= 1000:
+            raise InvalidInput(
+                "top_k: an integer from 1 to 1000", errors=[FieldError(field="top_k", message="1 to 1000")]
+            )
+    return models_service.predict_images(
+        session=session,
+        storage=storage,
+        owner=owner,
+        model_id=raw.model_id or "",
+        images=[models_service.PredictImage(file=name, data=data) for name, data in raw.images],
+        candidates=models_service.parse_candidates(raw.candidates),
+        top_k=top_k,
+        settings=settings,
+    )

@@ -1,0 +1,253 @@
+"""Models: read, export zip, and predictions (by stored item or uploaded images) with ONNX Runtime.
+
+Predictions are a softmax of the model's logits over all its classes, or, when restricted, over the given
+candidates only (renormalised, like the labels a job writes). ``GET /predict?item_id=`` restricts to the item's
+candidates by default (``restrict_to_candidates=false`` scores every class). Candidates that are not classes of
+the model answer 422 naming them; ``top_k`` is capped at the number of classes scored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+
+from PIL import Image
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.api.errors import Conflict, FieldError, InvalidInput, NotFound
+from app.config import Settings
+from app.imaging import ImageInvalid, open_image, verify_image
+from app.models import Model, Owner
+from app.predictor import LoadedModel, ModelUnavailable, get_model_cache, scores
+from app.schemas import ModelRead, Prediction, PredictResponse, ScoredLabel
+from app.services.items import get_item
+from app.storage import BlobStore
+
+EXPORT_ORDER = ("model.onnx", "classes.json", "preprocess.json", "model_card.md")
+
+
+def get_model(*, session: Session, owner: Owner, model_id: str) -> Model:
+    """The owner's model; 404 for a missing id and for another owner's."""
+    model = session.scalar(select(Model).where(Model.id == model_id, Model.owner_id == owner.id))
+    if model is None:
+        raise NotFound(f"model {model_id} not found")
+    return model
+
+
+def model_read(model: Model, settings: Settings) -> ModelRead:
+    return ModelRead(
+        id=model.id,
+        job_id=model.job_id,
+        dataset_id=model.dataset_id,
+        backbone=model.backbone,
+        method=model.method,
+        classes=model.classes,
+        metrics=model.metrics or {},
+        artifacts=sorted((model.artifacts or {}).keys()),
+        export_url=f"{settings.public_url.rstrip('/')}/models/{model.id}/export",
+        created_at=model.created_at,
+    )
+
+
+def read_model(*, session: Session, owner: Owner, model_id: str, settings: Settings) -> ModelRead:
+    return model_read(get_model(session=session, owner=owner, model_id=model_id), settings)
+
+
+def list_models(*, session: Session, owner: Owner, settings: Settings) -> list[ModelRead]:
+    models = session.scalars(select(Model).where(Model.owner_id == owner.id).order_by(Model.created_at, Model.id))
+    return [model_read(m, settings) for m in models]
+
+
+def export_model(*, session: Session, storage: BlobStore, owner: Owner, model_id: str, settings: Settings) -> str:
+    """A temporary zip (the caller deletes it): the ONNX classifier, classes.json, preprocess.json, model_card.md
+    and model.json (this model's metadata). Written to a file, not memory: a ViT image encoder is hundreds of MB."""
+    model = get_model(session=session, owner=owner, model_id=model_id)
+    artifacts = dict(model.artifacts or {})
+    missing = [name for name in EXPORT_ORDER[:3] if name not in artifacts or not storage.exists(artifacts[name])]
+    if missing:
+        raise Conflict(
+            f"model {model.id}: artifacts missing from storage: {', '.join(missing)}", code="model_incomplete"
+        )
+    tmp_dir = settings.data_dir / "tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, path = tempfile.mkstemp(dir=tmp_dir, prefix="export-", suffix=".zip")
+    try:
+        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w") as zf:
+            names = [n for n in EXPORT_ORDER if n in artifacts] + sorted(set(artifacts) - set(EXPORT_ORDER))
+            for name in names:
+                if not storage.exists(artifacts[name]):
+                    continue
+                compression = zipfile.ZIP_STORED if name.endswith(".onnx") else zipfile.ZIP_DEFLATED
+                info = zipfile.ZipInfo(name, date_time=model.created_at.timetuple()[:6])
+                info.compress_type = compression
+                with storage.open(artifacts[name]) as src, zf.open(info, "w", force_zip64=True) as dst:
+                    while chunk := src.read(1 << 20):
+                        dst.write(chunk)
+            if "model_card.md" not in artifacts:
+                zf.writestr("model_card.md", _fallback_card(model))
+            zf.writestr("model.json", json.dumps(model_read(model, settings).model_dump(mode="json"), indent=2))
+    except BaseException:
+        os.unlink(path)
+        raise
+    return path
+
+
+def _fallback_card(model: Model) -> str:
+    return (
+        f"# tagsift model {model.id}\n\n- backbone: {model.backbone}\n- method: {model.method}\n"
+        f"- classes: {len(model.classes)}\n- job: {model.job_id}\n- metrics: {json.dumps(model.metrics)}\n"
+    )
+
+
+# --- predictions ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PredictImage:
+    file: str
+    data: bytes
+
+
+def _loaded(*, model: Model, storage: BlobStore, settings: Settings) -> LoadedModel:
+    try:
+        return get_model_cache().get(
+            model_id=model.id, artifacts=dict(model.artifacts or {}), storage=storage, settings=settings
+        )
+    except ModelUnavailable as exc:
+        raise Conflict(str(exc), code="model_incomplete") from None
+
+
+def _allowed(loaded: LoadedModel, candidates: list[str] | None, *, item: str | None) -> list[int] | None:
+    if candidates is None:
+        return None
+    index = {c: i for i, c in enumerate(loaded.classes)}
+    unknown = [c for c in candidates if c not in index]
+    if unknown:
+        where = f" ({item})" if item else ""
+        raise InvalidInput(
+            f"candidates{where}: not classes of model {loaded.model_id}: {', '.join(map(repr, unknown))}",
+            errors=[FieldError(field="candidates", item=item, message=f"not classes of this model: {unknown}")],
+        )
+    return [index[c] for c in candidates]
+
+
+def _prediction(loaded: LoadedModel, logits, allowed: list[int] | None, top_k: int, **ids: str | None) -> Prediction:
+    ranked = scores(logits, allowed)
+    top = [ScoredLabel(label=loaded.classes[i], score=p) for i, p in ranked[:top_k]]
+    return Prediction(
+        **ids, label=top[0].label, score=top[0].score, top_k=top, restricted_to_candidates=allowed is not None
+    )
+
+
+def predict_item(
+    *,
+    session: Session,
+    storage: BlobStore,
+    owner: Owner,
+    model_id: str,
+    item_id: str,
+    top_k: int,
+    restrict_to_candidates: bool,
+    settings: Settings,
+) -> PredictResponse:
+    """Predict a stored item's tag, by default among its candidates that the model knows."""
+    model = get_model(session=session, owner=owner, model_id=model_id)
+    item = get_item(session=session, owner=owner, item_id=item_id)
+    loaded = _loaded(model=model, storage=storage, settings=settings)
+    allowed = None
+    if restrict_to_candidates:
+        known = [c for c in item.candidates if c in set(loaded.classes)]
+        if not known:
+            raise InvalidInput(
+                f"item {item.id}: none of its candidates is a class of model {model.id}",
+                errors=[FieldError(field="item_id", item=item.id, message="no candidate is a class of the model")],
+            )
+        allowed = _allowed(loaded, known, item=item.id)
+    try:
+        data = storage.get(item.sha256)
+    except FileNotFoundError:
+        raise NotFound(f"item {item.id}: the image blob is missing from storage", code="blob_missing") from None
+    logits = loaded.logits([open_image(data)], batch_size=1)[0]
+    pred = _prediction(loaded, logits, allowed, top_k, file=item.file, item_id=item.id)
+    return PredictResponse(model_id=model.id, predictions=[pred])
+
+
+def predict_images(
+    *,
+    session: Session,
+    storage: BlobStore,
+    owner: Owner,
+    model_id: str,
+    images: list[PredictImage],
+    candidates: list[list[str]] | list[str] | None,
+    top_k: int,
+    settings: Settings,
+) -> PredictResponse:
+    """Predict uploaded images; ``candidates`` is one list for all images or one list per image."""
+    model = get_model(session=session, owner=owner, model_id=model_id)
+    errors: list[FieldError] = []
+    if not images:
+        errors.append(FieldError(field="image", message="image: send one or more image files"))
+    if len(images) > settings.max_predict_images:
+        errors.append(
+            FieldError(
+                field="image", message=f"image: {len(images)} files, over the limit of {settings.max_predict_images}"
+            )
+        )
+    per_image: list[list[str] | None] = [None] * len(images)
+    if candidates is not None:
+        if candidates and all(isinstance(c, list) for c in candidates):
+            if len(candidates) != len(images):
+                errors.append(
+                    FieldError(
+                        field="candidates",
+                        message=f"candidates: {len(candidates)} lists for {len(images)} images (one per image)",
+                    )
+                )
+            else:
+                per_image = list(candidates)  # type: ignore[arg-type]
+        else:
+            per_image = [list(candidates)] * len(images)  # type: ignore[list-item]
+        for i, cands in enumerate(per_image):
+            if cands is not None and not cands:
+                errors.append(FieldError(field="candidates", item=str(i), message=f"candidates[{i}]: empty list"))
+    decoded: list[Image.Image] = []
+    for img in images:
+        try:
+            verify_image(data=img.data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes)
+            decoded.append(open_image(img.data))
+        except ImageInvalid as exc:
+            errors.append(FieldError(field="image", item=img.file, message=f"{img.file}: {exc}"))
+    if errors:
+        raise InvalidInput("; ".join(e.message for e in errors), errors=errors)
+    loaded = _loaded(model=model, storage=storage, settings=settings)
+    allowed = [_allowed(loaded, c, item=images[i].file) for i, c in enumerate(per_image)]
+    logits = loaded.logits(decoded, batch_size=max(1, settings.predict_batch_size))
+    preds = [_prediction(loaded, logits[i], allowed[i], top_k, file=images[i].file or None) for i in range(len(images))]
+    return PredictResponse(model_id=model.id, predictions=preds)
+
+
+def parse_candidates(text: str | None) -> list[str] | list[list[str]] | None:
+    """The ``candidates`` form field: a JSON list of tags, or a list of such lists (one per image)."""
+    if text is None or not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"candidates: not valid JSON ({exc.msg})", errors=[FieldError(field="candidates", message="not valid JSON")]
+        ) from None
+    ok_flat = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    ok_nested = isinstance(value, list) and all(
+        isinstance(v, list) and all(isinstance(x, str) for x in v) for v in value
+    )
+    if not (ok_flat or ok_nested) or not value:
+        raise InvalidInput(
+            "candidates: a non-empty JSON list of tags, or one such list per image",
+            errors=[FieldError(field="candidates", message="a list of tags or a list of lists")],
+        )
+    return value
