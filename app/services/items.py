@@ -89,7 +89,7 @@ def list_items(
     dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
     stmt = select(Item).where(Item.dataset_id == dataset.id)
     if needs_review is not None:
-        stmt = stmt.where(Item.needs_review.is_(needs_review))
+        stmt = stmt.where(Item.needs_review == needs_review)
     if order == "margin":
         key = func.coalesce(Item.margin, _NO_MARGIN)
         if cursor:
