@@ -109,7 +109,7 @@ class ItemRead(_Output):
     label: str | None
     confidence: float | None
     margin: float | None
-    label_source: Literal["model", "reviewer"] | None
+    label_source: str | None = Field(description="`model` or `reviewer`; null until a job or a reviewer tags it.")
     needs_review: bool
     image_url: str
 

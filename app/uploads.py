@@ -626,6 +626,8 @@ async def read_predict_form(request: Request, settings: Settings) -> RawPredict:
         )
     try:
         form = await request.form(max_files=settings.max_predict_images + 1, max_fields=20, max_part_size=1024 * 1024)
+    except ApiError:
+        raise
     except Exception as exc:
         detail = getattr(exc, "detail", None) or str(exc)
         raise ApiError(f"body: cannot parse the multipart form ({detail})", code="malformed_multipart") from None

@@ -261,3 +261,17 @@ def test_zip_members_limit(alice: Api, tagsift_env) -> None:
     archive = zip_bytes({f"m{i}.png": image_bytes(200 + i) for i in range(3)}, compression=zipfile.ZIP_STORED)
     r = alice.post(f"/datasets/{ds['id']}/items", files=[("archive", ("a.zip", archive, "application/zip"))])
     assert r.status_code == 422 and "3 members" in r.text
+
+
+def test_streamed_body_over_the_limit_answers_413(alice: Api, tagsift_env) -> None:
+    tagsift_env(max_request_bytes=50_000)
+
+    def chunks():  # no Content-Length: the limit is enforced while reading
+        yield b'{"name": "x", "classes": ["' + b"a" * 30_000
+        yield b"b" * 30_000 + b'"]}'
+
+    r = alice.post("/datasets", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["code"] == "payload_too_large"
+    files = [("manifest", ("m.jsonl", b"x" * 60_000, "text/plain"))]
+    r = alice.post("/predict", data={"model_id": "m"}, files=files)
+    assert r.status_code == 413

@@ -130,3 +130,17 @@ def test_broker_down_keeps_the_job_queued(alice: Api, tagsift_env) -> None:
     events = alice.get(f"/jobs/{r.json()['id']}/events").json()["data"]
     assert events[-1]["kind"] == "error" and events[-1]["data"]["code"] == "broker_unavailable"
     assert alice.client.get("/readyz").status_code == 503
+
+
+def test_concurrent_requests_with_one_idempotency_key_make_one_job(alice: Api) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    ds = alice.make_dataset(2)
+
+    def create(_: int):
+        return alice.post(f"/datasets/{ds['id']}/jobs", json={"epochs": 2}, headers={"Idempotency-Key": "race"})
+
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(create, range(8)))
+    assert {r.status_code for r in responses} == {202}
+    assert len({r.json()["id"] for r in responses}) == 1
