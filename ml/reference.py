@@ -298,6 +298,28 @@ def _write_configs(folder: Path, minilm_dir: Path) -> Path:
     return config_path
 
 
+def save_checkpoint(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Write ``state`` as safetensors, atomically and byte-for-byte reproducibly.
+
+    The backbone id (and so every cached image feature) is keyed on the checkpoint's sha256, so equal weights
+    must give equal bytes: the header carries a single metadata entry (safetensors serialises a metadata map in
+    hash order, so several entries could come out in a different order on every write).
+    """
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": "pt"})
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is shared like any other model file
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def _cached_build(folder: Path) -> dict[str, Any] | None:
     meta = _read_json(folder / BUILD_FILE)
     if not meta or meta.get("recipe_version") != RECIPE_VERSION or meta.get("model_name") != REFERENCE_MODEL_NAME:
@@ -332,7 +354,6 @@ def build_reference_backbone(cache_dir: str | Path, *, force: bool = False) -> R
 
 def _build(folder: Path, parts: ReferenceParts) -> ReferenceBuild:
     import open_clip
-    from safetensors.torch import save_file
 
     started = time.perf_counter()
     with contextlib.suppress(FileNotFoundError):
@@ -360,18 +381,8 @@ def _build(folder: Path, parts: ReferenceParts) -> ReferenceBuild:
         model.text.proj.weight.copy_(w)
         model.logit_scale.fill_(LOGIT_SCALE)
 
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     ckpt_path = folder / CHECKPOINT_FILE
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{CHECKPOINT_FILE}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o644)
-        save_file(state, tmp, metadata={"model_name": REFERENCE_MODEL_NAME, "recipe_version": str(RECIPE_VERSION)})
-        os.replace(tmp, ckpt_path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    save_checkpoint(model.state_dict(), ckpt_path)
 
     meta = {
         "model_name": REFERENCE_MODEL_NAME,

@@ -145,3 +145,16 @@ def test_zero_shot_cifar10_far_above_chance(reference_open_clip, cifar10_path):
     acc = float((pred == test.labels).float().mean())
     print(f"zero-shot CIFAR-10 top-1 {acc:.1%} on {len(test)} test photos ('a photo of a {{}}.', chance 10%)")
     assert acc > 0.30
+
+
+def test_checkpoint_bytes_are_reproducible(tmp_path):
+    """Equal weights give equal checkpoint bytes (the backbone id, and every cached feature, keys on them)."""
+    from ml.reference import save_checkpoint
+
+    g = torch.Generator().manual_seed(0)
+    state = {f"layer{i}.weight": torch.randn(3, 4, generator=g) for i in range(20)}
+    state["count"] = torch.tensor(7)
+    save_checkpoint(state, tmp_path / "a.safetensors")
+    save_checkpoint(dict(reversed(list(state.items()))), tmp_path / "b.safetensors")
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+    assert (tmp_path / "a.safetensors").stat().st_mode & 0o777 == 0o644
