@@ -132,3 +132,16 @@ def test_loader_on_real_archive(cifar10_path):
     assert torch.bincount(test.labels[idx], minlength=10).tolist() == [16] * 10
     cands = partialize(test.labels[idx], 10, q=0.3, seed=1)
     assert cands[torch.arange(160), test.labels[idx]].all()
+
+
+def test_bench_setting_composes_the_protocol(tiny_archive):
+    from ml.bench.common import load_setting
+
+    path, _ = tiny_archive
+    s = load_setting(path, shots=2, q=0.5, seed=1)
+    assert len(s.images) == 6 and s.candidates.shape == (6, 10)
+    assert torch.bincount(s.images.labels).tolist() == [2, 2, 2]
+    assert s.candidates[torch.arange(6), s.images.labels].all()
+    again = load_setting(path, shots=2, q=0.5, seed=1)
+    assert torch.equal(s.indices, again.indices) and torch.equal(s.candidates, again.candidates)
+    assert 1.0 <= s.mean_set_size <= 10.0
