@@ -23,6 +23,7 @@ from tests.worker.conftest import FAST_LEASES, WorkerProcess
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 PER_CLASS = 10
+HELD_OUT = 2  # per class, for /predict
 CANDIDATES = 3
 
 
@@ -52,11 +53,16 @@ def test_cifar10_reference_backbone_end_to_end(api, cifar10_path, reference_buil
     from ml.data import load_cifar10
 
     client, settings = api
-    data = load_cifar10(cifar10_path, "test", per_class=PER_CLASS, seed=0)
+    data = load_cifar10(cifar10_path, "test", per_class=PER_CLASS + HELD_OUT, seed=0)  # one pass over the archive
     classes = list(data.classnames)
     rng = random.Random(0)
+    seen: dict[int, int] = {}
+    upload, held_out = [], []
+    for image, label in zip(data.images, data.labels.tolist(), strict=True):
+        seen[label] = seen.get(label, 0) + 1
+        (upload if seen[label] <= PER_CLASS else held_out).append((image, label))
     manifest, files, truth = [], [], {}
-    for i, (image, label) in enumerate(zip(data.images, data.labels.tolist(), strict=True)):
+    for i, (image, label) in enumerate(upload):
         name = f"img{i:03d}.jpg"
         true = classes[label]
         others = rng.sample([c for c in classes if c != true], CANDIDATES - 1)
@@ -103,14 +109,13 @@ def test_cifar10_reference_backbone_end_to_end(api, cifar10_path, reference_buil
         assert json.loads(zf.read("classes.json")) == classes
         assert "not CLIP" in zf.read("model_card.md").decode()
 
-    new = load_cifar10(cifar10_path, "train", per_class=2, seed=1)
     res = client.post(
         "/predict",
         data={"model_id": job["model_id"]},
-        files=[("image", (f"new{i}.jpg", img, "image/jpeg")) for i, img in enumerate(new.images)],
+        files=[("image", (f"new{i}.jpg", img, "image/jpeg")) for i, (img, _) in enumerate(held_out)],
     )
     assert res.status_code == 200, res.text
     predictions = res.json()["predictions"]
-    assert len(predictions) == len(new.images) and all(p["label"] in classes for p in predictions)
-    hits = sum(p["label"] == classes[t] for p, t in zip(predictions, new.labels.tolist(), strict=True))
+    assert len(predictions) == len(held_out) and all(p["label"] in classes for p in predictions)
+    hits = sum(p["label"] == classes[t] for p, (_, t) in zip(predictions, held_out, strict=True))
     assert hits / len(predictions) > 1 / len(classes)  # better than chance over all 10 classes
