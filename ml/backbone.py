@@ -168,6 +168,23 @@ def _preprocess_cfg(model: torch.nn.Module) -> PreprocessConfig:
     )
 
 
+def _checkpoint_preprocess(spec: BackboneSpec) -> dict:
+    """Preprocessing stored next to a local checkpoint in open_clip's local-dir `open_clip_config.json`.
+
+    open_clip applies a registered config's own preprocessing only for pretrained tags; with a checkpoint *path*
+    it falls back to the OpenAI mean/std, so the `preprocess_cfg` saved beside the checkpoint is passed explicitly.
+    """
+    if not spec.is_local_checkpoint:
+        return {}
+    side = Path(spec.pretrained).parent / "open_clip_config.json"
+    if not side.is_file():
+        return {}
+    pp = json.loads(side.read_text()).get("preprocess_cfg", {})
+    keys = {"mean": "image_mean", "std": "image_std", "interpolation": "image_interpolation"}
+    keys["resize_mode"] = "image_resize_mode"
+    return {arg: tuple(pp[k]) if isinstance(pp[k], list) else pp[k] for k, arg in keys.items() if k in pp}
+
+
 def load_backbone(
     spec: BackboneSpec | str, *, device: str | torch.device = "cpu", cache_dir: str | Path | None = None
 ) -> Backbone:
@@ -198,7 +215,7 @@ def load_backbone(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # random-init towers are reproducible (their id says "random")
             model, _, preprocess = open_clip.create_model_and_transforms(
-                spec.model_name, pretrained=spec.pretrained, device=device, cache_dir=None
+                spec.model_name, pretrained=spec.pretrained, device=device, **_checkpoint_preprocess(spec)
             )
         tokenizer = open_clip.get_tokenizer(spec.model_name)
     except Exception as e:  # rewrapped with the backbone name, the cause and a remedy

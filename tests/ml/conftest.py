@@ -93,3 +93,35 @@ def tiny_hf(tiny_configs):
 @pytest.fixture(params=["native", "hf"])
 def tiny_backbone(request, tiny_native, tiny_hf):
     return tiny_native if request.param == "native" else tiny_hf
+
+
+# --- the real reference backbone and CIFAR-10 (built / provided by others; skipped when absent) -------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+REFERENCE_CACHE_DIR = ROOT / "var" / "test-models"  # shared with tests/ml/reference_fixtures.py
+CIFAR10_ARCHIVE = Path("/work/shared/data/cifar10-jpg.tar.gz")
+
+
+@pytest.fixture(scope="session")
+def reference_backbone():
+    """`load_backbone("reference")`, built into var/test-models on first use; skips if its parts are missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("ml.reference") is None:
+        pytest.skip("ml.reference (the reference backbone builder) is absent")
+    from ml.backbone import load_backbone
+    from ml.reference import ReferenceBuildError, reference_parts
+
+    try:
+        reference_parts()
+    except ReferenceBuildError as e:
+        pytest.skip(f"reference backbone packages unavailable: {e}")
+    REFERENCE_CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    return load_backbone("reference", cache_dir=REFERENCE_CACHE_DIR)
+
+
+@pytest.fixture(scope="session")
+def cifar10_archive() -> Path:
+    if not CIFAR10_ARCHIVE.is_file():
+        pytest.skip(f"CIFAR-10 JPEG archive not found at {CIFAR10_ARCHIVE}")
+    return CIFAR10_ARCHIVE
