@@ -239,11 +239,9 @@ def load_backbone(
 
 def _embed_dim(model: torch.nn.Module) -> int:
     """Output dimension of the image tower (== text tower), measured rather than guessed from the config."""
-    visual = model.visual
     size = open_clip.get_model_preprocess_cfg(model).get("size", 224)
     size = size if isinstance(size, int) else size[0]
     device = next(model.parameters()).device
     with torch.no_grad():
         out = model.encode_image(torch.zeros(1, 3, size, size, device=device))
-    del visual
     return int(out.shape[-1])

@@ -11,6 +11,7 @@ centre-crop image_size, scale to [0, 1], subtract mean, divide by std; input lay
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -80,7 +81,8 @@ def export_classifier(
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel has no ONNX symbolic
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced as constants: expected
             torch.onnx.export(
                 clf,
                 (dummy,),

@@ -63,10 +63,19 @@ def test_export_rejects_mismatched_names(tiny_native, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("ml.reference") is None, reason="ml.reference (reference backbone) absent")
-def test_onnx_parity_reference_backbone(reference_backbone, tmp_path):
-    from ml.data import CIFAR10_CLASSES
+def test_onnx_parity_reference_backbone(reference_backbone, cifar10_archive, tmp_path):
+    """100 real CIFAR-10 test photos through the eval transform; class matrix = zero-shot text features."""
+    import io
 
-    c = F.normalize(torch.randn(len(CIFAR10_CLASSES), reference_backbone.embed_dim), dim=1)
-    s = reference_backbone.preprocess_cfg.image_size
-    pixels = torch.randn(100, 3, s, s, generator=torch.Generator().manual_seed(1))
-    _parity(reference_backbone, c, 30.0, CIFAR10_CLASSES, tmp_path, pixels=pixels)
+    from PIL import Image
+
+    from ml.data import load_cifar10
+    from ml.prompts import handcrafted_class_features
+    from ml.text_encoder import TextEncoder
+
+    test = load_cifar10(cifar10_archive, "test", per_class=10, seed=3)
+    pixels = torch.stack([reference_backbone.preprocess(Image.open(io.BytesIO(b)).convert("RGB")) for b in test.images])
+    te = TextEncoder(reference_backbone.model)
+    c = handcrafted_class_features(te, reference_backbone.tokenizer, test.classnames, ("a photo of a {}.",), "cpu")
+    ref = _parity(reference_backbone, c, 100.0, test.classnames, tmp_path, pixels=pixels)
+    assert float((torch.from_numpy(ref).argmax(1) == test.labels).float().mean()) > 0.2  # a real classifier
