@@ -15,6 +15,7 @@ import math
 import os
 import random
 import re
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -61,7 +62,7 @@ class FeatureCache:
     def put(self, backbone_id: str, sha: str, view: int, feature: torch.Tensor, seed: int = 0) -> None:
         p = self.path(backbone_id, sha, view, seed)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # unique per writer
         with open(tmp, "wb") as f:
             np.save(f, feature.detach().cpu().float().numpy())
         os.replace(tmp, p)  # atomic: readers never see a partial file
