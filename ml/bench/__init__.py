@@ -1,0 +1,1 @@
+"""Benchmarks of the ml/ library: plain arguments in, printed figures and dataclasses out."""
