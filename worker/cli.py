@@ -144,6 +144,125 @@ def build_reference_backbone(
     typer.echo(f"r2: {build.r2:.4f}")
 
 
+@bench.command("train-speed")
+def bench_train_speed(
+    backbone: Annotated[str, typer.Option(help="Backbone spec, or 'reference'.")] = "reference",
+    shots: Annotated[int, typer.Option(help="Training images per CIFAR-10 class.")] = 16,
+    q: Annotated[float, typer.Option(help="Candidate-set flip rate.")] = 0.3,
+    epochs: Annotated[int, typer.Option(help="Epochs of each run.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of shots, candidate sets, context init and batch order.")] = 1,
+    method: Annotated[str, typer.Option(help="prompt_alignment or coop.")] = "prompt_alignment",
+    loss: Annotated[str, typer.Option(help="PLL loss: naive, cc, rc, lws, cavl, plcr, pico.")] = "rc",
+    cifar10_path: Annotated[
+        Path | None, typer.Option("--cifar10-path", help="CIFAR-10 JPEG archive (default TAGSIFT_CIFAR10_PATH).")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option("--cache-dir", help="Backbone cache (default TAGSIFT_MODEL_CACHE_DIR).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    test_images: Annotated[int, typer.Option("--test-images", help="Test images for the accuracies.")] = 1000,
+) -> None:
+    """Train the same prompts with this trainer and with an official-style loop; print times and accuracies."""
+    from app.config import get_settings
+    from ml.bench.train_speed import run_cifar10_train_speed
+
+    settings = get_settings()
+    run_cifar10_train_speed(
+        backbone=backbone,
+        cifar10_path=cifar10_path or settings.cifar10_path,
+        cache_dir=cache_dir or settings.model_cache_dir,
+        shots=shots,
+        q=q,
+        epochs=epochs,
+        seed=seed,
+        method=method,
+        loss=loss,
+        device=device,
+        test_images=test_images,
+        out=typer.echo,
+    )
+
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.replace(",", " ").split()]
+
+
+@bench.command("reproduce")
+def bench_reproduce(
+    quick: Annotated[bool, typer.Option("--quick", help="Small subset (q 0.3, seed 1, 5 methods, 2 epochs, 1,000 test"
+                                        " images): under 5 minutes.")] = False,
+    q: Annotated[str, typer.Option("--q", help="Partial rates, comma-separated.")] = "0.1,0.3,0.5,0.7",
+    seeds: Annotated[str, typer.Option("--seeds", help="Seeds, comma-separated.")] = "1,2,3,4",
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs of the prompt methods (few-shot).")] = 100,
+    lp_epochs: Annotated[int, typer.Option("--lp-epochs", help="Epochs of the linear probe.")] = 100,
+    large_epochs: Annotated[int, typer.Option("--large-epochs", help="Epochs of the prompt methods (large).")] = 2,
+    large_q: Annotated[str, typer.Option("--large-q", help="Partial rates of the large regime.")] = "0.3",
+    large_seeds: Annotated[str, typer.Option("--large-seeds", help="Seeds of the large regime.")] = "1",
+    methods: Annotated[str | None, typer.Option("--methods", help="Comma-separated method names.")] = None,
+    regime: Annotated[str, typer.Option("--regime", help="fewshot | large | both")] = "fewshot",
+    out: Annotated[Path, typer.Option("--out", help="Directory of the JSON results.")] = Path("bench-out"),
+    cifar10_path: Annotated[Path | None, typer.Option("--cifar10-path", help="Default TAGSIFT_CIFAR10_PATH.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Backbone cache (default"
+                                                   " TAGSIFT_MODEL_CACHE_DIR).")] = None,
+    feature_dir: Annotated[Path | None, typer.Option("--feature-dir", help="Feature cache (default"
+                                                     " <data_dir>/features).")] = None,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Skip cells already on disk.")] = True,
+    test_cached_only: Annotated[bool, typer.Option("--test-cached-only", help="Evaluate on the test images already"
+                                                   " encoded (re-evaluate later with --report-only).")] = False,
+    report_only: Annotated[bool, typer.Option("--report-only", help="Only (re-evaluate and) report.")] = False,
+    report: Annotated[Path, typer.Option("--report", help="Markdown report to write.")] = Path("docs/results.md"),
+    threads: Annotated[int, typer.Option("--threads", help="torch CPU threads (0: torch default).")] = 0,
+) -> None:
+    """Reproduce arXiv 2407.07638 on CIFAR-10 with the reference backbone (effnetlite0-minilm); see docs/results.md."""
+    import subprocess as sp
+
+    import torch
+
+    from app.config import get_settings
+    from ml.bench import reproduce as R
+
+    if threads:
+        torch.set_num_threads(threads)
+    settings = get_settings()
+    out_dir = out / "quick" if quick else out
+    png = report.with_name(report.stem + "-accuracy-vs-q.png")
+    cifar = cifar10_path or settings.cifar10_path
+    models = cache_dir or settings.model_cache_dir
+    feats = feature_dir or settings.data_dir / "features"
+
+    def log(msg: str) -> None:
+        typer.echo(msg)
+
+    if report_only:
+        if not test_cached_only:
+            data = None
+        else:  # fill in test accuracies of cells evaluated on fewer images, from the feature cache only
+            data = R.load_bench_data(cifar, models, feats, seeds=[], regime="fewshot", test_cached_only=True, log=log)
+            R.reevaluate(out_dir, data.test, log)
+        R.write_report(out_dir, report, png)
+        typer.echo(f"wrote {report} and {png}")
+        return
+    try:
+        commit = sp.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    cfg = R.GridConfig(
+        out_dir=out_dir, qs=_floats(q), seeds=[int(s) for s in _floats(seeds)], epochs=epochs, lp_epochs=lp_epochs,
+        large_epochs=large_epochs, large_qs=_floats(large_q), large_seeds=[int(s) for s in _floats(large_seeds)],
+        methods=[m.strip() for m in methods.split(",")] if methods else None, regime=regime, resume=resume,
+        commit=commit, extra={"command": " ".join(sys.argv[1:])},
+    )
+    if quick:
+        cfg.qs, cfg.seeds, cfg.epochs, cfg.lp_epochs, cfg.regime = [0.3], [1], 2, 20, "fewshot"
+        cfg.methods = cfg.methods or list(R.QUICK_METHODS)
+    data = R.load_bench_data(cifar, models, feats, seeds=cfg.seeds, regime=cfg.regime, quick=quick,
+                             test_cached_only=test_cached_only, log=log)
+    R.run_grid(data, cfg, log)
+    R.write_report(out_dir, report if not quick else out_dir / "results.md",
+                   png if not quick else out_dir / "results-accuracy-vs-q.png")
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
