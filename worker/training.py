@@ -9,7 +9,9 @@ no SQL beyond loading and saving rows. Its steps, each a stage in ``Job.progress
 3. **encoding**: ``ml.features.encode_images`` through the on-disk ``FeatureCache`` at ``<data_dir>/features``
    (a re-run encodes nothing).
 4. **training**: ``ml.train.fit`` with ``checkpoint_path=<data_dir>/jobs/<job_id>/ckpt.pt``, so a re-run after a
-   lost worker resumes from the last finished epoch; one ``epoch`` event per epoch.
+   lost worker resumes from the last finished epoch; one ``epoch`` event per epoch. A checkpoint that no longer
+   matches (items added between attempts, other params) is deleted with a ``checkpoint`` event, and training
+   restarts from epoch 1.
 5. **labelling**: ``ml.train.disambiguate`` on the view-0 features of *every* item, restricted to its candidates.
 6. **exporting**: ``ml.export.export_classifier`` plus a model card, each file put into the BlobStore.
 7. **save**, one transaction fenced on our lease: items (never those a reviewer labelled), the ``Model`` row (one
@@ -61,6 +63,15 @@ STAGES: dict[str, tuple[float, float]] = {
 
 #: Job params that are not TrainConfig fields.
 RUN_PARAMS = ("shots", "views")
+
+#: The JobEvent reason recorded when a previous attempt's checkpoint cannot be resumed.
+STALE_CHECKPOINT_REASON = "checkpoint no longer matches the dataset; training restarts from epoch 1"
+
+
+def is_stale_checkpoint_error(exc: BaseException) -> bool:
+    """True for ``ml.train.fit``'s ValueError about a checkpoint written for other data or another config."""
+    text = str(exc)
+    return isinstance(exc, ValueError) and text.startswith("checkpoint ") and "different data or config" in text
 
 
 class LeaseLost(Exception):
@@ -130,7 +141,10 @@ class JobRun:
         if done < 1.0 and time.monotonic() - self._last_write < throttle:
             return
         lo, hi = STAGES[stage]
-        self.write(fraction=round(lo + (hi - lo) * min(max(done, 0.0), 1.0), 4))
+        fraction = round(lo + (hi - lo) * min(max(done, 0.0), 1.0), 4)
+        if self.progress.get("stage") == stage:  # never move the bar back within a stage
+            fraction = max(fraction, float(self.progress.get("fraction") or 0.0))
+        self.write(fraction=fraction)
 
 
 # --- loading ----------------------------------------------------------------------------------------------------------
@@ -333,18 +347,36 @@ def _train(claim: Claim, run: JobRun, ckpt_dir: Path) -> str:
         )
 
     train_idx_t = torch.tensor(train_idx, dtype=torch.long)
+    ckpt_path = ckpt_dir / "ckpt.pt"
+
+    def train():
+        return fit(
+            backbone,
+            train_feats,
+            mask[train_idx_t],
+            job.classes,
+            cfg,
+            on_epoch=on_epoch,
+            should_cancel=run.heartbeat.should_stop,
+            checkpoint_path=ckpt_path,
+            device=device,
+        )
+
     started = time.perf_counter()
-    result = fit(
-        backbone,
-        train_feats,
-        mask[train_idx_t],
-        job.classes,
-        cfg,
-        on_epoch=on_epoch,
-        should_cancel=run.heartbeat.should_stop,
-        checkpoint_path=ckpt_dir / "ckpt.pt",
-        device=device,
-    )
+    try:
+        result = train()
+    except ValueError as exc:
+        if not (ckpt_path.is_file() and is_stale_checkpoint_error(exc)):
+            raise
+        # items added between attempts, or different params: the previous attempt's epochs are not reusable
+        log.warning("job %s: %s; training restarts from epoch 1", claim.job_id, exc)
+        ckpt_path.unlink(missing_ok=True)
+        run.write(
+            ("checkpoint", {"action": "discarded", "reason": STALE_CHECKPOINT_REASON, "detail": str(exc)[:500]}),
+            epoch=0,
+            fraction=lo,
+        )
+        result = train()
     train_seconds = time.perf_counter() - started
     if run.heartbeat.should_stop():
         raise TrainingCancelled("cancel requested")
