@@ -263,6 +263,51 @@ def bench_reproduce(
                    png if not quick else out_dir / "results-accuracy-vs-q.png")
 
 
+@bench.command("service")
+def bench_service(
+    images: Annotated[int, typer.Option("--images", help="CIFAR-10 photos to upload and train on.")] = 1000,
+    upload_batch: Annotated[int, typer.Option("--upload-batch", help="Images per upload request.")] = 100,
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs of the training job.")] = 3,
+    views: Annotated[int, typer.Option("--views", help="Feature views per image.")] = 1,
+    clients: Annotated[int, typer.Option("--clients", help="Concurrent /predict clients.")] = 4,
+    requests: Annotated[int, typer.Option("--requests", help="/predict requests (1 image) per client.")] = 50,
+    backbone: Annotated[str, typer.Option("--backbone", help="Backbone spec, or 'reference'.")] = "reference",
+    q: Annotated[float, typer.Option("--q", help="Candidate-set flip rate.")] = 0.3,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the photos, candidate sets and training.")] = 1,
+    database_url: Annotated[str, typer.Option("--database-url", help="PostgreSQL URL (default: SQLite).")] = "",
+    broker_url: Annotated[str, typer.Option("--broker-url", help="Redis URL (default: SQLite broker).")] = "",
+    cifar10_path: Annotated[Path | None, typer.Option("--cifar10-path", help="Default TAGSIFT_CIFAR10_PATH.")] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option("--cache-dir", help="Backbone cache (default TAGSIFT_MODEL_CACHE_DIR).")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N (worker and direct run).")] = "cpu",
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the temp data dir and logs.")] = False,
+) -> None:
+    """Upload, training and /predict through a real service it starts, against calling ml/ and ONNX Runtime."""
+    from app.config import get_settings
+    from worker.bench_service import ServiceBenchConfig, run_service_bench
+
+    settings = get_settings()
+    cfg = ServiceBenchConfig(
+        cifar10_path=cifar10_path or settings.cifar10_path,
+        cache_dir=cache_dir or settings.model_cache_dir,
+        backbone=backbone,
+        images=images,
+        upload_batch=upload_batch,
+        q=q,
+        seed=seed,
+        epochs=epochs,
+        views=views,
+        clients=clients,
+        requests=requests,
+        database_url=database_url,
+        broker_url=broker_url,
+        device=device,
+        keep=keep,
+    )
+    run_service_bench(cfg, out=typer.echo)
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
