@@ -238,8 +238,9 @@ def bench_reproduce(
         if not test_cached_only:
             data = None
         else:  # fill in test accuracies of cells evaluated on fewer images, from the feature cache only
-            data = R.load_bench_data(cifar, models, feats, seeds=[], regime="fewshot", test_cached_only=True, log=log)
+            data = R.load_bench_data(cifar, models, feats, seeds=[], regime="both", test_cached_only=True, log=log)
             R.reevaluate(out_dir, data.test, log)
+            R.posthoc_ensembles(out_dir, data, log)
         R.write_report(out_dir, report, png)
         typer.echo(f"wrote {report} and {png}")
         return
@@ -259,6 +260,7 @@ def bench_reproduce(
     data = R.load_bench_data(cifar, models, feats, seeds=cfg.seeds, regime=cfg.regime, quick=quick,
                              test_cached_only=test_cached_only, log=log)
     R.run_grid(data, cfg, log)
+    R.posthoc_ensembles(out_dir, data, log)
     R.write_report(out_dir, report if not quick else out_dir / "results.md",
                    png if not quick else out_dir / "results-accuracy-vs-q.png")
 

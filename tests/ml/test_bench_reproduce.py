@@ -53,6 +53,10 @@ def test_quick_grid_writes_json_tables_and_png(tiny_native, tmp_path, monkeypatc
     assert 0.0 <= rec["test_acc"] <= 1.0 and rec["test_n"] == 5 * len(CLASSNAMES)
     assert set(rec["ens"]) == {str(b) for b in R.ENS_BETAS}
 
+    assert R.posthoc_ensembles(tmp_path / "out", _data(tiny_native), log=lambda m: None) > 0
+    rec = json.loads((tmp_path / "out" / "cells" / "fewshot__pa-rc__q0.3__s1.json").read_text())
+    assert set(rec["ens8"]) == {str(b) for b in R.ENS_BETAS} and "test_acc" in rec["ens8"]["0.5"]
+
     # resume: nothing is run again
     assert R.run_grid(_data(tiny_native), cfg, log=lambda m: None) == []
 
@@ -73,6 +77,7 @@ def test_quick_grid_writes_json_tables_and_png(tiny_native, tmp_path, monkeypatc
     ):
         assert f"| {label} |" in text
     assert "| q=0 | q=0.3 |" in text and "Large regime" in text and "abc123" in text
+    assert "8-template handcrafted, b=0.5" in text  # ranked for the service default
 
 
 def test_reevaluate_on_more_test_images(tiny_native, tmp_path, monkeypatch):
