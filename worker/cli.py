@@ -208,8 +208,8 @@ def bench_reproduce(
     feature_dir: Annotated[Path | None, typer.Option("--feature-dir", help="Feature cache (default"
                                                      " <data_dir>/features).")] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Skip cells already on disk.")] = True,
-    test_cached_only: Annotated[bool, typer.Option("--test-cached-only", help="Evaluate on the test images already"
-                                                   " encoded (re-evaluate later with --report-only).")] = False,
+    test_cached_only: Annotated[bool, typer.Option("--test-cached-only", help="Use only the test (and large-set)"
+                                                   " images already encoded; see --report-only.")] = False,
     report_only: Annotated[bool, typer.Option("--report-only", help="Only (re-evaluate and) report.")] = False,
     report: Annotated[Path, typer.Option("--report", help="Markdown report to write.")] = Path("docs/results.md"),
     threads: Annotated[int, typer.Option("--threads", help="torch CPU threads (0: torch default).")] = 0,

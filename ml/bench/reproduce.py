@@ -567,7 +567,8 @@ def generated_md(cells: list[dict], png_name: str) -> str:
     ):
         if not any(c["regime"] == regime for c in cells):
             continue
-        parts.append(f"### {title}\n")
+        n_train = sorted({c["n_train"] for c in cells if c["regime"] == regime})
+        parts.append(f"### {title}\n\nTraining images per run: {', '.join(map(str, n_train))}.\n")
         for key, what in (
             ("test_acc", "Test accuracy (%), full CIFAR-10 test set, mean ± std (seeds)"),
             ("disamb_acc", "Training-set disambiguation accuracy (%)"),
@@ -682,6 +683,9 @@ def load_bench_data(
         large_memo: list[Split] = []
 
         def large() -> Split:
+            if not large_memo and test_cached_only:  # the encoded part of the large set only (see the report)
+                large_memo.append(cached_split(backbone, train, D.large_rows(train.labels), feature_dir))
+                log(f"large: {len(large_memo[0].labels)} cached images")
             if not large_memo:
                 large_memo.append(
                     D.encode_rows(backbone, train, D.large_rows(train.labels), 1 + D.LARGE_AUG_VIEWS, feature_dir, log)
