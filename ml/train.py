@@ -196,10 +196,20 @@ class Classifier(nn.Module):
         return self.probe if self.method == "linear_probe" else self.prompt_learner
 
     def class_features(self) -> torch.Tensor:
-        """(K, D) normalised learned class text features (prompt methods): one text pass."""
+        """(K, D) normalised learned class text features (prompt methods): one text pass.
+
+        Reused while the context is unchanged (same `ctx._version`, autocast state; a pass with grad also serves
+        no-grad callers, detached): RC/LWS's after-step forward and the next step's forward see the same context.
+        """
         from ml.prompt_learner import class_text_features
 
-        return class_text_features(self.prompt_learner, self.text_encoder)
+        key = (self.prompt_learner.ctx._version, torch.is_autocast_enabled())
+        cached = getattr(self, "_text_cache", None)
+        if cached is not None and cached[0] == key and (cached[1].requires_grad or not torch.is_grad_enabled()):
+            return cached[1] if torch.is_grad_enabled() else cached[1].detach()
+        t = class_text_features(self.prompt_learner, self.text_encoder)
+        self._text_cache = (key, t)
+        return t
 
     def logits(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-view (B, K) logits; one text pass shared by all views."""
@@ -380,9 +390,10 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if loss_fn.needs_after_step:  # fresh forward of the same batch after the step (RC, LWS)
-                with torch.no_grad():
-                    loss_fn.after_step(model.logits([f_views[0]])[0].float(), batch)
+            if loss_fn.needs_after_step:  # fresh forward of the same batch after the step (RC, LWS); its text
+                with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):  # pass, with grad,
+                    z = model.logits([f_views[0]])[0]  # is reused by the next step (Classifier.class_features)
+                loss_fn.after_step(z.detach().float(), batch)
             total += float(loss.detach()) * len(b)
             count += len(b)
         scheduler.step()

@@ -75,3 +75,36 @@ def test_rejects_methods_without_prompts(tiny_native):
         run_train_speed(
             tiny_native, train, _candidates(y), CLASSNAMES, train, y, config=TrainConfig(method="linear_probe")
         )
+
+
+def test_fit_reuses_the_after_step_text_pass_exactly(tiny_native, monkeypatch):
+    """Classifier.class_features reuses RC's after-step text pass for the next step: same result, fewer passes."""
+    import ml.prompt_learner as pl
+    import ml.train as train_mod
+
+    g = torch.Generator().manual_seed(0)
+    n, k = 20, len(CLASSNAMES)
+    y = torch.randint(0, k, (n,), generator=g)
+    mask = _candidates(y)
+    feats = torch.randn(1, n, tiny_native.embed_dim, generator=g)
+    cfg = TrainConfig(method="prompt_alignment", loss="rc", epochs=2, batch_size=8, n_ctx=4)
+    calls = {"n": 0}
+    orig = pl.class_text_features
+
+    def counting(*a, **kw):
+        calls["n"] += 1
+        return orig(*a, **kw)
+
+    monkeypatch.setattr(pl, "class_text_features", counting)
+    fast = train_mod.fit(tiny_native, feats, mask, CLASSNAMES, cfg)
+    fast_calls = calls["n"]
+    calls["n"] = 0
+    monkeypatch.setattr(
+        train_mod.Classifier, "class_features", lambda self: counting(self.prompt_learner, self.text_encoder)
+    )
+    slow = train_mod.fit(tiny_native, feats, mask, CLASSNAMES, cfg)
+    steps = 2 * 3  # 2 epochs x 3 batches of 20 items
+    assert calls["n"] == 2 * steps + 2 + 1  # loss + after-step per step, one per epoch end, one at the end
+    assert fast_calls == steps + 1  # after-step passes reused by the next step and the epoch-end features
+    assert torch.equal(fast.class_features, slow.class_features) and torch.equal(fast.labels, slow.labels)
+    assert not fast.class_features.requires_grad
