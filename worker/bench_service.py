@@ -486,7 +486,9 @@ def run_service_bench(cfg: ServiceBenchConfig, out: Callable[[str], None] = prin
         n_pred = min(len(images), cfg.clients * cfg.requests)
         pred_images = images[:n_pred]
         api_wall, api_lat = bench_predict_api(service.base_url, key, model_id, pred_images, cfg.clients, cfg.requests)
-        threads = int(os.environ.get("TAGSIFT_PREDICT_THREADS", "0") or 0)
+        from app.config import Settings
+
+        threads = Settings().predict_threads  # what the API process was started with (same environment)
         raw_wall, raw_lat = bench_predict_raw(model_dir, pred_images, cfg.clients, cfg.requests, threads)
         total = cfg.clients * cfg.requests
         api_rps, raw_rps = total / api_wall, total / raw_wall
