@@ -102,11 +102,13 @@ def up() -> None:
     upgrade_database()
     exe = Path(sys.argv[0]).with_name("tagsift")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "worker.cli"]
-    worker_proc = subprocess.Popen([*cmd, "worker"], env=os.environ.copy())
+    worker_proc = subprocess.Popen([*cmd, "worker"], env=os.environ.copy(), preexec_fn=_die_with_parent)
     typer.echo(
         f"tagsift: API on http://{settings.host}:{settings.port} (docs at /docs), worker pid {worker_proc.pid},"
         f" data in {settings.data_dir}"
     )
+    # uvicorn restores this handler after its graceful shutdown and re-raises SIGTERM: exit through `finally`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         serve(host=None, port=None, workers=1)
     finally:
@@ -115,6 +117,15 @@ def up() -> None:
             worker_proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             worker_proc.kill()
+
+
+def _die_with_parent() -> None:
+    """In the worker child of `tagsift up`: get SIGTERM when the parent dies, even by SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @cli.command("build-reference-backbone")
