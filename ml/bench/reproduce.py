@@ -325,7 +325,7 @@ def posthoc_ensembles(out_dir: Path, data: BenchData, log: Callable[[str], None]
     for js in sorted((Path(out_dir) / "cells").glob("*.json")):
         rec = json.loads(js.read_text())
         spec = table.get(rec["method"])
-        if spec is None or not spec.prompt or (rec["regime"] == "large" and data.large is None):
+        if spec is None or spec.method == "zero_shot" or (rec["regime"] == "large" and data.large is None):
             continue
         if rec.get("ens8_test_n", -1) >= n_test:
             continue
@@ -334,16 +334,19 @@ def posthoc_ensembles(out_dir: Path, data: BenchData, log: Callable[[str], None]
         mask = partialize(train.labels, len(data.classnames), rec["q"], rec["seed"])
         if spec.knn:
             mask = prune_candidates(train.features[0], mask, rec["knn"]["k"], rec["knn"]["tau"])
-        scale = clf["logit_scale"]
+        scale, bias = clf["logit_scale"], clf["bias"]
+        # linear probe (scale 1, bias): the handcrafted logits s·<f, t~8> enter as s·t~8 rows, the bias is shrunk
+        hand_rows = hand8 if spec.prompt else hand8 * float(data.backbone.model.logit_scale.exp())
         rec["ens8"] = {}
         for b in ENS_BETAS:
-            c = (1 - b) * clf["class_features"] + b * hand8
+            c = (1 - b) * clf["class_features"] + b * hand_rows
+            cb = None if bias is None else (1 - b) * bias
             rec["ens8"][str(b)] = {
-                "val_acc": _eval(data.val.features[0], c, scale, None, data.val.labels),
-                "disamb_acc": _eval(train.features[0], c, scale, None, train.labels, mask),
+                "val_acc": _eval(data.val.features[0], c, scale, cb, data.val.labels),
+                "disamb_acc": _eval(train.features[0], c, scale, cb, train.labels, mask),
             }
             if n_test:
-                rec["ens8"][str(b)]["test_acc"] = _eval(data.test.features[0], c, scale, None, data.test.labels)
+                rec["ens8"][str(b)]["test_acc"] = _eval(data.test.features[0], c, scale, cb, data.test.labels)
         rec["ens8_test_n"] = n_test
         _write_json(js, rec)
         n += 1
@@ -494,8 +497,10 @@ def candidates_for_default(cells: list[dict], regime: str = "fewshot") -> list[t
             continue
         cs = [c for q in qs for c in groups[(m, q)]]
         out.append((_mean([c["val_acc"] for c in cs]), m, ""))
-        if specs[m].prompt:
+        if specs[m].method != "zero_shot":
             for kind, what in (("ens", "+ handcrafted"), ("ens8", "+ 8-template handcrafted")):
+                if kind == "ens" and not specs[m].prompt:
+                    continue
                 for b in ENS_BETAS:
                     out.append((_mean([_metric(c, f"{kind}:{b}:val_acc") for c in cs]), m, f"{what}, b={b}"))
     return sorted(out, key=lambda t: -t[0] if not math.isnan(t[0]) else 1.0)
@@ -593,13 +598,19 @@ def generated_md(cells: list[dict], png_name: str) -> str:
                     f"{100 * _mean([c['knn']['true_label_kept'] for c in cs]):.1f}% |"
                 )
             parts.append("#### Neighbourhood-vote pruning of the candidate sets\n\n" + "\n".join(rows) + "\n")
-    ranking = candidates_for_default(cells)
-    if ranking:
+    specs = method_table()
+    for regime in ("fewshot", "large"):
+        ranking = candidates_for_default(cells, regime)
+        if not ranking:
+            continue
         rows = ["| rank | method | inference | mean validation accuracy (all q, seeds) |", "|---|---|---|---|"]
-        specs = method_table()
         for i, (v, m, var) in enumerate(ranking[:12]):
-            rows.append(f"| {i + 1} | {specs[m].label or m} | {var or 'learned prompt'} | {100 * v:.1f} |")
-        parts.append("### Selection of the service default (validation split, never test)\n\n" + "\n".join(rows) + "\n")
+            rows.append(f"| {i + 1} | {specs[m].label or m} | {var or 'learned classifier'} | {100 * v:.1f} |")
+        parts.append(
+            f"### Selection of the service default, {regime} regime (validation split, never test)\n\n"
+            + "\n".join(rows)
+            + "\n"
+        )
     parts.append(f"![test accuracy against q]({png_name})\n")
     return "\n".join(parts)
 

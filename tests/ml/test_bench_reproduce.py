@@ -77,7 +77,7 @@ def test_quick_grid_writes_json_tables_and_png(tiny_native, tmp_path, monkeypatc
     ):
         assert f"| {label} |" in text
     assert "| q=0 | q=0.3 |" in text and "Large regime" in text and "abc123" in text
-    assert "8-template handcrafted, b=0.5" in text  # ranked for the service default
+    assert "8-template handcrafted, b=0.5" in text and "large regime (validation" in text
 
 
 def test_reevaluate_on_more_test_images(tiny_native, tmp_path, monkeypatch):
