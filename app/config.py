@@ -103,7 +103,7 @@ class Settings(BaseSettings):
         "redis://127.0.0.1:6379/0", description="Tests: a Redis server (a throwaway one is started if not answering)."
     )
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of API and worker.")
 
     @model_validator(mode="after")
     def _fill_derived_defaults(self) -> Settings:
