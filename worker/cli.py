@@ -194,15 +194,18 @@ def bench_train_speed(
     )
 
 
-
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.replace(",", " ").split()]
 
 
 @bench.command("reproduce")
 def bench_reproduce(
-    quick: Annotated[bool, typer.Option("--quick", help="Small subset (q 0.3, seed 1, 5 methods, 2 epochs, 1,000 test"
-                                        " images): under 5 minutes.")] = False,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick", help="Small subset (q 0.3, seed 1, 5 methods, 2 epochs, 1,000 test images): under 5 minutes."
+        ),
+    ] = False,
     q: Annotated[str, typer.Option("--q", help="Partial rates, comma-separated.")] = "0.1,0.3,0.5,0.7",
     seeds: Annotated[str, typer.Option("--seeds", help="Seeds, comma-separated.")] = "1,2,3,4",
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs of the prompt methods (few-shot).")] = 100,
@@ -214,13 +217,19 @@ def bench_reproduce(
     regime: Annotated[str, typer.Option("--regime", help="fewshot | large | both")] = "fewshot",
     out: Annotated[Path, typer.Option("--out", help="Directory of the JSON results.")] = Path("bench-out"),
     cifar10_path: Annotated[Path | None, typer.Option("--cifar10-path", help="Default TAGSIFT_CIFAR10_PATH.")] = None,
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Backbone cache (default"
-                                                   " TAGSIFT_MODEL_CACHE_DIR).")] = None,
-    feature_dir: Annotated[Path | None, typer.Option("--feature-dir", help="Feature cache (default"
-                                                     " <data_dir>/features).")] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option("--cache-dir", help="Backbone cache (default TAGSIFT_MODEL_CACHE_DIR).")
+    ] = None,
+    feature_dir: Annotated[
+        Path | None, typer.Option("--feature-dir", help="Feature cache (default <data_dir>/features).")
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Skip cells already on disk.")] = True,
-    test_cached_only: Annotated[bool, typer.Option("--test-cached-only", help="Use only the test (and large-set)"
-                                                   " images already encoded; see --report-only.")] = False,
+    test_cached_only: Annotated[
+        bool,
+        typer.Option(
+            "--test-cached-only", help="Use only the test (and large-set) images already encoded; see --report-only."
+        ),
+    ] = False,
     report_only: Annotated[bool, typer.Option("--report-only", help="Only (re-evaluate and) report.")] = False,
     report: Annotated[Path, typer.Option("--report", help="Markdown report to write.")] = Path("docs/results.md"),
     threads: Annotated[int, typer.Option("--threads", help="torch CPU threads (0: torch default).")] = 0,
@@ -260,20 +269,40 @@ def bench_reproduce(
     except OSError:
         commit = ""
     cfg = R.GridConfig(
-        out_dir=out_dir, qs=_floats(q), seeds=[int(s) for s in _floats(seeds)], epochs=epochs, lp_epochs=lp_epochs,
-        large_epochs=large_epochs, large_qs=_floats(large_q), large_seeds=[int(s) for s in _floats(large_seeds)],
-        methods=[m.strip() for m in methods.split(",")] if methods else None, regime=regime, resume=resume,
-        commit=commit, extra={"command": " ".join(sys.argv[1:])},
+        out_dir=out_dir,
+        qs=_floats(q),
+        seeds=[int(s) for s in _floats(seeds)],
+        epochs=epochs,
+        lp_epochs=lp_epochs,
+        large_epochs=large_epochs,
+        large_qs=_floats(large_q),
+        large_seeds=[int(s) for s in _floats(large_seeds)],
+        methods=[m.strip() for m in methods.split(",")] if methods else None,
+        regime=regime,
+        resume=resume,
+        commit=commit,
+        extra={"command": " ".join(sys.argv[1:])},
     )
     if quick:
         cfg.qs, cfg.seeds, cfg.epochs, cfg.lp_epochs, cfg.regime = [0.3], [1], 2, 20, "fewshot"
         cfg.methods = cfg.methods or list(R.QUICK_METHODS)
-    data = R.load_bench_data(cifar, models, feats, seeds=cfg.seeds, regime=cfg.regime, quick=quick,
-                             test_cached_only=test_cached_only, log=log)
+    data = R.load_bench_data(
+        cifar,
+        models,
+        feats,
+        seeds=cfg.seeds,
+        regime=cfg.regime,
+        quick=quick,
+        test_cached_only=test_cached_only,
+        log=log,
+    )
     R.run_grid(data, cfg, log)
     R.posthoc_ensembles(out_dir, data, log)
-    R.write_report(out_dir, report if not quick else out_dir / "results.md",
-                   png if not quick else out_dir / "results-accuracy-vs-q.png")
+    R.write_report(
+        out_dir,
+        report if not quick else out_dir / "results.md",
+        png if not quick else out_dir / "results-accuracy-vs-q.png",
+    )
 
 
 @bench.command("service")
