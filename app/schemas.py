@@ -129,17 +129,22 @@ class ItemUpdate(_Input):
 
 
 class JobCreate(_Input):
-    """Training parameters; defaults reproduce the benchmark. Unknown fields and values answer 422 naming the field.
+    """Training parameters; defaults are the benchmark's best validated configuration (``app/job_defaults.py``).
+    Unknown fields and values answer 422 naming the field.
 
     ``shots``: at most that many training items per class (items chosen by the worker, seeded by ``seed``);
     null = every item. Reviewed items always count as certain (a single candidate: the reviewer's tag).
     """
 
-    method: Literal["prompt_alignment", "coop", "zero_shot", "linear_probe"] = "prompt_alignment"
-    loss: Literal["naive", "cc", "rc", "lws", "cavl", "plcr", "pico"] = "rc"
-    epochs: int = Field(50, ge=1, le=1000)
+    method: Literal["auto", "prompt_alignment", "coop", "zero_shot", "linear_probe"] = Field(
+        "auto", description="auto: the best measured method for the dataset's size (app/job_defaults.py)."
+    )
+    loss: Literal["naive", "cc", "rc", "lws", "cavl", "plcr", "pico"] | None = Field(
+        None, description="PLL loss; null: the best measured one for the method."
+    )
+    epochs: int | None = Field(None, ge=1, le=1000, description="null: the measured default for the method.")
     batch_size: int = Field(32, ge=1, le=4096)
-    lr: float = Field(0.002, gt=0, le=10)
+    lr: float | None = Field(None, gt=0, le=100, description="SGD learning rate; null: the method's default.")
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0, le=1)
     n_ctx: int = Field(16, ge=1, le=64)

@@ -21,13 +21,14 @@ import hashlib
 import json
 import logging
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import queue
 from app.api.errors import Conflict, FieldError, InvalidInput, NotFound
 from app.config import Settings
+from app.job_defaults import resolve_job_params
 from app.models import Item, Job, JobEvent, Owner, utcnow
 from app.schemas import FINISHED_STATUSES, ErrorRead, JobCreate, JobEventList, JobEventRead, JobRead, ProgressRead
 from app.services.datasets import get_dataset
@@ -95,18 +96,19 @@ def create_job(
         prior = session.scalar(select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == idempotency_key))
         if prior is not None:
             return _replay(prior, request_hash, idempotency_key), True
-    has_items = session.scalar(select(Item.id).where(Item.dataset_id == dataset.id).limit(1)) is not None
-    if not has_items:
+    n_items = session.scalar(select(func.count()).select_from(Item).where(Item.dataset_id == dataset.id)) or 0
+    if not n_items:
         raise Conflict(f"dataset {dataset.id} has no items to train on", code="dataset_empty")
     if len(dataset.classes) < 2:
         raise Conflict(f"dataset {dataset.id} needs at least 2 classes to train", code="too_few_classes")
+    params = resolve_job_params(params, items=n_items, classes=len(dataset.classes))
     job = Job(
         owner_id=owner.id,
         dataset_id=dataset.id,
         type="train",
         status="queued",
         params=params,
-        progress={"stage": "queued", "epoch": 0, "epochs": job_in.epochs, "fraction": 0.0},
+        progress={"stage": "queued", "epoch": 0, "epochs": params["epochs"], "fraction": 0.0},
         metrics={},
         attempt=0,
         max_attempts=settings.job_max_attempts,

@@ -22,7 +22,9 @@ def test_create_job_with_defaults_is_queued_and_enqueued(alice: Api) -> None:
     job = r.json()
     assert r.headers["location"] == f"/jobs/{job['id']}"
     assert job["status"] == "queued" and job["type"] == "train" and job["dataset_id"] == ds["id"]
-    assert job["params"]["method"] == "prompt_alignment" and job["params"]["loss"] == "rc"
+    # method "auto" on a small dataset: prompt alignment with its best validated loss (app/job_defaults.py)
+    assert job["params"]["method"] == "prompt_alignment" and job["params"]["requested_method"] == "auto"
+    assert job["params"]["loss"] == "pico"
     assert job["params"]["epochs"] == 3 and job["params"]["batch_size"] == 32 and job["params"]["lr"] == 0.002
     assert job["params"]["n_ctx"] == 16 and job["params"]["seed"] == 1 and job["params"]["shots"] is None
     assert job["progress"] == {"stage": "queued", "epoch": 0, "epochs": 3, "fraction": 0.0}
@@ -67,7 +69,7 @@ def test_idempotency_key_replays_or_refuses(alice: Api, bob: Api) -> None:
     assert first.json()["id"] == again.json()["id"]
     assert again.headers["idempotent-replayed"] == "true"
     # Defaults are part of the fingerprint: an explicit default is the same request.
-    same = alice.post(url, json={"epochs": 5, "method": "prompt_alignment"}, headers={"Idempotency-Key": "k-1"})
+    same = alice.post(url, json={"epochs": 5, "method": "auto"}, headers={"Idempotency-Key": "k-1"})
     assert same.json()["id"] == first.json()["id"]
     other = alice.post(url, json={"epochs": 6}, headers={"Idempotency-Key": "k-1"})
     assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused"
