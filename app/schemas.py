@@ -159,6 +159,15 @@ class JobCreate(_Input):
         max_length=64,
         description='Handcrafted prompt(s) with "{}" for the class; null: the dataset\'s prompt_template.',
     )
+    knn_vote: bool | None = Field(
+        None,
+        description="Prune training candidate sets by neighbour voting in image-feature space; null: method default.",
+    )
+    knn_k: int = Field(10, ge=1, le=200, description="Neighbours that vote (knn_vote).")
+    knn_tau: float = Field(0.5, gt=0, le=1, description="Keep candidates with at least tau x the best vote.")
+    handcrafted_mix: float | None = Field(
+        None, ge=0, le=1, description="Weight of the handcrafted (zero-shot) classifier mixed in; null: default."
+    )
     shots: int | None = Field(None, ge=1, le=100_000)
     views: int | None = Field(None, ge=1, le=64, description="Augmented views per image; null: the server default.")
     seed: int = Field(1, ge=0, le=2**31 - 1)

@@ -283,8 +283,11 @@ def _finish(run: JobRun, status: str, *, code: str | None = None, message: str |
 def _train(claim: Claim, run: JobRun, ckpt_dir: Path) -> str:
     import torch
 
+    from ml.ensemble import handcrafted_features, mix_handcrafted
     from ml.export import export_classifier
     from ml.features import FeatureCache, encode_images
+    from ml.knn_vote import prune_candidates
+    from ml.prompts import ENSEMBLE_TEMPLATES
     from ml.train import TrainingCancelled, candidates_to_mask, disambiguate, fit
 
     settings = get_settings()
@@ -347,13 +350,24 @@ def _train(claim: Claim, run: JobRun, ckpt_dir: Path) -> str:
         )
 
     train_idx_t = torch.tensor(train_idx, dtype=torch.long)
+    train_mask = mask[train_idx_t]
+    knn = None
+    if params.get("knn_vote"):  # prune the training candidate sets by neighbour voting (ml/knn_vote.py)
+        before = float(train_mask.sum(dim=1).float().mean())
+        train_mask = prune_candidates(train_feats[0], train_mask, int(params["knn_k"]), float(params["knn_tau"]))
+        knn = {
+            "k": int(params["knn_k"]),
+            "tau": float(params["knn_tau"]),
+            "mean_set_before": round(before, 3),
+            "mean_set_after": round(float(train_mask.sum(dim=1).float().mean()), 3),
+        }
     ckpt_path = ckpt_dir / "ckpt.pt"
 
     def train():
         return fit(
             backbone,
             train_feats,
-            mask[train_idx_t],
+            train_mask,
             job.classes,
             cfg,
             on_epoch=on_epoch,
@@ -381,11 +395,18 @@ def _train(claim: Claim, run: JobRun, ckpt_dir: Path) -> str:
     if run.heartbeat.should_stop():
         raise TrainingCancelled("cancel requested")
 
-    # --- labels for every item ---
+    # --- the deployed classifier: trained, or mixed with the handcrafted one (ml/ensemble.py) ---
+    class_features, logit_scale, class_bias = result.class_features, result.logit_scale, result.class_bias
+    beta = float(params.get("handcrafted_mix") or 0.0)
+    if beta > 0 and cfg.method != "zero_shot":
+        hand = handcrafted_features(backbone, job.classes, params.get("templates") or ENSEMBLE_TEMPLATES)
+        hand_scale = float(backbone.model.logit_scale.exp())
+        mixed = mix_handcrafted(class_features, logit_scale, class_bias, hand, hand_scale, beta)
+        class_features, logit_scale, class_bias = mixed.class_features, mixed.logit_scale, mixed.bias
+
+    # --- labels for every item (restricted to its own, unpruned candidates) ---
     run.stage("labelling", items=len(job.items))
-    labels, confidence, margin = disambiguate(
-        eval_feats, result.class_features, result.logit_scale, candidates=mask, bias=result.class_bias
-    )
+    labels, confidence, margin = disambiguate(eval_feats, class_features, logit_scale, candidates=mask, bias=class_bias)
     rows = []
     for i, it in enumerate(job.items):
         if it.reviewer:
@@ -418,6 +439,8 @@ def _train(claim: Claim, run: JobRun, ckpt_dir: Path) -> str:
         "mean_confidence": round(sum(r["confidence"] for r in rows) / len(rows), 4) if rows else None,
         "mean_margin": round(sum(r["margin"] for r in rows) / len(rows), 4) if rows else None,
         "attempt": claim.attempt,
+        "knn_vote": knn,
+        "handcrafted_mix": beta,
     }
     if run.heartbeat.should_stop():
         raise TrainingCancelled("cancel requested")
@@ -427,9 +450,7 @@ def _train(claim: Claim, run: JobRun, ckpt_dir: Path) -> str:
     model_id = new_id()
     artifacts: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="tagsift-export-") as tmp:
-        files = export_classifier(
-            backbone, result.class_features, result.logit_scale, job.classes, tmp, class_bias=result.class_bias
-        )
+        files = export_classifier(backbone, class_features, logit_scale, job.classes, tmp, class_bias=class_bias)
         for path in files.values():
             artifacts[Path(path).name] = storage.put(Path(path).read_bytes())  # model.onnx, classes.json, ...
     artifacts["model_card.md"] = storage.put(model_card(job, cfg, metrics, model_id).encode())

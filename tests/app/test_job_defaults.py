@@ -21,6 +21,7 @@ def test_auto_trains_prompts_on_few_items_per_class() -> None:
 def test_auto_trains_the_linear_probe_on_many_items_per_class() -> None:
     p = _resolve({}, items=10 * AUTO_LINEAR_PROBE_MIN_ITEMS_PER_CLASS)
     assert (p["method"], p["loss"], p["epochs"], p["lr"]) == ("linear_probe", "rc", 100, 25.0)
+    assert (p["knn_vote"], p["knn_k"], p["knn_tau"], p["handcrafted_mix"]) == (True, 10, 0.5, 0.5)
     assert _resolve({}, items=10 * AUTO_LINEAR_PROBE_MIN_ITEMS_PER_CLASS - 1)["method"] == "prompt_alignment"
 
 
@@ -28,6 +29,7 @@ def test_auto_trains_the_linear_probe_on_many_items_per_class() -> None:
 def test_explicit_method_gets_its_own_defaults_and_explicit_values_win(method: str) -> None:
     p = _resolve({"method": method}, items=5000)
     assert p["method"] == method and p["requested_method"] == method
-    assert {k: p[k] for k in ("loss", "epochs", "lr")} == METHOD_DEFAULTS[method]
-    q = _resolve({"method": method, "loss": "cc", "epochs": 7, "lr": 0.5}, items=5000)
-    assert (q["loss"], q["epochs"], q["lr"]) == ("cc", 7, 0.5)
+    assert {k: p[k] for k in METHOD_DEFAULTS[method]} == METHOD_DEFAULTS[method]
+    body = {"method": method, "loss": "cc", "epochs": 7, "lr": 0.5, "knn_vote": False, "handcrafted_mix": 0.0}
+    q = _resolve(body, items=5000)
+    assert {k: q[k] for k in body} == body
