@@ -226,7 +226,7 @@ def run_job(client, service: _Service, dataset_id: str, params: dict, timeout: f
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job['id']} still {job['status']} after {timeout:.0f} s")
         service.check_alive()
-        time.sleep(0.1)
+        time.sleep(0.5)  # a gentle poll: on 2 cores a tight one takes CPU from the training it measures
         job = client.get(f"/jobs/{job['id']}").json()
     elapsed = time.perf_counter() - started
     if job["status"] != "succeeded":
@@ -237,8 +237,11 @@ def run_job(client, service: _Service, dataset_id: str, params: dict, timeout: f
 def direct_training(cfg: ServiceBenchConfig, params: dict, paths: list[Path], shas, candidates, classes, work: Path):
     """The job's work done by calling ``ml/`` here (cold feature cache); returns (seconds, phase seconds)."""
     from ml.backbone import load_backbone
+    from ml.ensemble import handcrafted_features, mix_handcrafted
     from ml.export import export_classifier
     from ml.features import FeatureCache, encode_images
+    from ml.knn_vote import prune_candidates
+    from ml.prompts import ENSEMBLE_TEMPLATES
     from ml.train import candidates_to_mask, disambiguate, fit
     from worker.training import train_config
 
@@ -259,18 +262,20 @@ def direct_training(cfg: ServiceBenchConfig, params: dict, paths: list[Path], sh
     cache = FeatureCache(work / "direct-features")
     feats = encode_images(backbone, paths, shas=shas, views=views, cache=cache, seed=tcfg.seed)
     lap("encoding")
-    result = fit(backbone, feats, mask, classes, tcfg, device=cfg.device)
+    train_mask = mask
+    if params.get("knn_vote"):  # the job's defaults for the linear probe (app/job_defaults.py)
+        train_mask = prune_candidates(feats[0], mask, int(params["knn_k"]), float(params["knn_tau"]))
+    result = fit(backbone, feats, train_mask, classes, tcfg, device=cfg.device)
     lap("training")
-    disambiguate(feats[0], result.class_features, result.logit_scale, candidates=mask, bias=result.class_bias)
+    clf = (result.class_features, result.logit_scale, result.class_bias)
+    beta = float(params.get("handcrafted_mix") or 0.0)
+    if beta > 0 and tcfg.method != "zero_shot":
+        hand = handcrafted_features(backbone, classes, params.get("templates") or ENSEMBLE_TEMPLATES)
+        mixed = mix_handcrafted(*clf, hand, float(backbone.model.logit_scale.exp()), beta)
+        clf = (mixed.class_features, mixed.logit_scale, mixed.bias)
+    disambiguate(feats[0], clf[0], clf[1], candidates=mask, bias=clf[2])
     lap("labelling")
-    export_classifier(
-        backbone,
-        result.class_features,
-        result.logit_scale,
-        classes,
-        work / "direct-export",
-        class_bias=result.class_bias,
-    )
+    export_classifier(backbone, clf[0], clf[1], classes, work / "direct-export", class_bias=clf[2])
     lap("exporting")
     return time.perf_counter() - started, phases
 
