@@ -31,6 +31,8 @@ def celery_config(settings: Settings) -> dict:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # a prefork child imports torch/open_clip/ml at start (worker.celery_app): give it time to report UP
+        "worker_proc_alive_timeout": 60.0,
         "task_serializer": "json",
         "accept_content": ["json"],
         "worker_hijack_root_logger": False,

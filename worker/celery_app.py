@@ -5,7 +5,10 @@ Signals wired here (main process only does light work, never torch / CUDA):
 * ``worker_ready``: start the reaper thread (``worker.leases.Reaper``) in the worker's main process; it re-enqueues
   jobs whose runner died (expired lease) and queued jobs whose message may be lost. Its first pass runs at once, so
   a restarted embedded worker picks up what its previous process left behind.
-* ``worker_process_init``: a prefork child drops the database connections it inherited from its parent.
+* ``worker_process_init``: a prefork child drops the database connections it inherited from its parent, then
+  imports torch, open_clip and ``ml`` once (no CUDA is touched), so that its first job does not pay seconds of
+  imports (Airflow's practice: preload expensive imports once per worker; ``worker_proc_alive_timeout`` in
+  ``app.queue.celery_config`` leaves the child time for it).
 """
 
 from __future__ import annotations
@@ -59,3 +62,10 @@ def _fresh_db_connections(**_kwargs) -> None:
 
     if get_engine.cache_info().currsize:
         get_engine().dispose(close=False)  # pooled connections belong to the parent
+    _preload_ml()
+
+
+def _preload_ml() -> None:
+    import ml.export
+    import ml.features
+    import ml.train  # noqa: F401  (torch, open_clip and the learning code, once per child)
