@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from app.config import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -56,6 +58,7 @@ class ServiceBenchConfig:
     epochs: int = 3
     views: int = 1
     clients: int = 4
+    api_workers: int = 1  # `tagsift serve --workers`
     requests: int = 50
     database_url: str = ""
     broker_url: str = ""
@@ -420,6 +423,8 @@ def run_service_bench(cfg: ServiceBenchConfig, out: Callable[[str], None] = prin
             "TAGSIFT_HOST": "127.0.0.1",
             "TAGSIFT_LOG_LEVEL": "INFO",  # the default (the worker's "ready." line is logged at INFO)
             "TAGSIFT_MAX_ITEMS_PER_REQUEST": str(max(50_000, cfg.upload_batch)),
+            # the raw ONNX Runtime side uses this process's setting: the API must run with the same one
+            "TAGSIFT_PREDICT_THREADS": str(Settings().predict_threads),
         }
     )
     if cfg.database_url:
@@ -430,7 +435,7 @@ def run_service_bench(cfg: ServiceBenchConfig, out: Callable[[str], None] = prin
     try:
         service.run("migrate")
         key = service.run("create-api-key", "--owner", f"bench-{uuid.uuid4().hex[:8]}").strip().splitlines()[-1]
-        service.start("api", "serve", "--port", str(service.port))
+        service.start("api", "serve", "--port", str(service.port), "--workers", str(cfg.api_workers))
         service.start("worker", "worker", "--concurrency", "1")
         service.wait_until(lambda: _http_ok(f"{service.base_url}/healthz"), 90, "the API")
         service.wait_until(lambda: _worker_ready(service), 120, "the worker")
@@ -491,9 +496,7 @@ def run_service_bench(cfg: ServiceBenchConfig, out: Callable[[str], None] = prin
         n_pred = min(len(images), cfg.clients * cfg.requests)
         pred_images = images[:n_pred]
         api_wall, api_lat = bench_predict_api(service.base_url, key, model_id, pred_images, cfg.clients, cfg.requests)
-        from app.config import Settings
-
-        threads = Settings().predict_threads  # what the API process was started with (same environment)
+        threads = Settings().predict_threads  # what the API process was started with (passed to it above)
         raw_wall, raw_lat = bench_predict_raw(model_dir, pred_images, cfg.clients, cfg.requests, threads)
         total = cfg.clients * cfg.requests
         api_rps, raw_rps = total / api_wall, total / raw_wall
