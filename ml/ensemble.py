@@ -55,3 +55,22 @@ def mix_handcrafted(
     c = class_features.float().cpu()
     rows = (1 - beta) * c + beta * (hand_scale / logit_scale) * hand_features.float().cpu()  # (K, D)
     return LinearClassifier(rows, float(logit_scale), None if bias is None else (1 - beta) * bias.float().cpu())
+
+
+def deployed_classifier(
+    backbone: Backbone,
+    result,
+    classnames: Sequence[str],
+    beta: float,
+    templates: Sequence[str] | None = None,
+) -> LinearClassifier:
+    """The classifier a job deploys from a ``TrainResult``: the trained one, or (beta > 0, not zero-shot) its mix
+    with the handcrafted classifier of ``templates`` (default: the 8-template ensemble)."""
+    trained = LinearClassifier(result.class_features, result.logit_scale, result.class_bias)
+    if beta <= 0 or result.method == "zero_shot":
+        return trained
+    from ml.prompts import ENSEMBLE_TEMPLATES
+
+    hand = handcrafted_features(backbone, classnames, templates or ENSEMBLE_TEMPLATES)
+    hand_scale = float(backbone.model.logit_scale.exp())
+    return mix_handcrafted(trained.class_features, trained.logit_scale, trained.bias, hand, hand_scale, beta)

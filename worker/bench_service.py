@@ -240,11 +240,10 @@ def run_job(client, service: _Service, dataset_id: str, params: dict, timeout: f
 def direct_training(cfg: ServiceBenchConfig, params: dict, paths: list[Path], shas, candidates, classes, work: Path):
     """The job's work done by calling ``ml/`` here (cold feature cache); returns (seconds, phase seconds)."""
     from ml.backbone import load_backbone
-    from ml.ensemble import handcrafted_features, mix_handcrafted
+    from ml.ensemble import deployed_classifier
     from ml.export import export_classifier
     from ml.features import FeatureCache, encode_images
     from ml.knn_vote import prune_candidates
-    from ml.prompts import ENSEMBLE_TEMPLATES
     from ml.train import candidates_to_mask, disambiguate, fit
     from worker.training import train_config
 
@@ -270,15 +269,14 @@ def direct_training(cfg: ServiceBenchConfig, params: dict, paths: list[Path], sh
         train_mask = prune_candidates(feats[0], mask, int(params["knn_k"]), float(params["knn_tau"]))
     result = fit(backbone, feats, train_mask, classes, tcfg, device=cfg.device)
     lap("training")
-    clf = (result.class_features, result.logit_scale, result.class_bias)
-    beta = float(params.get("handcrafted_mix") or 0.0)
-    if beta > 0 and tcfg.method != "zero_shot":
-        hand = handcrafted_features(backbone, classes, params.get("templates") or ENSEMBLE_TEMPLATES)
-        mixed = mix_handcrafted(*clf, hand, float(backbone.model.logit_scale.exp()), beta)
-        clf = (mixed.class_features, mixed.logit_scale, mixed.bias)
-    disambiguate(feats[0], clf[0], clf[1], candidates=mask, bias=clf[2])
+    clf = deployed_classifier(
+        backbone, result, classes, float(params.get("handcrafted_mix") or 0.0), params.get("templates")
+    )
+    disambiguate(feats[0], clf.class_features, clf.logit_scale, candidates=mask, bias=clf.bias)
     lap("labelling")
-    export_classifier(backbone, clf[0], clf[1], classes, work / "direct-export", class_bias=clf[2])
+    export_classifier(
+        backbone, clf.class_features, clf.logit_scale, classes, work / "direct-export", class_bias=clf.bias
+    )
     lap("exporting")
     return time.perf_counter() - started, phases
 

@@ -283,11 +283,10 @@ def _finish(run: JobRun, status: str, *, code: str | None = None, message: str |
 def _train(claim: Claim, run: JobRun, ckpt_dir: Path) -> str:
     import torch
 
-    from ml.ensemble import handcrafted_features, mix_handcrafted
+    from ml.ensemble import deployed_classifier
     from ml.export import export_classifier
     from ml.features import FeatureCache, encode_images
     from ml.knn_vote import prune_candidates
-    from ml.prompts import ENSEMBLE_TEMPLATES
     from ml.train import TrainingCancelled, candidates_to_mask, disambiguate, fit
 
     settings = get_settings()
@@ -396,13 +395,9 @@ def _train(claim: Claim, run: JobRun, ckpt_dir: Path) -> str:
         raise TrainingCancelled("cancel requested")
 
     # --- the deployed classifier: trained, or mixed with the handcrafted one (ml/ensemble.py) ---
-    class_features, logit_scale, class_bias = result.class_features, result.logit_scale, result.class_bias
     beta = float(params.get("handcrafted_mix") or 0.0)
-    if beta > 0 and cfg.method != "zero_shot":
-        hand = handcrafted_features(backbone, job.classes, params.get("templates") or ENSEMBLE_TEMPLATES)
-        hand_scale = float(backbone.model.logit_scale.exp())
-        mixed = mix_handcrafted(class_features, logit_scale, class_bias, hand, hand_scale, beta)
-        class_features, logit_scale, class_bias = mixed.class_features, mixed.logit_scale, mixed.bias
+    deployed = deployed_classifier(backbone, result, job.classes, beta, params.get("templates"))
+    class_features, logit_scale, class_bias = deployed.class_features, deployed.logit_scale, deployed.bias
 
     # --- labels for every item (restricted to its own, unpruned candidates) ---
     run.stage("labelling", items=len(job.items))

@@ -132,12 +132,10 @@ def _eval(features: torch.Tensor, cls: torch.Tensor, scale: float, bias, labels,
 
 
 def hand_features(backbone, classnames: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:
-    from ml.prompts import DEFAULT_TEMPLATE, handcrafted_class_features
-    from ml.text_encoder import TextEncoder
+    from ml.ensemble import handcrafted_features
+    from ml.prompts import DEFAULT_TEMPLATE
 
-    return handcrafted_class_features(
-        TextEncoder(backbone.model), backbone.tokenizer, classnames, templates or (DEFAULT_TEMPLATE,), backbone.device
-    ).cpu()
+    return handcrafted_features(backbone, classnames, templates or (DEFAULT_TEMPLATE,))
 
 
 def select_lp_lr(data: BenchData, cfg: GridConfig, log: Callable[[str], None]) -> float:
