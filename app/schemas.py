@@ -263,13 +263,25 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
-class Problem(BaseModel):
-    """``application/problem+json`` (RFC 9457) with ``code`` and, for input errors, ``errors``."""
+class ProblemFieldError(BaseModel):
+    """One problem with the input (``app.api.errors.FieldError``)."""
 
-    type: str
-    title: str
+    field: str = Field(description="The field: a form/JSON field, `manifest`, `images`, a query parameter, ...")
+    message: str
+    item: str | None = Field(None, description="The file name, row or index the problem is about.")
+    line: int | None = Field(None, description="The manifest line (1-based).")
+
+
+class Problem(BaseModel):
+    """``application/problem+json`` (RFC 9457) with ``code`` and, for input errors, ``errors``.
+
+    Some problems carry extra members (e.g. the ids involved); clients should ignore members they do not know.
+    """
+
+    type: str = Field(description="`urn:tagsift:problem:<code>`.")
+    title: str = Field(description="The HTTP status phrase.")
     status: int
-    detail: str
-    code: str
-    instance: str | None = None
-    errors: list[dict[str, Any]] | None = None
+    detail: str = Field(description="What went wrong, for a person.")
+    code: str = Field(description="Stable machine-readable code, e.g. `not_found`, `invalid_input`.")
+    instance: str | None = Field(None, description="The request path.")
+    errors: list[ProblemFieldError] | None = Field(None, description="Every bad field / item (input errors).")

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
 from app.api.errors import ApiError, FieldError, InvalidInput
+from app.api.openapi import BODY, COMMON, UPLOAD, problems
 from app.config import Settings, get_settings
 from app.schemas import DatasetCreate, DatasetCreated, DatasetDetail, DatasetList, ItemList, ItemsAdded
 from app.services import datasets as datasets_service
@@ -16,7 +17,7 @@ from app.services import items as items_service
 from app.services import labels as labels_service
 from app.uploads import RawUpload, read_multipart
 
-router = APIRouter(prefix="/datasets", tags=["datasets"])
+router = APIRouter(prefix="/datasets", tags=["datasets"], responses=COMMON)
 
 UPLOAD_BODY = {
     "required": True,
@@ -47,13 +48,8 @@ CREATE_BODY = {
         **UPLOAD_BODY["content"],
     },
 }
-PROBLEMS = {
-    401: {"description": "missing or invalid API key"},
-    404: {"description": "no such dataset (or another owner's)"},
-    413: {"description": "request body too large"},
-    415: {"description": "unsupported content type"},
-    422: {"description": "invalid input: every problem listed in `errors`"},
-}
+NOT_FOUND = problems({404: "no such dataset (or another owner's)"})
+UPLOAD_CONFLICT = problems({409: "a concurrent upload stored some of the same images first; retry"})
 
 
 async def read_dataset_body(request: Request, settings: Annotated[Settings, Depends(get_settings)]):
@@ -89,7 +85,7 @@ async def read_upload_body(request: Request, settings: Annotated[Settings, Depen
     status_code=201,
     response_model=DatasetCreated,
     openapi_extra={"requestBody": CREATE_BODY},
-    responses=PROBLEMS,
+    responses={**BODY, **UPLOAD, **UPLOAD_CONFLICT},
 )
 def create_dataset(
     owner: OwnerDep,
@@ -107,19 +103,19 @@ def create_dataset(
     )
 
 
-@router.get("", response_model=DatasetList, responses=PROBLEMS)
+@router.get("", response_model=DatasetList)
 def list_datasets(owner: OwnerDep, session: SessionDep) -> DatasetList:
     """The owner's datasets, oldest first."""
     return datasets_service.list_datasets(session=session, owner=owner)
 
 
-@router.get("/{dataset_id}", response_model=DatasetDetail, responses=PROBLEMS)
+@router.get("/{dataset_id}", response_model=DatasetDetail, responses=NOT_FOUND)
 def get_dataset(dataset_id: str, owner: OwnerDep, session: SessionDep) -> DatasetDetail:
     """One dataset with its counts (per-class candidates and labels, labelled, reviewed, needing review)."""
     return datasets_service.dataset_detail(session=session, owner=owner, dataset_id=dataset_id)
 
 
-@router.delete("/{dataset_id}", status_code=204, responses=PROBLEMS)
+@router.delete("/{dataset_id}", status_code=204, responses=NOT_FOUND)
 def delete_dataset(dataset_id: str, owner: OwnerDep, session: SessionDep, storage: StorageDep) -> Response:
     """Delete a dataset and its items (its queued jobs are cancelled, running ones asked to stop)."""
     datasets_service.delete_dataset(session=session, storage=storage, owner=owner, dataset_id=dataset_id)
@@ -131,7 +127,7 @@ def delete_dataset(dataset_id: str, owner: OwnerDep, session: SessionDep, storag
     status_code=201,
     response_model=ItemsAdded,
     openapi_extra={"requestBody": UPLOAD_BODY},
-    responses=PROBLEMS,
+    responses={**NOT_FOUND, **BODY, **UPLOAD, **UPLOAD_CONFLICT},
 )
 def add_items(
     dataset_id: str,
@@ -147,7 +143,7 @@ def add_items(
     )
 
 
-@router.get("/{dataset_id}/items", response_model=ItemList, responses=PROBLEMS)
+@router.get("/{dataset_id}/items", response_model=ItemList, responses=NOT_FOUND)
 def list_items(
     dataset_id: str,
     owner: OwnerDep,
@@ -177,7 +173,7 @@ def list_items(
 @router.get(
     "/{dataset_id}/labels",
     responses={
-        **PROBLEMS,
+        **NOT_FOUND,
         200: {
             "description": "the labels",
             "content": {"application/json": {}, "application/x-ndjson": {}, "text/csv": {}},

@@ -5,16 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
+from app.api.openapi import BODY, COMMON, problems
 from app.schemas import ItemRead, ItemUpdate
 from app.services import items as items_service
 
-router = APIRouter(prefix="/items", tags=["items"])
+router = APIRouter(prefix="/items", tags=["items"], responses=COMMON)
 
-PROBLEMS = {
-    401: {"description": "missing or invalid API key"},
-    404: {"description": "no such item (or another owner's)"},
-    422: {"description": "invalid input"},
-}
+PROBLEMS = problems({404: "no such item (or another owner's)"})
 
 
 @router.get("/{item_id}", response_model=ItemRead, responses=PROBLEMS)
@@ -23,7 +20,7 @@ def get_item(item_id: str, owner: OwnerDep, session: SessionDep, settings: Setti
     return items_service.read_item(session=session, owner=owner, item_id=item_id, settings=settings)
 
 
-@router.patch("/{item_id}", response_model=ItemRead, responses=PROBLEMS)
+@router.patch("/{item_id}", response_model=ItemRead, responses={**PROBLEMS, **BODY})
 def review_item(
     item_id: str, item_in: ItemUpdate, owner: OwnerDep, session: SessionDep, settings: SettingsDep
 ) -> ItemRead:

@@ -7,20 +7,43 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep
+from app.api.openapi import BODY, COMMON, problems
 from app.schemas import JobCreate, JobEventList, JobRead
 from app.services import jobs as jobs_service
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], responses=COMMON)
 
-PROBLEMS = {
-    401: {"description": "missing or invalid API key"},
-    404: {"description": "no such job / dataset (or another owner's)"},
-    409: {"description": "conflict: empty dataset, or the job already finished"},
-    422: {"description": "invalid parameters, or an Idempotency-Key reused with another body"},
+NOT_FOUND = problems({404: "no such job / dataset (or another owner's)"})
+CREATED = {
+    202: {
+        "description": "the job (queued, or the earlier one for a replayed Idempotency-Key)",
+        "headers": {
+            "Location": {"description": "`/jobs/{id}`", "required": True, "schema": {"type": "string"}},
+            "Idempotent-Replayed": {
+                "description": "`true` when an earlier request with this Idempotency-Key made the job",
+                "schema": {"type": "string", "enum": ["true"]},
+            },
+        },
+    }
 }
 
 
-@router.post("/datasets/{dataset_id}/jobs", status_code=202, response_model=JobRead, responses=PROBLEMS)
+@router.post(
+    "/datasets/{dataset_id}/jobs",
+    status_code=202,
+    response_model=JobRead,
+    responses={
+        **CREATED,
+        **NOT_FOUND,
+        **BODY,
+        **problems(
+            {
+                409: "the dataset has no items or fewer than 2 classes",
+                422: "invalid parameters (each named in `errors`), or an Idempotency-Key reused with another body",
+            }
+        ),
+    },
+)
 def create_job(
     dataset_id: str,
     response: Response,
@@ -47,13 +70,13 @@ def create_job(
     return job
 
 
-@router.get("/jobs/{job_id}", response_model=JobRead, responses=PROBLEMS)
+@router.get("/jobs/{job_id}", response_model=JobRead, responses=NOT_FOUND)
 def get_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobRead:
     """A job's status, progress, metrics, error and model."""
     return jobs_service.read_job(session=session, owner=owner, job_id=job_id)
 
 
-@router.get("/jobs/{job_id}/events", response_model=JobEventList, responses=PROBLEMS)
+@router.get("/jobs/{job_id}/events", response_model=JobEventList, responses=NOT_FOUND)
 def list_job_events(
     job_id: str,
     owner: OwnerDep,
@@ -67,7 +90,12 @@ def list_job_events(
     return jobs_service.list_events(session=session, owner=owner, job_id=job_id, after=after, limit=limit)
 
 
-@router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobRead, responses=PROBLEMS)
+@router.post(
+    "/jobs/{job_id}/cancel",
+    status_code=202,
+    response_model=JobRead,
+    responses={**NOT_FOUND, **problems({409: "the job already finished"})},
+)
 def cancel_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobRead:
     """Cancel: a queued job at once, a running one at the worker's next step; 409 if already finished."""
     return jobs_service.cancel_job(session=session, owner=owner, job_id=job_id)

@@ -9,25 +9,23 @@ from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
+from app.api.openapi import COMMON, problems
 from app.schemas import ModelList, ModelRead
 from app.services import models as models_service
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], responses=COMMON)
 
-PROBLEMS = {
-    401: {"description": "missing or invalid API key"},
-    404: {"description": "no such model (or another owner's)"},
-    409: {"description": "the model's artifacts are missing"},
-}
+NOT_FOUND = problems({404: "no such model (or another owner's)"})
+PROBLEMS = {**NOT_FOUND, **problems({409: "the model's artifacts are missing"})}
 
 
-@router.get("", response_model=ModelList, responses=PROBLEMS)
+@router.get("", response_model=ModelList)
 def list_models(owner: OwnerDep, session: SessionDep, settings: SettingsDep) -> ModelList:
     """The owner's models, oldest first."""
     return ModelList(data=models_service.list_models(session=session, owner=owner, settings=settings))
 
 
-@router.get("/{model_id}", response_model=ModelRead, responses=PROBLEMS)
+@router.get("/{model_id}", response_model=ModelRead, responses=NOT_FOUND)
 def get_model(model_id: str, owner: OwnerDep, session: SessionDep, settings: SettingsDep) -> ModelRead:
     """A model: backbone, method, classes, metrics, its job and artifacts."""
     return models_service.read_model(session=session, owner=owner, model_id=model_id, settings=settings)

@@ -8,19 +8,21 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
 from app.api.errors import FieldError, InvalidInput
+from app.api.openapi import BODY, COMMON, UPLOAD, problems
 from app.config import Settings, get_settings
 from app.schemas import PredictResponse
 from app.services import models as models_service
 from app.uploads import RawPredict, read_predict_form
 
-router = APIRouter(prefix="/predict", tags=["predict"])
+router = APIRouter(prefix="/predict", tags=["predict"], responses=COMMON)
 
-PROBLEMS = {
-    401: {"description": "missing or invalid API key"},
-    404: {"description": "no such model / item (or another owner's)"},
-    409: {"description": "the model's artifacts are missing"},
-    422: {"description": "invalid input: bad image, unknown candidates, ..."},
-}
+PROBLEMS = problems(
+    {
+        404: "no such model / item (or another owner's)",
+        409: "the model's artifacts are missing",
+        422: "invalid input: bad image, unknown candidates, ... (each named in `errors`)",
+    }
+)
 PREDICT_BODY = {
     "required": True,
     "content": {
@@ -71,7 +73,12 @@ def predict_item(
     )
 
 
-@router.post("", response_model=PredictResponse, responses=PROBLEMS, openapi_extra={"requestBody": PREDICT_BODY})
+@router.post(
+    "",
+    response_model=PredictResponse,
+    responses={**PROBLEMS, **BODY, **UPLOAD},
+    openapi_extra={"requestBody": PREDICT_BODY},
+)
 def predict_images(
     owner: OwnerDep,
     session: SessionDep,
