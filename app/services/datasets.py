@@ -21,6 +21,7 @@ from app.schemas import (
     DuplicateRead,
     ItemsAdded,
 )
+from app.services.checks import control_char_problem, plausible_id, shorten
 from app.storage import BlobStore
 from app.uploads import RawUpload, ValidBatch, check_classes, validate_upload
 
@@ -31,6 +32,8 @@ _IN_CHUNK = 1000
 
 def get_dataset(*, session: Session, owner: Owner, dataset_id: str, lock: bool = False) -> Dataset:
     """The owner's dataset; 404 for a missing id and for another owner's (ids are not disclosed)."""
+    if not plausible_id(dataset_id):
+        raise NotFound(f"dataset {shorten(dataset_id)!r} not found")
     stmt = select(Dataset).where(Dataset.id == dataset_id, Dataset.owner_id == owner.id)
     if lock:
         stmt = stmt.with_for_update()
@@ -60,6 +63,10 @@ def create_empty_dataset(
 ) -> DatasetRead:
     """``POST /datasets`` with JSON: a dataset with classes and no items."""
     errors: list[FieldError] = []
+    for field, value in (("name", dataset_in.name), ("prompt_template", dataset_in.prompt_template or "")):
+        problem = control_char_problem(value)
+        if problem:
+            errors.append(_field(field, f"{field}: {problem}"))
     classes = check_classes(dataset_in.classes, settings=settings, errors=errors)
     if errors:
         raise InvalidInput("; ".join(e.message for e in errors), errors=errors)
@@ -78,25 +85,30 @@ def create_dataset_from_upload(
 ) -> DatasetCreated:
     """``POST /datasets`` with multipart: validate the whole batch first, then store it in one transaction."""
     name = (raw.name or "").strip()
-    batch: ValidBatch | None = None
+    # Problems with the form fields are listed together with the batch's (one answer names every problem).
+    field_errors = [] if name and len(name) <= 200 else [_name_error()]
+    prompt = (raw.prompt_template or "").strip() or None
+    if prompt is not None and (len(prompt) > 500 or "{}" not in prompt):
+        field_errors.append(
+            _field("prompt_template", 'prompt_template: needs a "{}" where the class name goes, at most 500 characters')
+        )
+    for field, value in (("name", name), ("prompt_template", prompt or "")):
+        problem = control_char_problem(value)
+        if problem:
+            field_errors.append(_field(field, f"{field}: {problem}"))
     try:
         batch = validate_upload(raw, settings=settings, dataset_classes=None, require_items=False)
     except InvalidInput as exc:
-        if not name:
-            exc.errors.insert(0, _name_error())
-            exc.detail = f"name: required; {exc.detail}"
+        exc.errors[:0] = field_errors
+        exc.detail = "; ".join([*(e.message for e in field_errors), exc.detail])
         raise
-    if not name or len(name) > 200:
-        raise InvalidInput("name: required, 1 to 200 characters", errors=[_name_error()])
+    if field_errors:
+        raise InvalidInput("; ".join(e.message for e in field_errors), errors=field_errors)
     if not batch.classes:
         raise InvalidInput(
             "classes: a dataset needs classes (give `classes` or a manifest with candidates)",
             errors=[_field("classes", "classes: a dataset needs classes (give `classes` or a manifest)")],
         )
-    prompt = (raw.prompt_template or "").strip() or None
-    if prompt is not None and (len(prompt) > 500 or "{}" not in prompt):
-        message = 'prompt_template: needs a "{}" where the class name goes, at most 500 characters'
-        raise InvalidInput(message, errors=[_field("prompt_template", message)])
     dataset = Dataset(owner_id=owner.id, name=name, classes=batch.classes, prompt_template=prompt)
     session.add(dataset)
     session.flush()

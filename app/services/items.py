@@ -24,6 +24,7 @@ from app.api.errors import FieldError, InvalidInput, NotFound
 from app.config import Settings
 from app.models import Dataset, Item, Owner, utcnow
 from app.schemas import ItemList, ItemRead, ItemUpdate
+from app.services.checks import plausible_id, shorten
 from app.services.datasets import get_dataset
 from app.storage import BlobStore
 
@@ -113,6 +114,8 @@ def list_items(
 
 def get_item(*, session: Session, owner: Owner, item_id: str) -> Item:
     """The owner's item; 404 for a missing id and for another owner's."""
+    if not plausible_id(item_id):
+        raise NotFound(f"item {shorten(item_id)!r} not found")
     item = session.scalar(
         select(Item)
         .join(Dataset, Dataset.id == Item.dataset_id)
@@ -130,8 +133,10 @@ def review_item(*, session: Session, owner: Owner, item_id: str, item_in: ItemUp
     classes = item.dataset.classes
     if label not in classes:
         raise InvalidInput(
-            f"label: {label!r} is not one of the dataset's classes",
-            errors=[FieldError(field="label", item=item.id, message=f"label: {label!r} is not one of the classes")],
+            f"label: {shorten(label)!r} is not one of the dataset's classes",
+            errors=[
+                FieldError(field="label", item=item.id, message=f"label: {shorten(label)!r} is not one of the classes")
+            ],
         )
     if label not in item.candidates:
         item.candidates = [*item.candidates, label]

@@ -24,6 +24,7 @@ from app.imaging import ImageInvalid, open_image, verify_image
 from app.models import Model, Owner
 from app.predictor import LoadedModel, ModelUnavailable, get_model_cache, scores
 from app.schemas import ModelRead, Prediction, PredictResponse, ScoredLabel
+from app.services.checks import plausible_id, shorten
 from app.services.items import get_item
 from app.storage import BlobStore
 
@@ -32,6 +33,8 @@ EXPORT_ORDER = ("model.onnx", "classes.json", "preprocess.json", "model_card.md"
 
 def get_model(*, session: Session, owner: Owner, model_id: str) -> Model:
     """The owner's model; 404 for a missing id and for another owner's."""
+    if not plausible_id(model_id):
+        raise NotFound(f"model {shorten(model_id)!r} not found")
     model = session.scalar(select(Model).where(Model.id == model_id, Model.owner_id == owner.id))
     if model is None:
         raise NotFound(f"model {model_id} not found")
