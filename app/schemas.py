@@ -9,14 +9,18 @@ job re-run later means the same thing even if these defaults change.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 METHODS = ("prompt_alignment", "coop", "zero_shot", "linear_probe")
 LOSSES = ("naive", "cc", "rc", "lws", "cavl", "plcr", "pico")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+#: JSON schema of a prompt template (the validators below check the same): the class name goes where "{}" is.
+TEMPLATE_SCHEMA = {"type": "string", "pattern": r"\{\}", "maxLength": 500}
 
 
 class _Input(BaseModel):
@@ -35,7 +39,9 @@ class DatasetCreate(_Input):
 
     name: str = Field(min_length=1, max_length=200)
     classes: list[str] = Field(min_length=1, description="The tag vocabulary; item candidates must come from it.")
-    prompt_template: str | None = Field(None, max_length=500, description='e.g. "a photo of a {}."')
+    prompt_template: Annotated[str, WithJsonSchema({**TEMPLATE_SCHEMA, "pattern": r"\{\}|^\s*$"})] | None = Field(
+        None, max_length=500, description='e.g. "a photo of a {}." (blank: none)'
+    )
 
     @field_validator("prompt_template")
     @classmethod
@@ -153,7 +159,7 @@ class JobCreate(_Input):
     csc: bool = Field(False, description="Class-specific context.")
     mix: Literal["none", "constant", "ramp"] = "none"
     mix_alpha: float = Field(0.5, ge=0, le=1)
-    templates: list[str] | None = Field(
+    templates: list[Annotated[str, WithJsonSchema(TEMPLATE_SCHEMA)]] | None = Field(
         None,
         min_length=1,
         max_length=64,

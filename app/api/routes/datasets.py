@@ -19,25 +19,27 @@ from app.uploads import RawUpload, read_multipart
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses=COMMON)
 
+UPLOAD_FIELDS = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "description": "Dataset name (create only)."},
+        "classes": {"type": "string", "description": 'JSON list of tags, e.g. ["cat", "lynx"].'},
+        "prompt_template": {"type": "string", "description": 'e.g. "a photo of a {}." (create only)'},
+        "manifest": {
+            "type": "string",
+            "format": "binary",
+            "description": 'JSONL {"file", "candidates", "label"?} or CSV file,candidates[,label] ("|").',
+        },
+        "images": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1},
+        "archive": {"type": "string", "format": "binary", "description": "One zip of the images."},
+    },
+}
 UPLOAD_BODY = {
     "required": True,
     "content": {
         "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "properties": {
-                    "name": {"type": "string", "description": "Dataset name (create only)."},
-                    "classes": {"type": "string", "description": 'JSON list of tags, e.g. ["cat", "lynx"].'},
-                    "prompt_template": {"type": "string", "description": 'e.g. "a photo of a {}." (create only)'},
-                    "manifest": {
-                        "type": "string",
-                        "format": "binary",
-                        "description": 'JSONL {"file", "candidates", "label"?} or CSV file,candidates[,label] ("|").',
-                    },
-                    "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                    "archive": {"type": "string", "format": "binary", "description": "One zip of the images."},
-                },
-            }
+            # a manifest with `images`, or an `archive` (whose manifest may be inside it)
+            "schema": {**UPLOAD_FIELDS, "anyOf": [{"required": ["manifest", "images"]}, {"required": ["archive"]}]}
         }
     },
 }
@@ -45,7 +47,7 @@ CREATE_BODY = {
     "required": True,
     "content": {
         "application/json": {"schema": DatasetCreate.model_json_schema()},
-        **UPLOAD_BODY["content"],
+        "multipart/form-data": {"schema": {**UPLOAD_FIELDS, "required": ["name"]}},
     },
 }
 NOT_FOUND = problems({404: "no such dataset (or another owner's)"})

@@ -32,12 +32,12 @@ PREDICT_BODY = {
                 "required": ["model_id", "image"],
                 "properties": {
                     "model_id": {"type": "string"},
-                    "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    "image": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1},
                     "candidates": {
                         "type": "string",
                         "description": 'JSON list of tags for every image, or one list per image: ["cat", "lynx"]',
                     },
-                    "top_k": {"type": "integer", "minimum": 1, "default": 5},
+                    "top_k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 5},
                 },
             }
         }
