@@ -1,0 +1,244 @@
+"""Fuzzing: schemathesis against the app's own OpenAPI schema, with a valid key, on real PostgreSQL + Redis.
+
+Every operation of the schema gets generated requests (schemathesis strategies driven by Hypothesis,
+derandomized so a run is repeatable): valid data, invalid data (negative mode), and valid data aimed at ids that
+exist (a dataset with items, a job, a model with ONNX artifacts), so the id-taking routes are reached past their
+404 too. Each response must pass these checks: not a server error, status code documented, content type
+documented, body conforms to the documented schema, headers conform, and invalid data is refused with a 4xx.
+At least 1,000 requests in total (counted), every operation of the schema among them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from collections import Counter
+
+import hypothesis
+import redis
+import schemathesis
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import strategies as st
+from PIL import Image
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    missing_required_header,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from app.config import Settings
+from app.db import session_scope
+from app.main import create_app
+from app.models import Job, Model
+from app.services.api_keys import create_api_key
+from app.storage import get_storage
+
+#: Left out: ``positive_data_acceptance`` (schema-valid data must get a 2xx). Whether an upload or a request is
+#: acceptable depends on content that JSON Schema cannot describe: image bytes that decode, manifest rows naming the
+#: uploaded files, a zip that is a zip, a label among *this* dataset's classes, a cursor from a previous page, an
+#: Idempotency-Key not used for another body, candidates that are a JSON list inside a form string. Those answers
+#: are 422 by design (tests/app/test_bad_input.py checks them); every other check below holds for every request.
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+    missing_required_header,
+    negative_data_rejection,  # schema-invalid data is refused with a 4xx
+]
+EXAMPLES_PER_OPERATION = 100
+TAGS = ["cat", "lynx", "dog"]
+
+
+def _png(color: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (24, 20), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _onnx_model() -> bytes:
+    """A tiny ONNX classifier (per-channel mean -> 3 logits), as the worker would export one."""
+    import torch
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 3)
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return self.lin(image.mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    torch.onnx.export(
+        Tiny().eval(),
+        (torch.zeros(1, 3, 32, 32),),
+        buf,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        dynamo=False,
+    )
+    return buf.getvalue()
+
+
+def _seed(client, headers: dict[str, str]) -> dict[str, list[str]]:
+    """Real rows for the fuzzer to aim at: a dataset with items, a job, a model; some spare datasets to delete."""
+    tags = TAGS
+    rows = [{"file": f"img{i}.png", "candidates": [tags[i % 3], tags[(i + 1) % 3]]} for i in range(3)]
+    files = [("manifest", ("manifest.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode(), "text/plain"))]
+    colors = [(250, 10, 10), (10, 250, 10), (10, 10, 250)]
+    files += [("images", (f"img{i}.png", _png(c), "image/png")) for i, c in enumerate(colors)]
+    res = client.post("/datasets", headers=headers, data={"name": "fuzz", "classes": json.dumps(tags)}, files=files)
+    assert res.status_code == 201, res.text
+    dataset_id = res.json()["id"]
+    items = client.get(f"/datasets/{dataset_id}/items", headers=headers).json()["data"]
+    res = client.post(f"/datasets/{dataset_id}/jobs", headers=headers, json={"method": "zero_shot"})
+    assert res.status_code == 202, res.text
+    job = res.json()
+    storage = get_storage()
+    pre = {"image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bicubic"}
+    pre["resize_mode"] = "shortest"
+    artifacts = {
+        "model.onnx": storage.put(_onnx_model()),
+        "classes.json": storage.put(json.dumps(tags).encode()),
+        "preprocess.json": storage.put(json.dumps(pre).encode()),
+        "model_card.md": storage.put(b"# fuzz model\n"),
+    }
+    with session_scope() as session:
+        owner_id = session.get(Job, job["id"]).owner_id
+        trained = Job(owner_id=owner_id, dataset_id=dataset_id, status="succeeded", params={})
+        session.add(trained)
+        session.flush()
+        model = Model(
+            owner_id=trained.owner_id,
+            dataset_id=dataset_id,
+            job_id=trained.id,
+            backbone="tiny",
+            method="zero_shot",
+            classes=tags,
+            metrics={},
+            artifacts=artifacts,
+        )
+        session.add(model)
+        session.flush()
+        trained.model_id = model.id
+        model_id, trained_id = model.id, trained.id
+    spare = [client.post("/datasets", headers=headers, json={"name": f"spare{i}", "classes": tags}) for i in range(4)]
+    return {
+        "dataset_id": [dataset_id],
+        "item_id": [i["id"] for i in items],
+        "job_id": [job["id"], trained_id],
+        "model_id": [model_id],
+        "spare_dataset_id": [r.json()["id"] for r in spare],
+    }
+
+
+def _strategies(operation, ids: dict[str, list[str]]):
+    """Random valid data, random invalid data, and valid data whose ids exist (path, or /predict's query)."""
+    out = [operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE)]
+    names = [p.name for p in operation.path_parameters]
+    if names:
+        # DELETE /datasets/{id} gets datasets of its own: the one the other operations aim at stays
+        pool = {n: ids["spare_dataset_id"] if operation.method.upper() == "DELETE" else ids[n] for n in names}
+        real = st.fixed_dictionaries({n: st.sampled_from(v) for n, v in pool.items()})
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            out.append(real.flatmap(lambda p, mode=mode: operation.as_strategy(mode, path_parameters=p)))
+    if operation.path == "/predict" and operation.method.upper() == "GET":
+        real = st.fixed_dictionaries({n: st.sampled_from(ids[n]) for n in ("model_id", "item_id")})
+        out.append(real.flatmap(lambda q: operation.as_strategy(GenerationMode.POSITIVE, query=q)))
+    if operation.path == "/items/{item_id}" and operation.method.upper() == "PATCH":
+        # a reviewer's tag for an item that exists: a class of its dataset, or not
+        item = st.sampled_from(ids["item_id"])
+        label = st.one_of(st.sampled_from(TAGS), st.text(max_size=10))
+        out.append(
+            st.tuples(item, label).flatmap(
+                lambda il: operation.as_strategy(path_parameters={"item_id": il[0]}, body={"label": il[1]})
+            )
+        )
+    if operation.path == "/predict" and operation.method.upper() == "POST":
+        # a real model and real images, with generated candidates / top_k (or none)
+        body = st.fixed_dictionaries(
+            {
+                "model_id": st.sampled_from(ids["model_id"]),
+                "image": st.lists(st.sampled_from([_png((250, 10, 10)), _png((10, 10, 250))]), min_size=1, max_size=3),
+            },
+            optional={
+                "candidates": st.one_of(st.text(max_size=20), st.lists(st.sampled_from(TAGS + ["x"])).map(json.dumps)),
+                "top_k": st.one_of(st.integers(-2, 1002).map(str), st.text(max_size=5)),
+            },
+        )
+        out.append(body.flatmap(lambda b: operation.as_strategy(body=b, media_type="multipart/form-data")))
+    return st.one_of(out)
+
+
+def _drop_queue(broker_url: str, queue: str) -> None:
+    """Remove the test queue's Redis keys (the job messages that the seeding and the fuzzer enqueued)."""
+    r = redis.Redis.from_url(broker_url)
+    try:
+        keys = list(r.scan_iter(match=f"{queue}*", count=1000)) + [f"_kombu.binding.{queue}"]
+        r.delete(*keys)
+    finally:
+        r.close()
+
+
+def test_fuzz_openapi(prod_env: Settings) -> None:
+    app = create_app()
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    # The key goes on every request: no generated Authorization headers (auth itself is tests/app/test_tenancy.py)
+    schema.config.generation.update(with_security_parameters=False)
+    with session_scope() as session:
+        key = create_api_key(session=session, owner_name=f"fuzz-{uuid.uuid4().hex[:8]}")
+    headers = {"Authorization": f"Bearer {key}"}
+
+    calls: Counter[str] = Counter()
+    statuses: Counter[tuple[str, int]] = Counter()
+    failures: dict[str, str] = {}
+
+    @hypothesis.settings(
+        max_examples=EXAMPLES_PER_OPERATION,
+        derandomize=True,  # the same cases every run
+        database=None,
+        deadline=None,
+        phases=[Phase.explicit, Phase.generate],  # failures are collected below, not shrunk
+        suppress_health_check=list(HealthCheck),
+    )
+    def fuzz(case) -> None:
+        label = case.operation.label
+        response = case.call(headers=headers)
+        calls[label] += 1
+        statuses[(label, response.status_code)] += 1
+        try:
+            case.validate_response(response, checks=CHECKS, headers=headers)
+        except FailureGroup as exc:  # every distinct failure is reported, not only the first
+            kinds = sorted(type(e).__name__ for e in exc.exceptions)
+            failures.setdefault(f"{label} -> {response.status_code} {kinds}", str(exc)[:3000])
+
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            ids = _seed(client, headers)
+        operations = [result.ok() for result in schema.get_all_operations()]
+        for operation in operations:
+            given(case=_strategies(operation, ids))(fuzz)()
+    finally:
+        _drop_queue(prod_env.broker_url, prod_env.queue)
+
+    total = sum(calls.values())
+    print(f"\nfuzz: {total} requests over {len(calls)} operations")
+    for label, n in sorted(calls.items()):
+        print(f"  {label}: {n} ({', '.join(f'{s} x{c}' for (op, s), c in sorted(statuses.items()) if op == label)})")
+    assert not failures, "\n\n".join(f"== {k}\n{v}" for k, v in failures.items())
+    assert sorted(calls) == sorted(op.label for op in operations)
+    assert total >= 1000, f"only {total} generated requests"
+    # the id-taking operations were reached with ids that exist, not only with random ones
+    for label in ("GET /items/{item_id}", "GET /jobs/{job_id}", "GET /models/{model_id}/export", "GET /predict"):
+        assert statuses[(label, 200)] > 0, label
