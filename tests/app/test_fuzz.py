@@ -25,6 +25,7 @@ from PIL import Image
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
+from schemathesis.core.parameters import ParameterLocation
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     missing_required_header,
@@ -32,6 +33,7 @@ from schemathesis.specs.openapi.checks import (
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
+    unsupported_method,
 )
 
 from app.config import Settings
@@ -181,6 +183,33 @@ def _strategies(operation, ids: dict[str, list[str]]):
     return st.one_of(out)
 
 
+def _coverage_cases(schema, operation, ids: dict[str, list[str]]) -> list:
+    """Schemathesis's coverage phase: boundary and just-out-of-bounds values of every parameter and body field,
+    missing required ones, wrong types, and other HTTP methods on the path (which must answer 405). Cases whose
+    path ids are valid are sent twice: as generated (a 404) and with ids that exist, so the handler sees them."""
+
+    def generate() -> list:
+        config = schema.config.generation_for(operation=operation, phase="coverage")
+        modes = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
+        return list(schema.iter_coverage_cases(operation, generation_modes=modes, generation_config=config))
+
+    cases = generate()
+    names = [p.name for p in operation.path_parameters]
+    predict_query = operation.path == "/predict" and operation.method.upper() == "GET"
+    if names or predict_query:
+        for i, case in enumerate(generate()):
+            if case.method.upper() != operation.method.upper() or case.meta is None:
+                continue  # another method on the path: the 405 needs no real id
+            if names and not case.meta.is_negative_at(ParameterLocation.PATH):
+                pool = {n: ids["spare_dataset_id"] if case.method.upper() == "DELETE" else ids[n] for n in names}
+                case.path_parameters = {**case.path_parameters, **{n: v[i % len(v)] for n, v in pool.items()}}
+                cases.append(case)
+            elif predict_query and not case.meta.is_negative_at(ParameterLocation.QUERY):
+                case.query = {**(case.query or {}), "model_id": ids["model_id"][0], "item_id": ids["item_id"][i % 3]}
+                cases.append(case)
+    return cases
+
+
 def _drop_queue(broker_url: str, queue: str) -> None:
     """Remove the test queue's Redis keys (the job messages that the seeding and the fuzzer enqueued)."""
     r = redis.Redis.from_url(broker_url)
@@ -213,12 +242,21 @@ def test_fuzz_openapi(prod_env: Settings) -> None:
         suppress_health_check=list(HealthCheck),
     )
     def fuzz(case) -> None:
+        send(case)
+
+    def send(case) -> None:
         label = case.operation.label
-        response = case.call(headers=headers)
+        try:
+            response = case.call(headers=headers)
+        except Exception as exc:  # the in-process transport re-raises what the app did not handle (a 500)
+            calls[label] += 1
+            failures.setdefault(f"{label} -> unhandled {type(exc).__name__}", f"{exc!r}\n{case.as_curl_command()}")
+            return
         calls[label] += 1
         statuses[(label, response.status_code)] += 1
+        checks = CHECKS if case.method.upper() == case.operation.method.upper() else [unsupported_method]
         try:
-            case.validate_response(response, checks=CHECKS, headers=headers)
+            case.validate_response(response, checks=checks, headers=headers)
         except FailureGroup as exc:  # every distinct failure is reported, not only the first
             kinds = sorted(type(e).__name__ for e in exc.exceptions)
             failures.setdefault(f"{label} -> {response.status_code} {kinds}", str(exc)[:3000])
@@ -228,6 +266,8 @@ def test_fuzz_openapi(prod_env: Settings) -> None:
             ids = _seed(client, headers)
         operations = [result.ok() for result in schema.get_all_operations()]
         for operation in operations:
+            for case in _coverage_cases(schema, operation, ids):
+                send(case)
             given(case=_strategies(operation, ids))(fuzz)()
     finally:
         _drop_queue(prod_env.broker_url, prod_env.queue)
@@ -242,3 +282,18 @@ def test_fuzz_openapi(prod_env: Settings) -> None:
     # the id-taking operations were reached with ids that exist, not only with random ones
     for label in ("GET /items/{item_id}", "GET /jobs/{job_id}", "GET /models/{model_id}/export", "GET /predict"):
         assert statuses[(label, 200)] > 0, label
+
+
+def test_events_after_beyond_bigint_is_422_not_500(alice) -> None:
+    """Found by the fuzzer: `after` past the 64-bit event ids was a 500 from PostgreSQL (bigint out of range)."""
+    ds = alice.make_dataset(3)
+    try:
+        job = alice.post(f"/datasets/{ds['id']}/jobs", json={"method": "zero_shot"}).json()
+    finally:
+        _drop_queue(alice.settings.broker_url, alice.settings.queue)
+    ok = alice.get(f"/jobs/{job['id']}/events", params={"after": 2**63 - 1})
+    assert ok.status_code == 200 and ok.json()["data"] == []
+    for after in (2**63, 10**30):
+        r = alice.get(f"/jobs/{job['id']}/events", params={"after": after})
+        assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json", r.text
+        assert r.json()["errors"][0]["field"] == "after"

@@ -13,6 +13,9 @@ from app.services import jobs as jobs_service
 
 router = APIRouter(tags=["jobs"], responses=COMMON)
 
+#: Event ids are 64-bit signed integers in the database: a larger `after` is a 422, not a 500 from the driver.
+MAX_EVENT_ID = 2**63 - 1
+
 NOT_FOUND = problems({404: "no such job / dataset (or another owner's)"})
 CREATED = {
     202: {
@@ -82,7 +85,9 @@ def list_job_events(
     owner: OwnerDep,
     session: SessionDep,
     settings: SettingsDep,
-    after: Annotated[int | None, Query(ge=0, description="Only events with an id above this.")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_EVENT_ID, description="Only events with an id above this (`next_after`).")
+    ] = None,
     limit: Annotated[int | None, Query(ge=1)] = None,
 ) -> JobEventList:
     """Stage changes and per-epoch metrics, oldest first."""
