@@ -75,7 +75,7 @@ def verify_image(data: bytes, *, max_pixels: int, max_bytes: int) -> ImageInfo:
 
     Rejects: empty files, files over ``max_bytes``, non-images and formats outside :data:`ALLOWED_FORMATS`,
     images over ``max_pixels`` (checked from the header, before decoding: decompression bombs), and
-    truncated or corrupt data (the whole image is decoded).
+    truncated or corrupt data (the whole image is decoded; a PNG's chunk checksums and its end are checked too).
     """
     if not data:
         raise ImageInvalid("the file is empty (0 bytes)")
@@ -96,6 +96,9 @@ def verify_image(data: bytes, *, max_pixels: int, max_bytes: int) -> ImageInfo:
                 if width * height > max_pixels:
                     raise ImageInvalid(f"the image is {width}x{height} pixels, over the limit of {max_pixels}")
                 img.load()
+            if fmt == "PNG":  # the pixels decoded; also check every chunk's CRC and that the file ends (IEND)
+                with Image.open(io.BytesIO(data)) as again:
+                    again.verify()
     except ImageInvalid:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

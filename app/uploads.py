@@ -36,13 +36,22 @@ import zipfile
 from dataclasses import dataclass, field
 
 from fastapi import Request
-from starlette.datastructures import UploadFile
+from python_multipart.multipart import parse_options_header
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartParser
 
 from app.api.errors import ApiError, FieldError, InvalidInput
 from app.config import Settings
 from app.imaging import ImageInvalid, verify_image
+from app.services.checks import control_char_problem, shorten
 from app.storage import sha256_hex
 
+#: Longest file name (the ``items.file`` column): a display name, never used as a path.
+MAX_FILE_NAME = 500
+#: Keys of a JSONL manifest line (CSV: the header's columns).
+ROW_KEYS = ("file", "candidates", "label")
+#: A ``file`` like "http://host/x.jpg": tagsift never fetches images, they are uploaded.
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 FORM_FIELDS = ("name", "classes", "prompt_template", "manifest", "images", "archive")
 MANIFEST_NAMES = ("manifest.jsonl", "manifest.csv")
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -99,26 +108,99 @@ class _Row:
 # --- reading the request ----------------------------------------------------------------------------------
 
 
-async def read_multipart(request: Request, settings: Settings) -> RawUpload:
-    """Read a ``multipart/form-data`` body into a :class:`RawUpload` (unknown fields become errors)."""
+class _NotText(str):
+    """A form value or file name whose bytes are not valid text in the form's charset (UTF-8 unless declared).
+
+    Starlette would quietly decode such bytes as Latin-1; the strict parser below marks them with this type so
+    that the upload is refused naming the field, instead of storing mojibake.
+    """
+
+
+class _StrictMultiPartParser(MultiPartParser):
+    """Starlette's multipart parser, except that undecodable field values and file names become :class:`_NotText`
+    and a form field over the part limit is a 422 naming the field."""
+
+    def on_headers_finished(self) -> None:
+        super().on_headers_finished()
+        upload = self._current_part.file
+        if upload is not None and upload.filename is not None:
+            _, options = parse_options_header(self._current_part.content_disposition)
+            if not _decodes(options.get(b"filename", b""), self._charset):
+                upload.filename = _NotText(upload.filename)
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self._current_part
+        if part.file is None and len(part.data) + end - start > self.max_part_size:
+            field = shorten(part.field_name, 40)
+            raise InvalidInput(
+                f"{field}: the form field is over the limit of {self.max_part_size} bytes",
+                errors=[FieldError(field=field, message=f"{field}: over the limit of {self.max_part_size} bytes")],
+            )
+        super().on_part_data(data, start, end)
+
+    def on_part_end(self) -> None:
+        part = self._current_part
+        if part.file is None and not _decodes(bytes(part.data), self._charset):
+            self.items.append((part.field_name, _NotText(bytes(part.data).decode("latin-1"))))
+            return
+        super().on_part_end()
+
+
+def _not_text(value: UploadFile | str) -> bool:
+    """Whether a form value, or an uploaded file's name, failed to decode (see :class:`_StrictMultiPartParser`)."""
+    return isinstance(value.filename if isinstance(value, UploadFile) else value, _NotText)
+
+
+def _decodes(data: bytes, charset: str) -> bool:
     try:
-        form = await request.form(
-            max_files=settings.max_items_per_request + 2,
-            max_fields=len(FORM_FIELDS) + 10,
-            max_part_size=settings.max_manifest_bytes,
-        )
+        data.decode(charset or "utf-8")
+    except (UnicodeDecodeError, LookupError):
+        return False
+    return True
+
+
+async def _parse_form(request: Request, *, max_files: int, max_fields: int, max_part_size: int) -> FormData:
+    """The multipart form of ``request`` (strict about text, see :class:`_StrictMultiPartParser`)."""
+    parser = _StrictMultiPartParser(
+        request.headers, request.stream(), max_files=max_files, max_fields=max_fields, max_part_size=max_part_size
+    )
+    try:
+        return await parser.parse()
     except ApiError:
         raise
-    except Exception as exc:  # starlette's MultiPartException / HTTPException(400)
-        detail = getattr(exc, "detail", None) or getattr(exc, "message", None) or str(exc)
+    except Exception as exc:  # starlette's MultiPartException, python-multipart's errors (the cause says more)
+        detail = "; ".join(
+            str(e) for e in (exc, exc.__cause__) if e is not None and str(e) and str(e) != "Invalid multipart data."
+        )
         raise ApiError(f"body: cannot parse the multipart form ({detail})", code="malformed_multipart") from None
+
+
+async def read_multipart(request: Request, settings: Settings) -> RawUpload:
+    """Read a ``multipart/form-data`` body into a :class:`RawUpload` (unknown fields become errors)."""
+    form = await _parse_form(
+        request,
+        max_files=settings.max_items_per_request + 2,
+        max_fields=len(FORM_FIELDS) + 10,
+        max_part_size=settings.max_manifest_bytes,
+    )
     raw = RawUpload()
     try:
         for key, value in form.multi_items():
             if key not in FORM_FIELDS:
                 raw.errors.append(
                     FieldError(
-                        field=key, message=f"{key}: unknown form field (expected one of {', '.join(FORM_FIELDS)})"
+                        field=shorten(key),
+                        message=f"{shorten(key)}: unknown form field (expected one of {', '.join(FORM_FIELDS)})",
+                    )
+                )
+                continue
+            if _not_text(value):
+                what = "its file name" if isinstance(value, UploadFile) else "the value"
+                raw.errors.append(
+                    FieldError(
+                        field=key,
+                        item=_part_name(value),
+                        message=f"{key}: {what} is not valid UTF-8 text",
                     )
                 )
                 continue
@@ -138,11 +220,7 @@ async def read_multipart(request: Request, settings: Settings) -> RawUpload:
                     continue
                 raw.manifest, raw.manifest_name = await _part_bytes(value), _part_name(value)
             else:
-                data = await _part_bytes(value)
-                try:
-                    setattr(raw, key, data.decode("utf-8"))
-                except UnicodeDecodeError:
-                    raw.errors.append(FieldError(field=key, message=f"{key}: not valid UTF-8"))
+                setattr(raw, key, (await _part_bytes(value)).decode("utf-8"))
     finally:
         await form.close()
     return raw
@@ -155,7 +233,7 @@ async def _part_bytes(value: UploadFile | str) -> bytes:
 
 
 def _part_name(value: UploadFile | str) -> str | None:
-    return value.filename if isinstance(value, UploadFile) else None
+    return shorten(str(value.filename)) if isinstance(value, UploadFile) and value.filename is not None else None
 
 
 def _clean_name(name: str) -> str:
@@ -202,7 +280,18 @@ def _tag_problem(tag: str, settings: Settings) -> str | None:
         return "empty tag"
     if len(tag) > settings.max_tag_length:
         return f"tag {tag[:40]!r}... is {len(tag)} characters, over the limit of {settings.max_tag_length}"
+    problem = control_char_problem(tag)
+    if problem:
+        return f"tag {shorten(tag)!r} {problem}"
     return None
+
+
+def _file_name_problem(name: str) -> str | None:
+    """Why a file name (a display name, never a path) cannot be stored, or None."""
+    if len(name) > MAX_FILE_NAME:
+        return f"the file name is {len(name)} characters, over the limit of {MAX_FILE_NAME}"
+    problem = control_char_problem(name)
+    return f"the file name {problem}" if problem else None
 
 
 def validate_upload(
@@ -226,7 +315,15 @@ def validate_upload(
             raw.manifest, raw.manifest_name = manifest_from_zip[1]
 
     rows: list[_Row] = []
-    if raw.manifest is not None:
+    if raw.manifest is not None and len(raw.manifest) > settings.max_manifest_bytes:
+        errors.append(
+            FieldError(
+                field="manifest",
+                item=raw.manifest_name,
+                message=f"manifest: {len(raw.manifest)} bytes, over the limit of {settings.max_manifest_bytes}",
+            )
+        )
+    elif raw.manifest is not None:
         rows = _parse_manifest(raw.manifest, raw.manifest_name, settings=settings, errors=errors)
     elif files:
         errors.append(FieldError(field="manifest", message="manifest: required when images are uploaded"))
@@ -271,13 +368,17 @@ def validate_upload(
                     field="candidates",
                     item=row.file,
                     line=row.line,
-                    message=f"{row.file}: candidate {c!r} is not one of the dataset's classes",
+                    message=f"{row.file}: candidate {shorten(c)!r} is not one of the dataset's classes",
                 )
             )
 
     # Files <-> rows.
     by_name: dict[str, bytes] = {}
     for name, data in files:
+        problem = _file_name_problem(name)
+        if problem:
+            name = shorten(name, MAX_FILE_NAME)  # the batch fails: the short form only keeps the answer small
+            errors.append(FieldError(field="images", item=name, message=f"{name}: {problem}"))
         if not name:
             errors.append(FieldError(field="images", message="images: a file part has no file name"))
         elif name in by_name:
@@ -371,9 +472,29 @@ def _parse_manifest(data: bytes, name: str | None, *, settings: Settings, errors
     seen: dict[str, int] = {}
     out_files: set[str] = set()
     for row in rows:
+        if _URL.match(row.file):
+            errors.append(
+                FieldError(
+                    field="file",
+                    item=shorten(row.file, MAX_FILE_NAME),
+                    line=row.line,
+                    message=f"{shorten(row.file, MAX_FILE_NAME)}: named in the manifest (line {row.line}) but not "
+                    "uploaded: a URL is not an uploaded file (tagsift never fetches images; upload the file)",
+                )
+            )
+            continue
         # A row with problems is still kept (unless it repeats a file) so its image is not also reported as
         # "not in the manifest"; the batch fails on the recorded errors anyway.
         ok = True
+        problem = _file_name_problem(row.file)
+        if problem:
+            row.file = shorten(row.file, MAX_FILE_NAME)  # the batch fails: the short form keeps the answer small
+            errors.append(
+                FieldError(
+                    field="file", item=row.file, line=row.line, message=f"{row.file}: {problem} (line {row.line})"
+                )
+            )
+            ok = False
         if row.file in seen:
             errors.append(
                 FieldError(
@@ -409,7 +530,7 @@ def _parse_manifest(data: bytes, name: str | None, *, settings: Settings, errors
                     field="label",
                     item=row.file,
                     line=row.line,
-                    message=f"{row.file}: label {row.label!r} is not among its candidates",
+                    message=f"{row.file}: label {shorten(row.label)!r} is not among its candidates",
                 )
             )
             ok = False
@@ -444,6 +565,18 @@ def _parse_jsonl(text: str, errors: list[FieldError]) -> list[_Row]:
         if not isinstance(obj, dict):
             errors.append(FieldError(field="manifest", line=n, message=f"manifest line {n}: not a JSON object"))
             continue
+        unknown = [shorten(str(k), 40) for k in obj if k not in ROW_KEYS]
+        if unknown:
+            errors.append(
+                FieldError(
+                    field="manifest",
+                    item=shorten(obj["file"], MAX_FILE_NAME) if isinstance(obj.get("file"), str) else None,
+                    line=n,
+                    message=f"manifest line {n}: unknown key(s) {', '.join(map(repr, unknown))}: a line has "
+                    "`file` (an uploaded file), `candidates` and optionally `label`; images are never fetched from "
+                    "a URL",
+                )
+            )
         file = obj.get("file")
         if not isinstance(file, str) or not _clean_name(file):
             errors.append(
@@ -451,20 +584,21 @@ def _parse_jsonl(text: str, errors: list[FieldError]) -> list[_Row]:
             )
             continue
         file = _clean_name(file)
+        shown = shorten(file, MAX_FILE_NAME)
         cands = obj.get("candidates")
         if not isinstance(cands, list) or not all(isinstance(c, str) for c in cands):
             errors.append(
                 FieldError(
                     field="candidates",
-                    item=file,
+                    item=shown,
                     line=n,
-                    message=f"{file}: `candidates` must be a list of strings (line {n})",
+                    message=f"{shown}: `candidates` must be a list of strings (line {n})",
                 )
             )
             continue
         label = obj.get("label")
         if label is not None and not isinstance(label, str):
-            errors.append(FieldError(field="label", item=file, line=n, message=f"{file}: `label` must be a string"))
+            errors.append(FieldError(field="label", item=shown, line=n, message=f"{shown}: `label` must be a string"))
             continue
         rows.append(_Row(line=n, file=file, candidates=_tags(cands), label=label.strip() if label else None))
     return rows
@@ -489,6 +623,16 @@ def _parse_csv(text: str, errors: list[FieldError]) -> list[_Row]:
             )
         )
         return []
+    unknown = [shorten(c, 40) for c in cols if c not in ROW_KEYS]
+    if unknown:
+        errors.append(
+            FieldError(
+                field="manifest",
+                line=1,
+                message=f"manifest line 1: unknown column(s) {', '.join(map(repr, unknown))}: the columns are "
+                "`file` (an uploaded file), `candidates` and optionally `label`; images are never fetched from a URL",
+            )
+        )
     i_file, i_cand = cols.index("file"), cols.index("candidates")
     i_label = cols.index("label") if "label" in cols else None
     rows: list[_Row] = []
@@ -547,9 +691,8 @@ def _read_archive(
                 continue
             parts = name.split("/")
             if name.startswith("/") or _DRIVE.match(name) or ".." in parts:
-                errors.append(
-                    FieldError(field="archive", item=raw_name, message=f"{raw_name}: unsafe path in the archive")
-                )
+                shown = shorten(raw_name, MAX_FILE_NAME)
+                errors.append(FieldError(field="archive", item=shown, message=f"{shown}: unsafe path in the archive"))
                 continue
             name = _clean_name(name)
             if parts[0] == "__MACOSX" or posixpath.basename(name) in (".DS_Store", "Thumbs.db"):
@@ -624,27 +767,29 @@ async def read_predict_form(request: Request, settings: Settings) -> RawPredict:
             status=415,
             code="unsupported_media_type",
         )
-    try:
-        form = await request.form(max_files=settings.max_predict_images + 1, max_fields=20, max_part_size=1024 * 1024)
-    except ApiError:
-        raise
-    except Exception as exc:
-        detail = getattr(exc, "detail", None) or str(exc)
-        raise ApiError(f"body: cannot parse the multipart form ({detail})", code="malformed_multipart") from None
+    form = await _parse_form(
+        request, max_files=settings.max_predict_images + 1, max_fields=20, max_part_size=1024 * 1024
+    )
     raw = RawPredict()
     errors: list[FieldError] = []
     try:
         for key, value in form.multi_items():
-            if key == "image":
+            if key not in ("image", "model_id", "candidates", "top_k"):
+                errors.append(FieldError(field=shorten(key), message=f"{shorten(key)}: unknown form field"))
+            elif isinstance(value, _NotText) or (
+                isinstance(value, UploadFile) and isinstance(value.filename, _NotText)
+            ):
+                what = "its file name" if isinstance(value, UploadFile) else "the value"
+                errors.append(
+                    FieldError(field=key, item=_part_name(value), message=f"{key}: {what} is not valid UTF-8 text")
+                )
+            elif key == "image":
                 if isinstance(value, UploadFile):
                     raw.images.append((_clean_name(value.filename or ""), await value.read()))
                 else:
                     errors.append(FieldError(field="image", message="image: each part must be a file"))
-            elif key in ("model_id", "candidates", "top_k"):
-                text = (await _part_bytes(value)).decode("utf-8", errors="replace")
-                setattr(raw, key, text)
             else:
-                errors.append(FieldError(field=key, message=f"{key}: unknown form field"))
+                setattr(raw, key, (await _part_bytes(value)).decode("utf-8"))
     finally:
         await form.close()
     if not raw.model_id:
