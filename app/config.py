@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `tagsift serve` binds.")
     port: int = Field(8000, description="Port `tagsift serve` binds.")
     public_url: str = Field("", description="External base URL used in links; empty: relative links.")
+    lookup_cache_seconds: float = Field(
+        10.0,
+        description="How long an API process reuses an API key's owner and, for /predict, a model's record (a"
+        " revoked key or a deleted model stops working within this); 0: look them up on every request.",
+    )
 
     # --- limits --------------------------------------------------------------------------------
     max_request_bytes: int = Field(512 * 1024 * 1024, description="Largest accepted request body.")

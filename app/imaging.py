@@ -70,8 +70,8 @@ class PreprocessConfig:
         return cfg
 
 
-def verify_image(data: bytes, *, max_pixels: int, max_bytes: int) -> ImageInfo:
-    """Decode ``data`` fully and return its size; :class:`ImageInvalid` for anything not a sound image.
+def decode_image(data: bytes, *, max_pixels: int, max_bytes: int) -> Image.Image:
+    """Decode ``data`` fully and return the loaded image; :class:`ImageInvalid` for anything not a sound image.
 
     Rejects: empty files, files over ``max_bytes``, non-images and formats outside :data:`ALLOWED_FORMATS`,
     images over ``max_pixels`` (checked from the header, before decoding: decompression bombs), and
@@ -84,7 +84,8 @@ def verify_image(data: bytes, *, max_pixels: int, max_bytes: int) -> ImageInfo:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
+            img = Image.open(io.BytesIO(data))
+            try:
                 fmt = img.format or "?"
                 if fmt not in ALLOWED_FORMATS:
                     raise ImageInvalid(
@@ -96,9 +97,12 @@ def verify_image(data: bytes, *, max_pixels: int, max_bytes: int) -> ImageInfo:
                 if width * height > max_pixels:
                     raise ImageInvalid(f"the image is {width}x{height} pixels, over the limit of {max_pixels}")
                 img.load()
-            if fmt == "PNG":  # the pixels decoded; also check every chunk's CRC and that the file ends (IEND)
-                with Image.open(io.BytesIO(data)) as again:
-                    again.verify()
+                if fmt == "PNG":  # the pixels decoded; also check every chunk's CRC and that the file ends (IEND)
+                    with Image.open(io.BytesIO(data)) as again:
+                        again.verify()
+            except BaseException:
+                img.close()
+                raise
     except ImageInvalid:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -109,11 +113,17 @@ def verify_image(data: bytes, *, max_pixels: int, max_bytes: int) -> ImageInfo:
         raise ImageInvalid(f"corrupt or truncated image ({exc})") from None
     except Exception as exc:  # Pillow plugins raise assorted errors on hostile input
         raise ImageInvalid(f"cannot decode the image ({type(exc).__name__}: {exc})") from None
-    return ImageInfo(width=width, height=height, format=fmt)
+    return img
+
+
+def verify_image(data: bytes, *, max_pixels: int, max_bytes: int) -> ImageInfo:
+    """Like :func:`decode_image` (the same checks, a full decode) but return only the size and format."""
+    with decode_image(data, max_pixels=max_pixels, max_bytes=max_bytes) as img:
+        return ImageInfo(width=img.width, height=img.height, format=img.format or "?")
 
 
 def open_image(data: bytes) -> Image.Image:
-    """A loaded PIL image (call :func:`verify_image` on untrusted bytes first)."""
+    """A loaded PIL image of trusted bytes (untrusted bytes go through :func:`decode_image`)."""
     img = Image.open(io.BytesIO(data))
     img.load()
     return img

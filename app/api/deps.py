@@ -1,4 +1,8 @@
-"""Request dependencies as ``Annotated`` aliases: ``SessionDep``, ``SettingsDep``, ``StorageDep``, ``OwnerDep``."""
+"""Request dependencies as ``Annotated`` aliases: ``SessionDep``, ``SettingsDep``, ``StorageDep``, ``OwnerDep``.
+
+Only the session and a key lookup that misses the cache touch the database; the others are ``async`` so that
+FastAPI does not hand them to its thread pool (a thread hop per dependency costs more than the work).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -13,8 +18,9 @@ from app.api.errors import Unauthorized
 from app.config import Settings, get_settings
 from app.db import get_sessionmaker
 from app.models import Owner
-from app.services.api_keys import owner_for_key
+from app.services.api_keys import hash_key, owner_for_key
 from app.storage import BlobStore, get_storage
+from app.ttl_cache import TTLCache
 
 
 def get_session() -> Iterator[Session]:
@@ -26,22 +32,54 @@ def get_session() -> Iterator[Session]:
         session.close()
 
 
+async def settings_dependency() -> Settings:
+    return get_settings()
+
+
+async def storage_dependency() -> BlobStore:
+    return get_storage()
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-StorageDep = Annotated[BlobStore, Depends(get_storage)]
+SettingsDep = Annotated[Settings, Depends(settings_dependency)]
+StorageDep = Annotated[BlobStore, Depends(storage_dependency)]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `tagsift create-api-key --owner NAME`.")
 
 
-def get_owner(
-    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+#: key hash -> (owner id, owner name). Only keys that resolved are remembered (an unknown key is looked up every
+#: time); owners come out as new transient :class:`Owner` objects (services use ``owner.id`` only).
+owner_cache: TTLCache[tuple[str, str]] = TTLCache()
+
+
+def _lookup_owner(key: str) -> Owner | None:
+    session = get_sessionmaker()()
+    try:
+        owner = owner_for_key(session=session, key=key)
+        if owner is not None:
+            owner = Owner(id=owner.id, name=owner.name)  # detached copy: the session closes here
+        return owner
+    finally:
+        session.close()
+
+
+async def get_owner(
+    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Owner:
-    """The owner of the request's ``Authorization: Bearer <key>``; 401 problem+json otherwise."""
+    """The owner of the request's ``Authorization: Bearer <key>``; 401 problem+json otherwise.
+
+    Remembered per process for ``TAGSIFT_LOOKUP_CACHE_SECONDS``; a cache miss looks the key up in the thread pool."""
     if credentials is None or not credentials.credentials:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    owner = owner_for_key(session=session, key=credentials.credentials)
+    key = credentials.credentials
+    key_hash = hash_key(key)
+    cached = owner_cache.get(key_hash)
+    if cached is not None:
+        return Owner(id=cached[0], name=cached[1])
+    owner = await run_in_threadpool(_lookup_owner, key)
     if owner is None:
         raise Unauthorized("invalid or revoked API key")
+    owner_cache.put(key_hash, (owner.id, owner.name), settings.lookup_cache_seconds)
     return owner
 
 

@@ -35,5 +35,8 @@ def create_api_key(*, session: Session, owner_name: str) -> str:
 
 def owner_for_key(*, session: Session, key: str) -> Owner | None:
     """The owner of an unrevoked key, or None."""
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
-    return row.owner if row is not None else None
+    return session.scalar(
+        select(Owner)
+        .join(ApiKey, ApiKey.owner_id == Owner.id)
+        .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+    )

@@ -20,13 +20,14 @@ from sqlalchemy.orm import Session
 
 from app.api.errors import Conflict, FieldError, InvalidInput, NotFound
 from app.config import Settings
-from app.imaging import ImageInvalid, open_image, verify_image
+from app.imaging import ImageInvalid, decode_image, open_image
 from app.models import Model, Owner
 from app.predictor import LoadedModel, ModelUnavailable, get_model_cache, scores
 from app.schemas import ModelRead, Prediction, PredictResponse, ScoredLabel
 from app.services.checks import plausible_id, shorten
 from app.services.items import get_item
 from app.storage import BlobStore
+from app.ttl_cache import TTLCache
 
 EXPORT_ORDER = ("model.onnx", "classes.json", "preprocess.json", "model_card.md")
 
@@ -116,12 +117,29 @@ class PredictImage:
 
 
 def _loaded(*, model: Model, storage: BlobStore, settings: Settings) -> LoadedModel:
+    return _loaded_by_id(model_id=model.id, artifacts=dict(model.artifacts or {}), storage=storage, settings=settings)
+
+
+def _loaded_by_id(*, model_id: str, artifacts: dict[str, str], storage: BlobStore, settings: Settings) -> LoadedModel:
     try:
-        return get_model_cache().get(
-            model_id=model.id, artifacts=dict(model.artifacts or {}), storage=storage, settings=settings
-        )
+        return get_model_cache().get(model_id=model_id, artifacts=artifacts, storage=storage, settings=settings)
     except ModelUnavailable as exc:
         raise Conflict(str(exc), code="model_incomplete") from None
+
+
+#: (owner id, model id) -> the model's artifacts, so that a burst of /predict calls does not read the same
+#: immutable row every time; kept ``settings.lookup_cache_seconds`` (a deleted model answers until then).
+_model_artifacts: TTLCache[dict[str, str]] = TTLCache()
+
+
+def _owned_artifacts(*, session: Session, owner: Owner, model_id: str, settings: Settings) -> dict[str, str]:
+    """The artifacts of the owner's model ``model_id`` (404 otherwise), from the per-process cache when fresh."""
+    artifacts = _model_artifacts.get((owner.id, model_id))
+    if artifacts is None:
+        model = get_model(session=session, owner=owner, model_id=model_id)
+        artifacts = dict(model.artifacts or {})
+        _model_artifacts.put((owner.id, model_id), artifacts, settings.lookup_cache_seconds)
+    return artifacts
 
 
 def _allowed(loaded: LoadedModel, candidates: list[str] | None, *, item: str | None) -> list[int] | None:
@@ -191,7 +209,7 @@ def predict_images(
     settings: Settings,
 ) -> PredictResponse:
     """Predict uploaded images; ``candidates`` is one list for all images or one list per image."""
-    model = get_model(session=session, owner=owner, model_id=model_id)
+    artifacts = _owned_artifacts(session=session, owner=owner, model_id=model_id, settings=settings)
     errors: list[FieldError] = []
     if not images:
         errors.append(FieldError(field="image", message="image: send one or more image files"))
@@ -221,17 +239,18 @@ def predict_images(
     decoded: list[Image.Image] = []
     for img in images:
         try:
-            verify_image(data=img.data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes)
-            decoded.append(open_image(img.data))
+            decoded.append(
+                decode_image(img.data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes)
+            )
         except ImageInvalid as exc:
             errors.append(FieldError(field="image", item=img.file, message=f"{img.file}: {exc}"))
     if errors:
         raise InvalidInput("; ".join(e.message for e in errors), errors=errors)
-    loaded = _loaded(model=model, storage=storage, settings=settings)
+    loaded = _loaded_by_id(model_id=model_id, artifacts=artifacts, storage=storage, settings=settings)
     allowed = [_allowed(loaded, c, item=images[i].file) for i, c in enumerate(per_image)]
     logits = loaded.logits(decoded, batch_size=max(1, settings.predict_batch_size))
     preds = [_prediction(loaded, logits[i], allowed[i], top_k, file=images[i].file or None) for i in range(len(images))]
-    return PredictResponse(model_id=model.id, predictions=preds)
+    return PredictResponse(model_id=model_id, predictions=preds)
 
 
 def parse_candidates(text: str | None) -> list[str] | list[list[str]] | None:

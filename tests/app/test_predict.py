@@ -295,3 +295,11 @@ def test_export_zip_is_usable_on_its_own(alice: Api, trained: dict, tmp_path: Pa
     x = preprocess(Image.open(io.BytesIO(BLUE)), cfg)[None]
     (logits,) = sess.run(["logits"], {"image": x})
     assert json.loads((tmp_path / "classes.json").read_text())[int(logits[0].argmax())] == "dog"
+
+
+def test_a_cached_model_lookup_never_serves_another_owner(alice: Api, bob: Api, trained: dict) -> None:
+    files = [("image", ("r.png", RED, "image/png"))]
+    assert alice.post("/predict", data={"model_id": trained["model_id"]}, files=files).status_code == 200
+    r = bob.post("/predict", data={"model_id": trained["model_id"]}, files=files)  # alice's lookup is cached now
+    assert r.status_code == 404 and trained["model_id"] in r.json()["detail"]
+    assert alice.post("/predict", data={"model_id": trained["model_id"]}, files=files).status_code == 200
