@@ -352,6 +352,48 @@ def bench_service(
     run_service_bench(cfg, out=typer.echo)
 
 
+@bench.command("load")
+def bench_load(
+    clients: Annotated[int, typer.Option("--clients", help="Concurrent clients (one connection each).")] = 50,
+    duration: Annotated[float, typer.Option("--duration", help="Seconds of load.")] = 60.0,
+    batch: Annotated[int, typer.Option("--batch", help="Images per upload request.")] = 4,
+    job_every: Annotated[
+        int, typer.Option("--job-every", help="A client starts a zero_shot job every this many rounds.")
+    ] = 10,
+    api_workers: Annotated[int, typer.Option("--api-workers", help="API processes (`tagsift serve --workers`).")] = 1,
+    backbone: Annotated[
+        str, typer.Option("--backbone", help="'auto': reference when built in the cache dir, else a tiny model.")
+    ] = "auto",
+    database_url: Annotated[str, typer.Option("--database-url", help="PostgreSQL URL (default: SQLite).")] = "",
+    broker_url: Annotated[str, typer.Option("--broker-url", help="Redis URL (default: SQLite broker).")] = "",
+    request_timeout: Annotated[float, typer.Option("--request-timeout", help="Seconds per request.")] = 30.0,
+    cache_dir: Annotated[
+        Path | None, typer.Option("--cache-dir", help="Backbone cache (default TAGSIFT_MODEL_CACHE_DIR).")
+    ] = None,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the temp data dir and logs.")] = False,
+) -> None:
+    """Concurrent clients upload, list, read labels, start and poll jobs on a service it starts; zero errors."""
+    from app.config import get_settings
+    from worker.bench_load import LoadBenchConfig, run_load_bench
+
+    cfg = LoadBenchConfig(
+        cache_dir=cache_dir or get_settings().model_cache_dir,
+        clients=clients,
+        duration=duration,
+        batch=batch,
+        job_every=job_every,
+        backbone=backbone,
+        api_workers=api_workers,
+        database_url=database_url,
+        broker_url=broker_url,
+        request_timeout=request_timeout,
+        keep=keep,
+    )
+    result = run_load_bench(cfg, out=typer.echo)
+    if result.total_errors:
+        raise typer.Exit(1)
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
