@@ -9,10 +9,11 @@ and Redis; a ``tagsift serve`` process on a free loopback port and a ``tagsift w
    started_at -> finished_at, i.e. without the queue wait) against the same work done by calling ``ml/`` in this
    process: load the backbone, encode with a fresh ``FeatureCache`` (both cold), ``fit`` with the job's exact
    ``TrainConfig``, ``disambiguate``, ``export_classifier``. Same device, default torch threads in both processes.
-3. **predict**: ``POST /predict`` with one image per request from N concurrent clients (httpx, one thread each)
-   against ONNX Runtime called directly on the job's exported ``model.onnx`` (same ``app.imaging`` decode and
-   preprocessing, same images, batch size 1, same number of threads, same session options) -> requests/s, ratio,
-   p50/p99 latency.
+3. **predict**: ``POST /predict`` with one image per request from N concurrent clients (one thread and one
+   keep-alive ``http.client`` connection each, bodies encoded in advance) against ONNX Runtime called directly on
+   the job's exported ``model.onnx`` (same ``app.imaging`` decode and preprocessing, same images, batch size 1,
+   same number of threads, same session options), in alternating rounds -> requests/s (median of the rounds),
+   ratio, p50/p99 latency, CPU ms per request.
 
 Everything is loopback only; every loop is bounded; the processes it started are stopped at the end (their process
 groups), and the temp data dir removed. Printed last: one ``upload_images_per_s=... train_overhead=...%`` line.
@@ -60,6 +61,7 @@ class ServiceBenchConfig:
     clients: int = 4
     api_workers: int = 1  # `tagsift serve --workers`
     requests: int = 50
+    rounds: int = 3  # alternating API / raw predict rounds; medians compared
     database_url: str = ""
     broker_url: str = ""
     device: str = "cpu"
@@ -148,6 +150,9 @@ class _Service:
                 start_new_session=True,
             )
         self.procs.append((name, proc, log_path))
+
+    def pid(self, name: str) -> int:
+        return next(proc.pid for n, proc, _ in self.procs if n == name)
 
     def log_tail(self, name: str, chars: int = 3000) -> str:
         for n, _, path in self.procs:
@@ -325,31 +330,55 @@ def _concurrently(clients: int, requests: int, call: Callable[[int, int], None])
     return wall, [x for lat in latencies for x in lat]
 
 
-def bench_predict_api(base_url: str, key: str, model_id: str, images: list[bytes], clients: int, requests: int):
-    import httpx
+def _multipart_predict(model_id: str, name: str, image: bytes) -> tuple[bytes, str]:
+    """A ``POST /predict`` body (``model_id`` + one ``image`` part) and its Content-Type, encoded once."""
+    boundary = "tagsift-bench-" + hashlib.sha256(image).hexdigest()[:16]
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model_id"\r\n\r\n{model_id}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
 
-    sessions = [
-        httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=120) for _ in range(clients)
-    ]
+
+def bench_predict_api(base_url: str, key: str, model_id: str, images: list[bytes], clients: int, requests: int):
+    """``POST /predict`` (1 image) from ``clients`` threads, each on its own keep-alive connection.
+
+    The load generator is kept light (``http.client``, request bodies encoded before the clock starts) because it
+    shares the machine's cores with the API: what is measured is the service, not the client library."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base_url)
+    bodies = [_multipart_predict(model_id, f"p{i}.jpg", img) for i, img in enumerate(images)]
+    conns = [http.client.HTTPConnection(url.hostname, url.port, timeout=120) for _ in range(clients)]
     try:
 
         def call(c: int, r: int) -> None:
-            i = (c * requests + r) % len(images)
-            res = sessions[c].post(
-                "/predict", data={"model_id": model_id}, files=[("image", (f"p{i}.jpg", images[i], "image/jpeg"))]
+            body, ctype = bodies[(c * requests + r) % len(bodies)]
+            conns[c].request(
+                "POST", "/predict", body=body, headers={"Authorization": f"Bearer {key}", "Content-Type": ctype}
             )
-            if res.status_code != 200 or len(res.json()["predictions"]) != 1:
-                raise RuntimeError(f"POST /predict: HTTP {res.status_code}: {res.text[:500]}")
+            res = conns[c].getresponse()
+            data = res.read()
+            if res.status != 200 or len(json.loads(data)["predictions"]) != 1:
+                raise RuntimeError(f"POST /predict: HTTP {res.status}: {data[:500]!r}")
 
-        call(0, 0)  # warm-up: loads the ONNX Runtime session into the API's cache (not timed)
+        for c in range(clients):  # warm-up: opens each connection, loads the model into the API's cache (untimed)
+            call(c, 0)
         return _concurrently(clients, requests, call)
     finally:
-        for s in sessions:
-            s.close()
+        for conn in conns:
+            conn.close()
 
 
-def bench_predict_raw(model_dir: Path, images: list[bytes], clients: int, requests: int, threads: int):
-    """ONNX Runtime on ``model.onnx`` with the API's decode + preprocessing, batch 1, one session shared."""
+def raw_predictor(model_dir: Path, images: list[bytes], threads: int) -> Callable[[int, int, int], None]:
+    """``call(client, request, requests)``: ONNX Runtime on ``model.onnx`` with the API's decode + preprocessing,
+    batch 1, one session shared by the threads (the session options the API uses)."""
     import numpy as np
     import onnxruntime as ort
 
@@ -364,14 +393,38 @@ def bench_predict_raw(model_dir: Path, images: list[bytes], clients: int, reques
     )
     inp, out = session.get_inputs()[0].name, session.get_outputs()[0].name
 
-    def call(c: int, r: int) -> None:
+    def call(c: int, r: int, requests: int) -> None:
         i = (c * requests + r) % len(images)
         batch = np.stack([preprocess(open_image(images[i]), pre)])
         (logits,) = session.run([out], {inp: batch})
         int(np.argmax(logits[0]))
 
-    call(0, 0)  # warm-up, as for the API
-    return _concurrently(clients, requests, call)
+    call(0, 0, 1)  # warm-up, as for the API
+    return call
+
+
+def bench_predict_raw(call: Callable[[int, int, int], None], clients: int, requests: int):
+    return _concurrently(clients, requests, lambda c, r: call(c, r, requests))
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its children that have been waited for (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _group_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and every live process of its process group (``serve --workers N``)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) == pid:
+                total += _cpu_seconds(int(entry.name))
+        except (ProcessLookupError, FileNotFoundError, PermissionError):
+            continue
+    return total
 
 
 # --- the run ----------------------------------------------------------------------------------------------------------
@@ -396,8 +449,8 @@ def load_images(cfg: ServiceBenchConfig):
 def run_service_bench(cfg: ServiceBenchConfig, out: Callable[[str], None] = print) -> ServiceBenchResult:
     import httpx
 
-    if cfg.images < 2 or cfg.upload_batch < 1 or cfg.clients < 1 or cfg.requests < 1 or cfg.epochs < 1:
-        raise ValueError("images >= 2, upload_batch, clients, requests and epochs >= 1")
+    if min(cfg.upload_batch, cfg.clients, cfg.requests, cfg.epochs, cfg.rounds) < 1 or cfg.images < 2:
+        raise ValueError("images >= 2; upload_batch, clients, requests, epochs and rounds >= 1")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     out(
         f"bench service: commit {commit.stdout.strip() or '?'}, {os.cpu_count()} CPUs, backbone {cfg.backbone},"
@@ -493,10 +546,33 @@ def run_service_bench(cfg: ServiceBenchConfig, out: Callable[[str], None] = prin
                 zf.extractall(model_dir)
         n_pred = min(len(images), cfg.clients * cfg.requests)
         pred_images = images[:n_pred]
-        api_wall, api_lat = bench_predict_api(service.base_url, key, model_id, pred_images, cfg.clients, cfg.requests)
         threads = Settings().predict_threads  # what the API process was started with (passed to it above)
-        raw_wall, raw_lat = bench_predict_raw(model_dir, pred_images, cfg.clients, cfg.requests, threads)
+        raw_call = raw_predictor(model_dir, pred_images, threads)
+        api_pid = service.pid("api")
         total = cfg.clients * cfg.requests
+        # API and raw rounds alternate, so that a change in the machine's load hits both sides alike; the medians
+        # of the rounds are compared. CPU seconds per request (the API's process group; this process for the raw
+        # calls) are printed too: they move less than throughput when other work shares the cores.
+        api_rounds: list[tuple[float, list[float], float]] = []
+        raw_rounds: list[tuple[float, list[float], float]] = []
+        for rnd in range(cfg.rounds):
+            cpu0 = _group_cpu_seconds(api_pid)
+            wall, lat = bench_predict_api(service.base_url, key, model_id, pred_images, cfg.clients, cfg.requests)
+            api_rounds.append((wall, lat, (_group_cpu_seconds(api_pid) - cpu0) / total))
+            cpu0 = time.process_time()
+            wall, lat = bench_predict_raw(raw_call, cfg.clients, cfg.requests)
+            raw_rounds.append((wall, lat, (time.process_time() - cpu0) / total))
+            out(
+                f"predict round {rnd + 1}/{cfg.rounds}: API {total / api_rounds[-1][0]:.1f} req/s"
+                f" ({1000 * api_rounds[-1][2]:.2f} CPU ms/req in the API), raw {total / raw_rounds[-1][0]:.1f} calls/s"
+                f" ({1000 * raw_rounds[-1][2]:.2f} CPU ms/call)"
+            )
+        api_wall = statistics.median(r[0] for r in api_rounds)
+        raw_wall = statistics.median(r[0] for r in raw_rounds)
+        api_lat = [x for r in api_rounds for x in r[1]]
+        raw_lat = [x for r in raw_rounds for x in r[1]]
+        api_cpu = statistics.median(r[2] for r in api_rounds)
+        raw_cpu = statistics.median(r[2] for r in raw_rounds)
         api_rps, raw_rps = total / api_wall, total / raw_wall
         result = ServiceBenchResult(
             upload_images_per_s=upload_rate,
@@ -516,17 +592,22 @@ def run_service_bench(cfg: ServiceBenchConfig, out: Callable[[str], None] = prin
                 "direct_phases": direct_phases,
                 "job_id": job["id"],
                 "model_id": model_id,
+                "predict_api_cpu_ms": 1000 * api_cpu,
+                "predict_raw_cpu_ms": 1000 * raw_cpu,
             },
         )
         out(
-            f"predict (API): {total} requests of 1 image from {cfg.clients} clients: {api_wall:.2f} s,"
-            f" {api_rps:.1f} req/s, p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms,"
-            f" mean {1000 * statistics.fmean(api_lat):.1f} ms"
+            f"predict (API): {total} requests of 1 image from {cfg.clients} clients per round, median of"
+            f" {cfg.rounds} rounds: {api_wall:.2f} s, {api_rps:.1f} req/s, p50 {result.p50_ms:.1f} ms,"
+            f" p99 {result.p99_ms:.1f} ms, mean {1000 * statistics.fmean(api_lat):.1f} ms;"
+            f" {1000 * api_cpu:.2f} CPU ms per request in the API process(es)"
         )
         out(
-            f"predict (ONNX Runtime direct): {total} calls of 1 image from {cfg.clients} threads: {raw_wall:.2f} s,"
-            f" {raw_rps:.1f} calls/s, p50 {result.raw_p50_ms:.1f} ms, p99 {result.raw_p99_ms:.1f} ms"
+            f"predict (ONNX Runtime direct): {total} calls of 1 image from {cfg.clients} threads per round, median"
+            f" of {cfg.rounds} rounds: {raw_wall:.2f} s, {raw_rps:.1f} calls/s, p50 {result.raw_p50_ms:.1f} ms,"
+            f" p99 {result.raw_p99_ms:.1f} ms; {1000 * raw_cpu:.2f} CPU ms per call"
         )
+        out(f"predict CPU: the raw call's CPU time is {100 * raw_cpu / api_cpu:.1f}% of the API request's")
         out(f"predict ratio: {result.predict_ratio:.1f}% of the raw throughput (target >= 80%)")
         out(result.summary())
         return result

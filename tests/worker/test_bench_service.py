@@ -31,7 +31,7 @@ SUMMARY = re.compile(
 def _bench(tmp_path: Path, cifar: Path, *extra: str) -> str:
     proc = subprocess.run(
         [str(TAGSIFT), "bench", "service", "--images", "40", "--upload-batch", "20", "--epochs", "1",
-         "--clients", "2", "--requests", "5", "--backbone", tiny_backbone(tmp_path),
+         "--clients", "2", "--requests", "5", "--rounds", "2", "--backbone", tiny_backbone(tmp_path),
          "--cache-dir", str(tmp_path / "models"), "--cifar10-path", str(cifar), *extra],
         capture_output=True, text=True, timeout=170, cwd=ROOT,
     )  # fmt: skip
@@ -47,7 +47,8 @@ def _check(out: str) -> None:
     assert values["p99"] >= values["p50"]
     assert "upload: 40 images in 2 requests" in out
     assert "train (service): POST -> succeeded" in out and "train (ml/ direct, this process)" in out
-    assert "predict (API): 10 requests of 1 image from 2 clients" in out
+    assert "predict (API): 10 requests of 1 image from 2 clients per round, median of 2 rounds" in out
+    assert out.count("predict round ") == 2 and "CPU ms per request in the API" in out
 
 
 def test_bench_service_embedded(tmp_path, cifar10_path):  # noqa: F811
