@@ -12,8 +12,8 @@ own dataset, for ``duration`` seconds. Each client loops:
    cheap ``zero_shot`` job for the worker); every round while it has one: ``get_job`` (``GET /jobs/{id}``).
 
 (Plus one ``create_dataset`` per client at the start.) Any status other than the expected one, and any transport
-error or timeout, is an error. Every request has a timeout; the run has a hard deadline (``duration`` plus a grace
-of one request timeout, then it stops waiting). Printed: per operation the count, errors and p50 / p99 / max
+error or timeout, is an error. Every request has a timeout; no request starts after ``duration``, and the run has a
+hard deadline one request timeout (+5 s) later: a client still busy then is an error too. Printed: per operation the count, errors and p50 / p99 / max
 latency, the same overall, and requests/s; the return value says whether there were errors (exit code 1).
 """
 
@@ -111,6 +111,10 @@ def png(client: int, n: int) -> bytes:
     return buf.getvalue()
 
 
+class _Stop(Exception):
+    """The run's duration is over."""
+
+
 class _Recorder:
     """The latencies and errors of every client (thread-safe)."""
 
@@ -155,9 +159,15 @@ class _Client:
         self.images = 0
 
     def request(self, op: str, method: str, url: str, **kwargs):
-        """Send one request: the response when it answered as expected, else None (an error, recorded)."""
+        """Send one request: the response when it answered as expected, else None (an error, recorded).
+
+        Past the end of the run it sends nothing (:class:`_Stop`): at most one request per client is in flight
+        after the deadline, and it has its timeout.
+        """
         import httpx
 
+        if time.monotonic() >= self.stop_at:
+            raise _Stop
         started = time.perf_counter()
         try:
             res = self.http.request(method, url, **kwargs)
@@ -180,9 +190,11 @@ class _Client:
                 return
             self.dataset_id = res.json()["id"]
             rounds = 0
-            while time.monotonic() < self.stop_at:
+            while True:
                 self.round(rounds)
                 rounds += 1
+        except _Stop:
+            pass
         finally:
             self.http.close()
 
@@ -289,7 +301,7 @@ def run_load_bench(cfg: LoadBenchConfig, out: Callable[[str], None] = print) -> 
         threads = [threading.Thread(target=c.run, name=f"load-client-{c.index}", daemon=True) for c in clients]
         for th in threads:
             th.start()
-        hard_deadline = stop_at + cfg.request_timeout + 5  # the last round's requests may still be in flight
+        hard_deadline = stop_at + cfg.request_timeout + 5  # each client's last request may still be in flight
         for th in threads:
             th.join(timeout=max(0.0, hard_deadline - time.monotonic()))
         wall = time.monotonic() - started
