@@ -565,6 +565,13 @@ def _parse_jsonl(text: str, errors: list[FieldError]) -> list[_Row]:
         if not isinstance(obj, dict):
             errors.append(FieldError(field="manifest", line=n, message=f"manifest line {n}: not a JSON object"))
             continue
+        if _has_lone_surrogate(obj):  # a "\ud800" escape: not text, and it could not even be sent back as UTF-8
+            errors.append(
+                FieldError(
+                    field="manifest", line=n, message=f"manifest line {n}: invalid Unicode (an unpaired \\u surrogate)"
+                )
+            )
+            continue
         unknown = [shorten(str(k), 40) for k in obj if k not in ROW_KEYS]
         if unknown:
             errors.append(
@@ -602,6 +609,20 @@ def _parse_jsonl(text: str, errors: list[FieldError]) -> list[_Row]:
             continue
         rows.append(_Row(line=n, file=file, candidates=_tags(cands), label=label.strip() if label else None))
     return rows
+
+
+def _has_lone_surrogate(value: object) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")  # fails only on unpaired surrogates
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
 
 
 def _parse_csv(text: str, errors: list[FieldError]) -> list[_Row]:

@@ -429,6 +429,12 @@ TEXT_CASES = {
         None,
         "manifest: not UTF-8 (invalid byte at offset",
     ),
+    "lone-surrogate-in-manifest": TextCase(
+        _one(b'{"file": "good\\ud800.png", "candidates": ["cat"]}\n'),
+        "manifest",
+        None,
+        "manifest line 1: invalid Unicode (an unpaired \\u surrogate)",
+    ),
     "non-utf8-form-field": TextCase(
         _one([{"file": "good.png", "candidates": ["cat"]}], classes='["caf\xe9"]'.encode("latin-1")),
         "classes",
@@ -515,6 +521,23 @@ def test_bad_dataset_name_creates_no_dataset(alice: Api, dataset: dict, name: st
         assert r.status_code == 422 and r.json()["errors"][0]["field"] == "name" and len(r.content) < 20_000
     assert stored(alice) == before
     assert_still_serving(alice, "create", dataset)
+
+
+def test_non_utf8_json_bodies_are_refused(alice: Api, dataset: dict) -> None:
+    item = alice.get(f"/datasets/{dataset['id']}/items").json()["data"][0]
+    before = stored(alice)
+    latin1 = {"Content-Type": "application/json"}
+    cases = [
+        ("POST", "/datasets", b'{"name": "caf\xe9", "classes": ["cat"]}'),
+        ("PATCH", f"/items/{item['id']}", b'{"label": "caf\xe9"}'),
+        ("POST", f"/datasets/{dataset['id']}/jobs", b'{"ctx_init": "caf\xe9"}'),
+    ]
+    for method, url, body in cases:
+        r = alice.client.request(method, url, content=body, headers={**alice.headers, **latin1})
+        assert r.status_code in (400, 422), (url, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")
+    assert stored(alice) == before
+    assert alice.patch(f"/items/{item['id']}", json={"label": "cat"}).status_code == 200
 
 
 PREDICT_FIELD_CASES = {
