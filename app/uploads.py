@@ -6,10 +6,14 @@ may carry the manifest itself as a top-level ``manifest.jsonl`` / ``manifest.csv
 
 Checks (all of them run; every problem is reported at once, and nothing is stored unless there is none):
 
-* manifest: UTF-8 (a BOM is fine), one object per JSONL line / a ``file`` and ``candidates`` CSV header,
-  a non-empty ``file`` named once, a non-empty candidate set, tags non-empty and at most
-  ``settings.max_tag_length`` characters, every candidate in the dataset's ``classes``, ``label`` (if any)
-  among the row's candidates, at most ``settings.max_items_per_request`` rows;
+* form: text fields and file names are UTF-8 (starlette would quietly read other bytes as Latin-1), a text
+  field is at most its part limit (named in the 422), no unknown fields;
+* manifest: at most ``settings.max_manifest_bytes``, UTF-8 (a BOM is fine), one object per JSONL line with only
+  the keys ``file``, ``candidates``, ``label`` (no ``image_url``: images are uploaded, never fetched) / a CSV
+  header of those columns, a non-empty ``file`` named once, at most 500 characters, no control characters and
+  not a URL, a non-empty candidate set, tags non-empty, at most ``settings.max_tag_length`` characters and
+  without control characters, every candidate in the dataset's ``classes``, ``label`` (if any) among the row's
+  candidates, at most ``settings.max_items_per_request`` rows;
 * images: decoded fully by Pillow (0-byte, non-image, truncated/corrupt, over ``max_image_pixels`` or
   ``max_image_bytes`` are rejected, see :func:`app.imaging.verify_image`), each uploaded file named by a
   manifest row and each row matched by an uploaded file;
@@ -19,7 +23,8 @@ Checks (all of them run; every problem is reported at once, and nothing is store
 * duplicates (same sha256) within the batch are not errors: the first is kept, the others reported.
 
 File names are display names only; nothing is ever written under a name from the request (blobs are
-content-addressed), so a hostile name cannot escape the data directory.
+content-addressed), so a hostile name cannot escape the data directory. Messages quote user values shortened
+(:func:`app.services.checks.shorten`): a 10 MB tag is refused in a small answer.
 
 A manifest row's ``file`` matches the uploaded file (or zip member path) of the same name, or else the only
 uploaded file with that base name (a browser sends ``a.jpg`` for ``photos/a.jpg``).
