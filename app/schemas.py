@@ -24,7 +24,9 @@ TEMPLATE_SCHEMA = {"type": "string", "pattern": r"\{\}", "maxLength": 500}
 
 
 class _Input(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Request bodies: unknown fields and wrong JSON types are refused (strict: no "3" for 3, no 1 for true)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class _Output(BaseModel):

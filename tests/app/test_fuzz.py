@@ -95,12 +95,11 @@ def _onnx_model() -> bytes:
 
 def _seed(client, headers: dict[str, str]) -> dict[str, list[str]]:
     """Real rows for the fuzzer to aim at: a dataset with items, a job, a model; some spare datasets to delete."""
-    tags = TAGS
-    rows = [{"file": f"img{i}.png", "candidates": [tags[i % 3], tags[(i + 1) % 3]]} for i in range(3)]
+    rows = [{"file": f"img{i}.png", "candidates": [TAGS[i % 3], TAGS[(i + 1) % 3]]} for i in range(3)]
     files = [("manifest", ("manifest.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode(), "text/plain"))]
     colors = [(250, 10, 10), (10, 250, 10), (10, 10, 250)]
     files += [("images", (f"img{i}.png", _png(c), "image/png")) for i, c in enumerate(colors)]
-    res = client.post("/datasets", headers=headers, data={"name": "fuzz", "classes": json.dumps(tags)}, files=files)
+    res = client.post("/datasets", headers=headers, data={"name": "fuzz", "classes": json.dumps(TAGS)}, files=files)
     assert res.status_code == 201, res.text
     dataset_id = res.json()["id"]
     items = client.get(f"/datasets/{dataset_id}/items", headers=headers).json()["data"]
@@ -112,7 +111,7 @@ def _seed(client, headers: dict[str, str]) -> dict[str, list[str]]:
     pre["resize_mode"] = "shortest"
     artifacts = {
         "model.onnx": storage.put(_onnx_model()),
-        "classes.json": storage.put(json.dumps(tags).encode()),
+        "classes.json": storage.put(json.dumps(TAGS).encode()),
         "preprocess.json": storage.put(json.dumps(pre).encode()),
         "model_card.md": storage.put(b"# fuzz model\n"),
     }
@@ -127,7 +126,7 @@ def _seed(client, headers: dict[str, str]) -> dict[str, list[str]]:
             job_id=trained.id,
             backbone="tiny",
             method="zero_shot",
-            classes=tags,
+            classes=TAGS,
             metrics={},
             artifacts=artifacts,
         )
@@ -135,7 +134,7 @@ def _seed(client, headers: dict[str, str]) -> dict[str, list[str]]:
         session.flush()
         trained.model_id = model.id
         model_id, trained_id = model.id, trained.id
-    spare = [client.post("/datasets", headers=headers, json={"name": f"spare{i}", "classes": tags}) for i in range(4)]
+    spare = [client.post("/datasets", headers=headers, json={"name": f"spare{i}", "classes": TAGS}) for i in range(4)]
     return {
         "dataset_id": [dataset_id],
         "item_id": [i["id"] for i in items],
@@ -203,6 +202,8 @@ def _coverage_cases(schema, operation, ids: dict[str, list[str]]) -> list:
             if names and not case.meta.is_negative_at(ParameterLocation.PATH):
                 pool = {n: ids["spare_dataset_id"] if case.method.upper() == "DELETE" else ids[n] for n in names}
                 case.path_parameters = {**case.path_parameters, **{n: v[i % len(v)] for n, v in pool.items()}}
+                if case.headers and "Idempotency-Key" in case.headers:  # else one key for many bodies: all 422
+                    case.headers = {**case.headers, "Idempotency-Key": f"fuzz-{i}"}
                 cases.append(case)
             elif predict_query and not case.meta.is_negative_at(ParameterLocation.QUERY):
                 case.query = {**(case.query or {}), "model_id": ids["model_id"][0], "item_id": ids["item_id"][i % 3]}
@@ -297,3 +298,22 @@ def test_events_after_beyond_bigint_is_422_not_500(alice) -> None:
         r = alice.get(f"/jobs/{job['id']}/events", params={"after": after})
         assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json", r.text
         assert r.json()["errors"][0]["field"] == "after"
+
+
+def test_wrong_json_types_are_422_not_coerced(alice) -> None:
+    """Found by the fuzzer: `"momentum": false` made a job with momentum 0.0; "3", 1 and "yes" were coerced too."""
+    ds = alice.make_dataset(3)
+    for body, field in [
+        ({"momentum": False}, "momentum"),
+        ({"momentum": "0.5"}, "momentum"),
+        ({"epochs": "3"}, "epochs"),
+        ({"epochs": True}, "epochs"),
+        ({"csc": "yes"}, "csc"),
+        ({"csc": 1}, "csc"),
+    ]:
+        r = alice.post(f"/datasets/{ds['id']}/jobs", json=body)
+        assert r.status_code == 422, (body, r.text)
+        assert [e["field"] for e in r.json()["errors"]] == [field], r.text
+    assert alice.post("/datasets", json={"name": 5, "classes": ["a", "b"]}).status_code == 422
+    item = alice.get(f"/datasets/{ds['id']}/items").json()["data"][0]
+    assert alice.patch(f"/items/{item['id']}", json={"label": 1}).status_code == 422
