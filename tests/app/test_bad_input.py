@@ -634,8 +634,9 @@ OVERSIZE_TARGETS = ["create", "add", "predict"]
 @pytest.mark.parametrize("streamed", [False, True], ids=["content-length", "streamed"])
 @pytest.mark.parametrize("target", OVERSIZE_TARGETS)
 def test_oversized_body_is_413_and_nothing_stored(
-    alice: Api, dataset: dict, model_id: str, tagsift_env, target: str, streamed: bool
+    alice: Api, dataset: dict, tagsift_env, request: pytest.FixtureRequest, target: str, streamed: bool
 ) -> None:
+    model_id = request.getfixturevalue("model_id") if target == "predict" else ""
     tagsift_env(max_request_bytes=30_000)
     big = noise("PNG", (100, 100), seed=7)  # ~30 KB: with the rest of the form, over the limit
     assert len(big) > 29_000
