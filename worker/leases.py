@@ -17,6 +17,10 @@ of workers on any number of hosts agree without locks held across a run:
   after the visibility timeout when the whole worker died) is put back to ``queued`` and enqueued again; a
   ``queued`` job untouched for ``job_requeue_after_seconds`` (its message may have been lost, e.g. the broker was
   down at submit time) is enqueued again. Attempt accounting stays in the claim.
+* **Database outages** (:func:`retry_db`): a run's own writes (claim, progress, events, the final save) retry a
+  dropped connection or a refused one with backoff for up to its lease, so a database restart shorter than the lease
+  costs nothing but the wait. Past that the run stops without writing (:class:`DatabaseUnavailable`): its lease
+  expires and the reaper re-runs the job from its last checkpoint, exactly as after a lost worker.
 """
 
 from __future__ import annotations
@@ -25,18 +29,24 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import TypeVar
 
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from app.db import session_scope
 from app.models import Job, JobEvent
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 FINISHED = ("succeeded", "failed", "cancelled")
 
@@ -72,6 +82,51 @@ class Claim:
     job_id: str
     runner: str
     attempt: int = 0
+
+
+class DatabaseUnavailable(Exception):
+    """The database stayed unreachable for longer than a run waits (its lease); the run stops without writing."""
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    """True for a database that is down, restarting or dropped the connection (worth retrying), not a bad statement."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def retry_db(fn: Callable[[], T], *, what: str, patience: float, first_delay: float = 0.2) -> T:
+    """``fn()``, retried with backoff (``first_delay`` doubling up to 5 s) while the database is unreachable.
+
+    Each call of ``fn`` must be one whole transaction (a ``session_scope``), so that a retry repeats all of it. Raises
+    :class:`DatabaseUnavailable` once ``patience`` seconds have passed; any other error at once.
+    """
+    deadline = time.monotonic() + patience
+    delay, failures = first_delay, 0
+    while True:
+        try:
+            result = fn()
+        except Exception as exc:
+            if not is_transient_db_error(exc):
+                raise
+            failures += 1
+            if time.monotonic() + delay > deadline:
+                raise DatabaseUnavailable(
+                    f"{what}: the database was unreachable for {patience:.0f}s ({failures} tries): "
+                    f"{type(exc.orig if isinstance(exc, DBAPIError) else exc).__name__}"
+                ) from exc
+            if failures == 1:
+                log.warning("%s: database unavailable, retrying for up to %.0fs: %s", what, patience, _first_line(exc))
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        else:
+            if failures:
+                log.warning("%s: database back after %d failed tries", what, failures)
+            return result
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
 
 
 def add_event(session: Session, job_id: str, kind: str, **data) -> None:
@@ -116,6 +171,8 @@ def claim_job(job_id: str, *, runner: str, lease_seconds: float, now: datetime |
             return Claim(ClaimOutcome.MISSING, job_id, runner)
         if job.status in FINISHED:
             return Claim(ClaimOutcome.FINISHED, job_id, runner, job.attempt)
+        if job.status == "running" and job.lease_owner == runner:  # our claim committed, its answer was lost
+            return Claim(ClaimOutcome.CLAIMED, job_id, runner, job.attempt)
         expires = _aware(job.lease_expires_at)
         if job.status == "running" and expires is not None and expires >= now:
             return Claim(ClaimOutcome.BUSY, job_id, runner, job.attempt)
@@ -211,6 +268,7 @@ class Heartbeat:
     def _run(self) -> None:
         next_beat = 0.0
         elapsed = 0.0
+        failing = False
         while not self._stop.wait(self.poll_seconds):
             elapsed += self.poll_seconds
             try:
@@ -222,8 +280,15 @@ class Heartbeat:
                         return
                 if cancel_requested(self.job_id):
                     self.cancelled = True
-            except Exception:  # a DB hiccup: keep trying; the lease is long enough to ride it out
-                log.exception("job %s: heartbeat failed", self.job_id)
+                if failing:
+                    log.warning("job %s: heartbeat: database back", self.job_id)
+                    failing = False
+            except Exception as exc:  # a DB outage: keep trying; the lease is long enough to ride a short one out
+                if not is_transient_db_error(exc):
+                    log.exception("job %s: heartbeat failed", self.job_id)
+                elif not failing:
+                    log.warning("job %s: heartbeat: database unavailable: %s", self.job_id, _first_line(exc))
+                failing = True
 
 
 # --- reaper ---------------------------------------------------------------------------------------------------------
@@ -299,7 +364,10 @@ class Reaper:
         while True:
             try:
                 self.tick()
-            except Exception:
-                log.exception("reaper pass failed")
+            except Exception as exc:
+                if is_transient_db_error(exc):
+                    log.warning("reaper pass skipped, database unavailable: %s", _first_line(exc))
+                else:
+                    log.exception("reaper pass failed")
             if self._stop.wait(self.interval):
                 return

@@ -23,6 +23,12 @@ class: items are visited in a seeded random order (certain ones first) and each 
 that has the fewest items so far, and skipped when all its candidates are full. Labels are still written for every
 item.
 
+Database outages: every write of a run (the claim, progress, events, the final save) is one transaction retried
+while the database is unreachable, for up to the job's lease (``worker.leases.retry_db``): a restart of PostgreSQL
+shorter than the lease only pauses the run. A longer outage stops the run without writing (outcome
+``db_unavailable``); its lease expires and the reaper re-runs the job from its last checkpoint. A database error never
+fails a job.
+
 Errors end the job, never a Celery retry loop: ``BackboneLoadError`` -> failed ``backbone_unavailable`` (ml's
 message says how to fix it); invalid candidate sets -> failed ``invalid_input``; ``TrainingCancelled`` after a user's
 cancel -> cancelled; anything else -> failed ``internal_error`` with the exception's summary. A run whose lease was
@@ -48,7 +54,18 @@ from app.db import session_scope
 from app.models import Dataset, Item, Job, Model, new_id
 from app.storage import get_storage
 from worker import runtime
-from worker.leases import Claim, ClaimOutcome, Heartbeat, add_event, claim_job, new_runner_id, utcnow
+from worker.leases import (
+    Claim,
+    ClaimOutcome,
+    DatabaseUnavailable,
+    Heartbeat,
+    add_event,
+    claim_job,
+    is_transient_db_error,
+    new_runner_id,
+    retry_db,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +121,14 @@ class JobInput:
 
 
 class JobRun:
-    """Progress writes of one claimed run, each fenced on our lease (a stale runner cannot write)."""
+    """Progress writes of one claimed run, each fenced on our lease (a stale runner cannot write) and retried through
+    a database outage for up to ``patience`` seconds (the lease)."""
 
-    def __init__(self, job_id: str, runner: str, heartbeat: Heartbeat) -> None:
+    def __init__(self, job_id: str, runner: str, heartbeat: Heartbeat, patience: float = 0.0) -> None:
         self.job_id = job_id
         self.runner = runner
         self.heartbeat = heartbeat
+        self.patience = patience
         self.progress: dict = {"stage": "claimed", "epoch": 0, "epochs": 0, "fraction": 0.0}
         self._last_write = 0.0
 
@@ -124,12 +143,20 @@ class JobRun:
             self.heartbeat.lost = True
             raise LeaseLost(self.job_id)
 
+    def transaction(self, what: str, fn):
+        """``fn()`` (one whole transaction), retried while the database is unreachable (see the module docstring)."""
+        return retry_db(fn, what=f"job {self.job_id}: {what}", patience=self.patience)
+
     def write(self, event: tuple[str, dict] | None = None, **progress) -> None:
         self.progress = {**self.progress, **progress}
-        with session_scope() as session:
-            self._fenced_update(session, progress=dict(self.progress))
-            if event is not None:
-                add_event(session, self.job_id, event[0], **event[1])
+
+        def write_once() -> None:
+            with session_scope() as session:
+                self._fenced_update(session, progress=dict(self.progress))
+                if event is not None:
+                    add_event(session, self.job_id, event[0], **event[1])
+
+        self.transaction(event[0] if event else "progress", write_once)
         self._last_write = time.monotonic()
 
     def stage(self, name: str, **data) -> None:
@@ -214,7 +241,11 @@ def run_train_job(job_id: str) -> str:
     """Run training job ``job_id`` if it is ours to run; returns the final outcome (for logs and tests)."""
     settings = get_settings()
     runner = new_runner_id()
-    claim = claim_job(job_id, runner=runner, lease_seconds=settings.job_lease_seconds)
+    claim = retry_db(
+        lambda: claim_job(job_id, runner=runner, lease_seconds=settings.job_lease_seconds),
+        what=f"job {job_id}: claim",
+        patience=settings.job_lease_seconds,
+    )
     if claim.outcome is not ClaimOutcome.CLAIMED:
         log.info("job %s: not run (%s)", job_id, claim.outcome.value)
         return claim.outcome.value
@@ -226,7 +257,7 @@ def run_train_job(job_id: str) -> str:
         poll_seconds=settings.job_cancel_poll_seconds,
     )
     with heartbeat:
-        run = JobRun(job_id, runner, heartbeat)
+        run = JobRun(job_id, runner, heartbeat, patience=settings.job_lease_seconds)
         return _run_claimed(claim, run)
 
 
@@ -250,7 +281,11 @@ def _run_claimed(claim: Claim, run: JobRun) -> str:
         outcome = _finish(run, "failed", code="backbone_unavailable", message=str(exc))
     except JobInputError as exc:
         outcome = _finish(run, "failed", code="invalid_input", message=str(exc))
+    except DatabaseUnavailable as exc:
+        outcome = _database_gone(run, exc)
     except Exception as exc:  # the job records it; a Celery retry would only repeat it
+        if is_transient_db_error(exc):  # a database outage is not the job's fault: never fail it for one
+            return _database_gone(run, exc)
         log.exception("job %s failed", claim.job_id)
         outcome = _finish(run, "failed", code="internal_error", message=f"{type(exc).__name__}: {exc}"[:4000])
     if outcome in ("succeeded", "failed", "cancelled"):
@@ -258,8 +293,19 @@ def _run_claimed(claim: Claim, run: JobRun) -> str:
     return outcome
 
 
+def _database_gone(run: JobRun, exc: BaseException) -> str:
+    """The database stayed away longer than the run waits: stop without writing; the reaper re-runs the job."""
+    log.error(
+        "job %s: %s; this run (%s) stops, the job is re-run from its last checkpoint once its lease expires",
+        run.job_id,
+        exc,
+        run.runner,
+    )
+    return "db_unavailable"
+
+
 def _finish(run: JobRun, status: str, *, code: str | None = None, message: str | None = None, event=None) -> str:
-    try:
+    def finish_once() -> None:
         with session_scope() as session:
             run._fenced_update(
                 session,
@@ -274,8 +320,13 @@ def _finish(run: JobRun, status: str, *, code: str | None = None, message: str |
                 add_event(session, run.job_id, "error", code=code, message=message)
             if event:
                 add_event(session, run.job_id, event[0], **event[1])
+
+    try:
+        run.transaction(status, finish_once)
     except LeaseLost:
         return "lease_lost"
+    except DatabaseUnavailable as exc:
+        return _database_gone(run, exc)
     log.info("job %s: %s%s", run.job_id, status, f" ({code}: {message})" if code else "")
     return status
 
@@ -291,7 +342,7 @@ def _train(claim: Claim, run: JobRun, ckpt_dir: Path) -> str:
 
     settings = get_settings()
     storage = get_storage()
-    job = load_input(claim.job_id)
+    job = run.transaction("load", lambda: load_input(claim.job_id))
     params = job.params
     cfg = train_config(params, job.prompt_template)
     views = int(params.get("views") or settings.train_views)
@@ -453,51 +504,65 @@ def _train(claim: Claim, run: JobRun, ckpt_dir: Path) -> str:
     # --- save: one transaction, fenced on our lease ---
     now = utcnow()
     progress = {**run.progress, "stage": "succeeded", "epoch": cfg.epochs, "epochs": cfg.epochs, "fraction": 1.0}
-    with session_scope() as session:
-        run._fenced_update(
-            session,
-            status="succeeded",
-            model_id=model_id,
-            metrics=metrics,
-            progress=progress,
-            finished_at=now,
-            lease_expires_at=None,
-        )
-        session.add(
-            Model(
-                id=model_id,
-                owner_id=job.owner_id,
-                dataset_id=job.dataset_id,
-                job_id=job.job_id,
-                backbone=backbone.id,
-                method=cfg.method,
-                classes=job.classes,
+
+    def save_once() -> None:
+        with session_scope() as session:
+            run._fenced_update(
+                session,
+                status="succeeded",
+                model_id=model_id,
                 metrics=metrics,
-                artifacts=artifacts,
+                progress=progress,
+                finished_at=now,
+                lease_expires_at=None,
             )
-        )
-        session.flush()
-        if rows:
-            items = Item.__table__
-            stmt = (
-                update(items)
-                .where(items.c.id == bindparam("_id"))
-                .where(or_(items.c.label_source.is_(None), items.c.label_source != "reviewer"))
-                .values(
-                    label=bindparam("label"),
-                    confidence=bindparam("confidence"),
-                    margin=bindparam("margin"),
-                    needs_review=bindparam("needs_review"),
-                    label_source="model",
-                    model_id=model_id,
-                    updated_at=now,
+            session.add(
+                Model(
+                    id=model_id,
+                    owner_id=job.owner_id,
+                    dataset_id=job.dataset_id,
+                    job_id=job.job_id,
+                    backbone=backbone.id,
+                    method=cfg.method,
+                    classes=job.classes,
+                    metrics=metrics,
+                    artifacts=artifacts,
                 )
             )
-            session.connection().execute(stmt, rows)
-        add_event(session, job.job_id, "stage", stage="succeeded", model_id=model_id)
+            session.flush()
+            if rows:
+                items = Item.__table__
+                stmt = (
+                    update(items)
+                    .where(items.c.id == bindparam("_id"))
+                    .where(or_(items.c.label_source.is_(None), items.c.label_source != "reviewer"))
+                    .values(
+                        label=bindparam("label"),
+                        confidence=bindparam("confidence"),
+                        margin=bindparam("margin"),
+                        needs_review=bindparam("needs_review"),
+                        label_source="model",
+                        model_id=model_id,
+                        updated_at=now,
+                    )
+                )
+                session.connection().execute(stmt, rows)
+            add_event(session, job.job_id, "stage", stage="succeeded", model_id=model_id)
+
+    try:
+        run.transaction("save", save_once)
+    except LeaseLost:
+        if not _saved(job.job_id, model_id):  # a retried save whose first commit went through but was not answered
+            raise
     run.progress = progress
     log.info("job %s: succeeded, model %s", job.job_id, model_id)
     return "succeeded"
+
+
+def _saved(job_id: str, model_id: str) -> bool:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        return job is not None and job.status == "succeeded" and job.model_id == model_id
 
 
 def model_card(job: JobInput, cfg, metrics: dict, model_id: str) -> str:
