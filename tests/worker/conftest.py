@@ -2,6 +2,8 @@
 
 Workers are real ``tagsift worker`` processes (``subprocess``), configured through the same ``TAGSIFT_*``
 environment the test set up (real PostgreSQL + Redis, or the embedded SQLite + SQLite broker); no eager mode.
+The fault tests also start a real API (``tagsift serve``) and their own Redis and PostgreSQL servers, which they stop
+and start again (never the shared ones other test runs use).
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +26,7 @@ from sqlalchemy import func, select
 from app.db import session_scope
 from app.models import Dataset, Item, Job, JobEvent, Model, Owner, new_id
 from app.storage import get_storage
+from tests import services
 
 ROOT = Path(__file__).resolve().parents[2]
 TAGSIFT = ROOT / ".venv" / "bin" / "tagsift"
@@ -48,11 +53,20 @@ FAST_LEASES = {
 CLASSES = ["red", "green", "blue"]
 
 
-def tiny_backbone(data_dir: Path) -> str:
-    """Write the tiny config JSON under ``data_dir`` and return the backbone setting that names it."""
-    path = data_dir / "tiny-clip.json"
+#: The tiny model with a bigger text tower: one training step takes milliseconds, so an epoch of a few dozen
+#: items in batches of 2 lasts a few hundred ms (a SIGKILL can land inside an epoch).
+SLOW_TEXT_CLIP = {**TINY_CLIP, "text_cfg": {**TINY_CLIP["text_cfg"], "width": 512, "heads": 4, "layers": 4}}
+
+#: The tiny model with 224 px input and a wider image tower: encoding takes ~10 ms per image on CPU (a cancel can
+#: land inside the encoding stage).
+SLOW_IMAGE_CLIP = {**TINY_CLIP, "vision_cfg": {**TINY_CLIP["vision_cfg"], "image_size": 224, "width": 16}}
+
+
+def tiny_backbone(data_dir: Path, config: dict | None = None, name: str = "tiny-clip") -> str:
+    """Write a model config JSON (default: the tiny one) under ``data_dir``; return the backbone setting naming it."""
+    path = data_dir / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(TINY_CLIP))
+    path.write_text(json.dumps(config or TINY_CLIP))
     return str(path)
 
 
@@ -69,15 +83,18 @@ def color_image(index: int, color: str, size: int = 40) -> bytes:
     return buf.getvalue()
 
 
-def make_dataset(n: int = 12, *, reviewer_item: bool = False) -> tuple[str, str, list[str]]:
-    """An owner and a dataset of ``n`` synthetic images, each with two candidate tags (one true).
+def make_dataset(
+    n: int = 12, *, reviewer_item: bool = False, owner_id: str | None = None
+) -> tuple[str, str, list[str]]:
+    """An owner (new, or ``owner_id``) and a dataset of ``n`` synthetic images, each with two candidate tags (one
+    true). The same ``n`` gives the same images and candidate sets.
 
     Returns (owner_id, dataset_id, true labels in item order).
     """
     storage = get_storage()
     truths = []
     with session_scope() as session:
-        owner = Owner(name=f"owner-{new_id()[:8]}")
+        owner = session.get(Owner, owner_id) if owner_id else Owner(name=f"owner-{new_id()[:8]}")
         session.add(owner)
         session.flush()
         ds = Dataset(owner_id=owner.id, name="synthetic", classes=list(CLASSES))
@@ -201,3 +218,186 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     for worker in started:
         if worker.proc.returncode not in (0, -signal.SIGKILL, -signal.SIGTERM, None):
             print(worker.log()[-4000:])
+
+
+# --- servers a fault test may stop and start: its own Redis, its own PostgreSQL cluster, a real API process ----------
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class RestartableRedis:
+    """A throwaway ``redis-server`` on a free port of its own (no persistence: a restart loses every message)."""
+
+    def __init__(self) -> None:
+        self.binary = shutil.which("redis-server")
+        if not self.binary:
+            raise RuntimeError(services.MISSING_REDIS.format(url="(a throwaway redis-server)"))
+        self.folder = Path(tempfile.mkdtemp(prefix="tagsift-fault-redis-"))
+        self.port = services.free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def answers(self) -> bool:
+        return services._redis_answers("127.0.0.1", self.port)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+                "--maxmemory-policy",
+                "noeviction",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        _wait_until(self.answers, 30, f"redis-server on port {self.port}", self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        _wait_until(lambda: not services.tcp_open("127.0.0.1", self.port, 0.2), 10, f"port {self.port} to close")
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class RestartablePostgres:
+    """A throwaway PostgreSQL cluster (``initdb``) on a free port and data folder of its own, stopped and started
+    with ``pg_ctl`` (as the ``postgres`` user when the tests run as root)."""
+
+    def __init__(self) -> None:
+        self.initdb, self.pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+        if not (self.initdb and self.pg_ctl):
+            raise RuntimeError(services.MISSING_POSTGRES.format(url="(a throwaway cluster)"))
+        self.folder = Path(tempfile.mkdtemp(prefix="tagsift-fault-pg-"))
+        self.data = self.folder / "data"
+        self.port = services.free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        cmd, user = services._as_unprivileged(
+            [self.initdb, "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+        )
+        if user:
+            import pwd
+
+            pw = pwd.getpwnam(user)
+            os.chown(self.folder, pw.pw_uid, pw.pw_gid)
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+        self.running = False
+
+    def _ctl(self, *args: str) -> subprocess.CompletedProcess:
+        cmd, _ = services._as_unprivileged([self.pg_ctl, "-D", str(self.data), *args])
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        res = self._ctl("-l", str(self.folder / "log"), "-w", "-t", "60", "-o", opts, "start")
+        if res.returncode != 0:
+            raise RuntimeError(f"pg_ctl start failed: {res.stdout}{res.stderr}")
+        self.running = True
+
+    def stop(self, mode: str = "fast") -> None:
+        """``fast``: clients are disconnected, clean shutdown; ``immediate``: like a crash (recovery at start)."""
+        res = self._ctl("-m", mode, "-w", "-t", "60", "stop")
+        if res.returncode != 0 and self.running:
+            raise RuntimeError(f"pg_ctl stop -m {mode} failed: {res.stdout}{res.stderr}")
+        self.running = False
+
+    def close(self) -> None:
+        self._ctl("-m", "immediate", "-w", "-t", "60", "stop")
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RestartableRedis]:
+    """A started Redis of this test's own, which the test may stop and start (port kept)."""
+    server = RestartableRedis()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[RestartablePostgres]:
+    """A started PostgreSQL cluster of this test's own, migrated to head, which the test may stop and start."""
+    from app.db import upgrade_database
+
+    server = RestartablePostgres()
+    try:
+        server.start()
+        upgrade_database(server.url)
+        yield server
+    finally:
+        server.close()
+
+
+class ApiServer:
+    """A real ``tagsift serve`` (uvicorn) process on a free port, in its own process group."""
+
+    def __init__(self, log_path: Path, env: dict[str, str]) -> None:
+        self.port = services.free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        cmd = [str(TAGSIFT) if TAGSIFT.exists() else sys.executable, "serve", "--port", str(self.port)]
+        if not TAGSIFT.exists():
+            cmd[1:1] = ["-m", "worker.cli"]
+        self.proc = subprocess.Popen(
+            cmd, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        _wait_until(lambda: services.tcp_open("127.0.0.1", self.port, 0.2), 60, "the API to listen", self.proc)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+
+@pytest.fixture
+def start_api(tmp_path: Path) -> Iterator[Callable[..., ApiServer]]:
+    """Start real API processes with the test's TAGSIFT_* environment (plus overrides); stopped at the end."""
+    started: list[ApiServer] = []
+
+    def start(**overrides: str) -> ApiServer:
+        env = {**os.environ, "TAGSIFT_LOG_LEVEL": "INFO", **{k: str(v) for k, v in overrides.items()}}
+        server = ApiServer(tmp_path / f"api-{len(started)}.log", env)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
