@@ -81,6 +81,15 @@ class ModelCache:
         return len(self._models)
 
 
+def session_options(*, threads: int, spinning: bool) -> ort.SessionOptions:
+    """The ONNX Runtime options of a /predict session (``TAGSIFT_PREDICT_THREADS``/``_SPINNING``)."""
+    options = ort.SessionOptions()
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return options
+
+
 def load_model(*, model_id: str, artifacts: dict[str, str], storage: BlobStore, settings: Settings) -> LoadedModel:
     missing = [name for name in REQUIRED_ARTIFACTS if name not in artifacts]
     if missing:
@@ -88,9 +97,7 @@ def load_model(*, model_id: str, artifacts: dict[str, str], storage: BlobStore, 
     try:
         classes = json.loads(storage.get(artifacts["classes.json"]))
         pre = PreprocessConfig.from_dict(json.loads(storage.get(artifacts["preprocess.json"])))
-        options = ort.SessionOptions()
-        if settings.predict_threads > 0:
-            options.intra_op_num_threads = settings.predict_threads
+        options = session_options(threads=settings.predict_threads, spinning=settings.predict_spinning)
         session = ort.InferenceSession(
             str(storage.local_path(artifacts["model.onnx"])), sess_options=options, providers=["CPUExecutionProvider"]
         )

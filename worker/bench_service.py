@@ -376,7 +376,9 @@ def bench_predict_api(base_url: str, key: str, model_id: str, images: list[bytes
             conn.close()
 
 
-def raw_predictor(model_dir: Path, images: list[bytes], threads: int) -> Callable[[int, int, int], None]:
+def raw_predictor(
+    model_dir: Path, images: list[bytes], threads: int, spinning: bool
+) -> Callable[[int, int, int], None]:
     """``call(client, request, requests)``: ONNX Runtime on ``model.onnx`` with the API's decode + preprocessing,
     batch 1, one session shared by the threads (the session options the API uses)."""
     import numpy as np
@@ -385,11 +387,12 @@ def raw_predictor(model_dir: Path, images: list[bytes], threads: int) -> Callabl
     from app.imaging import PreprocessConfig, open_image, preprocess
 
     pre = PreprocessConfig.from_dict(json.loads((model_dir / "preprocess.json").read_text()))
-    options = ort.SessionOptions()
-    if threads > 0:
-        options.intra_op_num_threads = threads
+    from app.predictor import session_options
+
     session = ort.InferenceSession(
-        str(model_dir / "model.onnx"), sess_options=options, providers=["CPUExecutionProvider"]
+        str(model_dir / "model.onnx"),
+        sess_options=session_options(threads=threads, spinning=spinning),
+        providers=["CPUExecutionProvider"],
     )
     inp, out = session.get_inputs()[0].name, session.get_outputs()[0].name
 
@@ -474,8 +477,9 @@ def run_service_bench(cfg: ServiceBenchConfig, out: Callable[[str], None] = prin
             "TAGSIFT_HOST": "127.0.0.1",
             "TAGSIFT_LOG_LEVEL": "INFO",  # the default (the worker's "ready." line is logged at INFO)
             "TAGSIFT_MAX_ITEMS_PER_REQUEST": str(max(50_000, cfg.upload_batch)),
-            # the raw ONNX Runtime side uses this process's setting: the API must run with the same one
+            # the raw ONNX Runtime side uses this process's settings: the API must run with the same ones
             "TAGSIFT_PREDICT_THREADS": str(Settings().predict_threads),
+            "TAGSIFT_PREDICT_SPINNING": str(Settings().predict_spinning).lower(),
         }
     )
     if cfg.database_url:
@@ -546,8 +550,8 @@ def run_service_bench(cfg: ServiceBenchConfig, out: Callable[[str], None] = prin
                 zf.extractall(model_dir)
         n_pred = min(len(images), cfg.clients * cfg.requests)
         pred_images = images[:n_pred]
-        threads = Settings().predict_threads  # what the API process was started with (passed to it above)
-        raw_call = raw_predictor(model_dir, pred_images, threads)
+        api_settings = Settings()  # the predict settings the API process was started with (passed to it above)
+        raw_call = raw_predictor(model_dir, pred_images, api_settings.predict_threads, api_settings.predict_spinning)
         api_pid = service.pid("api")
         total = cfg.clients * cfg.requests
         # API and raw rounds alternate, so that a change in the machine's load hits both sides alike; the medians
