@@ -1,4 +1,9 @@
-"""The labels export: every item's disambiguated tag, confidence, margin and source, as JSON, JSONL or CSV."""
+"""The labels export: every item's disambiguated tag, confidence, margin and source, as JSON, JSONL or CSV.
+
+JSON and JSONL carry every value verbatim. CSV is for spreadsheets: a text cell (file name, tag, candidates) that
+starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading ``'`` so that a spreadsheet shows
+it instead of evaluating it as a formula (OWASP "CSV injection"); tags and file names come from uploaders.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +51,14 @@ def export_labels(*, session: Session, owner: Owner, dataset_id: str, fmt: Label
     return body, MEDIA_TYPES[fmt]
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(text: str) -> str:
+    """``text`` for a spreadsheet cell: prefixed with ``'`` when a spreadsheet would read it as a formula."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
 def _csv_lines(rows: list[dict]) -> Iterator[str]:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -54,14 +67,14 @@ def _csv_lines(rows: list[dict]) -> Iterator[str]:
         writer.writerow(
             [
                 r["id"],
-                r["file"],
+                csv_safe(r["file"]),
                 r["sha256"],
-                r["label"] or "",
+                csv_safe(r["label"] or ""),
                 "" if r["confidence"] is None else repr(r["confidence"]),
                 "" if r["margin"] is None else repr(r["margin"]),
                 r["label_source"] or "",
                 "true" if r["needs_review"] else "false",
-                "|".join(r["candidates"]),
+                csv_safe("|".join(r["candidates"])),
             ]
         )
     yield buf.getvalue()

@@ -188,7 +188,10 @@ def export_labels(
     session: SessionDep,
     format: Annotated[labels_service.LabelFormat, Query(description="json, jsonl or csv")] = "json",
 ) -> Response:
-    """Every item's disambiguated tag, confidence, margin and source."""
+    """Every item's disambiguated tag, confidence, margin and source.
+
+    `json` and `jsonl` are verbatim; in `csv`, a text cell starting with `=`, `+`, `-`, `@`, tab or CR gets a
+    leading `'` so that spreadsheets do not evaluate it (CSV injection)."""
     body, media_type = labels_service.export_labels(session=session, owner=owner, dataset_id=dataset_id, fmt=format)
     ext = {"json": "json", "jsonl": "jsonl", "csv": "csv"}[format]
     return Response(
