@@ -282,7 +282,8 @@ def test_redis_restart_loses_no_job_and_readyz_answers_503(
     client.base_url = api.base_url
     assert client.get("/readyz").status_code == 200
     body = {"method": "coop", "loss": "rc", "batch_size": 2, "lr": 0.01, "n_ctx": 4}
-    running = client.post(f"/datasets/{ds}/jobs", json={**body, "epochs": 12}).json()["id"]
+    epochs = 20
+    running = client.post(f"/datasets/{ds}/jobs", json={**body, "epochs": epochs}).json()["id"]
     waiting = client.post(f"/datasets/{ds}/jobs", json={**body, "epochs": 2}).json()["id"]
     wait_for(lambda: len(_epochs(running)) >= 1, 120, "the first job to train")
 
@@ -299,6 +300,7 @@ def test_redis_restart_loses_no_job_and_readyz_answers_503(
         probe.call("GET", "/healthz")
         time.sleep(0.2)
     epoch_during_outage = get_job(running).progress.get("epoch")
+    assert get_job(running).status == "running", "the job must still run when Redis comes back (raise epochs)"
     own_redis.start()
     outage = time.monotonic() - down_at
     recovered = _wait_ready(client, 30)
@@ -317,13 +319,13 @@ def test_redis_restart_loses_no_job_and_readyz_answers_503(
         assert job.attempt == 1 and model_count(job_id) == 1, job_id
         results[job_id] = job
     assert worker.proc.poll() is None, "the worker must survive the broker outage"
-    assert len(_epochs(running)) == 12
+    assert _epochs(running) == list(range(1, epochs + 1))
     requeued = {j: len(events(j, "requeue")) for j in (waiting, during)}
     print(
-        f"\n[faults] redis restart: outage {outage:.1f}s while job 1 trained (epoch {epoch_during_outage} of 12) and "
-        f"job 2 waited in the queue; {probe.summary()}; job created during the outage answered 202 (queued, "
-        f"broker_unavailable event); /readyz 200 again {recovered:.1f}s after the restart; 3/3 jobs succeeded "
-        f"(attempt 1 each, one model each; reaper re-sends: {list(requeued.values())})"
+        f"\n[faults] redis restart: outage {outage:.1f}s while job 1 trained (epoch {epoch_during_outage} of "
+        f"{epochs}) and job 2 waited in the queue; {probe.summary()}; job created during the outage answered "
+        f"202 (queued, broker_unavailable event); /readyz 200 again {recovered:.1f}s after the restart; 3/3 jobs "
+        f"succeeded (attempt 1 each, one model each; reaper re-sends: {list(requeued.values())})"
     )
 
 
@@ -346,13 +348,14 @@ def test_postgres_restart_answers_503_then_recovers_and_the_job_finishes(
     client.base_url = api.base_url
     assert client.get("/readyz").status_code == 200
     body = {"method": "coop", "loss": "rc", "batch_size": 2, "lr": 0.01, "n_ctx": 4}
-    epochs = 14
+    epochs = 16
     job_id = client.post(f"/datasets/{ds}/jobs", json={**body, "epochs": epochs}).json()["id"]
 
     probe = Probe(client)
     outages = []
     for mode, after_epoch in (("fast", 1), ("immediate", 4)):
         wait_for(lambda n=after_epoch: len(_epochs(job_id)) >= n, 120, f"the job to reach epoch {after_epoch}")
+        assert get_job(job_id).status == "running", f"the job finished before outage -m {mode} (raise epochs)"
         own_postgres.stop(mode)
         down_at = time.monotonic()
         while time.monotonic() - down_at < 3:
