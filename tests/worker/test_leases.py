@@ -30,6 +30,15 @@ def test_claim_queued_job_once_then_busy(prod_env):
     assert [e.data["runner"] for e in events(job_id, "attempt")] == ["a"]
 
 
+def test_claim_retried_by_the_same_runner_is_still_its_own(prod_env):
+    """A claim retried after a dropped connection (its first commit went through unanswered) keeps the job."""
+    job_id = make_job(*make_dataset(3)[:2])
+    first = claim_job(job_id, runner="a", lease_seconds=60)
+    again = claim_job(job_id, runner="a", lease_seconds=60)
+    assert (first.outcome, again.outcome, again.attempt) == (ClaimOutcome.CLAIMED, ClaimOutcome.CLAIMED, 1)
+    assert get_job(job_id).attempt == 1 and len(events(job_id, "attempt")) == 1
+
+
 def test_concurrent_claims_have_one_winner(prod_env):
     job_id = make_job(*make_dataset(3)[:2])
     outcomes: list[ClaimOutcome] = []
