@@ -13,8 +13,9 @@ own dataset, for ``duration`` seconds. Each client loops:
 
 (Plus one ``create_dataset`` per client at the start.) Any status other than the expected one, and any transport
 error or timeout, is an error. Every request has a timeout; no request starts after ``duration``, and the run has a
-hard deadline one request timeout (+5 s) later: a client still busy then is an error too. Printed: per operation the count, errors and p50 / p99 / max
-latency, the same overall, and requests/s; the return value says whether there were errors (exit code 1).
+hard deadline one request timeout (+5 s) later: a client still busy then is an error too. Printed: per operation
+the count, errors and p50 / p99 / max latency, the same overall, and requests/s; the return value says whether
+there were errors (the command exits 1).
 """
 
 from __future__ import annotations
