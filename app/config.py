@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 #: The backbone name that selects the offline reference dual encoder (EfficientNet-Lite0 + MiniLM).
 REFERENCE_BACKBONE = "reference"
 
+#: Width of the tag columns (``items.label``, ``items.given_label``): the largest ``max_tag_length`` allowed.
+MAX_TAG_COLUMN = 200
+
 
 class Settings(BaseSettings):
     """tagsift configuration. Each field is read from ``TAGSIFT_<FIELD>`` (case-insensitive)."""
@@ -58,7 +61,7 @@ class Settings(BaseSettings):
     max_archive_members: int = Field(100_000, description="Most files in one uploaded zip.")
     max_archive_ratio: int = Field(200, description="Largest compression ratio accepted for a zip member.")
     max_items_per_request: int = Field(50_000, description="Most items in one upload.")
-    max_tag_length: int = Field(200, description="Longest tag (class name), in characters.")
+    max_tag_length: int = Field(200, description="Longest tag (class name), in characters; at most 200 (the column).")
     max_classes: int = Field(10_000, description="Most classes in one dataset.")
     max_archive_bytes: int = Field(
         2 * 1024 * 1024 * 1024, description="Largest total uncompressed size of the files in one uploaded zip."
@@ -114,6 +117,16 @@ class Settings(BaseSettings):
     )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of API and worker.")
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> Settings:
+        # tags are stored in label columns of 200 characters (app.models.Item.label / given_label)
+        if not 1 <= self.max_tag_length <= MAX_TAG_COLUMN:
+            raise ValueError(
+                f"TAGSIFT_MAX_TAG_LENGTH must be from 1 to {MAX_TAG_COLUMN} (the database's tag column width),"
+                f" got {self.max_tag_length}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fill_derived_defaults(self) -> Settings:

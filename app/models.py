@@ -22,6 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from app.config import MAX_TAG_COLUMN
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -123,8 +125,10 @@ class Item(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     candidates: Mapped[list[str]] = mapped_column(JSON)
-    given_label: Mapped[str | None] = mapped_column(String(200), default=None)  # "label" of the manifest line
-    label: Mapped[str | None] = mapped_column(String(200), default=None)
+    given_label: Mapped[str | None] = mapped_column(
+        String(MAX_TAG_COLUMN), default=None
+    )  # "label" of the manifest line
+    label: Mapped[str | None] = mapped_column(String(MAX_TAG_COLUMN), default=None)
     confidence: Mapped[float | None] = mapped_column(Float, default=None)
     margin: Mapped[float | None] = mapped_column(Float, default=None)
     label_source: Mapped[str | None] = mapped_column(String(16), default=None)  # "model" | "reviewer"
