@@ -31,6 +31,9 @@ def celery_config(settings: Settings) -> dict:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # A broker outage must not cancel a training run (the job row's lease decides who runs a job, and a restart
+        # of Redis loses the message anyway); Celery 6 would default this to True.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         # a prefork child imports torch/open_clip/ml at start (worker.celery_app): give it time to report UP
         "worker_proc_alive_timeout": 60.0,
         "task_serializer": "json",

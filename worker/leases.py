@@ -37,6 +37,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TypeVar
 
+from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
@@ -367,6 +368,8 @@ class Reaper:
             except Exception as exc:
                 if is_transient_db_error(exc):
                     log.warning("reaper pass skipped, database unavailable: %s", _first_line(exc))
+                elif isinstance(exc, KombuOperationalError | ConnectionError):  # the job stays queued: next pass
+                    log.warning("reaper pass cut short, broker unavailable: %s", _first_line(exc))
                 else:
                     log.exception("reaper pass failed")
             if self._stop.wait(self.interval):
