@@ -341,13 +341,14 @@ def test_postgres_restart_answers_503_then_recovers_and_the_job_finishes(
 ):
     """Two outages of the job's database (``pg_ctl stop -m fast``, then ``-m immediate``: a crash) while a job
     trains: the API answers 503 problem+json (never 500), /readyz 503; after each restart everything answers again,
-    the worker process is still there and the job rides the outages out and succeeds."""
+    the worker process is still there and the job rides the outages out and succeeds. The worker uses the prefork
+    pool, as in production (the run is in its child process)."""
     tagsift_env(database_url=own_postgres.url, broker_url=redis_url, queue=f"test-{uuid.uuid4().hex[:8]}")
     owner, ds, _ = make_dataset(24)
     client = _client("", _api_key(owner))
     slow = tiny_backbone(tagsift_env().data_dir, SLOW_TEXT_CLIP, "slow-text")
     # the lease outlives the outages (as the 120 s default does in production)
-    worker = start_worker(TAGSIFT_BACKBONE=slow, TAGSIFT_JOB_LEASE_SECONDS="30", **ONE_THREAD)
+    worker = start_worker("prefork", TAGSIFT_BACKBONE=slow, TAGSIFT_JOB_LEASE_SECONDS="30", **ONE_THREAD)
     api = start_api()
     client.base_url = api.base_url
     assert client.get("/readyz").status_code == 200
