@@ -57,8 +57,8 @@ CLASSES = ["red", "green", "blue"]
 #: items in batches of 2 lasts a few hundred ms (a SIGKILL can land inside an epoch).
 SLOW_TEXT_CLIP = {**TINY_CLIP, "text_cfg": {**TINY_CLIP["text_cfg"], "width": 512, "heads": 4, "layers": 4}}
 
-#: The tiny model with 224 px input and a wider image tower: encoding takes ~10 ms per image on CPU (a cancel can
-#: land inside the encoding stage).
+#: The tiny model with 224 px input and a wider image tower: encoding takes tens of ms per image on one CPU thread
+#: (a cancel can land inside the encoding stage, which checks it between batches of 64 images).
 SLOW_IMAGE_CLIP = {**TINY_CLIP, "vision_cfg": {**TINY_CLIP["vision_cfg"], "image_size": 224, "width": 16}}
 
 
