@@ -364,6 +364,8 @@ def test_postgres_restart_answers_503_then_recovers_and_the_job_finishes(
         down_at = time.monotonic()
         while time.monotonic() - down_at < 3:
             probe.call("GET", f"/jobs/{job_id}", "/jobs/{id}")
+            probe.call("GET", f"/jobs/{job_id}/events", "/jobs/{id}/events")
+            probe.call("GET", "/datasets")
             probe.call("GET", "/readyz")
             probe.call("POST", f"/datasets/{ds}/jobs", "/datasets/{id}/jobs", json={**body, "epochs": 2})
             probe.call("GET", "/healthz")
@@ -375,7 +377,7 @@ def test_postgres_restart_answers_503_then_recovers_and_the_job_finishes(
         assert client.get(f"/jobs/{job_id}").status_code == 200
 
     probe.never_500()
-    for label in ("GET /jobs/{id}", "POST /datasets/{id}/jobs"):
+    for label in ("GET /jobs/{id}", "GET /jobs/{id}/events", "GET /datasets", "POST /datasets/{id}/jobs"):
         answers = probe.of(label)
         assert answers and probe.statuses(label) == {503}, answers[:3]
         assert all(a.content_type == "application/problem+json" and a.retry_after for a in answers), answers[:3]
