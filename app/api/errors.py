@@ -139,6 +139,10 @@ def _validation_field(loc: tuple | list) -> str:
     return ".".join(parts) or "body"
 
 
+#: The ``detail`` of FastAPI's own 400 for a request body it could not decode (``fastapi.routing``).
+FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the problem+json handlers on ``app``."""
 
@@ -165,6 +169,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == FASTAPI_BODY_PARSE_ERROR:
+            # FastAPI's answer when a JSON body cannot even be decoded (e.g. not UTF-8): name the field
+            message = "body: cannot be read as JSON; send UTF-8 encoded JSON"
+            return problem_response(
+                request,
+                status=400,
+                code="malformed_body",
+                detail=message,
+                errors=[FieldError(field="body", message=message)],
+            )
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             exc.status_code, "http_error"
         )

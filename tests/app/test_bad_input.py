@@ -536,6 +536,9 @@ def test_non_utf8_json_bodies_are_refused(alice: Api, dataset: dict) -> None:
         r = alice.client.request(method, url, content=body, headers={**alice.headers, **latin1})
         assert r.status_code in (400, 422), (url, r.text)
         assert r.headers["content-type"].startswith("application/problem+json")
+        problem = r.json()
+        assert problem["errors"][0]["field"] == "body", (url, problem)  # the field is named, also for FastAPI's 400
+        assert problem["status"] == 422 or "UTF-8" in problem["detail"], (url, problem)
     assert stored(alice) == before
     assert alice.patch(f"/items/{item['id']}", json={"label": "cat"}).status_code == 200
 
