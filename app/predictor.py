@@ -132,4 +132,4 @@ def scores(logits: np.ndarray, allowed: Sequence[int] | None) -> list[tuple[int,
     z = np.exp(z - z.max())
     p = z / z.sum()
     order = np.argsort(-p, kind="stable")
-    return [(int(idx[j]), float(p[j])) for j in order]
+    return list(zip(idx[order].tolist(), p[order].tolist(), strict=True))

@@ -158,9 +158,15 @@ def _allowed(loaded: LoadedModel, candidates: list[str] | None, *, item: str | N
 
 def _prediction(loaded: LoadedModel, logits, allowed: list[int] | None, top_k: int, **ids: str | None) -> Prediction:
     ranked = scores(logits, allowed)
-    top = [ScoredLabel(label=loaded.classes[i], score=p) for i, p in ranked[:top_k]]
-    return Prediction(
-        **ids, label=top[0].label, score=top[0].score, top_k=top, restricted_to_candidates=allowed is not None
+    # model_construct: the values are ours (class names and probabilities), validating them again costs per request
+    top = [ScoredLabel.model_construct(label=loaded.classes[i], score=p) for i, p in ranked[:top_k]]
+    return Prediction.model_construct(
+        file=ids.get("file"),
+        item_id=ids.get("item_id"),
+        label=top[0].label,
+        score=top[0].score,
+        top_k=top,
+        restricted_to_candidates=allowed is not None,
     )
 
 
