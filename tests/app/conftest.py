@@ -112,3 +112,11 @@ def alice(client: TestClient, prod_env: Settings) -> Api:
 @pytest.fixture
 def bob(client: TestClient, prod_env: Settings) -> Api:
     return Api(client=client, key=_key("bob"), settings=prod_env)
+
+
+@pytest.fixture(scope="session")
+def onnx_bytes() -> bytes:
+    """The tiny channel classifier as ONNX bytes (``tests.app.model_fixtures``)."""
+    from tests.app.model_fixtures import channel_classifier_onnx
+
+    return channel_classifier_onnx()

@@ -30,7 +30,7 @@ from sqlalchemy import func, inspect, select
 from app.db import get_engine, session_scope
 from app.models import ApiKey, Dataset, Item, Job, JobEvent, Model, Owner
 from tests.app.conftest import Api, image_bytes, jsonl
-from tests.app.test_predict import RED, onnx_bytes, store_model  # noqa: F401  (onnx_bytes: the fixture)
+from tests.app.model_fixtures import RED, store_model
 
 TAGS = ["cat", "lynx", "dog"]
 TEN_MB = 10 * 1024 * 1024
@@ -198,11 +198,11 @@ def dataset(alice: Api) -> dict:
 
 
 @pytest.fixture
-def model_id(alice: Api, onnx_bytes: bytes) -> str:  # noqa: F811  (the fixture imported above)
+def model_id(alice: Api, onnx_bytes: bytes) -> str:
     """A model of alice's with real ONNX artifacts (test_predict's channel classifier: red is a cat)."""
     ds = alice.make_dataset(3, offset=uuid.uuid4().int % 10**9)
     assert alice.post(f"/datasets/{ds['id']}/jobs", json={}).status_code == 202  # store_model takes its owner
-    return store_model(alice, ds["id"], onnx_bytes)
+    return store_model(ds["id"], onnx_bytes)
 
 
 def upload_parts(rows: list[dict] | bytes, images: list[tuple[str | bytes, bytes]], **fields: bytes) -> list[Part]:

@@ -10,7 +10,6 @@ At least 1,000 requests in total (counted), every operation of the schema among 
 
 from __future__ import annotations
 
-import io
 import json
 import uuid
 from collections import Counter
@@ -21,7 +20,6 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import strategies as st
-from PIL import Image
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
@@ -39,9 +37,9 @@ from schemathesis.specs.openapi.checks import (
 from app.config import Settings
 from app.db import session_scope
 from app.main import create_app
-from app.models import Job, Model
+from app.models import Model
 from app.services.api_keys import create_api_key
-from app.storage import get_storage
+from tests.app.model_fixtures import BLUE, CLASSES, RED, channel_classifier_onnx, solid, store_model
 
 #: Left out: ``positive_data_acceptance`` (schema-valid data must get a 2xx). Whether an upload or a request is
 #: acceptable depends on content that JSON Schema cannot describe: image bytes that decode, manifest rows naming the
@@ -58,39 +56,7 @@ CHECKS = [
     negative_data_rejection,  # schema-invalid data is refused with a 4xx
 ]
 EXAMPLES_PER_OPERATION = 100
-TAGS = ["cat", "lynx", "dog"]
-
-
-def _png(color: tuple[int, int, int]) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (24, 20), color).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _onnx_model() -> bytes:
-    """A tiny ONNX classifier (per-channel mean -> 3 logits), as the worker would export one."""
-    import torch
-
-    class Tiny(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = torch.nn.Linear(3, 3)
-
-        def forward(self, image: torch.Tensor) -> torch.Tensor:
-            return self.lin(image.mean(dim=(2, 3)))
-
-    torch.manual_seed(0)
-    buf = io.BytesIO()
-    torch.onnx.export(
-        Tiny().eval(),
-        (torch.zeros(1, 3, 32, 32),),
-        buf,
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-        dynamo=False,
-    )
-    return buf.getvalue()
+TAGS = CLASSES
 
 
 def _seed(client, headers: dict[str, str]) -> dict[str, list[str]]:
@@ -98,7 +64,7 @@ def _seed(client, headers: dict[str, str]) -> dict[str, list[str]]:
     rows = [{"file": f"img{i}.png", "candidates": [TAGS[i % 3], TAGS[(i + 1) % 3]]} for i in range(3)]
     files = [("manifest", ("manifest.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode(), "text/plain"))]
     colors = [(250, 10, 10), (10, 250, 10), (10, 10, 250)]
-    files += [("images", (f"img{i}.png", _png(c), "image/png")) for i, c in enumerate(colors)]
+    files += [("images", (f"img{i}.png", solid(c), "image/png")) for i, c in enumerate(colors)]
     res = client.post("/datasets", headers=headers, data={"name": "fuzz", "classes": json.dumps(TAGS)}, files=files)
     assert res.status_code == 201, res.text
     dataset_id = res.json()["id"]
@@ -106,34 +72,9 @@ def _seed(client, headers: dict[str, str]) -> dict[str, list[str]]:
     res = client.post(f"/datasets/{dataset_id}/jobs", headers=headers, json={"method": "zero_shot"})
     assert res.status_code == 202, res.text
     job = res.json()
-    storage = get_storage()
-    pre = {"image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bicubic"}
-    pre["resize_mode"] = "shortest"
-    artifacts = {
-        "model.onnx": storage.put(_onnx_model()),
-        "classes.json": storage.put(json.dumps(TAGS).encode()),
-        "preprocess.json": storage.put(json.dumps(pre).encode()),
-        "model_card.md": storage.put(b"# fuzz model\n"),
-    }
+    model_id = store_model(dataset_id, channel_classifier_onnx())  # owned by the job's owner, with a job of its own
     with session_scope() as session:
-        owner_id = session.get(Job, job["id"]).owner_id
-        trained = Job(owner_id=owner_id, dataset_id=dataset_id, status="succeeded", params={})
-        session.add(trained)
-        session.flush()
-        model = Model(
-            owner_id=trained.owner_id,
-            dataset_id=dataset_id,
-            job_id=trained.id,
-            backbone="tiny",
-            method="zero_shot",
-            classes=TAGS,
-            metrics={},
-            artifacts=artifacts,
-        )
-        session.add(model)
-        session.flush()
-        trained.model_id = model.id
-        model_id, trained_id = model.id, trained.id
+        trained_id = session.get(Model, model_id).job_id
     spare = [client.post("/datasets", headers=headers, json={"name": f"spare{i}", "classes": TAGS}) for i in range(4)]
     return {
         "dataset_id": [dataset_id],
@@ -171,7 +112,7 @@ def _strategies(operation, ids: dict[str, list[str]]):
         body = st.fixed_dictionaries(
             {
                 "model_id": st.sampled_from(ids["model_id"]),
-                "image": st.lists(st.sampled_from([_png((250, 10, 10)), _png((10, 10, 250))]), min_size=1, max_size=3),
+                "image": st.lists(st.sampled_from([RED, BLUE]), min_size=1, max_size=3),
             },
             optional={
                 "candidates": st.one_of(st.text(max_size=20), st.lists(st.sampled_from(TAGS + ["x"])).map(json.dumps)),

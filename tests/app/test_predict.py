@@ -1,8 +1,7 @@
 """Models, export and /predict with ONNX Runtime, and the preprocessing parity with open_clip's torch transform.
 
-Tests may import torch/open_clip (only app/ must not). The model here is a tiny nn.Module exported with
-torch.onnx.export: it averages each channel of the preprocessed image and maps (R, G, B) to (cat, lynx, dog)
-logits, so a red image is a cat, a green one a lynx, a blue one a dog.
+The model is the tiny channel classifier of ``tests.app.model_fixtures`` (a red image is a cat, a green one a lynx,
+a blue one a dog).
 """
 
 from __future__ import annotations
@@ -22,85 +21,12 @@ from PIL import Image
 from app.config import Settings
 from app.db import session_scope
 from app.imaging import PreprocessConfig, preprocess
-from app.models import Job, Model
+from app.models import Model
 from app.predictor import get_model_cache
-from app.storage import get_storage
 from tests.app.conftest import Api
+from tests.app.model_fixtures import BLUE, CLASSES, GREEN, MEAN, RED, STD, ChannelClassifier, store_model
 
-CLASSES = ["cat", "lynx", "dog"]
-MEAN = open_clip.OPENAI_DATASET_MEAN
-STD = open_clip.OPENAI_DATASET_STD
 CIFAR = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpg.tar.gz"
-
-
-class ChannelClassifier(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = torch.nn.Linear(3, 3)
-        with torch.no_grad():
-            self.lin.weight.copy_(torch.eye(3) * 4.0)
-            self.lin.bias.copy_(torch.tensor([0.1, 0.0, -0.1]))
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.lin(image.mean(dim=(2, 3)))  # (B, 3, S, S) -> (B, 3) -> (B, K)
-
-
-def solid(color: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-RED, GREEN, BLUE = solid((250, 10, 10)), solid((10, 250, 10)), solid((10, 10, 250))
-
-
-@pytest.fixture(scope="module")
-def onnx_bytes() -> bytes:
-    buf = io.BytesIO()
-    torch.onnx.export(
-        ChannelClassifier().eval(),
-        (torch.zeros(1, 3, 32, 32),),
-        buf,
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-        dynamo=False,
-    )
-    return buf.getvalue()
-
-
-def store_model(owner_api: Api, dataset_id: str, onnx: bytes, *, image_size: int = 32) -> str:
-    """A Model row with its artifacts in the BlobStore, as the worker leaves them."""
-    storage = get_storage()
-    pre = {"image_size": image_size, "mean": list(MEAN), "std": list(STD), "interpolation": "bicubic"}
-    pre["resize_mode"] = "shortest"
-    artifacts = {
-        "model.onnx": storage.put(onnx),
-        "classes.json": storage.put(json.dumps(CLASSES).encode()),
-        "preprocess.json": storage.put(json.dumps(pre).encode()),
-        "model_card.md": storage.put(b"# tiny channel classifier\n"),
-    }
-    with session_scope() as session:
-        owner_id = session.scalar(
-            __import__("sqlalchemy").select(Job.owner_id).where(Job.dataset_id == dataset_id).limit(1)
-        )
-        job = Job(owner_id=owner_id, dataset_id=dataset_id, status="succeeded", params={"method": "coop"})
-        session.add(job)
-        session.flush()
-        model = Model(
-            owner_id=owner_id,
-            dataset_id=dataset_id,
-            job_id=job.id,
-            backbone="tiny",
-            method="coop",
-            classes=CLASSES,
-            metrics={"train_acc": 1.0},
-            artifacts=artifacts,
-        )
-        session.add(model)
-        session.flush()
-        job.model_id = model.id
-        return model.id
 
 
 @pytest.fixture
@@ -115,7 +41,7 @@ def trained(alice: Api, onnx_bytes: bytes) -> dict:
     ds = r.json()
     assert alice.post(f"/datasets/{ds['id']}/jobs", json={}).status_code == 202  # gives the dataset a job owner
     items = {i["file"]: i for i in alice.get(f"/datasets/{ds['id']}/items").json()["data"]}
-    return {"dataset": ds, "items": items, "model_id": store_model(alice, ds["id"], onnx_bytes)}
+    return {"dataset": ds, "items": items, "model_id": store_model(ds["id"], onnx_bytes)}
 
 
 def test_get_model_and_export_zip(alice: Api, bob: Api, trained: dict, onnx_bytes: bytes) -> None:

@@ -30,8 +30,8 @@ from app.db import session_scope
 from app.models import ApiKey, Dataset, Item, Job, JobEvent, Model
 from app.services.api_keys import create_api_key
 from tests.app.conftest import Api, image_bytes, jsonl
+from tests.app.model_fixtures import BLUE, GREEN, RED, store_model
 from tests.app.test_bad_input import Part, post_parts, stored, upload_parts
-from tests.app.test_predict import BLUE, GREEN, RED, onnx_bytes, store_model  # noqa: F401  (onnx_bytes: fixture)
 
 PUBLIC_PATHS = {"/healthz", "/readyz"}
 
@@ -94,7 +94,7 @@ def build_world(api: Api, onnx: bytes) -> dict:
     ds = r.json()
     job = api.post(f"/datasets/{ds['id']}/jobs", json={"epochs": 3}, headers={"Idempotency-Key": f"key-{tag}"})
     assert job.status_code == 202, job.text
-    model_id = store_model(api, ds["id"], onnx)
+    model_id = store_model(ds["id"], onnx)
     items = api.get(f"/datasets/{ds['id']}/items").json()["data"]
     return {
         "dataset_id": ds["id"],
@@ -231,7 +231,7 @@ def test_the_attack_table_covers_every_route_that_takes_an_id(client) -> None:
 def test_another_owner_gets_404_on_every_route_and_changes_nothing(
     alice: Api,
     bob: Api,
-    onnx_bytes: bytes,  # noqa: F811  (the fixture imported above)
+    onnx_bytes: bytes,
     direction: str,
 ) -> None:
     worlds = {"alice": build_world(alice, onnx_bytes), "bob": build_world(bob, onnx_bytes)}
@@ -286,7 +286,7 @@ def _api_view(api: Api, ids: dict) -> dict:
 # --- (a) keys ---------------------------------------------------------------------------------------------
 
 
-def test_every_route_but_health_and_docs_needs_a_valid_key(alice: Api, onnx_bytes: bytes) -> None:  # noqa: F811
+def test_every_route_but_health_and_docs_needs_a_valid_key(alice: Api, onnx_bytes: bytes) -> None:
     app = alice.client.app
     world = build_world(alice, onnx_bytes)
     ops = api_operations(app)
@@ -375,7 +375,7 @@ def connections(sock: socket.socket) -> int:
         n += 1
 
 
-def test_image_urls_are_never_fetched(alice: Api, listener: socket.socket, onnx_bytes: bytes) -> None:  # noqa: F811
+def test_image_urls_are_never_fetched(alice: Api, listener: socket.socket, onnx_bytes: bytes) -> None:
     port = listener.getsockname()[1]
     url = f"http://127.0.0.1:{port}/x.jpg"
     ds = alice.make_dataset(1, offset=uuid.uuid4().int % 10**9)
@@ -454,7 +454,7 @@ def _fs_snapshot(paths: list[Path]) -> dict[str, object]:
     return out
 
 
-def test_uploaded_file_names_never_become_paths(alice: Api, tmp_path: Path, onnx_bytes: bytes) -> None:  # noqa: F811
+def test_uploaded_file_names_never_become_paths(alice: Api, tmp_path: Path, onnx_bytes: bytes) -> None:
     token = f"escape{uuid.uuid4().hex[:8]}"
     hostile = [
         "../../etc/passwd",
