@@ -167,24 +167,22 @@ def wait_status(job_id: str, statuses: tuple[str, ...], timeout: float = 90) -> 
     )
 
 
-class WorkerProcess:
-    """A real ``tagsift worker`` process in its own process group (so a test can SIGKILL all of it)."""
+class TagsiftProcess:
+    """A real ``tagsift <args>`` process in its own process group (a test can SIGKILL all of it), logged to a file."""
 
-    def __init__(self, log_path: Path, env: dict[str, str], pool: str = "solo") -> None:
+    def __init__(self, log_path: Path, env: dict[str, str], *args: str) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
-        cmd = [str(TAGSIFT) if TAGSIFT.exists() else sys.executable, "worker", "--pool", pool, "--concurrency", "1"]
-        if not TAGSIFT.exists():
-            cmd[1:1] = ["-m", "worker.cli"]
+        cmd = [str(TAGSIFT)] if TAGSIFT.exists() else [sys.executable, "-m", "worker.cli"]
         self.proc = subprocess.Popen(
-            cmd, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            [*cmd, *args], env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def kill(self) -> None:
-        """SIGKILL the whole worker (main process and pool children): nothing gets to clean up."""
+        """SIGKILL the whole process group (main process and children): nothing gets to clean up."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
@@ -197,6 +195,13 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         self._log.close()
+
+
+class WorkerProcess(TagsiftProcess):
+    """A real ``tagsift worker`` (one slot of the given pool)."""
+
+    def __init__(self, log_path: Path, env: dict[str, str], pool: str = "solo") -> None:
+        super().__init__(log_path, env, "worker", "--pool", pool, "--concurrency", "1")
 
 
 @pytest.fixture
@@ -357,34 +362,14 @@ def own_postgres() -> Iterator[RestartablePostgres]:
         server.close()
 
 
-class ApiServer:
-    """A real ``tagsift serve`` (uvicorn) process on a free port, in its own process group."""
+class ApiServer(TagsiftProcess):
+    """A real ``tagsift serve`` (uvicorn) process on a free port."""
 
     def __init__(self, log_path: Path, env: dict[str, str]) -> None:
         self.port = services.free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = log_path.open("ab")
-        cmd = [str(TAGSIFT) if TAGSIFT.exists() else sys.executable, "serve", "--port", str(self.port)]
-        if not TAGSIFT.exists():
-            cmd[1:1] = ["-m", "worker.cli"]
-        self.proc = subprocess.Popen(
-            cmd, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        super().__init__(log_path, env, "serve", "--port", str(self.port))
         _wait_until(lambda: services.tcp_open("127.0.0.1", self.port, 0.2), 60, "the API to listen", self.proc)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self._log.close()
 
 
 @pytest.fixture
