@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.bench_service import _http_ok, _Service, _worker_ready, free_port, percentile
+from worker.bench_service import _Service, free_port, percentile
 
 CLASSES = ["red", "green", "blue"]
 OPERATIONS = ("create_dataset", "upload", "list_items", "get_dataset", "labels", "create_job", "get_job")
@@ -287,12 +287,7 @@ def run_load_bench(cfg: LoadBenchConfig, out: Callable[[str], None] = print) -> 
     )
     service = _Service(_service_env(cfg, data_dir, backbone), work, free_port())
     try:
-        service.run("migrate")
-        key = service.run("create-api-key", "--owner", f"load-{uuid.uuid4().hex[:8]}").strip().splitlines()[-1]
-        service.start("api", "serve", "--port", str(service.port), "--workers", str(cfg.api_workers))
-        service.start("worker", "worker", "--concurrency", "1")
-        service.wait_until(lambda: _http_ok(f"{service.base_url}/healthz"), 90, "the API")
-        service.wait_until(lambda: _worker_ready(service), 120, "the worker")
+        key = service.up(owner="load", api_workers=cfg.api_workers)
         out(f"service up: API {service.base_url}, worker ready, data dir {data_dir}")
 
         rec = _Recorder()

@@ -151,6 +151,16 @@ class _Service:
             )
         self.procs.append((name, proc, log_path))
 
+    def up(self, *, owner: str, api_workers: int) -> str:
+        """Migrate, create an API key (returned), start ``tagsift serve`` and one ``tagsift worker``, wait for both."""
+        self.run("migrate")
+        key = self.run("create-api-key", "--owner", f"{owner}-{uuid.uuid4().hex[:8]}").strip().splitlines()[-1]
+        self.start("api", "serve", "--port", str(self.port), "--workers", str(api_workers))
+        self.start("worker", "worker", "--concurrency", "1")
+        self.wait_until(lambda: _http_ok(f"{self.base_url}/healthz"), 90, "the API")
+        self.wait_until(lambda: _worker_ready(self), 120, "the worker")
+        return key
+
     def pid(self, name: str) -> int:
         return next(proc.pid for n, proc, _ in self.procs if n == name)
 
@@ -488,12 +498,7 @@ def run_service_bench(cfg: ServiceBenchConfig, out: Callable[[str], None] = prin
         env["TAGSIFT_BROKER_URL"] = cfg.broker_url
     service = _Service(env, work, free_port())
     try:
-        service.run("migrate")
-        key = service.run("create-api-key", "--owner", f"bench-{uuid.uuid4().hex[:8]}").strip().splitlines()[-1]
-        service.start("api", "serve", "--port", str(service.port), "--workers", str(cfg.api_workers))
-        service.start("worker", "worker", "--concurrency", "1")
-        service.wait_until(lambda: _http_ok(f"{service.base_url}/healthz"), 90, "the API")
-        service.wait_until(lambda: _worker_ready(service), 120, "the worker")
+        key = service.up(owner="bench", api_workers=cfg.api_workers)
         out(f"service up: API {service.base_url}, worker ready, data dir {data_dir}")
 
         with httpx.Client(base_url=service.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=600) as client:
