@@ -27,12 +27,11 @@ import shutil
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.bench_service import _Service, free_port, percentile
+from worker.bench_service import _Service, free_port, percentile, service_env
 
 CLASSES = ["red", "green", "blue"]
 OPERATIONS = ("create_dataset", "upload", "list_items", "get_dataset", "labels", "create_job", "get_job")
@@ -226,24 +225,16 @@ class _Client:
 
 
 def _service_env(cfg: LoadBenchConfig, data_dir: Path, backbone: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSIFT_")}
-    env.update(
-        {
-            "TAGSIFT_DATA_DIR": str(data_dir),
-            "TAGSIFT_BACKBONE": backbone,
-            "TAGSIFT_MODEL_CACHE_DIR": str(Path(cfg.cache_dir).resolve()),
-            "TAGSIFT_DEVICE": "cpu",
-            "TAGSIFT_TRAIN_VIEWS": "1",
-            "TAGSIFT_QUEUE": f"bench-load-{uuid.uuid4().hex[:8]}",
-            "TAGSIFT_HOST": "127.0.0.1",
-            "TAGSIFT_LOG_LEVEL": "INFO",  # the worker's "ready." line is logged at INFO
-        }
+    return service_env(
+        data_dir,
+        backbone=backbone,
+        cache_dir=cfg.cache_dir,
+        device="cpu",
+        views=1,
+        queue_prefix="bench-load",
+        database_url=cfg.database_url,
+        broker_url=cfg.broker_url,
     )
-    if cfg.database_url:
-        env["TAGSIFT_DATABASE_URL"] = cfg.database_url
-    if cfg.broker_url:
-        env["TAGSIFT_BROKER_URL"] = cfg.broker_url
-    return env
 
 
 def format_report(result: LoadBenchResult, clients: int) -> list[str]:

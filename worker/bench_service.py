@@ -198,6 +198,40 @@ class _Service:
                 proc.wait(timeout=10)
 
 
+def service_env(
+    data_dir: Path,
+    *,
+    backbone: str,
+    cache_dir: Path,
+    device: str,
+    views: int,
+    queue_prefix: str,
+    database_url: str,
+    broker_url: str,
+    **extra: str,
+) -> dict[str, str]:
+    """The environment of a bench's own service: this process's, minus its TAGSIFT_* variables, plus these."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSIFT_")}
+    env.update(
+        {
+            "TAGSIFT_DATA_DIR": str(data_dir),
+            "TAGSIFT_BACKBONE": backbone,
+            "TAGSIFT_MODEL_CACHE_DIR": str(Path(cache_dir).resolve()),
+            "TAGSIFT_DEVICE": device,
+            "TAGSIFT_TRAIN_VIEWS": str(views),
+            "TAGSIFT_QUEUE": f"{queue_prefix}-{uuid.uuid4().hex[:8]}",
+            "TAGSIFT_HOST": "127.0.0.1",
+            "TAGSIFT_LOG_LEVEL": "INFO",  # the default (the worker's "ready." line is logged at INFO)
+            **extra,
+        }
+    )
+    if database_url:
+        env["TAGSIFT_DATABASE_URL"] = database_url
+    if broker_url:
+        env["TAGSIFT_BROKER_URL"] = broker_url
+    return env
+
+
 def _http_ok(url: str) -> bool:
     import httpx
 
@@ -475,27 +509,20 @@ def run_service_bench(cfg: ServiceBenchConfig, out: Callable[[str], None] = prin
 
     work = Path(tempfile.mkdtemp(prefix="tagsift-bench-service-"))
     data_dir = work / "var"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSIFT_")}
-    env.update(
-        {
-            "TAGSIFT_DATA_DIR": str(data_dir),
-            "TAGSIFT_BACKBONE": cfg.backbone,
-            "TAGSIFT_MODEL_CACHE_DIR": str(Path(cfg.cache_dir).resolve()),
-            "TAGSIFT_DEVICE": cfg.device,
-            "TAGSIFT_TRAIN_VIEWS": str(cfg.views),
-            "TAGSIFT_QUEUE": f"bench-{uuid.uuid4().hex[:8]}",
-            "TAGSIFT_HOST": "127.0.0.1",
-            "TAGSIFT_LOG_LEVEL": "INFO",  # the default (the worker's "ready." line is logged at INFO)
-            "TAGSIFT_MAX_ITEMS_PER_REQUEST": str(max(50_000, cfg.upload_batch)),
-            # the raw ONNX Runtime side uses this process's settings: the API must run with the same ones
-            "TAGSIFT_PREDICT_THREADS": str(Settings().predict_threads),
-            "TAGSIFT_PREDICT_SPINNING": str(Settings().predict_spinning).lower(),
-        }
+    env = service_env(
+        data_dir,
+        backbone=cfg.backbone,
+        cache_dir=cfg.cache_dir,
+        device=cfg.device,
+        views=cfg.views,
+        queue_prefix="bench",
+        database_url=cfg.database_url,
+        broker_url=cfg.broker_url,
+        TAGSIFT_MAX_ITEMS_PER_REQUEST=str(max(50_000, cfg.upload_batch)),
+        # the raw ONNX Runtime side uses this process's settings: the API must run with the same ones
+        TAGSIFT_PREDICT_THREADS=str(Settings().predict_threads),
+        TAGSIFT_PREDICT_SPINNING=str(Settings().predict_spinning).lower(),
     )
-    if cfg.database_url:
-        env["TAGSIFT_DATABASE_URL"] = cfg.database_url
-    if cfg.broker_url:
-        env["TAGSIFT_BROKER_URL"] = cfg.broker_url
     service = _Service(env, work, free_port())
     try:
         key = service.up(owner="bench", api_workers=cfg.api_workers)
