@@ -32,6 +32,12 @@ class Settings(BaseSettings):
         "", description="Celery broker URL; empty: an embedded SQLite broker <data_dir>/broker.sqlite."
     )
     queue: str = Field("tagsift", description="Celery queue that training jobs go to.")
+    broker_poll_seconds: float = Field(
+        0.1,
+        gt=0,
+        le=60,
+        description="Embedded (SQLite) broker only: how often an idle worker asks it for a job (kombu's default: 1 s).",
+    )
 
     # --- model ---------------------------------------------------------------------------------
     backbone: str = Field(

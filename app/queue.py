@@ -6,6 +6,7 @@ from functools import lru_cache
 
 from celery import Celery
 
+from app import embedded_broker
 from app.config import Settings, get_settings
 
 TRAIN_TASK = "tagsift.train"
@@ -14,7 +15,12 @@ TRAIN_TASK = "tagsift.train"
 def celery_config(settings: Settings) -> dict:
     """Celery settings shared by the API's client and the worker (one place, one truth)."""
     transport_options: dict = {}
-    if settings.broker_url.startswith(("redis://", "rediss://")):
+    broker_url, transport = settings.broker_url, None
+    if (engine_url := embedded_broker.split_url(broker_url)) is not None:
+        # kombu's SQLAlchemy transport with a shorter poll than its 1 s (see app.embedded_broker)
+        broker_url, transport = engine_url, embedded_broker.TRANSPORT
+        transport_options = {"polling_interval": settings.broker_poll_seconds}
+    elif broker_url.startswith(("redis://", "rediss://")):
         # An unacked message is redelivered after this; it must exceed the longest job.
         transport_options = {
             "visibility_timeout": settings.broker_visibility_timeout,
@@ -22,7 +28,8 @@ def celery_config(settings: Settings) -> dict:
             "socket_connect_timeout": 5,
         }
     return {
-        "broker_url": settings.broker_url,
+        "broker_url": broker_url,
+        "broker_transport": transport,
         "broker_transport_options": transport_options,
         "broker_connection_retry_on_startup": True,
         "task_default_queue": settings.queue,
