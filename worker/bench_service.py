@@ -242,7 +242,12 @@ def _http_ok(url: str) -> bool:
 
 
 def _worker_ready(service: _Service) -> bool:
-    return " ready." in service.log_tail("worker", 200_000)
+    """The worker logged ``ready.`` and its (one) prefork child finished importing torch/open_clip/ml: a job sent
+    earlier would wait for those imports, a start-up cost rather than a job's."""
+    from worker.celery_app import CHILD_READY
+
+    log = service.log_tail("worker", 200_000)
+    return " ready." in log and CHILD_READY in log
 
 
 def _ts(text: str) -> float:

@@ -14,6 +14,8 @@ Signals wired here (main process only does light work, never torch / CUDA):
 from __future__ import annotations
 
 import logging
+import os
+import time
 
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
@@ -65,7 +67,16 @@ def _fresh_db_connections(**_kwargs) -> None:
     _preload_ml()
 
 
+#: Logged by each prefork child once its imports are done (``tagsift bench`` waits for it before timing a job).
+CHILD_READY = "worker child ready"
+
+
 def _preload_ml() -> None:
+    started = time.monotonic()
     import ml.export
     import ml.features
     import ml.train  # noqa: F401  (torch, open_clip and the learning code, once per child)
+
+    log.info(
+        "%s: pid %d imported torch, open_clip and ml in %.1f s", CHILD_READY, os.getpid(), time.monotonic() - started
+    )
