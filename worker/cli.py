@@ -314,6 +314,9 @@ def bench_service(
     clients: Annotated[int, typer.Option("--clients", help="Concurrent /predict clients.")] = 4,
     requests: Annotated[int, typer.Option("--requests", help="/predict requests (1 image) per client.")] = 50,
     rounds: Annotated[int, typer.Option("--rounds", help="Alternating API / raw /predict rounds (medians).")] = 3,
+    train_rounds: Annotated[
+        int, typer.Option("--train-rounds", help="Alternating direct ml/ runs and jobs (the fastest of each).")
+    ] = 2,
     api_workers: Annotated[int, typer.Option("--api-workers", help="API processes (`tagsift serve --workers`).")] = 1,
     backbone: Annotated[str, typer.Option("--backbone", help="Backbone spec, or 'reference'.")] = "reference",
     q: Annotated[float, typer.Option("--q", help="Candidate-set flip rate.")] = 0.3,
@@ -345,6 +348,7 @@ def bench_service(
         clients=clients,
         requests=requests,
         rounds=rounds,
+        train_rounds=train_rounds,
         api_workers=api_workers,
         database_url=database_url,
         broker_url=broker_url,

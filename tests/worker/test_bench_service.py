@@ -46,10 +46,10 @@ def _check(out: str) -> None:
     assert all(values[k] > 0 for k in ("upload", "api", "raw", "ratio", "p50", "p99")), values
     assert values["p99"] >= values["p50"]
     assert "upload: 40 images in 2 requests" in out
-    assert "train (service): POST -> succeeded" in out
-    assert "train (ml/ direct, this process, before the service starts)" in out
-    assert "train (ml/ direct, this process, after the job, beside the idle service)" in out
-    assert "train (ml/ direct): the faster run" in out
+    for rnd in (1, 2):  # --train-rounds 2 (the default): a direct run, then a job, twice
+        assert f"train round {rnd}/2: ml/ direct (this process)" in out
+        assert f"train round {rnd}/2: service POST -> succeeded" in out
+    assert "train: fastest job" in out and "train overhead:" in out
     assert "predict (API): 10 requests of 1 image from 2 clients per round, median of 2 rounds" in out
     assert out.count("predict round ") == 2 and "CPU ms per request in the API" in out
 
