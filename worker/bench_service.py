@@ -64,7 +64,7 @@ class ServiceBenchConfig:
     api_workers: int = 1  # `tagsift serve --workers`
     requests: int = 50
     rounds: int = 3  # alternating API / raw predict rounds; medians compared
-    train_rounds: int = 2  # alternating direct ml/ runs and jobs; the fastest of each compared
+    train_rounds: int = 3  # alternating direct ml/ runs and jobs; the fastest of each compared
     database_url: str = ""
     broker_url: str = ""
     device: str = "cpu"

@@ -316,7 +316,7 @@ def bench_service(
     rounds: Annotated[int, typer.Option("--rounds", help="Alternating API / raw /predict rounds (medians).")] = 3,
     train_rounds: Annotated[
         int, typer.Option("--train-rounds", help="Alternating direct ml/ runs and jobs (the fastest of each).")
-    ] = 2,
+    ] = 3,
     api_workers: Annotated[int, typer.Option("--api-workers", help="API processes (`tagsift serve --workers`).")] = 1,
     backbone: Annotated[str, typer.Option("--backbone", help="Backbone spec, or 'reference'.")] = "reference",
     q: Annotated[float, typer.Option("--q", help="Candidate-set flip rate.")] = 0.3,

@@ -31,7 +31,8 @@ SUMMARY = re.compile(
 def _bench(tmp_path: Path, cifar: Path, *extra: str) -> str:
     proc = subprocess.run(
         [str(TAGSIFT), "bench", "service", "--images", "40", "--upload-batch", "20", "--epochs", "1",
-         "--clients", "2", "--requests", "5", "--rounds", "2", "--backbone", tiny_backbone(tmp_path),
+         "--clients", "2", "--requests", "5", "--rounds", "2", "--train-rounds", "2",
+         "--backbone", tiny_backbone(tmp_path),
          "--cache-dir", str(tmp_path / "models"), "--cifar10-path", str(cifar), *extra],
         capture_output=True, text=True, timeout=170, cwd=ROOT,
     )  # fmt: skip
@@ -46,7 +47,7 @@ def _check(out: str) -> None:
     assert all(values[k] > 0 for k in ("upload", "api", "raw", "ratio", "p50", "p99")), values
     assert values["p99"] >= values["p50"]
     assert "upload: 40 images in 2 requests" in out
-    for rnd in (1, 2):  # --train-rounds 2 (the default): a direct run, then a job, twice
+    for rnd in (1, 2):  # --train-rounds 2: a direct run, then a job, twice
         assert f"train round {rnd}/2: ml/ direct (this process)" in out
         assert f"train round {rnd}/2: service POST -> succeeded" in out
     assert "train: fastest job" in out and "train overhead:" in out
