@@ -567,7 +567,7 @@ def run_service_bench(cfg: ServiceBenchConfig, out: Callable[[str], None] = prin
             # fastest run compared: a slow spell of this shared VM (seen: 10-15% for tens of seconds) then lands
             # on neither side in particular.
             direct_runs: list[tuple[float, dict]] = []
-            jobs: list[tuple[float, dict]] = []
+            jobs: list[tuple[float, dict, dict[str, float]]] = []  # (end to end s, job, stage seconds)
             for rnd in range(1, cfg.train_rounds + 1):
                 direct_runs.append(
                     direct_training(cfg, job_params, paths, shas, candidates, classes, work / f"direct-{rnd}")
@@ -580,18 +580,16 @@ def run_service_bench(cfg: ServiceBenchConfig, out: Callable[[str], None] = prin
                 job, e2e = run_job(client, service, dataset_id, params, cfg.job_timeout)
                 if job["params"] != json.loads(json.dumps(job_params)):
                     raise RuntimeError(f"the job's params {job['params']} differ from the direct run's {job_params}")
-                jobs.append((e2e, job))
+                jobs.append((e2e, job, job_phases(client, job)))
                 out(
                     f"train round {rnd}/{cfg.train_rounds}: service POST -> succeeded {e2e:.2f} s; queue wait"
                     f" {_ts(job['started_at']) - _ts(job['created_at']):.2f} s; run (started_at -> finished_at)"
-                    f" {_ts(job['finished_at']) - _ts(job['started_at']):.2f} s; stages"
-                    f" {json.dumps(job_phases(client, job))}"
+                    f" {_ts(job['finished_at']) - _ts(job['started_at']):.2f} s; stages {json.dumps(jobs[-1][2])}"
                 )
-            e2e, job = min(jobs, key=lambda run: run[0])
+            e2e, job, phases = min(jobs, key=lambda run: run[0])
             direct_s, direct_phases = min(direct_runs, key=lambda run: run[0])
             queue_s = _ts(job["started_at"]) - _ts(job["created_at"])
             run_s = _ts(job["finished_at"]) - _ts(job["started_at"])
-            phases = job_phases(client, job)
             overhead = 100.0 * (e2e - direct_s) / direct_s
             overhead_run = 100.0 * (run_s - direct_s) / direct_s
             warm = e2e - phases.get("claimed", 0.0)
