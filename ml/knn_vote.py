@@ -8,7 +8,7 @@ itself excluded) vote for every label in their own candidate sets:
 The true label of i is in Y_j for every same-class neighbour, a wrong candidate only by chance (q) or for a
 neighbour of that class, so v concentrates on the true label when neighbours share classes. `prune_candidates`
 keeps the candidates with v_ik >= tau · max_k v_ik (the arg max always survives): a smaller candidate set for
-any PLL loss. Used as an option by `ml.bench.reproduce` (methods "knn-*"); not part of CoOpPLL.
+any PLL loss. Used as an option by `bench.reproduce` (methods "knn-*"); not part of CoOpPLL.
 """
 
 from __future__ import annotations

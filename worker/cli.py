@@ -175,7 +175,7 @@ def bench_train_speed(
 ) -> None:
     """Train the same prompts with this trainer and with an official-style loop; print times and accuracies."""
     from app.config import get_settings
-    from ml.bench.train_speed import run_cifar10_train_speed
+    from bench.train_speed import run_cifar10_train_speed
 
     settings = get_settings()
     run_cifar10_train_speed(
@@ -240,7 +240,7 @@ def bench_reproduce(
     import torch
 
     from app.config import get_settings
-    from ml.bench import reproduce as R
+    from bench import reproduce as R
 
     if threads:
         torch.set_num_threads(threads)
@@ -332,7 +332,7 @@ def bench_service(
 ) -> None:
     """Upload, training and /predict through a real service it starts, against calling ml/ and ONNX Runtime."""
     from app.config import get_settings
-    from worker.bench_service import ServiceBenchConfig, run_service_bench
+    from bench.service import ServiceBenchConfig, run_service_bench
 
     settings = get_settings()
     cfg = ServiceBenchConfig(
@@ -380,7 +380,7 @@ def bench_load(
 ) -> None:
     """Concurrent clients upload, list, read labels, start and poll jobs on a service it starts; zero errors."""
     from app.config import get_settings
-    from worker.bench_load import LoadBenchConfig, run_load_bench
+    from bench.load import LoadBenchConfig, run_load_bench
 
     cfg = LoadBenchConfig(
         cache_dir=cache_dir or get_settings().model_cache_dir,

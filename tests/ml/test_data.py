@@ -135,7 +135,7 @@ def test_loader_on_real_archive(cifar10_path):
 
 
 def test_bench_setting_composes_the_protocol(tiny_archive):
-    from ml.bench.common import load_setting
+    from bench.common import load_setting
 
     path, _ = tiny_archive
     s = load_setting(path, shots=2, q=0.5, seed=1)

@@ -15,7 +15,7 @@ import pytest
 
 from tests.ml.reference_fixtures import cifar10_path  # noqa: F401 - fixture
 from tests.worker.conftest import TAGSIFT, tiny_backbone
-from worker.bench_service import percentile
+from bench.service import percentile
 
 pytestmark = pytest.mark.integration
 

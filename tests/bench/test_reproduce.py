@@ -6,8 +6,8 @@ import json
 
 import torch
 
-from ml.bench import reproduce as R
-from ml.bench.data import Split
+from bench import reproduce as R
+from bench.data import Split
 from ml.knn_vote import neighbour_votes, prune_candidates
 from tests.ml.conftest import CLASSNAMES
 

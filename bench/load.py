@@ -1,6 +1,6 @@
 """``tagsift bench load``: N concurrent clients upload and poll a real service of its own, bounded, zero errors.
 
-It starts a service the way ``tagsift bench service`` does (its helpers in :mod:`worker.bench_service`: a temp data
+It starts a service the way ``tagsift bench service`` does (its helpers in :mod:`bench.service`: a temp data
 dir, the embedded SQLite + SQLite broker or the given PostgreSQL and Redis, ``tagsift serve`` on a free loopback
 port and one ``tagsift worker``), then runs ``clients`` threads, each with its own HTTP connection (httpx) and its
 own dataset, for ``duration`` seconds. Each client loops:
@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.bench_service import _Service, free_port, percentile, service_env
+from bench.service import _Service, free_port, percentile, service_env
 
 CLASSES = ["red", "green", "blue"]
 OPERATIONS = ("create_dataset", "upload", "list_items", "get_dataset", "labels", "create_job", "get_job")

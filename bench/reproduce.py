@@ -7,7 +7,7 @@ can stop at any time, resume (`resume=True` skips finished cells) and be re-eval
 
 Metrics per cell: test accuracy (argmax over all classes, no candidates), training-set disambiguation accuracy
 (argmax over each item's own candidates, against the hidden true labels), validation accuracy (clean held-out
-split of the train set, ml.bench.data) and, for prompt methods, the same after ensembling the learned and the
+split of the train set, bench.data) and, for prompt methods, the same after ensembling the learned and the
 handcrafted logits at inference ((1 - b) z + b z~, "ens b").
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ml.bench.data import Split
+from bench.data import Split
 
 PLL_LOSSES = ("cc", "rc", "lws", "cavl", "plcr", "pico")
 ENS_BETAS = (0.25, 0.5)
@@ -662,7 +662,7 @@ def load_bench_data(
 ) -> BenchData:
     """Load the reference backbone and CIFAR-10, encode (or read from the cache) every split the grid needs."""
     from ml.backbone import load_backbone
-    from ml.bench import data as D
+    from bench import data as D
     from ml.data import load_cifar10
 
     backbone = load_backbone("reference", cache_dir=model_cache_dir)

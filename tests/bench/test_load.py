@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.worker.conftest import TAGSIFT, tiny_backbone
-from worker.bench_load import OPERATIONS
+from bench.load import OPERATIONS
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""ml.bench.train_speed on a tiny random-init backbone: output format, same math in both loops, positive times."""
+"""bench.train_speed on a tiny random-init backbone: output format, same math in both loops, positive times."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ml.bench.train_speed import PHASES, run_train_speed, summary_line
+from bench.train_speed import PHASES, run_train_speed, summary_line
 from ml.train import TrainConfig
 from tests.ml.conftest import CLASSNAMES
 
