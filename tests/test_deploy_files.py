@@ -58,3 +58,10 @@ def test_dockerfile_api_target_has_no_torch():
     lines = (ROOT / "docker" / "requirements-api.txt").read_text().splitlines()
     reqs = [line for line in lines if line.strip() and not line.startswith("#")]
     assert not [r for r in reqs if "torch" in r or "open_clip" in r]
+
+
+def test_the_images_leave_the_benchmarks_out() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    copied = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ") and "--from" not in line]
+    assert not [src for src in copied if src.rstrip("/").startswith("bench")], copied
+    assert "bench" in (ROOT / ".dockerignore").read_text(encoding="utf-8").split()

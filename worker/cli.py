@@ -1,4 +1,6 @@
-"""The ``tagsift`` command line. Heavy imports (torch, ml) happen inside the commands that need them."""
+"""The one ``tagsift`` console script: the worker's commands here, the API's from :mod:`app.cli`, and the ``bench``
+group from the ``tagsift.commands`` entry points when the benchmarks are installed (not in the Docker images).
+Heavy imports (torch, ml) happen inside the commands that need them."""
 
 from __future__ import annotations
 
@@ -6,63 +8,37 @@ import os
 import signal
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from app import cli as app_cli
 
 cli = typer.Typer(
     help="tagsift: tune CLIP prompts on candidate tag sets and serve the disambiguated tags.",
     no_args_is_help=True,
     add_completion=False,
 )
-bench = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
-cli.add_typer(bench, name="bench")
+app_cli.register(cli)
 
 
-@cli.command()
-def migrate(revision: str = "head") -> None:
-    """Apply database migrations to the configured database (TAGSIFT_DATABASE_URL)."""
-    from app.config import get_settings
-    from app.db import upgrade_database
-
-    upgrade_database(revision=revision)
-    typer.echo(f"database at {_safe_url(get_settings().database_url)} is at {revision}")
-
-
-@cli.command("create-api-key")
-def create_api_key(owner: Annotated[str, typer.Option("--owner", help="Owner (tenant) name.")]) -> None:
-    """Create an API key for OWNER (created if new) and print it; only its hash is stored."""
-    from app.db import session_scope
-    from app.services.api_keys import create_api_key as _create
-
-    with session_scope() as session:
-        key = _create(session=session, owner_name=owner)
-    typer.echo(key)
+def _add_plugins() -> None:
+    """Command groups that other installed packages register under the ``tagsift.commands`` entry-point group
+    (``bench`` from pyproject.toml). Found by name, so worker never imports them; one whose package is not there
+    (the Docker images leave ``bench/`` out) is left out of ``--help``."""
+    for entry in entry_points(group="tagsift.commands"):
+        try:
+            group = entry.load()
+        except ModuleNotFoundError as exc:
+            if exc.name != entry.module.split(".")[0]:
+                raise
+            continue
+        cli.add_typer(group, name=entry.name)
 
 
-@cli.command()
-def serve(
-    host: Annotated[str | None, typer.Option(help="Bind address (default TAGSIFT_HOST).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default TAGSIFT_PORT).")] = None,
-    workers: Annotated[int, typer.Option(help="API processes.")] = 1,
-) -> None:
-    """Run the HTTP API (uvicorn). Applies migrations first when the database is the embedded SQLite."""
-    import uvicorn
-
-    from app.config import get_settings
-    from app.db import upgrade_database
-
-    settings = get_settings()
-    if settings.is_embedded:
-        upgrade_database()
-    uvicorn.run(
-        "app.main:app",
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=workers,
-        log_level=settings.log_level.lower(),
-    )
+_add_plugins()
 
 
 @cli.command()
@@ -110,7 +86,7 @@ def up() -> None:
     # uvicorn restores this handler after its graceful shutdown and re-raises SIGTERM: exit through `finally`.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        serve(host=None, port=None, workers=1)
+        app_cli.serve(host=None, port=None, workers=1)
     finally:
         worker_proc.send_signal(signal.SIGTERM)
         try:
@@ -153,260 +129,6 @@ def build_reference_backbone(
     typer.echo(f"config: {build.config_path}")
     typer.echo(f"checkpoint: {build.checkpoint_path}")
     typer.echo(f"r2: {build.r2:.4f}")
-
-
-@bench.command("train-speed")
-def bench_train_speed(
-    backbone: Annotated[str, typer.Option(help="Backbone spec, or 'reference'.")] = "reference",
-    shots: Annotated[int, typer.Option(help="Training images per CIFAR-10 class.")] = 16,
-    q: Annotated[float, typer.Option(help="Candidate-set flip rate.")] = 0.3,
-    epochs: Annotated[int, typer.Option(help="Epochs of each run.")] = 5,
-    seed: Annotated[int, typer.Option(help="Seed of shots, candidate sets, context init and batch order.")] = 1,
-    method: Annotated[str, typer.Option(help="prompt_alignment or coop.")] = "prompt_alignment",
-    loss: Annotated[str, typer.Option(help="PLL loss: naive, cc, rc, lws, cavl, plcr, pico.")] = "rc",
-    cifar10_path: Annotated[
-        Path | None, typer.Option("--cifar10-path", help="CIFAR-10 JPEG archive (default TAGSIFT_CIFAR10_PATH).")
-    ] = None,
-    cache_dir: Annotated[
-        Path | None, typer.Option("--cache-dir", help="Backbone cache (default TAGSIFT_MODEL_CACHE_DIR).")
-    ] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
-    test_images: Annotated[int, typer.Option("--test-images", help="Test images for the accuracies.")] = 1000,
-) -> None:
-    """Train the same prompts with this trainer and with an official-style loop; print times and accuracies."""
-    from app.config import get_settings
-    from bench.train_speed import run_cifar10_train_speed
-
-    settings = get_settings()
-    run_cifar10_train_speed(
-        backbone=backbone,
-        cifar10_path=cifar10_path or settings.cifar10_path,
-        cache_dir=cache_dir or settings.model_cache_dir,
-        shots=shots,
-        q=q,
-        epochs=epochs,
-        seed=seed,
-        method=method,
-        loss=loss,
-        device=device,
-        test_images=test_images,
-        out=typer.echo,
-    )
-
-
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.replace(",", " ").split()]
-
-
-@bench.command("reproduce")
-def bench_reproduce(
-    quick: Annotated[
-        bool,
-        typer.Option(
-            "--quick", help="Small subset (q 0.3, seed 1, 5 methods, 2 epochs, 1,000 test images): under 5 minutes."
-        ),
-    ] = False,
-    q: Annotated[str, typer.Option("--q", help="Partial rates, comma-separated.")] = "0.1,0.3,0.5,0.7",
-    seeds: Annotated[str, typer.Option("--seeds", help="Seeds, comma-separated.")] = "1,2,3,4",
-    epochs: Annotated[int, typer.Option("--epochs", help="Epochs of the prompt methods (few-shot).")] = 100,
-    lp_epochs: Annotated[int, typer.Option("--lp-epochs", help="Epochs of the linear probe.")] = 100,
-    large_epochs: Annotated[int, typer.Option("--large-epochs", help="Epochs of the prompt methods (large).")] = 2,
-    large_q: Annotated[str, typer.Option("--large-q", help="Partial rates of the large regime.")] = "0.3",
-    large_seeds: Annotated[str, typer.Option("--large-seeds", help="Seeds of the large regime.")] = "1",
-    methods: Annotated[str | None, typer.Option("--methods", help="Comma-separated method names.")] = None,
-    regime: Annotated[str, typer.Option("--regime", help="fewshot | large | both")] = "fewshot",
-    out: Annotated[Path, typer.Option("--out", help="Directory of the JSON results.")] = Path("bench-out"),
-    cifar10_path: Annotated[Path | None, typer.Option("--cifar10-path", help="Default TAGSIFT_CIFAR10_PATH.")] = None,
-    cache_dir: Annotated[
-        Path | None, typer.Option("--cache-dir", help="Backbone cache (default TAGSIFT_MODEL_CACHE_DIR).")
-    ] = None,
-    feature_dir: Annotated[
-        Path | None, typer.Option("--feature-dir", help="Feature cache (default <data_dir>/features).")
-    ] = None,
-    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Skip cells already on disk.")] = True,
-    test_cached_only: Annotated[
-        bool,
-        typer.Option(
-            "--test-cached-only", help="Use only the test (and large-set) images already encoded; see --report-only."
-        ),
-    ] = False,
-    report_only: Annotated[bool, typer.Option("--report-only", help="Only (re-evaluate and) report.")] = False,
-    report: Annotated[Path, typer.Option("--report", help="Markdown report to write.")] = Path("docs/results.md"),
-    threads: Annotated[int, typer.Option("--threads", help="torch CPU threads (0: torch default).")] = 0,
-) -> None:
-    """Reproduce arXiv 2407.07638 on CIFAR-10 with the reference backbone (effnetlite0-minilm); see docs/results.md."""
-    import subprocess as sp
-
-    import torch
-
-    from app.config import get_settings
-    from bench import reproduce as R
-
-    if threads:
-        torch.set_num_threads(threads)
-    settings = get_settings()
-    out_dir = out / "quick" if quick else out
-    png = report.with_name(report.stem + "-accuracy-vs-q.png")
-    cifar = cifar10_path or settings.cifar10_path
-    models = cache_dir or settings.model_cache_dir
-    feats = feature_dir or settings.data_dir / "features"
-
-    def log(msg: str) -> None:
-        typer.echo(msg)
-
-    if report_only:
-        if not test_cached_only:
-            data = None
-        else:  # fill in test accuracies of cells evaluated on fewer images, from the feature cache only
-            data = R.load_bench_data(cifar, models, feats, seeds=[], regime="both", test_cached_only=True, log=log)
-            R.reevaluate(out_dir, data.test, log)
-            R.posthoc_ensembles(out_dir, data, log)
-        R.write_report(out_dir, report, png)
-        typer.echo(f"wrote {report} and {png}")
-        return
-    try:
-        commit = sp.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
-    cfg = R.GridConfig(
-        out_dir=out_dir,
-        qs=_floats(q),
-        seeds=[int(s) for s in _floats(seeds)],
-        epochs=epochs,
-        lp_epochs=lp_epochs,
-        large_epochs=large_epochs,
-        large_qs=_floats(large_q),
-        large_seeds=[int(s) for s in _floats(large_seeds)],
-        methods=[m.strip() for m in methods.split(",")] if methods else None,
-        regime=regime,
-        resume=resume,
-        commit=commit,
-        extra={"command": " ".join(sys.argv[1:])},
-    )
-    if quick:
-        cfg.qs, cfg.seeds, cfg.epochs, cfg.lp_epochs, cfg.regime = [0.3], [1], 2, 20, "fewshot"
-        cfg.methods = cfg.methods or list(R.QUICK_METHODS)
-    data = R.load_bench_data(
-        cifar,
-        models,
-        feats,
-        seeds=cfg.seeds,
-        regime=cfg.regime,
-        quick=quick,
-        test_cached_only=test_cached_only,
-        log=log,
-    )
-    R.run_grid(data, cfg, log)
-    R.posthoc_ensembles(out_dir, data, log)
-    R.write_report(
-        out_dir,
-        report if not quick else out_dir / "results.md",
-        png if not quick else out_dir / "results-accuracy-vs-q.png",
-    )
-
-
-@bench.command("service")
-def bench_service(
-    images: Annotated[int, typer.Option("--images", help="CIFAR-10 photos to upload and train on.")] = 1000,
-    upload_batch: Annotated[int, typer.Option("--upload-batch", help="Images per upload request.")] = 100,
-    epochs: Annotated[int, typer.Option("--epochs", help="Epochs of the training job.")] = 3,
-    views: Annotated[int, typer.Option("--views", help="Feature views per image.")] = 1,
-    clients: Annotated[int, typer.Option("--clients", help="Concurrent /predict clients.")] = 4,
-    requests: Annotated[int, typer.Option("--requests", help="/predict requests (1 image) per client.")] = 50,
-    rounds: Annotated[int, typer.Option("--rounds", help="Alternating API / raw /predict rounds (medians).")] = 3,
-    train_rounds: Annotated[
-        int, typer.Option("--train-rounds", help="Alternating direct ml/ runs and jobs (the fastest of each).")
-    ] = 3,
-    api_workers: Annotated[int, typer.Option("--api-workers", help="API processes (`tagsift serve --workers`).")] = 1,
-    backbone: Annotated[str, typer.Option("--backbone", help="Backbone spec, or 'reference'.")] = "reference",
-    q: Annotated[float, typer.Option("--q", help="Candidate-set flip rate.")] = 0.3,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the photos, candidate sets and training.")] = 1,
-    database_url: Annotated[str, typer.Option("--database-url", help="PostgreSQL URL (default: SQLite).")] = "",
-    broker_url: Annotated[str, typer.Option("--broker-url", help="Redis URL (default: SQLite broker).")] = "",
-    cifar10_path: Annotated[Path | None, typer.Option("--cifar10-path", help="Default TAGSIFT_CIFAR10_PATH.")] = None,
-    cache_dir: Annotated[
-        Path | None, typer.Option("--cache-dir", help="Backbone cache (default TAGSIFT_MODEL_CACHE_DIR).")
-    ] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N (worker and direct run).")] = "cpu",
-    keep: Annotated[bool, typer.Option("--keep", help="Keep the temp data dir and logs.")] = False,
-) -> None:
-    """Upload, training and /predict through a real service it starts, against calling ml/ and ONNX Runtime."""
-    from app.config import get_settings
-    from bench.service import ServiceBenchConfig, run_service_bench
-
-    settings = get_settings()
-    cfg = ServiceBenchConfig(
-        cifar10_path=cifar10_path or settings.cifar10_path,
-        cache_dir=cache_dir or settings.model_cache_dir,
-        backbone=backbone,
-        images=images,
-        upload_batch=upload_batch,
-        q=q,
-        seed=seed,
-        epochs=epochs,
-        views=views,
-        clients=clients,
-        requests=requests,
-        rounds=rounds,
-        train_rounds=train_rounds,
-        api_workers=api_workers,
-        database_url=database_url,
-        broker_url=broker_url,
-        device=device,
-        keep=keep,
-    )
-    run_service_bench(cfg, out=typer.echo)
-
-
-@bench.command("load")
-def bench_load(
-    clients: Annotated[int, typer.Option("--clients", help="Concurrent clients (one connection each).")] = 50,
-    duration: Annotated[float, typer.Option("--duration", help="Seconds of load.")] = 60.0,
-    batch: Annotated[int, typer.Option("--batch", help="Images per upload request.")] = 4,
-    job_every: Annotated[
-        int, typer.Option("--job-every", help="A client starts a zero_shot job every this many rounds.")
-    ] = 10,
-    api_workers: Annotated[int, typer.Option("--api-workers", help="API processes (`tagsift serve --workers`).")] = 1,
-    backbone: Annotated[
-        str, typer.Option("--backbone", help="'auto': reference when built in the cache dir, else a tiny model.")
-    ] = "auto",
-    database_url: Annotated[str, typer.Option("--database-url", help="PostgreSQL URL (default: SQLite).")] = "",
-    broker_url: Annotated[str, typer.Option("--broker-url", help="Redis URL (default: SQLite broker).")] = "",
-    request_timeout: Annotated[float, typer.Option("--request-timeout", help="Seconds per request.")] = 30.0,
-    cache_dir: Annotated[
-        Path | None, typer.Option("--cache-dir", help="Backbone cache (default TAGSIFT_MODEL_CACHE_DIR).")
-    ] = None,
-    keep: Annotated[bool, typer.Option("--keep", help="Keep the temp data dir and logs.")] = False,
-) -> None:
-    """Concurrent clients upload, list, read labels, start and poll jobs on a service it starts; zero errors."""
-    from app.config import get_settings
-    from bench.load import LoadBenchConfig, run_load_bench
-
-    cfg = LoadBenchConfig(
-        cache_dir=cache_dir or get_settings().model_cache_dir,
-        clients=clients,
-        duration=duration,
-        batch=batch,
-        job_every=job_every,
-        backbone=backbone,
-        api_workers=api_workers,
-        database_url=database_url,
-        broker_url=broker_url,
-        request_timeout=request_timeout,
-        keep=keep,
-    )
-    result = run_load_bench(cfg, out=typer.echo)
-    if result.total_errors:
-        raise typer.Exit(1)
-
-
-def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
 
 
 def main() -> None:
