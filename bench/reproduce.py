@@ -661,8 +661,8 @@ def load_bench_data(
     log: Callable[[str], None] = print,
 ) -> BenchData:
     """Load the reference backbone and CIFAR-10, encode (or read from the cache) every split the grid needs."""
-    from ml.backbone import load_backbone
     from bench import data as D
+    from ml.backbone import load_backbone
     from ml.data import load_cifar10
 
     backbone = load_backbone("reference", cache_dir=model_cache_dir)

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from ml.backbone import Backbone, PreprocessConfig
-from ml.train import TrainingCancelled
+from ml.errors import TrainingCancelled
 
 _AUG_SCALE = (0.08, 1.0)  # RandomResizedCrop area range (torchvision / Dassl default)
 _AUG_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop aspect-ratio range

@@ -52,12 +52,11 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ml.backbone import BackboneSpec
+from ml.spec import BackboneSpec
 
 REFERENCE_MODEL_NAME = "effnetlite0-minilm"
 #: Bump when the recipe changes: a cached build with another version is rebuilt.
@@ -407,8 +406,6 @@ def _build(folder: Path, parts: ReferenceParts) -> ReferenceBuild:
 
 def reference_spec(cache_dir: str | Path) -> BackboneSpec:
     """The :class:`ml.backbone.BackboneSpec` of the reference backbone, building it first if missing."""
-    from ml.backbone import BackboneSpec
-
     build = build_reference_backbone(cache_dir)
     return BackboneSpec(
         model_name=REFERENCE_MODEL_NAME, pretrained=str(build.checkpoint_path), config_path=str(build.config_path)

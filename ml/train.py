@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ml.errors import TrainingCancelled
+
 METHODS = ("prompt_alignment", "coop", "zero_shot", "linear_probe")
 CHECKPOINT_VERSION = 1
 
@@ -65,10 +67,6 @@ class TrainResult:
     history: list[EpochMetrics]
     class_bias: torch.Tensor | None = None  # (K,) logit bias; only the linear probe has one (pass it to export)
     method: str = "prompt_alignment"  # the method that produced this result
-
-
-class TrainingCancelled(Exception):
-    """Raised between steps (or encoding batches) when should_cancel() returns True."""
 
 
 # --- input validation --------------------------------------------------------------------------------------------

@@ -55,3 +55,72 @@ def test_only_the_settings_module_reads_the_environment() -> None:
             text = path.read_text(encoding="utf-8")
             for needle in ("os.environ[", "os.environ.get(", "os.getenv("):
                 assert needle not in text, f"{path.relative_to(ROOT)} reads the environment ({needle})"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _import_graph(packages: tuple[str, ...]) -> dict[str, set[str]]:
+    """Module -> the modules of ours it imports, function-local and TYPE_CHECKING imports included."""
+    paths = {_module_name(p): p for package in packages for p in (ROOT / package).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for module, path in paths.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                # `from pkg import mod` imports pkg.mod when that is a module, else a name of pkg
+                names = [
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in paths else node.module for a in node.names
+                ]
+            else:
+                continue
+            targets.update(name for name in names if name in paths and name != module)
+        graph[module] = targets
+    return graph
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_no_import_cycles_lazy_imports_included() -> None:
+    graph = _import_graph(("app", "worker", "ml", "bench"))
+    assert "ml.spec" in graph["ml.reference"], "the graph must see imports (sanity)"
+    cycle = _find_cycle(graph)
+    assert cycle is None, " -> ".join(cycle or [])
+
+
+def test_the_cycle_finder_finds_a_lazy_cycle() -> None:
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_service_packages_never_import_the_benchmarks() -> None:
+    """bench/ is left out of the Docker images: nothing that ships may import it (the CLI finds it by entry point)."""
+    for package in ("app", "worker", "ml"):
+        for path, names in _imported_top_modules(package).items():
+            assert "bench" not in names, path

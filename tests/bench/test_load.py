@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.worker.conftest import TAGSIFT, tiny_backbone
 from bench.load import OPERATIONS
+from tests.worker.conftest import TAGSIFT, tiny_backbone
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.service import percentile
 from tests.ml.reference_fixtures import cifar10_path  # noqa: F401 - fixture
 from tests.worker.conftest import TAGSIFT, tiny_backbone
-from bench.service import percentile
 
 pytestmark = pytest.mark.integration
 
