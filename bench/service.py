@@ -301,8 +301,8 @@ def direct_training(cfg: ServiceBenchConfig, params: dict, paths: list[Path], sh
     from ml.export import export_classifier
     from ml.features import FeatureCache, encode_images
     from ml.knn_vote import prune_candidates
+    from ml.pipeline import train_config
     from ml.train import candidates_to_mask, disambiguate, fit
-    from worker.training import train_config
 
     tcfg = train_config(params, None)
     views = int(params.get("views") or 1)

@@ -9,3 +9,7 @@ class TrainingCancelled(Exception):
 
 class BackboneLoadError(RuntimeError):
     """A backbone could not be built; the message names it, the cause and how to use a local checkpoint."""
+
+
+class InvalidCandidates(ValueError):
+    """A job's candidate sets or class list cannot be trained on (the message names the item or class)."""

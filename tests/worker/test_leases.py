@@ -9,9 +9,9 @@ from sqlalchemy import update
 
 from app.db import session_scope
 from app.models import Job
+from ml.pipeline import select_training_items
 from tests.worker.conftest import events, get_job, make_dataset, make_job
 from worker.leases import ClaimOutcome, Heartbeat, claim_job, reap_once, renew_lease, utcnow
-from worker.training import select_training_items
 
 
 def _set(job_id: str, **values) -> None:

@@ -16,9 +16,10 @@ from sqlalchemy import update
 
 from app.db import session_scope
 from app.models import Job
+from ml.pipeline import is_stale_checkpoint_error
 from tests.worker.conftest import CLASSES, TINY_CLIP, events, make_dataset, make_job, model_count, wait_status
 from worker.leases import utcnow
-from worker.training import STALE_CHECKPOINT_REASON, is_stale_checkpoint_error
+from worker.training import STALE_CHECKPOINT_REASON
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,146 @@
+"""A job's rows: loading what it trains on (:func:`load_input`) and saving its result in one transaction fenced on
+the run's lease (:func:`save_result`). The training set rule: an item with a reviewer label or a manifest label is
+certain; a reviewer's label is never overwritten."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from sqlalchemy import bindparam, or_, select, update
+
+from app.db import session_scope
+from app.models import Dataset, Item, Job, Model
+from worker.job_run import JobRun, LeaseLost
+from worker.leases import add_event, utcnow
+
+log = logging.getLogger("worker.training")
+
+
+class JobInputError(ValueError):
+    """The job's rows cannot be trained on (no dataset, no items, bad candidate sets)."""
+
+
+@dataclasses.dataclass
+class ItemRow:
+    id: str
+    file: str
+    sha256: str
+    candidates: list[str]
+    certain_label: str | None  # reviewer label or manifest label: the item's candidate set is {this}
+    reviewer: bool  # a reviewer labelled it: never overwritten
+
+
+@dataclasses.dataclass
+class JobInput:
+    job_id: str
+    owner_id: str
+    dataset_id: str
+    params: dict
+    classes: list[str]
+    prompt_template: str | None
+    items: list[ItemRow]
+
+
+def load_input(job_id: str) -> JobInput:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
+        if dataset is None:
+            raise JobInputError("the job's dataset no longer exists")
+        classes = list(dataset.classes)
+        known = set(classes)
+        items = []
+        rows = session.execute(
+            select(Item.id, Item.file, Item.sha256, Item.candidates, Item.given_label, Item.label, Item.label_source)
+            .where(Item.dataset_id == dataset.id)
+            .order_by(Item.seq)
+        ).all()
+        for row in rows:
+            reviewer = row.label_source == "reviewer" and row.label in known
+            certain = row.label if reviewer else (row.given_label if row.given_label in known else None)
+            items.append(ItemRow(row.id, row.file, row.sha256, list(row.candidates), certain, reviewer))
+        if not items:
+            raise JobInputError(f"dataset {dataset.id} has no items to train on")
+        params = dict(job.params or {})
+        return JobInput(job.id, job.owner_id, dataset.id, params, classes, dataset.prompt_template, items)
+
+
+def label_rows(job: JobInput, result, review_margin: float) -> list[dict]:
+    """One update per item that no reviewer labelled."""
+    return [
+        {
+            "_id": it.id,
+            "label": job.classes[result.labels[i]],
+            "confidence": result.confidence[i],
+            "margin": result.margin[i],
+            "needs_review": bool(result.margin[i] < review_margin),
+        }
+        for i, it in enumerate(job.items)
+        if not it.reviewer
+    ]
+
+
+def save_result(run: JobRun, job: JobInput, cfg, backbone_id: str, model_id: str, metrics, artifacts, rows) -> str:
+    # --- save: one transaction, fenced on our lease ---
+    now = utcnow()
+    progress = {**run.progress, "stage": "succeeded", "epoch": cfg.epochs, "epochs": cfg.epochs, "fraction": 1.0}
+
+    def save_once() -> None:
+        with session_scope() as session:
+            run._fenced_update(
+                session,
+                status="succeeded",
+                model_id=model_id,
+                metrics=metrics,
+                progress=progress,
+                finished_at=now,
+                lease_expires_at=None,
+            )
+            session.add(
+                Model(
+                    id=model_id,
+                    owner_id=job.owner_id,
+                    dataset_id=job.dataset_id,
+                    job_id=job.job_id,
+                    backbone=backbone_id,
+                    method=cfg.method,
+                    classes=job.classes,
+                    metrics=metrics,
+                    artifacts=artifacts,
+                )
+            )
+            session.flush()
+            if rows:
+                items = Item.__table__
+                stmt = (
+                    update(items)
+                    .where(items.c.id == bindparam("_id"))
+                    .where(or_(items.c.label_source.is_(None), items.c.label_source != "reviewer"))
+                    .values(
+                        label=bindparam("label"),
+                        confidence=bindparam("confidence"),
+                        margin=bindparam("margin"),
+                        needs_review=bindparam("needs_review"),
+                        label_source="model",
+                        model_id=model_id,
+                        updated_at=now,
+                    )
+                )
+                session.connection().execute(stmt, rows)
+            add_event(session, job.job_id, "stage", stage="succeeded", model_id=model_id)
+
+    try:
+        run.transaction("save", save_once)
+    except LeaseLost:
+        if not _saved(job.job_id, model_id):  # a retried save whose first commit went through but was not answered
+            raise
+    run.progress = progress
+    log.info("job %s: succeeded, model %s", job.job_id, model_id)
+    return "succeeded"
+
+
+def _saved(job_id: str, model_id: str) -> bool:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        return job is not None and job.status == "succeeded" and job.model_id == model_id

@@ -1,0 +1,52 @@
+"""The Markdown model card stored next to a job's ONNX classifier."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from app.config import REFERENCE_BACKBONE, get_settings
+
+
+def model_card(job, cfg, metrics: dict, model_id: str) -> str:
+    """A short Markdown model card stored next to the ONNX classifier."""
+    reference = get_settings().backbone.strip() == REFERENCE_BACKBONE
+    caveat = (
+        "**Caveat:** this model uses the offline *reference* backbone (EfficientNet-Lite0 image tower + MiniLM text "
+        "tower aligned on a small corpus). It is **not CLIP**: expect much lower accuracy than an open_clip "
+        "backbone such as ViT-B-32/laion2b; use it for offline tests and demos."
+        if reference
+        else "The backbone is frozen; only the prompt context (or probe) was trained on this dataset."
+    )
+    shown = {k: v for k, v in metrics.items() if v is not None}
+    lines = [
+        f"# Model {model_id}",
+        "",
+        f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC",
+        f"- Job: {job.job_id}; dataset: {job.dataset_id}",
+        f"- Backbone: `{metrics['backbone']}` (id `{metrics['backbone_id']}`)",
+        f"- Method: {cfg.method}; loss: {cfg.loss}; epochs: {cfg.epochs}; batch size: {cfg.batch_size}; "
+        f"lr: {cfg.lr}; n_ctx: {cfg.n_ctx}; seed: {cfg.seed}",
+        f"- Classes ({len(job.classes)}): {', '.join(job.classes[:50])}{' ...' if len(job.classes) > 50 else ''}",
+        "",
+        "## Metrics",
+        "",
+        "```json",
+        json.dumps(shown, indent=2, sort_keys=True),
+        "```",
+        "",
+        "## Intended use",
+        "",
+        "Disambiguating candidate tag sets of images like the ones it was tuned on (weakly supervised "
+        "partial-label learning with prompt alignment, arXiv 2407.07638), and tagging new images of the same "
+        "classes. Labels come with a confidence and a margin over the runner-up candidate; items with a small "
+        "margin are flagged for review. It was trained without ground truth, so audit a sample before relying "
+        "on it, and do not use it for decisions about people.",
+        "",
+        caveat,
+        "",
+        "Files: `model.onnx` (input `image`: float32 (B, 3, S, S) preprocessed as in `preprocess.json`; output "
+        "`logits`: (B, K) in the order of `classes.json`).",
+        "",
+    ]
+    return "\n".join(lines)
