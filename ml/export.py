@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.backbone import Backbone
+from ml.files import atomic_path
 
 OPSET = 17
 
@@ -77,25 +78,24 @@ def export_classifier(
     size = backbone.preprocess_cfg.image_size
     dummy = torch.zeros(2, 3, size, size, device=device)
     paths = {"model": out / "model.onnx", "classes": out / "classes.json", "preprocess": out / "preprocess.json"}
-    tmp = out / ".model.onnx.tmp"
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel has no ONNX symbolic
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced as constants: expected
-            torch.onnx.export(
-                clf,
-                (dummy,),
-                str(tmp),
-                input_names=["image"],
-                output_names=["logits"],
-                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-                opset_version=OPSET,
-                dynamo=False,  # TorchScript exporter: no onnxscript dependency, handles timm and open_clip towers
-            )
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
-    tmp.replace(paths["model"])
+    with atomic_path(paths["model"]) as tmp:
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel has no ONNX symbolic
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced as constants: expected
+                torch.onnx.export(
+                    clf,
+                    (dummy,),
+                    str(tmp),
+                    input_names=["image"],
+                    output_names=["logits"],
+                    dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                    opset_version=OPSET,
+                    dynamo=False,  # TorchScript exporter: no onnxscript dependency, handles timm and open_clip towers
+                )
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
     paths["classes"].write_text(json.dumps(list(classnames), ensure_ascii=False, indent=1))
     paths["preprocess"].write_text(json.dumps(backbone.preprocess_cfg.to_dict(), indent=1))
     return paths

@@ -12,10 +12,8 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import os
 import random
 import re
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from PIL import Image
 
 from ml.backbone import Backbone, PreprocessConfig
 from ml.errors import TrainingCancelled
+from ml.files import atomic_path
 
 _AUG_SCALE = (0.08, 1.0)  # RandomResizedCrop area range (torchvision / Dassl default)
 _AUG_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop aspect-ratio range
@@ -61,11 +60,8 @@ class FeatureCache:
 
     def put(self, backbone_id: str, sha: str, view: int, feature: torch.Tensor, seed: int = 0) -> None:
         p = self.path(backbone_id, sha, view, seed)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # unique per writer
-        with open(tmp, "wb") as f:
+        with atomic_path(p) as tmp, open(tmp, "wb") as f:  # readers never see a partial file
             np.save(f, feature.detach().cpu().float().numpy())
-        os.replace(tmp, p)  # atomic: readers never see a partial file
 
 
 def _read(image: str | Path | bytes) -> bytes:

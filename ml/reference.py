@@ -46,16 +46,15 @@ import contextlib
 import fcntl
 import json
 import math
-import os
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ml.files import atomic_path, atomic_write_bytes
 from ml.spec import BackboneSpec
 
 REFERENCE_MODEL_NAME = "effnetlite0-minilm"
@@ -241,23 +240,8 @@ def pooled_text_embeddings(model: torch.nn.Module, tokens: torch.Tensor, *, batc
 
 
 # --------------------------------------------------------------------------------------------------- cache
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is shared like any other model file
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _write_json(path: Path, obj: Any) -> None:
-    _write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -307,16 +291,8 @@ def save_checkpoint(state: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": "pt"})
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is shared like any other model file
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
 
 
 def _cached_build(folder: Path) -> dict[str, Any] | None:
@@ -428,12 +404,3 @@ def load_reference_open_clip(
     for p in model.parameters():
         p.requires_grad_(False)
     return model, preprocess, open_clip.get_tokenizer(REFERENCE_MODEL_NAME)
-
-
-def zero_shot_classifier(
-    model: torch.nn.Module, tokenizer: Any, classnames: Sequence[str], template: str = "a photo of a {}."
-) -> torch.Tensor:
-    """(K, D) L2-normalised text features of ``template`` filled with each class name."""
-    with torch.no_grad():
-        feats = model.encode_text(tokenizer([template.format(c) for c in classnames]))
-    return torch.nn.functional.normalize(feats.float(), dim=-1)

@@ -10,9 +10,7 @@ from a generator seeded with (seed, e), so a run resumed from an epoch-end check
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.errors import TrainingCancelled
+from ml.files import atomic_path
 
 METHODS = ("prompt_alignment", "coop", "zero_shot", "linear_probe")
 CHECKPOINT_VERSION = 1
@@ -275,10 +274,8 @@ def _epoch_plan(
 
 
 def _save_checkpoint(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # atomic: a crash never leaves a torn checkpoint
+    with atomic_path(path) as tmp:  # a crash never leaves a torn checkpoint
+        torch.save(payload, tmp)
 
 
 @dataclass

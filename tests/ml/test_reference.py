@@ -131,11 +131,12 @@ def test_zero_shot_cifar10_far_above_chance(reference_open_clip, cifar10_path):
     from PIL import Image
 
     from ml.data import CIFAR10_CLASSES, load_cifar10
-    from ml.reference import zero_shot_classifier
+    from ml.prompts import handcrafted_class_features
+    from ml.text_encoder import TextEncoder
 
     model, preprocess, tokenizer = reference_open_clip
     test = load_cifar10(cifar10_path, "test", per_class=ZERO_SHOT_PER_CLASS, seed=0)
-    classes = zero_shot_classifier(model, tokenizer, CIFAR10_CLASSES, "a photo of a {}.")
+    classes = handcrafted_class_features(TextEncoder(model), tokenizer, CIFAR10_CLASSES, ("a photo of a {}.",), "cpu")
     feats = []
     with torch.no_grad():
         for i in range(0, len(test), 50):
