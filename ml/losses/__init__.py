@@ -26,6 +26,10 @@ LOSSES: dict[str, type[PLLLoss]] = {
 }
 
 
+#: Other names of the same objectives (PRODEN is RC, CRDPLL is PLCR): ml accepts them, the API offers the canonical one.
+ALIASES: dict[str, str] = {"proden": "rc", "crdpll": "plcr"}
+
+
 def build_loss(name: str, candidates: torch.Tensor, *, epochs: int, feature_dim: int) -> PLLLoss:
     """Instantiate the PLL objective `name` with state for the (N, K) candidate mask."""
     key = name.lower()
