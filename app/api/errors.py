@@ -43,6 +43,13 @@ class FieldError:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+class FieldErrors(list[FieldError]):
+    """The one collector of field errors: every check adds to it, and the request fails once with all of them."""
+
+    def add(self, field: str, message: str, *, item: str | None = None, line: int | None = None) -> None:
+        self.append(FieldError(field=field, message=message, item=item, line=line))
+
+
 class ApiError(Exception):
     """An error with its own HTTP status and a stable machine-readable ``code``."""
 

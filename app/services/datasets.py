@@ -9,7 +9,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.api.errors import Conflict, FieldError, InvalidInput, NotFound
+from app.api.errors import Conflict, FieldError, FieldErrors, InvalidInput, NotFound
 from app.config import Settings
 from app.models import Dataset, Item, Job, Owner, utcnow
 from app.schemas import (
@@ -62,7 +62,7 @@ def create_empty_dataset(
     *, session: Session, owner: Owner, dataset_in: DatasetCreate, settings: Settings
 ) -> DatasetRead:
     """``POST /datasets`` with JSON: a dataset with classes and no items."""
-    errors: list[FieldError] = []
+    errors = FieldErrors()
     for field, value in (("name", dataset_in.name), ("prompt_template", dataset_in.prompt_template or "")):
         problem = control_char_problem(value)
         if problem:

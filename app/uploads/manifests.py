@@ -1,0 +1,225 @@
+"""Manifests: JSONL lines or CSV rows (``file``, ``candidates``, ``label``) into rows, every problem collected."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+
+from app.api.errors import FieldErrors
+from app.config import Settings
+from app.services.checks import shorten
+from app.uploads.forms import _clean_name
+from app.uploads.rules import _URL, MAX_FILE_NAME, _file_name_problem, _tag_problem
+
+#: Keys of a JSONL manifest line (CSV: the header's columns).
+ROW_KEYS = ("file", "candidates", "label")
+
+
+@dataclass
+class _Row:
+    line: int
+    file: str
+    candidates: list[str]
+    label: str | None
+
+
+def _parse_manifest(data: bytes, name: str | None, *, settings: Settings, errors: FieldErrors) -> list[_Row]:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        errors.add(field="manifest", message=f"manifest: not UTF-8 (invalid byte at offset {exc.start})")
+        return []
+    lower = (name or "").lower()
+    if lower.endswith(".csv"):
+        is_jsonl = False
+    elif lower.endswith((".jsonl", ".ndjson", ".json")):
+        is_jsonl = True
+    else:
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+        is_jsonl = first.startswith("{")
+    rows = _parse_jsonl(text, errors) if is_jsonl else _parse_csv(text, errors)
+    out: list[_Row] = []
+    seen: dict[str, int] = {}
+    out_files: set[str] = set()
+    for row in rows:
+        if _URL.match(row.file):
+            errors.add(
+                field="file",
+                item=shorten(row.file, MAX_FILE_NAME),
+                line=row.line,
+                message=f"{shorten(row.file, MAX_FILE_NAME)}: named in the manifest (line {row.line}) but not "
+                "uploaded: a URL is not an uploaded file (tagsift never fetches images; upload the file)",
+            )
+            continue
+        # A row with problems is still kept (unless it repeats a file) so its image is not also reported as
+        # "not in the manifest"; the batch fails on the recorded errors anyway.
+        ok = True
+        problem = _file_name_problem(row.file)
+        if problem:
+            row.file = shorten(row.file, MAX_FILE_NAME)  # the batch fails: the short form keeps the answer small
+            errors.add(field="file", item=row.file, line=row.line, message=f"{row.file}: {problem} (line {row.line})")
+            ok = False
+        if row.file in seen:
+            errors.add(
+                field="manifest",
+                item=row.file,
+                line=row.line,
+                message=f"{row.file}: listed twice in the manifest (lines {seen[row.file]} and {row.line})",
+            )
+            ok = False
+        else:
+            seen[row.file] = row.line
+        if not row.candidates:
+            errors.add(
+                field="candidates",
+                item=row.file,
+                line=row.line,
+                message=f"{row.file}: the candidate set is empty (line {row.line})",
+            )
+            ok = False
+        for tag in [*row.candidates, *([row.label] if row.label is not None else [])]:
+            problem = _tag_problem(tag, settings)
+            if problem:
+                errors.add(field="candidates", item=row.file, line=row.line, message=f"{row.file}: {problem}")
+                ok = False
+        if row.label is not None and row.candidates and row.label not in row.candidates:
+            errors.add(
+                field="label",
+                item=row.file,
+                line=row.line,
+                message=f"{row.file}: label {shorten(row.label)!r} is not among its candidates",
+            )
+            ok = False
+        if ok or row.file not in out_files:
+            out.append(row)
+            out_files.add(row.file)
+    return out
+
+
+def _tags(values: list[str]) -> list[str]:
+    """Stripped, de-duplicated (order kept); empty strings are kept so they are reported."""
+    out: list[str] = []
+    for v in values:
+        t = v.strip()
+        if t not in out:
+            out.append(t)
+    return out
+
+
+def _parse_jsonl(text: str, errors: FieldErrors) -> list[_Row]:
+    rows: list[_Row] = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            errors.add(field="manifest", line=n, message=f"manifest line {n}: not valid JSON ({exc.msg})")
+            continue
+        if not isinstance(obj, dict):
+            errors.add(field="manifest", line=n, message=f"manifest line {n}: not a JSON object")
+            continue
+        if _has_lone_surrogate(obj):  # a "\ud800" escape: not text, and it could not even be sent back as UTF-8
+            errors.add(
+                field="manifest", line=n, message=f"manifest line {n}: invalid Unicode (an unpaired \\u surrogate)"
+            )
+            continue
+        unknown = [shorten(str(k), 40) for k in obj if k not in ROW_KEYS]
+        if unknown:
+            errors.add(
+                field="manifest",
+                item=shorten(obj["file"], MAX_FILE_NAME) if isinstance(obj.get("file"), str) else None,
+                line=n,
+                message=f"manifest line {n}: unknown key(s) {', '.join(map(repr, unknown))}: a line has "
+                "`file` (an uploaded file), `candidates` and optionally `label`; images are never fetched from "
+                "a URL",
+            )
+        file = obj.get("file")
+        if not isinstance(file, str) or not _clean_name(file):
+            errors.add(field="file", line=n, message=f"manifest line {n}: `file` must be a non-empty string")
+            continue
+        file = _clean_name(file)
+        shown = shorten(file, MAX_FILE_NAME)
+        cands = obj.get("candidates")
+        if not isinstance(cands, list) or not all(isinstance(c, str) for c in cands):
+            errors.add(
+                field="candidates",
+                item=shown,
+                line=n,
+                message=f"{shown}: `candidates` must be a list of strings (line {n})",
+            )
+            continue
+        label = obj.get("label")
+        if label is not None and not isinstance(label, str):
+            errors.add(field="label", item=shown, line=n, message=f"{shown}: `label` must be a string")
+            continue
+        rows.append(_Row(line=n, file=file, candidates=_tags(cands), label=label.strip() if label else None))
+    return rows
+
+
+def _has_lone_surrogate(value: object) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")  # fails only on unpaired surrogates
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
+
+
+def _parse_csv(text: str, errors: FieldErrors) -> list[_Row]:
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader)
+    except StopIteration:
+        return []
+    except csv.Error as exc:
+        errors.add(field="manifest", line=1, message=f"manifest line 1: bad CSV ({exc})")
+        return []
+    cols = [h.strip().lower() for h in header]
+    if "file" not in cols or "candidates" not in cols:
+        errors.add(
+            field="manifest",
+            line=1,
+            message="manifest: a CSV manifest needs a header with `file` and `candidates` (and optionally `label`)",
+        )
+        return []
+    unknown = [shorten(c, 40) for c in cols if c not in ROW_KEYS]
+    if unknown:
+        errors.add(
+            field="manifest",
+            line=1,
+            message=f"manifest line 1: unknown column(s) {', '.join(map(repr, unknown))}: the columns are "
+            "`file` (an uploaded file), `candidates` and optionally `label`; images are never fetched from a URL",
+        )
+    i_file, i_cand = cols.index("file"), cols.index("candidates")
+    i_label = cols.index("label") if "label" in cols else None
+    rows: list[_Row] = []
+    try:
+        for values in reader:
+            n = reader.line_num
+            if not any(v.strip() for v in values):
+                continue
+            if len(values) != len(cols):
+                errors.add(
+                    field="manifest",
+                    line=n,
+                    message=f"manifest line {n}: {len(values)} columns, the header has {len(cols)}",
+                )
+                continue
+            file = _clean_name(values[i_file])
+            if not file:
+                errors.add(field="file", line=n, message=f"manifest line {n}: empty `file`")
+                continue
+            cands = _tags(values[i_cand].split("|")) if values[i_cand].strip() else []
+            label = values[i_label].strip() if i_label is not None and values[i_label].strip() else None
+            rows.append(_Row(line=n, file=file, candidates=cands, label=label))
+    except csv.Error as exc:
+        errors.add(field="manifest", line=reader.line_num, message=f"manifest: bad CSV ({exc})")
+    return rows
