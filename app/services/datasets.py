@@ -9,7 +9,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.api.errors import Conflict, FieldError, FieldErrors, InvalidInput, NotFound
+from app.api.errors import Conflict, FieldError, FieldErrors, InvalidInput
 from app.config import Settings
 from app.models import Dataset, Item, Job, Owner, utcnow
 from app.schemas import (
@@ -21,7 +21,8 @@ from app.schemas import (
     DuplicateRead,
     ItemsAdded,
 )
-from app.services.checks import control_char_problem, plausible_id, shorten
+from app.services.checks import control_char_problem
+from app.services.lookup import get_owned
 from app.storage import BlobStore
 from app.uploads import RawUpload, ValidBatch, check_classes, validate_upload
 
@@ -32,15 +33,7 @@ _IN_CHUNK = 1000
 
 def get_dataset(*, session: Session, owner: Owner, dataset_id: str, lock: bool = False) -> Dataset:
     """The owner's dataset; 404 for a missing id and for another owner's (ids are not disclosed)."""
-    if not plausible_id(dataset_id):
-        raise NotFound(f"dataset {shorten(dataset_id)!r} not found")
-    stmt = select(Dataset).where(Dataset.id == dataset_id, Dataset.owner_id == owner.id)
-    if lock:
-        stmt = stmt.with_for_update()
-    dataset = session.scalar(stmt)
-    if dataset is None:
-        raise NotFound(f"dataset {dataset_id} not found")
-    return dataset
+    return get_owned(session, Dataset, dataset_id, owner=owner, what="dataset", lock=lock)
 
 
 def _item_count(session: Session, dataset_id: str) -> int:

@@ -22,10 +22,11 @@ from sqlalchemy.orm import Session
 
 from app.api.errors import FieldError, InvalidInput, NotFound
 from app.config import Settings
-from app.models import Dataset, Item, Owner, utcnow
+from app.models import Item, Owner, utcnow
 from app.schemas import ItemList, ItemRead, ItemUpdate
-from app.services.checks import plausible_id, shorten
+from app.services.checks import shorten
 from app.services.datasets import get_dataset
+from app.services.lookup import get_owned
 from app.storage import BlobStore
 
 ItemOrder = Literal["upload", "margin"]
@@ -114,16 +115,7 @@ def list_items(
 
 def get_item(*, session: Session, owner: Owner, item_id: str) -> Item:
     """The owner's item; 404 for a missing id and for another owner's."""
-    if not plausible_id(item_id):
-        raise NotFound(f"item {shorten(item_id)!r} not found")
-    item = session.scalar(
-        select(Item)
-        .join(Dataset, Dataset.id == Item.dataset_id)
-        .where(Item.id == item_id, Dataset.owner_id == owner.id)
-    )
-    if item is None:
-        raise NotFound(f"item {item_id} not found")
-    return item
+    return get_owned(session, Item, item_id, owner=owner, what="item")
 
 
 def review_item(*, session: Session, owner: Owner, item_id: str, item_in: ItemUpdate, settings: Settings) -> ItemRead:

@@ -26,13 +26,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import queue
-from app.api.errors import Conflict, FieldError, InvalidInput, NotFound
+from app.api.errors import Conflict, FieldError, InvalidInput
 from app.config import Settings
 from app.job_defaults import resolve_job_params
 from app.models import Item, Job, JobEvent, Owner, utcnow
 from app.schemas import FINISHED_STATUSES, ErrorRead, JobCreate, JobEventList, JobEventRead, JobRead, ProgressRead
-from app.services.checks import plausible_id, shorten
 from app.services.datasets import get_dataset
+from app.services.lookup import get_owned
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +156,7 @@ def _enqueue(*, session: Session, job: Job) -> None:
 
 def get_job(*, session: Session, owner: Owner, job_id: str) -> Job:
     """The owner's job; 404 for a missing id and for another owner's."""
-    if not plausible_id(job_id):
-        raise NotFound(f"job {shorten(job_id)!r} not found")
-    job = session.scalar(select(Job).where(Job.id == job_id, Job.owner_id == owner.id))
-    if job is None:
-        raise NotFound(f"job {job_id} not found")
-    return job
+    return get_owned(session, Job, job_id, owner=owner, what="job")
 
 
 def read_job(*, session: Session, owner: Owner, job_id: str) -> JobRead:

@@ -24,8 +24,8 @@ from app.imaging import ImageInvalid, decode_image, open_image
 from app.models import Model, Owner
 from app.predictor import LoadedModel, ModelUnavailable, get_model_cache, scores
 from app.schemas import ModelRead, Prediction, PredictResponse, ScoredLabel
-from app.services.checks import plausible_id, shorten
 from app.services.items import get_item
+from app.services.lookup import get_owned
 from app.storage import BlobStore
 from app.ttl_cache import TTLCache
 
@@ -34,12 +34,7 @@ EXPORT_ORDER = ("model.onnx", "classes.json", "preprocess.json", "model_card.md"
 
 def get_model(*, session: Session, owner: Owner, model_id: str) -> Model:
     """The owner's model; 404 for a missing id and for another owner's."""
-    if not plausible_id(model_id):
-        raise NotFound(f"model {shorten(model_id)!r} not found")
-    model = session.scalar(select(Model).where(Model.id == model_id, Model.owner_id == owner.id))
-    if model is None:
-        raise NotFound(f"model {model_id} not found")
-    return model
+    return get_owned(session, Model, model_id, owner=owner, what="model")
 
 
 def model_read(model: Model, settings: Settings) -> ModelRead:
