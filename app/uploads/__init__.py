@@ -36,7 +36,7 @@ Modules, by concern: :mod:`~app.uploads.forms` (multipart), :mod:`~app.uploads.m
 :class:`app.api.errors.FieldErrors`.
 """
 
-from app.uploads.forms import RawPredict, RawUpload, read_multipart, read_predict_form
+from app.uploads.forms import RawPredict, RawUpload, read_multipart, read_predict_form, require_multipart
 from app.uploads.rules import check_classes, parse_classes
 from app.uploads.validation import BatchDuplicate, ValidBatch, ValidItem, validate_upload
 
@@ -50,5 +50,6 @@ __all__ = [
     "parse_classes",
     "read_multipart",
     "read_predict_form",
+    "require_multipart",
     "validate_upload",
 ]

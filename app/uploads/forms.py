@@ -177,8 +177,8 @@ class RawPredict:
     top_k: str | None = None
 
 
-async def read_predict_form(request: Request, settings: Settings) -> RawPredict:
-    """Read ``model_id``, one or more ``image`` files, ``candidates`` (JSON) and ``top_k``."""
+def require_multipart(request: Request) -> None:
+    """415 unless the body is ``multipart/form-data``."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "multipart/form-data":
         raise ApiError(
@@ -186,6 +186,11 @@ async def read_predict_form(request: Request, settings: Settings) -> RawPredict:
             status=415,
             code="unsupported_media_type",
         )
+
+
+async def read_predict_form(request: Request, settings: Settings) -> RawPredict:
+    """Read ``model_id``, one or more ``image`` files, ``candidates`` (JSON) and ``top_k``."""
+    require_multipart(request)
     form = await _parse_form(
         request, max_files=settings.max_predict_images + 1, max_fields=20, max_part_size=1024 * 1024
     )

@@ -8,14 +8,14 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import ValidationError
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
-from app.api.errors import ApiError, FieldError, InvalidInput
+from app.api.errors import FieldError, InvalidInput
 from app.api.openapi import BODY, COMMON, UPLOAD, problems
 from app.config import Settings, get_settings
 from app.schemas import DatasetCreate, DatasetCreated, DatasetDetail, DatasetList, ItemList, ItemsAdded
 from app.services import datasets as datasets_service
 from app.services import items as items_service
 from app.services import labels as labels_service
-from app.uploads import RawUpload, read_multipart
+from app.uploads import RawUpload, read_multipart, require_multipart
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses=COMMON)
 
@@ -72,13 +72,7 @@ async def read_dataset_body(request: Request, settings: Annotated[Settings, Depe
 
 
 async def read_upload_body(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> RawUpload:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "multipart/form-data":
-        raise ApiError(
-            f"Content-Type: expected multipart/form-data, got {ctype or 'none'}",
-            status=415,
-            code="unsupported_media_type",
-        )
+    require_multipart(request)
     return await read_multipart(request, settings)
 
 
