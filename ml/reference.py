@@ -1,5 +1,7 @@
 """The offline reference backbone ``effnetlite0-minilm``: a real dual encoder built from PyPI packages only.
 
+(Just over 400 lines: the recipe, its build and its cache are one reproducible unit; see the steps below.)
+
 Recipe (``shared/docs/reference-backbone.md``):
 
 * image tower: timm ``tf_efficientnet_lite0`` (open_clip ``TimmModel``, avg pool, no projection) carrying the

@@ -1,5 +1,8 @@
 """One training run on cached image features: prompt alignment, CoOp + PLL, linear probe + PLL, zero-shot.
 
+(Over 400 lines on purpose: the config, its checks, the trainer, the epoch plan and the checkpoint format are one
+unit; a resumed run must replay exactly, and splitting them would spread that one invariant over several files.)
+
     features (V, N, D) from ml.features.encode_images  ->  fit()  ->  TrainResult (labels, class features, ...)
 
 Only the prompt context (or the linear head, or PiCO's projection head) is trained; the image encoder never runs
