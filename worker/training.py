@@ -43,8 +43,6 @@ from app.db import session_scope
 from app.models import new_id
 from app.storage import get_storage
 from ml.errors import BackboneLoadError, InvalidCandidates, TrainingCancelled
-from ml.features import FeatureCache
-from ml.pipeline import Callbacks, JobSpec, run_job, train_config
 from worker import runtime
 from worker.job_rows import JobInput, JobInputError, label_rows, load_input, save_result
 from worker.job_run import STAGES, JobRun, LeaseLost
@@ -164,6 +162,9 @@ def _finish(run: JobRun, status: str, *, code: str | None = None, message: str |
 
 
 def _train(claim: Claim, run: JobRun, ckpt_dir: Path) -> str:
+    from ml.features import FeatureCache  # torch loads in the process that runs the task, not the worker parent
+    from ml.pipeline import JobSpec, run_job, train_config
+
     settings = get_settings()
     storage = get_storage()
     job = run.transaction("load", lambda: load_input(claim.job_id))
@@ -211,7 +212,9 @@ def _train(claim: Claim, run: JobRun, ckpt_dir: Path) -> str:
     return save_result(run, job, cfg, backbone.id, model_id, metrics, artifacts, rows)
 
 
-def _callbacks(run: JobRun) -> Callbacks:
+def _callbacks(run: JobRun):
+    from ml.pipeline import Callbacks
+
     """The pipeline's reports as progress writes and job events."""
     lo, hi = STAGES["training"]
 
