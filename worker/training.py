@@ -15,8 +15,8 @@ no SQL beyond loading and saving rows. Its steps, each a stage in ``Job.progress
    per job: ``job_id`` is unique) and the job ``succeeded`` with its metrics.
 
 Rows (``worker.job_rows``): an item with a reviewer label (``label_source == "reviewer"``) or a manifest
-``given_label`` is certain, its candidate set becomes ``{label}``; labels are written for every item but those a
-reviewer labelled. Progress writes are fenced on the lease (``worker.job_run``).
+``given_label`` is passed to ml as certain (what ml does with it: ``ml.pipeline``, step 1); labels are written for
+every item but those a reviewer labelled. Progress writes are fenced on the lease (``worker.job_run``).
 
 Database outages: every write of a run (the claim, progress, events, the final save) is one transaction retried
 while the database is unreachable, for up to the job's lease (``worker.leases.retry_db``): a restart of PostgreSQL
