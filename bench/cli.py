@@ -260,3 +260,31 @@ def bench_load(
     result = run_load_bench(cfg, out=typer.echo)
     if result.total_errors:
         raise typer.Exit(1)
+
+
+@bench.command("scale")
+def bench_scale(
+    sizes: Annotated[
+        str, typer.Option("--sizes", help="Dataset sizes, comma-separated, increasing.")
+    ] = "1000,10000,100000",
+    upload_batch: Annotated[int, typer.Option("--upload-batch", help="Items per upload request.")] = 1000,
+    samples: Annotated[int, typer.Option("--samples", help="Requests per latency figure.")] = 200,
+    database_url: Annotated[
+        str, typer.Option("--database-url", help="PostgreSQL server (the bench creates and drops its own database).")
+    ] = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+    broker_url: BrokerUrl = "",
+    cache_dir: CacheDir = None,
+    keep: Keep = False,
+) -> None:
+    """Upload, item, list, review, export and delete figures at growing dataset sizes on PostgreSQL."""
+    from bench.scale import ScaleBenchConfig, run_scale_bench
+
+    cfg = ScaleBenchConfig(
+        sizes=[int(x) for x in sizes.replace(",", " ").split()],
+        upload_batch=upload_batch,
+        samples=samples,
+        cache_dir=_data_paths(None, cache_dir)[1],
+        broker_url=broker_url,
+        keep=keep,
+    )
+    run_scale_bench(cfg, admin_url=database_url, out=typer.echo)
