@@ -288,3 +288,25 @@ def bench_scale(
         keep=keep,
     )
     run_scale_bench(cfg, admin_url=database_url, out=typer.echo)
+
+
+@bench.command("gpu")
+def bench_gpu(
+    device: Annotated[str, typer.Option("--device", help="cuda, cuda:N or cpu (default: cuda when present).")] = "",
+    backbones: Annotated[
+        str, typer.Option("--backbones", help="Backbone specs, comma-separated (default: reference, ViT-B-32 random).")
+    ] = "reference,ViT-B-32",
+    images: Annotated[int, typer.Option("--images", help="Generated images to encode, train on and predict.")] = 512,
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs (the figure is the mean epoch).")] = 3,
+    tiny: Annotated[bool, typer.Option("--tiny", help="A few images and one epoch: the CPU check CI runs.")] = False,
+    cache_dir: CacheDir = None,
+) -> None:
+    """Encoding images/s, training epoch time and /predict throughput, fp32 and amp: one script for a GPU machine."""
+    from bench.gpu import GpuBenchConfig, run_gpu_bench
+
+    models = _data_paths(None, cache_dir)[1]
+    cfg = GpuBenchConfig.tiny(models) if tiny else GpuBenchConfig(cache_dir=models, images=images, epochs=epochs)
+    if device:
+        cfg.device = device
+    cfg.backbones = tuple(b for b in backbones.replace(",", " ").split())
+    run_gpu_bench(cfg, out=typer.echo)
