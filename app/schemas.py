@@ -1,9 +1,9 @@
 """Pydantic I/O schemas, one family per resource: ``XCreate`` / ``XUpdate`` (input), ``XRead`` / ``XList`` (output).
 
-:class:`JobCreate` is the one place the job parameter defaults live (the reproduction benchmark's settings for
-prompt alignment on partial labels: method ``prompt_alignment``, loss ``rc``, 50 epochs, batch 32, SGD lr 0.002,
-16 context tokens, seed 1). The stored job ``params`` are ``JobCreate.model_dump()``: every value explicit, so a
-job re-run later means the same thing even if these defaults change.
+:class:`JobCreate` holds the job parameters that do not depend on the method (batch 32, momentum 0.9, 16 context
+tokens, seed 1, ...); ``method="auto"`` and the per-method loss, epochs and lr left null are resolved by
+``app/job_defaults.py`` when the job is created. The stored job ``params`` are the resolved values: every value
+explicit, so a job re-run later means the same thing even if these defaults change.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validat
 METHODS = ("prompt_alignment", "coop", "zero_shot", "linear_probe")
 LOSSES = ("naive", "cc", "rc", "lws", "cavl", "plcr", "pico")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINISHED_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
 
@@ -88,8 +89,20 @@ class DatasetDetail(DatasetRead):
     updated_at: datetime
 
 
+def _next_cursor() -> Any:
+    """The keyset cursor that every list answer carries besides ``data``."""
+    return Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+def _total() -> Any:
+    """The count that every list answer carries: every row matching the filters, over all pages."""
+    return Field(description="How many rows match the filters, over every page.")
+
+
 class DatasetList(BaseModel):
     data: list[DatasetRead]
+    next_cursor: str | None = _next_cursor()
+    total: int = _total()
 
 
 class ItemsAdded(BaseModel):
@@ -124,13 +137,18 @@ class ItemRead(_Output):
 
 class ItemList(BaseModel):
     data: list[ItemRead]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+    next_cursor: str | None = _next_cursor()
+    total: int = _total()
 
 
 class ItemUpdate(_Input):
     """A reviewer's tag: one of the dataset's classes (see ``services.items.review_item``)."""
 
-    label: str = Field(min_length=1)
+    label: str = Field(min_length=1, description="One of the dataset's classes, exactly (no surrounding whitespace).")
+    add_to_candidates: bool = Field(
+        False,
+        description="Allow a tag outside the item's candidates and add it to them; without it such a tag is a 422.",
+    )
 
 
 # --- jobs -------------------------------------------------------------------------------------------------
@@ -206,7 +224,7 @@ class JobRead(BaseModel):
     id: str
     type: str
     dataset_id: str | None
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: JobStatus
     params: dict[str, Any]
     progress: ProgressRead
     metrics: dict[str, Any]
@@ -217,6 +235,12 @@ class JobRead(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     model_id: str | None
+
+
+class JobList(BaseModel):
+    data: list[JobRead]
+    next_cursor: str | None = _next_cursor()
+    total: int = _total()
 
 
 class JobEventRead(_Output):
@@ -250,6 +274,8 @@ class ModelRead(_Output):
 
 class ModelList(BaseModel):
     data: list[ModelRead]
+    next_cursor: str | None = _next_cursor()
+    total: int = _total()
 
 
 class ScoredLabel(BaseModel):

@@ -4,10 +4,12 @@ Pagination is keyset-based with an opaque cursor (base64url JSON of the last row
 stable while the worker writes labels. ``order=upload`` (default) sorts by upload order; ``order=margin`` sorts
 by margin ascending (the most doubtful first; unlabelled items, margin null, come last), ties by upload order.
 
-A reviewer's tag (``PATCH /items/{id}``) must be one of the dataset's classes (a tag outside them answers 422).
-It may lie outside the item's candidate set (the weak label was wrong): it is then added to the candidates so
-that the candidate set always contains the tag. The item becomes certain: ``label_source="reviewer"``,
-confidence 1, margin 1, ``needs_review`` false, and later jobs treat it as a single-candidate item.
+A reviewer's tag (``PATCH /items/{id}``) must be one of the dataset's classes (a tag outside them answers 422),
+exactly as stored (a tag with whitespace at its ends answers 422: it is never stripped silently). A tag outside the
+item's candidate set (the weak label was wrong) answers 422 too, unless the body asks for the widening explicitly
+with ``"add_to_candidates": true``: the tag is then added to the candidates, so that the candidate set always
+contains the tag. The item becomes certain: ``label_source="reviewer"``, confidence 1, margin 1, ``needs_review``
+false, and later jobs treat it as a single-candidate item.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from typing import Literal
 
 from sqlalchemy import and_, func, or_, select
@@ -31,6 +34,7 @@ from app.storage import BlobStore
 
 ItemOrder = Literal["upload", "margin"]
 _NO_MARGIN = 2.0  # sorts after every real margin (margins lie in [0, 1])
+MAX_SEQ = 2**63 - 1  # items.seq is a signed 64-bit integer: a larger cursor key is refused, not sent to the driver
 
 
 def image_url(item_id: str, settings: Settings) -> str:
@@ -67,9 +71,14 @@ def _decode_cursor(cursor: str, order: str) -> tuple[float | None, int]:
         data = json.loads(raw)
         if data["o"] != order:
             raise ValueError("order")
-        key = None if data["k"] is None else float(data["k"])
-        return key, int(data["s"])
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        key, seq = data["k"], data["s"]
+        # the keys are bound to SQL: a 64-bit sequence number and a finite margin, nothing a driver would refuse
+        if key is not None and (isinstance(key, bool) or not isinstance(key, (int, float)) or not math.isfinite(key)):
+            raise ValueError("k")
+        if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
+            raise ValueError("s")
+        return (None if key is None else float(key)), seq
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError):
         raise InvalidInput(
             "cursor: not a cursor from a previous page of this listing (with the same `order`)",
             errors=[FieldError(field="cursor", message="cursor: invalid or from another `order`")],
@@ -92,6 +101,7 @@ def list_items(
     stmt = select(Item).where(Item.dataset_id == dataset.id)
     if needs_review is not None:
         stmt = stmt.where(Item.needs_review == needs_review)
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
     if order == "margin":
         key = func.coalesce(Item.margin, _NO_MARGIN)
         if cursor:
@@ -110,7 +120,7 @@ def list_items(
         last = items[-1]
         k = (last.margin if last.margin is not None else _NO_MARGIN) if order == "margin" else None
         next_cursor = _encode_cursor(order, k, last.seq)
-    return ItemList(data=[item_read(i, settings) for i in items], next_cursor=next_cursor)
+    return ItemList(data=[item_read(i, settings) for i in items], next_cursor=next_cursor, total=total)
 
 
 def get_item(*, session: Session, owner: Owner, item_id: str) -> Item:
@@ -121,15 +131,20 @@ def get_item(*, session: Session, owner: Owner, item_id: str) -> Item:
 def review_item(*, session: Session, owner: Owner, item_id: str, item_in: ItemUpdate, settings: Settings) -> ItemRead:
     """A reviewer sets the tag (see the module docstring for the rules)."""
     item = get_item(session=session, owner=owner, item_id=item_id)
-    label = item_in.label.strip()
+    label = item_in.label
     classes = item.dataset.classes
-    if label not in classes:
-        raise InvalidInput(
-            f"label: {shorten(label)!r} is not one of the dataset's classes",
-            errors=[
-                FieldError(field="label", item=item.id, message=f"label: {shorten(label)!r} is not one of the classes")
-            ],
+    problem = None
+    if label != label.strip():
+        problem = f"label: {shorten(label)!r} has whitespace at its start or end (tags are never stripped)"
+    elif label not in classes:
+        problem = f"label: {shorten(label)!r} is not one of the dataset's classes"
+    elif label not in item.candidates and not item_in.add_to_candidates:
+        problem = (
+            f"label: {shorten(label)!r} is not among item {item.id}'s candidates "
+            f'({", ".join(map(repr, item.candidates))}); send "add_to_candidates": true to add it'
         )
+    if problem:
+        raise InvalidInput(problem, errors=[FieldError(field="label", item=item.id, message=problem)])
     if label not in item.candidates:
         item.candidates = [*item.candidates, label]
     item.label = label

@@ -23,9 +23,10 @@ from app.config import Settings
 from app.imaging import ImageInvalid, decode_image, open_image
 from app.models import Model, Owner
 from app.predictor import LoadedModel, ModelUnavailable, get_model_cache, scores
-from app.schemas import ModelRead, Prediction, PredictResponse, ScoredLabel
+from app.schemas import ModelList, ModelRead, Prediction, PredictResponse, ScoredLabel
 from app.services.items import get_item
 from app.services.lookup import get_owned
+from app.services.pages import keyset_page
 from app.storage import BlobStore
 from app.ttl_cache import TTLCache
 
@@ -56,9 +57,15 @@ def read_model(*, session: Session, owner: Owner, model_id: str, settings: Setti
     return model_read(get_model(session=session, owner=owner, model_id=model_id), settings)
 
 
-def list_models(*, session: Session, owner: Owner, settings: Settings) -> list[ModelRead]:
-    models = session.scalars(select(Model).where(Model.owner_id == owner.id).order_by(Model.created_at, Model.id))
-    return [model_read(m, settings) for m in models]
+def list_models(
+    *, session: Session, owner: Owner, settings: Settings, cursor: str | None, limit: int, dataset_id: str | None
+) -> ModelList:
+    """A page of the owner's models, oldest first (``app.services.pages``); ``dataset_id`` filters."""
+    stmt = select(Model).where(Model.owner_id == owner.id)
+    if dataset_id is not None:
+        stmt = stmt.where(Model.dataset_id == dataset_id)
+    page = keyset_page(session, stmt, Model, cursor=cursor, limit=limit)
+    return ModelList(data=[model_read(m, settings) for m in page.rows], next_cursor=page.next_cursor, total=page.total)
 
 
 def export_model(*, session: Session, storage: BlobStore, owner: Owner, model_id: str, settings: Settings) -> str:

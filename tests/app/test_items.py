@@ -80,9 +80,21 @@ def test_reviewer_label_makes_the_item_certain(alice: Api) -> None:
     assert body["label"] == "lynx" and body["label_source"] == "reviewer"
     assert body["confidence"] == 1.0 and body["margin"] == 1.0 and body["needs_review"] is False
     assert body["candidates"] == item["candidates"]
-    # A class outside the candidates is accepted and joins them; a tag outside the classes is refused.
+    # A class outside the candidates is refused unless the widening is asked for; then it joins them.
     r = alice.patch(f"/items/{ids[1]}", json={"label": "cat"})  # candidates ["lynx", "dog"]
+    assert r.status_code == 422 and r.json()["errors"][0] == {
+        "field": "label",
+        "item": ids[1],
+        "message": f"label: 'cat' is not among item {ids[1]}'s candidates ('lynx', 'dog'); send "
+        '"add_to_candidates": true to add it',
+    }
+    assert alice.get(f"/items/{ids[1]}").json()["candidates"] == ["lynx", "dog"]  # nothing changed
+    r = alice.patch(f"/items/{ids[1]}", json={"label": "cat", "add_to_candidates": True})
     assert r.status_code == 200 and r.json()["candidates"] == ["lynx", "dog", "cat"]
+    # Whitespace at the ends of a tag is refused, naming the field and the item, never stripped.
+    r = alice.patch(f"/items/{ids[2]}", json={"label": "\tdog"})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "label"
+    assert r.json()["errors"][0]["item"] == ids[2] and "whitespace" in r.json()["detail"]
     r = alice.patch(f"/items/{ids[2]}", json={"label": "wolf"})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "label"
     r = alice.patch(f"/items/{ids[2]}", json={"labl": "cat"})

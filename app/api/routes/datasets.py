@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from app.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
 from app.api.errors import FieldError, InvalidInput
 from app.api.openapi import BODY, COMMON, UPLOAD, problems
+from app.api.paging import CursorQuery, LimitQuery, page_limit
 from app.config import Settings, get_settings
 from app.schemas import DatasetCreate, DatasetCreated, DatasetDetail, DatasetList, ItemList, ItemsAdded
 from app.services import datasets as datasets_service
@@ -100,9 +101,13 @@ def create_dataset(
 
 
 @router.get("", response_model=DatasetList)
-def list_datasets(owner: OwnerDep, session: SessionDep) -> DatasetList:
-    """The owner's datasets, oldest first."""
-    return datasets_service.list_datasets(session=session, owner=owner)
+def list_datasets(
+    owner: OwnerDep, session: SessionDep, settings: SettingsDep, cursor: CursorQuery = None, limit: LimitQuery = None
+) -> DatasetList:
+    """A page of the owner's datasets, oldest first, with the `total` and the `next_cursor`."""
+    return datasets_service.list_datasets(
+        session=session, owner=owner, cursor=cursor, limit=page_limit(limit, settings)
+    )
 
 
 @router.get("/{dataset_id}", response_model=DatasetDetail, responses=NOT_FOUND)
@@ -145,15 +150,16 @@ def list_items(
     owner: OwnerDep,
     session: SessionDep,
     settings: SettingsDep,
-    cursor: Annotated[str | None, Query(max_length=500, description="`next_cursor` of the previous page.")] = None,
-    limit: Annotated[int | None, Query(ge=1, description="Page size (default and maximum in the settings).")] = None,
+    cursor: CursorQuery = None,
+    limit: LimitQuery = None,
     needs_review: Annotated[bool | None, Query(description="Only items that do (true) / do not (false).")] = None,
     order: Annotated[
         items_service.ItemOrder, Query(description="`upload` order, or `margin` ascending (most doubtful first).")
     ] = "upload",
 ) -> ItemList:
-    """A page of the dataset's items; `needs_review=true&order=margin` is the review queue."""
-    limit = min(limit or settings.page_limit_default, settings.page_limit_max)
+    """A page of the dataset's items, with the `total` matching the filter; `needs_review=true&order=margin` is
+    the review queue."""
+    limit = page_limit(limit, settings)
     return items_service.list_items(
         session=session,
         owner=owner,
@@ -173,6 +179,13 @@ def list_items(
         200: {
             "description": "the labels",
             "content": {"application/json": {}, "application/x-ndjson": {}, "text/csv": {}},
+            "headers": {
+                "Tagsift-Model-Id": {
+                    "description": "The newest model whose tags the export holds (absent when none does).",
+                    "schema": {"type": "string"},
+                },
+                "Tagsift-Job-Id": {"description": "That model's training job.", "schema": {"type": "string"}},
+            },
         },
     },
 )
@@ -182,14 +195,16 @@ def export_labels(
     session: SessionDep,
     format: Annotated[labels_service.LabelFormat, Query(description="json, jsonl or csv")] = "json",
 ) -> Response:
-    """Every item's disambiguated tag, confidence, margin and source.
+    """Every item's disambiguated tag, confidence, margin and source, and the model and job that set it.
+
+    JSON also names the export's models (`produced_by`, the newest as `model_id` / `job_id`); every format carries
+    the newest in the `Tagsift-Model-Id` / `Tagsift-Job-Id` headers.
 
     `json` and `jsonl` are verbatim; in `csv`, a text cell starting with `=`, `+`, `-`, `@`, tab or CR gets a
     leading `'` so that spreadsheets do not evaluate it (CSV injection)."""
-    body, media_type = labels_service.export_labels(session=session, owner=owner, dataset_id=dataset_id, fmt=format)
+    export = labels_service.export_labels(session=session, owner=owner, dataset_id=dataset_id, fmt=format)
     ext = {"json": "json", "jsonl": "jsonl", "csv": "csv"}[format]
-    return Response(
-        body,
-        media_type=media_type,
-        headers={"Content-Disposition": f'attachment; filename="labels-{dataset_id}.{ext}"'},
-    )
+    headers = {"Content-Disposition": f'attachment; filename="labels-{dataset_id}.{ext}"'}
+    if export.model_id:
+        headers |= {"Tagsift-Model-Id": export.model_id, "Tagsift-Job-Id": export.job_id or ""}
+    return Response(export.body, media_type=export.media_type, headers=headers)
