@@ -184,11 +184,10 @@ def list_jobs(
 ) -> JobList:
     """A page of the owner's jobs, oldest first (``app.services.pages``), filtered by dataset and status.
 
-    A ``dataset_id`` that is not the owner's (or no longer exists) matches no job: an empty page, not a 404, so
-    that the jobs of a deleted dataset are simply not listed under it."""
+    A ``dataset_id`` that is not the owner's (or does not exist) is a 404, like every other use of an id."""
     stmt = select(Job).where(Job.owner_id == owner.id)
     if dataset_id is not None:
-        stmt = stmt.where(Job.dataset_id == dataset_id)
+        stmt = stmt.where(Job.dataset_id == get_dataset(session=session, owner=owner, dataset_id=dataset_id).id)
     if status is not None:
         stmt = stmt.where(Job.status == status)
     page = keyset_page(session, stmt, Job, cursor=cursor, limit=limit)

@@ -65,6 +65,9 @@ def test_datasets_models_and_jobs_page_with_a_total(alice: Api, bob: Api) -> Non
     page = alice.get("/jobs", params={"limit": 1}).json()["data"][0]
     assert page == alice.get(f"/jobs/{queued['id']}").json()
     assert bob.get("/jobs").json()["total"] == 0
+    for url in ("/jobs", "/models"):  # another owner's dataset is not found, as everywhere
+        r = bob.get(url, params={"dataset_id": ds["id"]})
+        assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json", url
     r = alice.get("/jobs", params={"status": "done"})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "status"
 

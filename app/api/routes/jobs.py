@@ -76,7 +76,7 @@ def create_job(
     return job
 
 
-@router.get("/jobs", response_model=JobList)
+@router.get("/jobs", response_model=JobList, responses=problems({404: "no such dataset (or another owner's)"}))
 def list_jobs(
     owner: OwnerDep,
     session: SessionDep,

@@ -21,7 +21,7 @@ NOT_FOUND = problems({404: "no such model (or another owner's)"})
 PROBLEMS = {**NOT_FOUND, **problems({409: "the model's artifacts are missing"})}
 
 
-@router.get("", response_model=ModelList)
+@router.get("", response_model=ModelList, responses=problems({404: "no such dataset (or another owner's)"}))
 def list_models(
     owner: OwnerDep,
     session: SessionDep,
@@ -55,7 +55,8 @@ def get_model(model_id: str, owner: OwnerDep, session: SessionDep, settings: Set
 def export_model(
     model_id: str, owner: OwnerDep, session: SessionDep, storage: StorageDep, settings: SettingsDep
 ) -> FileResponse:
-    """A zip with model.onnx, classes.json, preprocess.json, model_card.md and model.json."""
+    """A zip with model.onnx, classes.json, preprocess.json (every preprocessing step), model_card.md,
+    model.json and predict.py (scores like /predict with onnxruntime, NumPy and Pillow only)."""
     path = models_service.export_model(
         session=session, storage=storage, owner=owner, model_id=model_id, settings=settings
     )
