@@ -23,6 +23,23 @@ FINISHED_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 #: JSON schema of a prompt template (the validators below check the same): the class name goes where "{}" is.
 TEMPLATE_SCHEMA = {"type": "string", "pattern": r"\{\}", "maxLength": 500}
 
+# What the services check on stored text, as JSON Schema patterns (ECMA-262 and Python read them alike: explicit
+# classes, no \s, whose meaning differs between the two): no control character (Unicode Cc) anywhere, and for a
+# tag no whitespace at either end (exactly what Python's str.strip() would remove, app.uploads.rules._tag_problem).
+_CONTROL = r"\x00-\x1f\x7f-\x9f"
+_SPACE = r"\x20\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+#: A tag (class name): 1 to 200 characters (``TAGSIFT_MAX_TAG_LENGTH``'s default and largest value).
+TAG_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 200,
+    "pattern": f"^[^{_CONTROL}{_SPACE}](?:[^{_CONTROL}]*[^{_CONTROL}{_SPACE}])?$",
+}
+#: Stored text without control characters (names).
+TEXT_PATTERN = f"^[^{_CONTROL}]*$"
+#: A dataset's prompt template: blank (none), or text with a "{}" and no control characters.
+DATASET_TEMPLATE_PATTERN = f"^[^{_CONTROL}]*\\{{\\}}[^{_CONTROL}]*$|^[{_SPACE}]*$"
+
 
 class _Input(BaseModel):
     """Request bodies: unknown fields and wrong JSON types are refused (strict: no "3" for 3, no 1 for true)."""
@@ -40,11 +57,14 @@ class _Output(BaseModel):
 class DatasetCreate(_Input):
     """JSON body of ``POST /datasets`` for an empty dataset (images come later via ``POST /datasets/{id}/items``)."""
 
-    name: str = Field(min_length=1, max_length=200)
-    classes: list[str] = Field(min_length=1, description="The tag vocabulary; item candidates must come from it.")
-    prompt_template: Annotated[str, WithJsonSchema({**TEMPLATE_SCHEMA, "pattern": r"\{\}|^\s*$"})] | None = Field(
-        None, max_length=500, description='e.g. "a photo of a {}." (blank: none)'
-    )
+    name: Annotated[str, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 200, "pattern": TEXT_PATTERN})]
+    classes: Annotated[
+        list[Annotated[str, WithJsonSchema(TAG_SCHEMA)]],
+        WithJsonSchema({"type": "array", "items": TAG_SCHEMA, "minItems": 1, "uniqueItems": True}),
+    ] = Field(description="The tag vocabulary, distinct tags; item candidates must come from it.")
+    prompt_template: (
+        Annotated[str, WithJsonSchema({"type": "string", "maxLength": 500, "pattern": DATASET_TEMPLATE_PATTERN})] | None
+    ) = Field(None, max_length=500, description='e.g. "a photo of a {}." (blank: none)')
 
     @field_validator("prompt_template")
     @classmethod

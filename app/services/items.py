@@ -1,8 +1,9 @@
 """Items: the review queue (cursor pagination), a reviewer's tag, and the image bytes.
 
-Pagination is keyset-based with an opaque cursor (base64url JSON of the last row's sort key), so pages stay
-stable while the worker writes labels. ``order=upload`` (default) sorts by upload order; ``order=margin`` sorts
-by margin ascending (the most doubtful first; unlabelled items, margin null, come last), ties by upload order.
+Pagination is keyset-based: the cursor is the last item's upload sequence number, so pages stay stable while the
+worker writes labels. ``order=upload`` (default) sorts by upload order; ``order=margin`` sorts by margin ascending
+(the most doubtful first; unlabelled items, margin null, come last), ties by upload order, and continues after the
+cursor item's current margin (a cursor naming no item of the dataset is a 404 there).
 
 A reviewer's tag (``PATCH /items/{id}``) must be one of the dataset's classes (a tag outside them answers 422),
 exactly as stored (a tag with whitespace at its ends answers 422: it is never stripped silently). A tag outside the
@@ -14,10 +15,6 @@ false, and later jobs treat it as a single-candidate item.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import math
 from typing import Literal
 
 from sqlalchemy import and_, func, or_, select
@@ -60,29 +57,14 @@ def item_read(item: Item, settings: Settings) -> ItemRead:
     )
 
 
-def _encode_cursor(order: str, key: float | None, seq: int) -> str:
-    raw = json.dumps({"o": order, "k": key, "s": seq}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str, order: str) -> tuple[float | None, int]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        data = json.loads(raw)
-        if data["o"] != order:
-            raise ValueError("order")
-        key, seq = data["k"], data["s"]
-        # the keys are bound to SQL: a 64-bit sequence number and a finite margin, nothing a driver would refuse
-        if key is not None and (isinstance(key, bool) or not isinstance(key, (int, float)) or not math.isfinite(key)):
-            raise ValueError("k")
-        if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
-            raise ValueError("s")
-        return (None if key is None else float(key)), seq
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError):
+def _decode_cursor(cursor: str) -> int:
+    """The upload sequence number of a cursor (the route's pattern checks its form); 422 naming ``cursor``."""
+    if not cursor.isdigit() or int(cursor) > MAX_SEQ:  # keys are bound to SQL: within a signed 64-bit integer
         raise InvalidInput(
-            "cursor: not a cursor from a previous page of this listing (with the same `order`)",
-            errors=[FieldError(field="cursor", message="cursor: invalid or from another `order`")],
-        ) from None
+            f"cursor: {shorten(cursor)!r} is not an item position (an upload sequence number below 2^63)",
+            errors=[FieldError(field="cursor", message="cursor: not a `next_cursor` of this listing")],
+        )
+    return int(cursor)
 
 
 def list_items(
@@ -105,21 +87,25 @@ def list_items(
     if order == "margin":
         key = func.coalesce(Item.margin, _NO_MARGIN)
         if cursor:
-            k, s = _decode_cursor(cursor, order)
+            s = _decode_cursor(cursor)
+            k = session.scalar(select(key).where(Item.dataset_id == dataset.id, Item.seq == s))
+            if k is None:
+                raise NotFound(
+                    f"cursor: dataset {dataset.id} has no item at position {s} to continue the margin order after",
+                    code="cursor_not_found",
+                    errors=[FieldError(field="cursor", message="cursor: no item at this position")],
+                )
             stmt = stmt.where(or_(key > k, and_(key == k, Item.seq > s)))
         stmt = stmt.order_by(key, Item.seq)
     else:
         if cursor:
-            _, s = _decode_cursor(cursor, order)
-            stmt = stmt.where(Item.seq > s)
+            stmt = stmt.where(Item.seq > _decode_cursor(cursor))
         stmt = stmt.order_by(Item.seq)
     items = list(session.scalars(stmt.limit(limit + 1)))
     next_cursor = None
     if len(items) > limit:
         items = items[:limit]
-        last = items[-1]
-        k = (last.margin if last.margin is not None else _NO_MARGIN) if order == "margin" else None
-        next_cursor = _encode_cursor(order, k, last.seq)
+        next_cursor = str(items[-1].seq)
     return ItemList(data=[item_read(i, settings) for i in items], next_cursor=next_cursor, total=total)
 
 

@@ -72,31 +72,46 @@ def test_datasets_models_and_jobs_page_with_a_total(alice: Api, bob: Api) -> Non
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "status"
 
 
-@pytest.mark.parametrize("url", ["/datasets", "/models", "/jobs", "ITEMS"])
-@pytest.mark.parametrize(
-    "cursor",
-    [
-        "garbage!",
-        _cursor({"t": "2026-01-01T00:00:00", "i": "x"}),  # no time zone
-        _cursor({"t": "not a time", "i": "x"}),
-        _cursor({"t": "2026-01-01T00:00:00+00:00", "i": 5}),
-        _cursor({"o": "upload", "k": None, "s": 2**63}),  # past the 64-bit key: was a 500 from the driver
-        _cursor({"o": "upload", "k": None, "s": 10**30}),
-        _cursor({"o": "upload", "k": None, "s": -1}),
-        _cursor({"o": "upload", "k": None, "s": "7"}),
-        _cursor({"o": "margin", "k": 1e400, "s": 1}),
-        _cursor({"o": "margin", "k": 10**400, "s": 1}),
-        _cursor([1, 2]),
-    ],
-)
-def test_a_hand_made_cursor_is_a_422_naming_the_cursor(alice: Api, url: str, cursor: str) -> None:
-    if url == "ITEMS":
-        url = f"/datasets/{alice.make_dataset(2)['id']}/items"
-    for order in ("upload", "margin") if "items" in url else ("",):
-        r = alice.get(url, params={"cursor": cursor, **({"order": order} if order else {})})
-        assert r.status_code == 422, (url, order, r.text)
-        assert r.headers["content-type"] == "application/problem+json"
-        assert [e["field"] for e in r.json()["errors"]] == ["cursor"]
+LIST_CURSORS = [
+    "garbage!",
+    "1_abc",  # not an id
+    "12345678901234567_" + "a" * 32,  # past the microseconds the pattern allows
+    "-1_" + "a" * 32,
+    "1_" + "A" * 32,
+    _cursor({"t": "2026-01-01T00:00:00+00:00", "i": "a" * 32}),  # the old opaque form
+]
+ITEM_CURSORS = [
+    str(2**63),  # past the 64-bit key: was a 500 from the database driver (OverflowError)
+    str(2**63 - 1),  # inside 64 bits but past the pattern's 18 digits
+    str(10**30),
+    "-1",
+    "007",
+    "1.5",
+    "garbage!",
+    _cursor({"o": "upload", "k": None, "s": 2**63}),  # the old opaque form with a key past 64 bits
+]
+
+
+@pytest.mark.parametrize("url", ["/datasets", "/models", "/jobs"])
+@pytest.mark.parametrize("cursor", LIST_CURSORS)
+def test_a_hand_made_list_cursor_is_a_422_naming_the_cursor(alice: Api, url: str, cursor: str) -> None:
+    r = alice.get(url, params={"cursor": cursor})
+    assert r.status_code == 422, (url, r.text)
+    assert r.headers["content-type"] == "application/problem+json"
+    assert [e["field"] for e in r.json()["errors"]] == ["cursor"]
+
+
+def test_a_hand_made_items_cursor_is_a_4xx_naming_the_cursor(alice: Api) -> None:
+    url = f"/datasets/{alice.make_dataset(2)['id']}/items"
+    for cursor in ITEM_CURSORS:
+        for order in ("upload", "margin"):
+            r = alice.get(url, params={"cursor": cursor, "order": order})
+            assert r.status_code == 422, (cursor, order, r.text)
+            assert r.headers["content-type"] == "application/problem+json"
+            assert [e["field"] for e in r.json()["errors"]] == ["cursor"]
+    # a position past every item is a valid, empty page (upload order); a well-formed position in any list too
+    assert alice.get(url, params={"cursor": str(10**18 - 1)}).json()["data"] == []
+    assert alice.get("/datasets", params={"cursor": f"{10**16 - 1}_{'f' * 32}"}).json()["data"] == []
 
 
 def test_items_page_with_the_total_of_the_filter(alice: Api) -> None:

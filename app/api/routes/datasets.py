@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from app.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
 from app.api.errors import FieldError, InvalidInput
 from app.api.openapi import BODY, COMMON, UPLOAD, problems
-from app.api.paging import CursorQuery, LimitQuery, page_limit
+from app.api.paging import CursorQuery, ItemCursorQuery, LimitQuery, page_limit
 from app.config import Settings, get_settings
 from app.schemas import DatasetCreate, DatasetCreated, DatasetDetail, DatasetList, ItemList, ItemsAdded
 from app.services import datasets as datasets_service
@@ -144,13 +144,17 @@ def add_items(
     )
 
 
-@router.get("/{dataset_id}/items", response_model=ItemList, responses=NOT_FOUND)
+@router.get(
+    "/{dataset_id}/items",
+    response_model=ItemList,
+    responses=problems({404: "no such dataset (or another owner's), or no item at the `cursor` (margin order)"}),
+)
 def list_items(
     dataset_id: str,
     owner: OwnerDep,
     session: SessionDep,
     settings: SettingsDep,
-    cursor: CursorQuery = None,
+    cursor: ItemCursorQuery = None,
     limit: LimitQuery = None,
     needs_review: Annotated[bool | None, Query(description="Only items that do (true) / do not (false).")] = None,
     order: Annotated[

@@ -15,6 +15,9 @@ from app.services import jobs as jobs_service
 
 router = APIRouter(tags=["jobs"], responses=COMMON)
 
+#: An Idempotency-Key: visible ASCII, spaces only inside (a header's ends are trimmed on the way anyway).
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$"
+
 #: Event ids are 64-bit signed integers in the database: a larger `after` is a 422, not a 500 from the driver.
 MAX_EVENT_ID = 2**63 - 1
 
@@ -58,7 +61,14 @@ def create_job(
     settings: SettingsDep,
     job_in: JobCreate | None = None,
     idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", description="Same key + same body: the same job.")
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=200,
+            pattern=IDEMPOTENCY_KEY_PATTERN,
+            description="Same key + same body: the same job. 1 to 200 visible ASCII characters (spaces inside).",
+        ),
     ] = None,
 ) -> JobRead:
     """Start a training job on the dataset (its defaults: ``app.job_defaults``)."""
