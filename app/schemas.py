@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
 METHODS = ("prompt_alignment", "coop", "zero_shot", "linear_probe")
 LOSSES = ("naive", "cc", "rc", "lws", "cavl", "plcr", "pico")
@@ -35,10 +35,20 @@ TAG_SCHEMA = {
     "maxLength": 200,
     "pattern": f"^[^{_CONTROL}{_SPACE}](?:[^{_CONTROL}]*[^{_CONTROL}{_SPACE}])?$",
 }
-#: Stored text without control characters (names).
-TEXT_PATTERN = f"^[^{_CONTROL}]*$"
+#: A name: no control characters, and something besides spaces.
+NAME_PATTERN = f"^[^{_CONTROL}]*[^{_CONTROL}{_SPACE}][^{_CONTROL}]*$"
 #: A dataset's prompt template: blank (none), or text with a "{}" and no control characters.
 DATASET_TEMPLATE_PATTERN = f"^[^{_CONTROL}]*\\{{\\}}[^{_CONTROL}]*$|^[{_SPACE}]*$"
+
+
+def _integral(value: Any) -> Any:
+    """JSON's 3.0 is the integer 3 (JSON Schema counts it as one): accepted for an integer field, 3.5 still not."""
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+#: An integer field of a request body: strict (no "3", no true), but 3.0 is 3, as the JSON Schema says. (An optional
+#: one spells it out with its bounds before the validator, or the bounds leave the JSON Schema as "ge"/"le".)
+JsonInt = Annotated[int, BeforeValidator(_integral)]
 
 
 class _Input(BaseModel):
@@ -57,11 +67,13 @@ class _Output(BaseModel):
 class DatasetCreate(_Input):
     """JSON body of ``POST /datasets`` for an empty dataset (images come later via ``POST /datasets/{id}/items``)."""
 
-    name: Annotated[str, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 200, "pattern": TEXT_PATTERN})]
+    name: Annotated[
+        str, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 200, "pattern": NAME_PATTERN})
+    ] = Field(min_length=1, max_length=200)
     classes: Annotated[
         list[Annotated[str, WithJsonSchema(TAG_SCHEMA)]],
         WithJsonSchema({"type": "array", "items": TAG_SCHEMA, "minItems": 1, "uniqueItems": True}),
-    ] = Field(description="The tag vocabulary, distinct tags; item candidates must come from it.")
+    ] = Field(min_length=1, description="The tag vocabulary, distinct tags; item candidates must come from it.")
     prompt_template: (
         Annotated[str, WithJsonSchema({"type": "string", "maxLength": 500, "pattern": DATASET_TEMPLATE_PATTERN})] | None
     ) = Field(None, max_length=500, description='e.g. "a photo of a {}." (blank: none)')
@@ -188,12 +200,14 @@ class JobCreate(_Input):
     loss: Literal["naive", "cc", "rc", "lws", "cavl", "plcr", "pico"] | None = Field(
         None, description="PLL loss; null: the best measured one for the method."
     )
-    epochs: int | None = Field(None, ge=1, le=1000, description="null: the measured default for the method.")
-    batch_size: int = Field(32, ge=1, le=4096)
+    epochs: Annotated[int, Field(ge=1, le=1000), BeforeValidator(_integral)] | None = Field(
+        None, description="null: the measured default for the method."
+    )
+    batch_size: JsonInt = Field(32, ge=1, le=4096)
     lr: float | None = Field(None, gt=0, le=100, description="SGD learning rate; null: the method's default.")
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0, le=1)
-    n_ctx: int = Field(16, ge=1, le=64)
+    n_ctx: JsonInt = Field(16, ge=1, le=64)
     ctx_init: str = Field("", max_length=200, description='"" = random init; else an init phrase ("a photo of a").')
     class_token_position: Literal["end", "middle", "front"] = "end"
     csc: bool = Field(False, description="Class-specific context.")
@@ -209,14 +223,16 @@ class JobCreate(_Input):
         None,
         description="Prune training candidate sets by neighbour voting in image-feature space; null: method default.",
     )
-    knn_k: int = Field(10, ge=1, le=200, description="Neighbours that vote (knn_vote).")
+    knn_k: JsonInt = Field(10, ge=1, le=200, description="Neighbours that vote (knn_vote).")
     knn_tau: float = Field(0.5, gt=0, le=1, description="Keep candidates with at least tau x the best vote.")
     handcrafted_mix: float | None = Field(
         None, ge=0, le=1, description="Weight of the handcrafted (zero-shot) classifier mixed in; null: default."
     )
-    shots: int | None = Field(None, ge=1, le=100_000)
-    views: int | None = Field(None, ge=1, le=64, description="Augmented views per image; null: the server default.")
-    seed: int = Field(1, ge=0, le=2**31 - 1)
+    shots: Annotated[int, Field(ge=1, le=100_000), BeforeValidator(_integral)] | None = None
+    views: Annotated[int, Field(ge=1, le=64), BeforeValidator(_integral)] | None = Field(
+        None, description="Augmented views per image; null: the server default."
+    )
+    seed: JsonInt = Field(1, ge=0, le=2**31 - 1)
     precision: Literal["fp32", "amp"] = "fp32"
 
     @field_validator("templates")

@@ -57,6 +57,8 @@ def create_empty_dataset(
 ) -> DatasetRead:
     """``POST /datasets`` with JSON: a dataset with classes and no items."""
     errors = FieldErrors()
+    if not dataset_in.name.strip():
+        errors.append(_name_error())
     for field, value in (("name", dataset_in.name), ("prompt_template", dataset_in.prompt_template or "")):
         problem = control_char_problem(value)
         if problem:
@@ -86,8 +88,8 @@ def create_dataset_from_upload(
         field_errors.append(
             _field("prompt_template", 'prompt_template: needs a "{}" where the class name goes, at most 500 characters')
         )
-    for field, value in (("name", name), ("prompt_template", prompt or "")):
-        problem = control_char_problem(value)
+    for field, value in (("name", raw.name or ""), ("prompt_template", raw.prompt_template or "")):
+        problem = control_char_problem(value)  # in the value as sent: a newline at the end is refused, not trimmed
         if problem:
             field_errors.append(_field(field, f"{field}: {problem}"))
     try:

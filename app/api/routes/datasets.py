@@ -9,10 +9,20 @@ from pydantic import ValidationError
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
 from app.api.errors import FieldError, InvalidInput
-from app.api.openapi import BODY, COMMON, UPLOAD, problems
+from app.api.openapi import BODY, COMMON, IMAGE_TYPES, UPLOAD, problems
 from app.api.paging import CursorQuery, ItemCursorQuery, LimitQuery, page_limit
 from app.config import Settings, get_settings
-from app.schemas import DatasetCreate, DatasetCreated, DatasetDetail, DatasetList, ItemList, ItemsAdded
+from app.schemas import (
+    DATASET_TEMPLATE_PATTERN,
+    NAME_PATTERN,
+    TAG_SCHEMA,
+    DatasetCreate,
+    DatasetCreated,
+    DatasetDetail,
+    DatasetList,
+    ItemList,
+    ItemsAdded,
+)
 from app.services import datasets as datasets_service
 from app.services import items as items_service
 from app.services import labels as labels_service
@@ -20,35 +30,67 @@ from app.uploads import RawUpload, read_multipart, require_multipart
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses=COMMON)
 
+#: A JSON list of tags inside a form field (``classes``): its content, stated with JSON Schema's content keywords.
+CLASSES_FIELD = {
+    "type": "string",
+    "contentMediaType": "application/json",
+    "contentSchema": {"type": "array", "items": TAG_SCHEMA, "uniqueItems": True},
+    "description": 'JSON list of distinct tags, e.g. ["cat", "lynx"]. With an upload to an existing dataset, tags '
+    "that are not classes yet are added to its classes (after the existing ones, in the order given).",
+}
 UPLOAD_FIELDS = {
     "type": "object",
+    "additionalProperties": False,  # an unknown form field is a 422 naming it
     "properties": {
-        "name": {"type": "string", "description": "Dataset name (create only)."},
-        "classes": {"type": "string", "description": 'JSON list of tags, e.g. ["cat", "lynx"].'},
-        "prompt_template": {"type": "string", "description": 'e.g. "a photo of a {}." (create only)'},
+        "classes": CLASSES_FIELD,
         "manifest": {
             "type": "string",
             "format": "binary",
-            "description": 'JSONL {"file", "candidates", "label"?} or CSV file,candidates[,label] ("|").',
+            "description": 'JSONL lines {"file", "candidates", "label"?} or CSV with a header file,candidates[,label] '
+            '(candidates joined by "|"); "label" is a known tag, one of the candidates. See docs/api.md.',
         },
         "images": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1},
-        "archive": {"type": "string", "format": "binary", "description": "One zip of the images."},
+        "archive": {
+            "type": "string",
+            "format": "binary",
+            "description": "One zip of the images; it may hold the manifest too (manifest.jsonl / manifest.csv).",
+        },
     },
 }
+#: The file parts' media types (OpenAPI ``encoding``): images and a zip (a manifest is JSONL or CSV text, told
+#: apart by its file name or first line).
+UPLOAD_ENCODING = {"images": {"contentType": IMAGE_TYPES}, "archive": {"contentType": "application/zip"}}
 UPLOAD_BODY = {
     "required": True,
     "content": {
         "multipart/form-data": {
             # a manifest with `images`, or an `archive` (whose manifest may be inside it)
-            "schema": {**UPLOAD_FIELDS, "anyOf": [{"required": ["manifest", "images"]}, {"required": ["archive"]}]}
+            "schema": {**UPLOAD_FIELDS, "anyOf": [{"required": ["manifest", "images"]}, {"required": ["archive"]}]},
+            "encoding": UPLOAD_ENCODING,
         }
     },
+}
+CREATE_FIELDS = {
+    **UPLOAD_FIELDS,
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": NAME_PATTERN},
+        **UPLOAD_FIELDS["properties"],
+        "prompt_template": {
+            "type": "string",
+            "maxLength": 500,
+            "pattern": DATASET_TEMPLATE_PATTERN,
+            "description": 'e.g. "a photo of a {}." (blank: none)',
+        },
+    },
+    "required": ["name"],
+    # classes come from `classes` or from the manifest's candidates
+    "anyOf": [{"required": ["classes"]}, {"required": ["manifest"]}, {"required": ["archive"]}],
 }
 CREATE_BODY = {
     "required": True,
     "content": {
         "application/json": {"schema": DatasetCreate.model_json_schema()},
-        "multipart/form-data": {"schema": {**UPLOAD_FIELDS, "required": ["name"]}},
+        "multipart/form-data": {"schema": CREATE_FIELDS, "encoding": UPLOAD_ENCODING},
     },
 }
 NOT_FOUND = problems({404: "no such dataset (or another owner's)"})
