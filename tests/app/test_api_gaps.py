@@ -212,3 +212,45 @@ def test_inferred_classes_are_sorted_and_classes_can_be_added_with_items(alice: 
         f"/datasets/{ds['id']}/items", [{"file": "d.png", "candidates": ["emu"]}], {"d.png": image_bytes(4)}
     )
     assert r.status_code == 422 and r.json()["errors"][0]["item"] == "d.png"
+
+
+def test_the_openapi_document_states_what_the_validation_checks(alice: Api) -> None:
+    """The contract failures schemathesis found (issue 16): each constraint the server enforces is in the schema,
+    and a request the schema refuses is refused (tests/app/test_fuzz.py runs every check on every route)."""
+    doc = alice.client.app.openapi()
+    create = doc["paths"]["/datasets"]["post"]["requestBody"]["content"]
+    tag = create["application/json"]["schema"]["properties"]["classes"]["items"]
+    assert tag["minLength"] == 1 and tag["maxLength"] == 200 and "pattern" in tag
+    r = alice.post("/datasets", json={"name": "x", "classes": [""]})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "classes"
+    assert create["multipart/form-data"]["encoding"]["archive"]["contentType"] == "application/zip"
+    predict = doc["paths"]["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert predict["properties"]["model_id"]["minLength"] == 1 and predict["additionalProperties"] is False
+    (key,) = [p for p in doc["paths"]["/datasets/{dataset_id}/jobs"]["post"]["parameters"] if p["in"] == "header"]
+    assert key["name"] == "Idempotency-Key" and key["schema"]["anyOf"][0]["maxLength"] == 200
+
+    ds = alice.make_dataset(2)
+    for bad in ("k" * 201, " padded "):
+        r = alice.post(f"/datasets/{ds['id']}/jobs", json={}, headers={"Idempotency-Key": bad})
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == "Idempotency-Key", bad
+    try:  # JSON's 3.0 is the integer 3 (JSON Schema agrees); 3.5 and "3" are not
+        ok = alice.post(f"/datasets/{ds['id']}/jobs", json={"epochs": 3.0, "method": "zero_shot"})
+        assert ok.status_code == 202 and ok.json()["params"]["epochs"] == 3, ok.text
+    finally:
+        _drop_queue(alice.settings.broker_url, alice.settings.queue)
+    assert alice.post(f"/datasets/{ds['id']}/jobs", json={"epochs": 3.5}).status_code == 422
+
+    # a 405 names every method of the path, not only those of the first route that matched it
+    for method, url, allow in [
+        ("PUT", "/datasets", "GET, POST"),
+        ("PUT", f"/datasets/{ds['id']}", "DELETE, GET"),
+        ("DELETE", "/predict", "GET, POST"),
+        ("PUT", "/items/x", "GET, PATCH"),
+    ]:
+        r = alice.client.request(method, url, headers=alice.headers)
+        assert r.status_code == 405 and r.headers["allow"] == allow, (method, url, r.headers.get("allow"))
+
+    # links lead from a response to the operations that take its ids (the stateful phase follows them)
+    links = doc["paths"]["/datasets"]["post"]["responses"]["201"]["links"]
+    get_dataset = doc["paths"]["/datasets/{dataset_id}"]["get"]["operationId"]
+    assert links["GetDataset"] == {"operationId": get_dataset, "parameters": {"path.dataset_id": "$response.body#/id"}}
