@@ -89,7 +89,7 @@ CHECKS = [
     positive_data_acceptance_beyond_content,
 ]
 EXAMPLES_PER_OPERATION = 40
-STATEFUL_EXAMPLES = 30
+STATEFUL_EXAMPLES = 80
 TAGS = CLASSES
 
 
