@@ -9,6 +9,7 @@ from sqlalchemy import text
 from app import queue
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimitMiddleware
+from app.api.openapi import add_links
 from app.api.routes import datasets, items, jobs, models, predict
 from app.db import get_engine
 
@@ -38,6 +39,8 @@ def create_app() -> FastAPI:
 
     for module in (datasets, items, jobs, models, predict):
         api.include_router(module.router)
+    generate = api.openapi
+    api.openapi = lambda: add_links(generate())  # type: ignore[method-assign]  # FastAPI caches the document
     return api
 
 
