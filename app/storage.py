@@ -327,7 +327,7 @@ class S3BlobStore:
             with self._lock:
                 client = self._clients.get(pid)
                 if client is None:
-                    client = _client(self.endpoint_url, attempts=4, connect_timeout=5, read_timeout=60)
+                    client = _client(self.endpoint_url, attempts=3, connect_timeout=5, read_timeout=60)
                     self._clients = {pid: client}  # a forked child drops its parent's client
         return client
 
