@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 #: Parallel requests of one batch call (put_many, fetch, download_many) to an object store.
 S3_PARALLEL = 16
 
+#: Files at least this large are uploaded in parts (boto3's transfer manager); smaller ones in one PUT.
+MULTIPART_BYTES = 8 * 1024 * 1024
+
 #: Files used this recently are never evicted from the local cache (another job on this machine may be reading them).
 CACHE_GRACE_SECONDS = 600.0
 
@@ -397,10 +400,19 @@ class S3BlobStore:
     def put_many(self, datas: Sequence[bytes]) -> list[str]:
         return self._map(self.put, datas)
 
+    def _send(self, path: Path, key: str) -> None:
+        """Upload a local file: one PUT when small, boto3's multipart transfer when large (model files)."""
+        client = self._s3()
+        if path.stat().st_size < MULTIPART_BYTES:
+            with open(path, "rb") as f:
+                client.put_object(Bucket=self.bucket, Key=self._key(key), Body=f)
+        else:
+            client.upload_file(str(path), self.bucket, self._key(key))
+
     def put_file(self, path: Path) -> str:
         sha = sha256_file(path)
         with self._errors(f"storing blob {sha}"):
-            self._s3().upload_file(str(path), self.bucket, self._key(blob_key(sha)))
+            self._send(path, blob_key(sha))
         return sha
 
     def get(self, sha: str) -> bytes:
@@ -475,7 +487,7 @@ class S3BlobStore:
 
     def upload(self, key: str) -> None:
         with self._errors(f"storing {key}"):
-            self._s3().upload_file(str(self.local(key)), self.bucket, self._key(_check_key(key)))
+            self._send(self.local(key), _check_key(key))
 
     def delete_prefix(self, prefix: str) -> None:
         _check_key(prefix.rstrip("/"))
