@@ -63,6 +63,7 @@ class JobFiles:
         self.job_id = job_id
         self.patience = patience
         self.pinned: list[Path] = []
+        self.features: StoreFeatureCache | None = None
 
     def images(self, shas: Sequence[str]) -> list[Path]:
         """Local files of the job's images (downloaded in parallel into the cache for an object store)."""
@@ -114,7 +115,14 @@ class JobFiles:
             log.info(
                 "job %s: %d of %d feature views found in %s", self.job_id, found, len(keys), self.storage.describe()
             )
+        self.features = cache
         return cache
+
+    def flush_features(self) -> None:
+        """Wait until the features encoded so far are in the store (before training: a re-run elsewhere skips the
+        encoding even if this run dies in the first epoch)."""
+        if self.features is not None:
+            self.features.flush()
 
     def remove(self) -> None:
         """The job is over (succeeded, failed, cancelled): its checkpoint goes, here and in the store."""

@@ -248,8 +248,13 @@ def _callbacks(run: JobRun, files: JobFiles):
         event = {"action": "discarded", "reason": STALE_CHECKPOINT_REASON, "detail": detail[:500]}
         run.write(("checkpoint", event), epoch=0, fraction=lo)
 
+    def on_stage(name: str, data: dict) -> None:
+        if name == "training":
+            files.flush_features()
+        run.stage(name, **data)
+
     return Callbacks(
-        stage=lambda name, data: run.stage(name, **data),
+        stage=on_stage,
         progress=lambda stage, done: run.within(stage, done),
         epoch=on_epoch,
         checkpoint_discarded=on_checkpoint_discarded,

@@ -145,6 +145,9 @@ def test_a_job_killed_on_one_worker_resumes_on_another_and_the_api_serves_the_mo
         assert not (host2.dir / "var" / "blobs").exists()  # worker 2 read the images from the store's cache...
         assert list((host2.dir / "var" / "cache" / "blobs").rglob("*"))  # ...downloaded into its own folder
         assert ckpt_key not in s3_server.keys(bucket, f"{prefix}/jobs/")  # the finished job's checkpoint is gone
+        # worker 1 stored every feature view it encoded; worker 2 found them all in the store (encoded nothing)
+        assert len(s3_server.keys(bucket, f"{prefix}/features/")) == 24 * PARAMS["views"]
+        assert f"48 of 48 feature views found in s3://{bucket}/{prefix}" in worker2.log()
         with session_scope() as session:
             labels = session.scalars(select(Item.label).where(Item.dataset_id == dataset["id"])).all()
         assert len(labels) == 24 and all(label in CLASSES for label in labels)
