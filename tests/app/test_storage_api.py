@@ -39,8 +39,12 @@ def test_uploads_go_to_the_object_store_and_a_store_outage_is_a_503_with_nothing
         assert len([k for k in own_s3.keys(bucket, f"{prefix}/blobs/")]) == 3
         assert not [p for p in _files(prod_env.data_dir) if "blobs" in p.parts]  # nothing on the API's disk
 
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["checks"]["storage"] is True
         before = _counts()
         own_s3.stop(kill=True)
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["storage"] is False
         rows = [{"file": "new.png", "candidates": ["cat", "dog"]}]
         for url in ("/datasets", f"/datasets/{ds['id']}/items"):
             extra = (
