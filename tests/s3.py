@@ -81,6 +81,8 @@ class SeaweedS3:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-master.telemetry=false",
+            f"-filer.localSocket={self.folder / 'tmp' / 'filer.sock'}",
+            f"-s3.localSocket={self.folder / 'tmp' / 's3.sock'}",
         ]
 
     def client(self):
@@ -113,7 +115,9 @@ class SeaweedS3:
 
     def start(self) -> None:
         (self.folder / "data").mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.env}
+        (self.folder / "tmp").mkdir(exist_ok=True)
+        # its unix sockets go to TMPDIR (default /tmp, where they would stay): keep them in its own folder
+        env = {**os.environ, **self.env, "TMPDIR": str(self.folder / "tmp")}
         self.log = (self.folder / "weed.log").open("ab")
         self.proc = subprocess.Popen(
             self._args(), env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
@@ -156,3 +160,6 @@ class SeaweedS3:
     def close(self) -> None:
         self.stop(kill=True)
         shutil.rmtree(self.folder, ignore_errors=True)
+        for port in self.ports.values():  # its gRPC sockets, always made in /tmp and named by port
+            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                sock.unlink(missing_ok=True)
