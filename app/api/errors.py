@@ -26,6 +26,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.storage import StorageError
+
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
@@ -225,6 +227,19 @@ def install_error_handlers(app: FastAPI) -> None:
             status=503,
             code="database_unavailable",
             detail="the database is unavailable; retry later",
+            headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(StorageError)
+    async def _storage_down(request: Request, exc: StorageError) -> JSONResponse:
+        # the store failed before the request's rows were committed: nothing of it is stored (blobs already
+        # written are content-addressed and reused by the retry)
+        log.warning("object store unavailable during %s %s: %s", request.method, request.url.path, exc)
+        return problem_response(
+            request,
+            status=503,
+            code="storage_unavailable",
+            detail="the object store is unavailable; nothing was stored, retry later",
             headers={"Retry-After": "5"},
         )
 

@@ -157,11 +157,12 @@ def _store_items(
         existing.update({sha: item_id for sha, item_id in rows})
     seq = session.scalar(select(func.max(Item.seq)).where(Item.dataset_id == dataset.id)) or 0
     new_items: list[Item] = []
+    # blobs first (in parallel for an object store); a store failure raises before any row is added
+    storage.put_many([it.data for it in batch.items if it.sha256 not in existing])
     for it in batch.items:
         if it.sha256 in existing:
             duplicates.append(DuplicateRead(file=it.file, sha256=it.sha256, duplicate_of=existing[it.sha256]))
             continue
-        storage.put(it.data)
         seq += 1
         new_items.append(
             Item(
@@ -183,9 +184,8 @@ def _store_items(
         session.rollback()
         raise Conflict("a concurrent upload stored some of these images first; retry the request") from None
     # A concurrent dataset delete may have collected a blob we share between put() and commit: put it back.
-    for it in batch.items:
-        if it.sha256 not in existing and not storage.exists(it.sha256):
-            storage.put(it.data)
+    gone = storage.missing(it.sha256 for it in batch.items if it.sha256 not in existing)
+    storage.put_many([it.data for it in batch.items if it.sha256 in gone])
     return [item.id for item in new_items], duplicates
 
 
