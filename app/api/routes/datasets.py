@@ -28,7 +28,14 @@ UPLOAD_FIELDS = {
         "manifest": {
             "type": "string",
             "format": "binary",
-            "description": 'JSONL {"file", "candidates", "label"?} or CSV file,candidates[,label] ("|").',
+            "description": 'JSONL {"file", "candidates", "label"?}, CSV file,candidates[,label] ("|") or a Label '
+            "Studio JSON export (a list of tasks; docs/integrations.md).",
+        },
+        "manifest_format": {
+            "type": "string",
+            "enum": ["auto", "jsonl", "csv", "label-studio"],
+            "default": "auto",
+            "description": "auto: a manifest starting with `[` is a Label Studio export, else by file name / content.",
         },
         "images": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1},
         "archive": {"type": "string", "format": "binary", "description": "One zip of the images."},
