@@ -121,7 +121,13 @@ def get_item(*, session: Session, owner: Owner, item_id: str) -> Item:
 def review_item(*, session: Session, owner: Owner, item_id: str, item_in: ItemUpdate, settings: Settings) -> ItemRead:
     """A reviewer sets the tag (see the module docstring for the rules)."""
     item = get_item(session=session, owner=owner, item_id=item_id)
-    label = item_in.label.strip()
+    set_reviewer_label(item, item_in.label.strip())
+    session.commit()
+    return item_read(item, settings)
+
+
+def set_reviewer_label(item: Item, label: str) -> None:
+    """The one write of a reviewer's tag (``PATCH /items/{id}``, Label Studio annotations); the caller commits."""
     classes = item.dataset.classes
     if label not in classes:
         raise InvalidInput(
@@ -139,8 +145,6 @@ def review_item(*, session: Session, owner: Owner, item_id: str, item_in: ItemUp
     item.needs_review = False
     item.model_id = None
     item.updated_at = utcnow()
-    session.commit()
-    return item_read(item, settings)
 
 
 def read_item(*, session: Session, owner: Owner, item_id: str, settings: Settings) -> ItemRead:

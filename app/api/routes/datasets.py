@@ -14,6 +14,7 @@ from app.config import Settings, get_settings
 from app.schemas import DatasetCreate, DatasetCreated, DatasetDetail, DatasetList, ItemList, ItemsAdded
 from app.services import datasets as datasets_service
 from app.services import items as items_service
+from app.services import label_studio as label_studio_service
 from app.services import labels as labels_service
 from app.uploads import RawUpload, read_multipart, require_multipart
 
@@ -187,14 +188,28 @@ def export_labels(
     dataset_id: str,
     owner: OwnerDep,
     session: SessionDep,
-    format: Annotated[labels_service.LabelFormat, Query(description="json, jsonl or csv")] = "json",
+    settings: SettingsDep,
+    format: Annotated[labels_service.LabelFormat, Query(description="json, jsonl, csv or label-studio")] = "json",
+    from_name: Annotated[
+        str, Query(min_length=1, max_length=200, description="label-studio: the project's <Choices name>.")
+    ] = "choice",
+    to_name: Annotated[
+        str, Query(min_length=1, max_length=200, description="label-studio: the project's <Image name>.")
+    ] = "image",
 ) -> Response:
     """Every item's disambiguated tag, confidence, margin and source.
 
     `json` and `jsonl` are verbatim; in `csv`, a text cell starting with `=`, `+`, `-`, `@`, tab or CR gets a
-    leading `'` so that spreadsheets do not evaluate it (CSV injection)."""
-    body, media_type = labels_service.export_labels(session=session, owner=owner, dataset_id=dataset_id, fmt=format)
-    ext = {"json": "json", "jsonl": "jsonl", "csv": "csv"}[format]
+    leading `'` so that spreadsheets do not evaluate it (CSV injection). `label-studio`: a JSON list of Label
+    Studio tasks to import, a model's tag as a prediction, a reviewer's as an annotation (docs/integrations.md)."""
+    if format == "label-studio":
+        body = label_studio_service.export_tasks(
+            session=session, owner=owner, dataset_id=dataset_id, settings=settings, from_name=from_name, to_name=to_name
+        )
+        media_type = "application/json"
+    else:
+        body, media_type = labels_service.export_labels(session=session, owner=owner, dataset_id=dataset_id, fmt=format)
+    ext = {"json": "json", "jsonl": "jsonl", "csv": "csv", "label-studio": "label-studio.json"}[format]
     return Response(
         body,
         media_type=media_type,
