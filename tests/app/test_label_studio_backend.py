@@ -155,7 +155,8 @@ def test_export_label_studio_tasks(alice: Api, backend: dict) -> None:
     with session_scope() as session:
         red = session.scalar(select(Item).where(Item.dataset_id == ds["id"], Item.file == "red.png"))
         red.label, red.confidence, red.margin, red.label_source, red.model_id = "cat", 0.9, 0.8, "model", model_id
-    green_id = next(i["id"] for i in alice.get(f"/datasets/{ds['id']}/items").json()["data"] if i["file"] == "green.png")
+    listing = alice.get(f"/datasets/{ds['id']}/items").json()["data"]
+    green_id = next(i["id"] for i in listing if i["file"] == "green.png")
     assert alice.patch(f"/items/{green_id}", json={"label": "lynx"}).status_code == 200
 
     r = alice.get(f"/datasets/{ds['id']}/labels", params={"format": "label-studio"})
