@@ -98,7 +98,7 @@ class LabelStudio:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
 
-    def wait_ready(self, timeout: float = 150) -> None:
+    def wait_ready(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
