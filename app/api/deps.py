@@ -104,14 +104,19 @@ async def get_owner_basic_or_bearer(request: Request, settings: SettingsDep) -> 
             key = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2]
         except (binascii.Error, UnicodeDecodeError):
             key = ""
+    challenge = {"WWW-Authenticate": 'Basic realm="tagsift", Bearer'}
     if not key:
         raise ApiError(
             "missing API key: send HTTP Basic auth with the API key as the password, or 'Authorization: Bearer <key>'",
             status=401,
             code="unauthorized",
-            headers={"WWW-Authenticate": 'Basic realm="tagsift", Bearer'},
+            headers=challenge,
         )
-    return await owner_for(key, settings)
+    try:
+        return await owner_for(key, settings)
+    except Unauthorized as exc:
+        exc.headers = challenge
+        raise
 
 
 BasicOrBearerOwnerDep = Annotated[Owner, Depends(get_owner_basic_or_bearer)]

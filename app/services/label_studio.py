@@ -73,7 +73,7 @@ def parse_label_config(config: object, *, field: str) -> ChoicesControl:
         raise _invalid(field, f"{field}: the labeling config is over {MAX_LABEL_CONFIG} characters")
     try:
         root = ET.fromstring(config)
-    except ET.ParseError as exc:
+    except (ET.ParseError, ValueError) as exc:
         raise _invalid(field, f"{field}: the labeling config is not valid XML ({exc})") from None
     control = next((el for el in root.iter("Choices")), None)
     if control is None or not control.get("name") or not control.get("toName"):

@@ -81,7 +81,11 @@ async def predict(
 @router.post(
     "/webhook",
     status_code=201,
-    responses={**NOT_FOUND, **BODY, 200: {"description": "an event tagsift does not use (ignored, with the reason)"}},
+    responses={
+        **problems({404: "no such dataset (or another owner's)", 409: "START_TRAINING: the dataset cannot train"}),
+        **BODY,
+        200: {"description": "an event tagsift does not use (ignored, with the reason)"},
+    },
     openapi_extra={"requestBody": JSON_BODY},
 )
 async def webhook(dataset_id: str, owner: BasicOrBearerOwnerDep, settings: SettingsDep, body: JsonBody) -> JSONResponse:
