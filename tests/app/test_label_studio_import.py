@@ -168,3 +168,26 @@ def test_unknown_manifest_format_is_named(alice: Api) -> None:
     r = _post(alice, "/datasets", EXPORT, _images(), name="x", manifest_format="coco")
     assert r.status_code == 422
     assert any(e["field"] == "manifest_format" for e in r.json()["errors"])
+
+
+def test_skipped_task_needs_no_image(alice: Api) -> None:
+    r = _post(alice, "/datasets", EXPORT, _images(skip=(3,)), name="no-skipped-image")
+    assert r.status_code == 201, r.text
+    assert r.json()["added"] == 5 and r.json()["skipped"] == ["task 4"]
+
+
+@pytest.mark.parametrize(
+    ("ref", "names"),
+    [
+        ("/data/upload/1/a59aaddb-img0.png", ["a59aaddb-img0.png", "img0.png"]),
+        ("/data/local-files/?d=photos/cat%201.jpg", ["cat 1.jpg"]),
+        ("s3://bucket/pets/Cat.JPG", ["Cat.JPG"]),
+        ("https://example.com/x/0123abcd-dog.png?token=1", ["0123abcd-dog.png", "dog.png"]),
+        ("dog.png", ["dog.png"]),
+        ("/data/upload/1/ABCDEF12-up.png", ["ABCDEF12-up.png"]),  # Label Studio's prefix is lower-case hex
+    ],
+)
+def test_image_names(ref: str, names: list[str]) -> None:
+    from app.uploads.label_studio import image_names
+
+    assert image_names(ref) == names
