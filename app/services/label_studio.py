@@ -310,6 +310,11 @@ def webhook(*, session: Session, owner: Owner, dataset_id: str, body: dict, sett
     """(status, body): an annotation becomes the matching item's reviewer tag; START_TRAINING starts a job."""
     dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
     action = body.get("action")
+    if not isinstance(action, str):
+        raise _invalid("action", "action: the event's name (a string) is required")
+    for key in ("annotation", "task", "project"):
+        if key in body and not isinstance(body[key], dict):
+            raise _invalid(key, f"{key}: must be an object")
     if action == "START_TRAINING":
         job, _ = jobs_service.create_job(
             session=session,

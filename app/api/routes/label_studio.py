@@ -30,7 +30,43 @@ PREDICT_PROBLEMS = problems(
         422: "a task's image is missing, unreadable or not allowed to be fetched (each task named in `errors`)",
     }
 )
-JSON_BODY = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+
+
+def _body(properties: dict[str, Any], description: str) -> dict[str, Any]:
+    """A JSON-object request body as Label Studio sends it (other keys are allowed and ignored)."""
+    schema = {"type": "object", "description": description, "properties": properties}
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+_CONFIG = {"type": "string", "description": "The project's labeling config (XML) with a <Choices> on an <Image>."}
+SETUP_BODY = _body(
+    {
+        "project": {"type": "string", "description": "<project id>.<created timestamp>"},
+        "schema": _CONFIG,
+        "hostname": {"type": "string", "description": "Label Studio's base URL."},
+        "access_token": {"type": "string", "description": "Its API token (used to read task images)."},
+        "extra_params": {"description": "Ignored."},
+    },
+    "Label Studio's /setup request.",
+)
+PREDICT_BODY = _body(
+    {
+        "tasks": {"type": "array", "items": {"type": "object"}, "description": "Label Studio tasks (`data.image`)."},
+        "label_config": _CONFIG,
+        "project": {"type": "string"},
+        "params": {"description": "Ignored."},
+    },
+    "Label Studio's /predict request.",
+)
+WEBHOOK_BODY = _body(
+    {
+        "action": {"type": "string", "description": "ANNOTATION_CREATED, ANNOTATION_UPDATED, START_TRAINING, ..."},
+        "annotation": {"type": "object"},
+        "task": {"type": "object"},
+        "project": {"type": "object"},
+    },
+    "A Label Studio webhook event.",
+)
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
@@ -54,7 +90,7 @@ async def health(dataset_id: str, owner: BasicOrBearerOwnerDep) -> dict:
     return await run_in_threadpool(_in_session, ls_service.health, owner=owner, dataset_id=dataset_id)
 
 
-@router.post("/setup", responses={**NOT_FOUND, **BODY}, openapi_extra={"requestBody": JSON_BODY})
+@router.post("/setup", responses={**NOT_FOUND, **BODY}, openapi_extra={"requestBody": SETUP_BODY})
 async def setup(dataset_id: str, owner: BasicOrBearerOwnerDep, settings: SettingsDep, body: JsonBody) -> dict:
     """Label Studio's setup: checks the project's labeling config; `model_version` is the dataset's newest model."""
     return await run_in_threadpool(
@@ -62,7 +98,7 @@ async def setup(dataset_id: str, owner: BasicOrBearerOwnerDep, settings: Setting
     )
 
 
-@router.post("/predict", responses={**PREDICT_PROBLEMS, **BODY}, openapi_extra={"requestBody": JSON_BODY})
+@router.post("/predict", responses={**PREDICT_PROBLEMS, **BODY}, openapi_extra={"requestBody": PREDICT_BODY})
 async def predict(
     dataset_id: str, owner: BasicOrBearerOwnerDep, settings: SettingsDep, storage: StorageDep, body: JsonBody
 ) -> dict:
@@ -86,7 +122,7 @@ async def predict(
         **BODY,
         200: {"description": "an event tagsift does not use (ignored, with the reason)"},
     },
-    openapi_extra={"requestBody": JSON_BODY},
+    openapi_extra={"requestBody": WEBHOOK_BODY},
 )
 async def webhook(dataset_id: str, owner: BasicOrBearerOwnerDep, settings: SettingsDep, body: JsonBody) -> JSONResponse:
     """Project events: ANNOTATION_CREATED/UPDATED (one choice) -> the item's reviewer tag; START_TRAINING -> a job."""
