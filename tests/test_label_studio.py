@@ -24,6 +24,7 @@ from app.db import session_scope
 from app.models import Item, Job
 from app.services.api_keys import create_api_key
 from tests.app.model_fixtures import BLUE, GREEN, RED, channel_classifier_onnx, solid, store_model
+from tests.app.test_fuzz import _drop_queue
 from tests.label_studio import LABEL_CONFIG, MISSING, LabelStudio
 from tests.worker.conftest import ApiServer
 
@@ -185,3 +186,4 @@ def test_label_studio_import_backend_webhook_and_export(label_studio: LabelStudi
     finally:
         tagsift.close()
         api.stop()
+        _drop_queue(prod_env.broker_url, prod_env.queue)  # the two jobs' messages: no worker runs them here
