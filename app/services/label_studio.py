@@ -21,11 +21,8 @@ import json
 import logging
 import posixpath
 import threading
-import urllib.error
-import urllib.request
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from PIL import Image
 from sqlalchemy import or_, select
@@ -41,6 +38,7 @@ from app.services import jobs as jobs_service
 from app.services.checks import shorten
 from app.services.datasets import get_dataset
 from app.services.items import image_url, set_reviewer_label
+from app.services.label_studio_images import FetchError, fetch_image, same_origin
 from app.services.models import _loaded
 from app.storage import BlobStore
 from app.uploads.label_studio import image_names
@@ -52,7 +50,6 @@ MODEL_CLASS = "tagsift"
 UNTRAINED = "untrained"
 MAX_TASKS = 1000
 MAX_LABEL_CONFIG = 1024 * 1024
-FETCH_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -114,11 +111,6 @@ _tokens_lock = threading.Lock()
 _tokens: dict[tuple[str, str], str] = {}
 
 
-def _same_origin(url: str, base: str) -> bool:
-    a, b = urlsplit(url), urlsplit(base)
-    return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port) and bool(a.scheme and a.hostname)
-
-
 # --- the routes' work ---------------------------------------------------------------------------------------
 
 
@@ -141,7 +133,7 @@ def setup(*, session: Session, owner: Owner, dataset_id: str, body: dict, settin
         )
     hostname, token = body.get("hostname"), body.get("access_token")
     base = settings.label_studio_url.rstrip("/")
-    if base and isinstance(hostname, str) and isinstance(token, str) and token and _same_origin(hostname, base):
+    if base and isinstance(hostname, str) and isinstance(token, str) and token and same_origin(hostname, base):
         with _tokens_lock:
             _tokens[(owner.id, dataset.id)] = token
     model = latest_model(session, dataset)
@@ -201,9 +193,9 @@ def predict(*, session: Session, storage: BlobStore, owner: Owner, dataset_id: s
     for t in parsed:
         t.item = items.get(t.ref)
         try:
-            data = storage.get(t.item.sha256) if t.item else _fetch(t.ref, settings=settings, token=token)
+            data = storage.get(t.item.sha256) if t.item else fetch_image(t.ref, settings=settings, token=token)
             t.image = decode_image(data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes)
-        except (_FetchError, ImageInvalid, FileNotFoundError) as exc:
+        except (FetchError, ImageInvalid, FileNotFoundError) as exc:
             errors.add(
                 field=f"data.{control.image_key}",
                 item=t.name,
@@ -263,47 +255,6 @@ def _items_by_image(session: Session, dataset_id: str, refs: list[str]) -> dict[
 
 def _like_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-class _FetchError(Exception):
-    pass
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        raise _FetchError(f"Label Studio answered a redirect ({code}) to {shorten(newurl, 200)}: not followed")
-
-
-def _fetch(ref: str, *, settings: Settings, token: str) -> bytes:
-    """The image bytes from Label Studio (only from TAGSIFT_LABEL_STUDIO_URL; see the module docstring)."""
-    base = settings.label_studio_url.rstrip("/")
-    if not base:
-        raise _FetchError(
-            "not an image of this dataset, and TAGSIFT_LABEL_STUDIO_URL is not set (tagsift reads task images "
-            "only from the dataset or from that Label Studio)"
-        )
-    parts = urlsplit(ref)
-    if parts.scheme or parts.netloc:
-        if not _same_origin(ref, base):
-            raise _FetchError(f"not an image of this dataset, and not on TAGSIFT_LABEL_STUDIO_URL ({base}): not read")
-        url = ref
-    elif ref.startswith("/"):
-        url = base + ref
-    else:
-        raise _FetchError("not an image of this dataset, and not a Label Studio path or URL")
-    headers = {"Authorization": f"Token {token}"} if token else {}
-    opener = urllib.request.build_opener(_NoRedirect)
-    try:
-        with opener.open(urllib.request.Request(url, headers=headers), timeout=FETCH_TIMEOUT) as resp:
-            data = resp.read(settings.max_image_bytes + 1)
-    except urllib.error.HTTPError as exc:
-        hint = " (set TAGSIFT_LABEL_STUDIO_TOKEN to a Label Studio API token)" if exc.code in (401, 403) else ""
-        raise _FetchError(f"Label Studio answered {exc.code} for {shorten(url, 200)}{hint}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise _FetchError(f"cannot read {shorten(url, 200)} from Label Studio ({exc})") from None
-    if len(data) > settings.max_image_bytes:
-        raise _FetchError(f"over the limit of {settings.max_image_bytes} bytes")
-    return data
 
 
 def webhook(*, session: Session, owner: Owner, dataset_id: str, body: dict, settings: Settings) -> tuple[int, dict]:
