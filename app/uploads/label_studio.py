@@ -213,11 +213,11 @@ def _read_task(index: int, task: object, errors: FieldErrors, from_names: dict[s
     data = task.get("data")
     image = data.get("image") if isinstance(data, dict) else None
     if not isinstance(image, str) or not image.strip():
-        hint = (
-            " (this looks like a 'JSON-MIN' export: export the project as 'JSON')"
-            if not isinstance(data, dict) and "image" in task
-            else ""
-        )
+        hint = ""
+        if not isinstance(data, dict) and "image" in task:
+            hint = " (this looks like a 'JSON-MIN' export: export the project as 'JSON')"
+        elif not isinstance(data, dict) and "file" in task:
+            hint = " (manifest rows {file, candidates} go one per line, as JSONL, not in a JSON list)"
         errors.add(
             field="data.image",
             item=name,

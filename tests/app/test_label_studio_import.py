@@ -164,6 +164,18 @@ def test_bad_export_to_existing_dataset_stores_nothing(alice: Api) -> None:
     assert alice.get(f"/datasets/{ds['id']}").json()["classes"] == ["cat", "lynx", "dog"]
 
 
+def test_a_json_list_of_manifest_rows_gets_a_hint(alice: Api) -> None:
+    rows = [{"file": "img0.png", "candidates": ["cat"]}]
+    r = alice.post(
+        "/datasets",
+        data={"name": "x"},
+        files=[("manifest", ("m.json", json.dumps(rows).encode(), "application/json"))]
+        + [("images", ("img0.png", image_bytes(1), "image/png"))],
+    )
+    assert r.status_code == 422
+    assert "one per line, as JSONL" in r.json()["errors"][0]["message"]
+
+
 def test_unknown_manifest_format_is_named(alice: Api) -> None:
     r = _post(alice, "/datasets", EXPORT, _images(), name="x", manifest_format="coco")
     assert r.status_code == 422
