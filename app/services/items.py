@@ -117,14 +117,22 @@ def get_item(*, session: Session, owner: Owner, item_id: str) -> Item:
 def review_item(*, session: Session, owner: Owner, item_id: str, item_in: ItemUpdate, settings: Settings) -> ItemRead:
     """A reviewer sets the tag (see the module docstring for the rules)."""
     item = get_item(session=session, owner=owner, item_id=item_id)
-    label = item_in.label
+    set_reviewer_label(item, item_in.label, add_to_candidates=item_in.add_to_candidates)
+    session.commit()
+    return item_read(item, settings)
+
+
+def set_reviewer_label(item: Item, label: str, *, add_to_candidates: bool = False) -> None:
+    """The one write of a reviewer's tag (``PATCH /items/{id}``, Label Studio annotations); the caller commits.
+
+    A tag outside the item's candidates is refused unless ``add_to_candidates`` (widening is asked for)."""
     classes = item.dataset.classes
     problem = None
     if label != label.strip():
         problem = f"label: {shorten(label)!r} has whitespace at its start or end (tags are never stripped)"
     elif label not in classes:
         problem = f"label: {shorten(label)!r} is not one of the dataset's classes"
-    elif label not in item.candidates and not item_in.add_to_candidates:
+    elif label not in item.candidates and not add_to_candidates:
         problem = (
             f"label: {shorten(label)!r} is not among item {item.id}'s candidates "
             f'({", ".join(map(repr, item.candidates))}); send "add_to_candidates": true to add it'
@@ -140,8 +148,6 @@ def review_item(*, session: Session, owner: Owner, item_id: str, item_in: ItemUp
     item.needs_review = False
     item.model_id = None
     item.updated_at = utcnow()
-    session.commit()
-    return item_read(item, settings)
 
 
 def read_item(*, session: Session, owner: Owner, item_id: str, settings: Settings) -> ItemRead:
