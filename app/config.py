@@ -91,6 +91,7 @@ class Settings(BaseSettings):
     review_margin: float = Field(
         0.2, description="An item whose tag beats the runner-up candidate by less than this needs review."
     )
+    session_hours: float = Field(12.0, gt=0, le=24 * 90, description="How long a web app sign-in lasts.")
 
     # --- jobs ----------------------------------------------------------------------------------
     job_max_attempts: int = Field(2, description="Runs of one job (first + re-runs after a lost worker).")

@@ -11,6 +11,7 @@ from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimitMiddleware
 from app.api.routes import datasets, items, jobs, models, predict
 from app.db import get_engine
+from app.web.routes import install_web
 
 
 def create_app() -> FastAPI:
@@ -19,7 +20,9 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Weakly labelled image annotation: candidate tag sets in, disambiguated tags out. "
         "Every endpoint but /healthz, /readyz and the docs needs `Authorization: Bearer <key>`; "
-        "errors are application/problem+json.",
+        "errors are application/problem+json. The web app for annotators is at /ui/.",
+        docs_url=None,  # /docs and /redoc come from app.web, with vendored assets (no CDN)
+        redoc_url=None,
     )
     install_error_handlers(api)
     api.add_middleware(BodyLimitMiddleware)
@@ -38,6 +41,7 @@ def create_app() -> FastAPI:
 
     for module in (datasets, items, jobs, models, predict):
         api.include_router(module.router)
+    install_web(api)
     return api
 
 
