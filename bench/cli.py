@@ -256,3 +256,23 @@ def bench_load(
     result = run_load_bench(cfg, out=typer.echo)
     if result.total_errors:
         raise typer.Exit(1)
+
+
+@bench.command("ui")
+def bench_ui(
+    items: Annotated[int, typer.Option(help="Items on the review page.")] = 200,
+    runs: Annotated[int, typer.Option(help="Timed page loads after the cold one.")] = 7,
+    decisions: Annotated[int, typer.Option(help="Keyboard decisions timed.")] = 40,
+    cifar10_path: Annotated[Path | None, typer.Option("--cifar10-path", help="Default TAGSIFT_CIFAR10_PATH.")] = None,
+) -> None:
+    """The review page in Chromium: time until it is ready with every thumbnail, and key press to stored decision."""
+    from app.config import get_settings
+    from bench.ui import run_ui_bench
+
+    run_ui_bench(
+        cifar10_path=cifar10_path or get_settings().cifar10_path,
+        items=items,
+        runs=runs,
+        decisions=decisions,
+        out=typer.echo,
+    )

@@ -222,6 +222,8 @@ function setupJob(root) {
       err.hidden = false;
     }
     root.querySelector("[data-job-done]").hidden = !finished;
+    var cancel = document.querySelector("form[data-cancel]");
+    if (cancel && job.status !== "queued" && job.status !== "running") cancel.hidden = true;
     var quality = job.metrics && job.metrics.quality;
     var qs = document.querySelector("[data-quality]");
     if (quality && typeof quality === "object" && qs) {

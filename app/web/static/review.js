@@ -18,7 +18,17 @@ document.addEventListener("DOMContentLoaded", function () {
   var index = -1;
   var anchor = -1;
   var undoStack = []; // item ids, most recent last
-  var busy = false;
+  var queue = Promise.resolve(); // decisions run one after another, in the order of the keys
+  var done = 0;
+
+  // Run ``job`` (which returns a promise) after the decisions already asked for, so no key press is lost.
+  function enqueue(job) {
+    queue = queue.then(job, job);
+  }
+  function finished() {
+    done += 1;
+    document.body.dataset.decisions = String(done);
+  }
 
   function chipsOf(card) {
     return Array.prototype.slice.call(card.querySelectorAll(".chips .chip"));
@@ -93,63 +103,82 @@ document.addEventListener("DOMContentLoaded", function () {
     remainingEl.textContent = String(Math.max(0, parseInt(remainingEl.textContent, 10) - delta));
   }
 
-  function decide(list, body, advance) {
-    if (busy || !list.length) return;
-    busy = true;
-    body.items = list.map(function (c) {
-      return c.dataset.id;
-    });
-    var before = list.filter(function (c) {
-      return c.dataset.source !== "reviewer";
-    }).length;
-    tagsift.call("POST", "/ui/api/review", body).then(function (res) {
-      busy = false;
-      if (!res.ok) {
-        tagsift.announce(tagsift.problemText(res));
-        flash(tagsift.problemText(res));
-        return;
-      }
-      res.body.items.forEach(function (state, k) {
-        update(list[k], state);
-        undoStack.push(state.id);
+  function decide(getList, body, advance) {
+    enqueue(function () {
+      var list = getList();
+      if (!list.length) return Promise.resolve();
+      body.items = list.map(function (c) {
+        return c.dataset.id;
       });
-      counts(before);
-      tagsift.announce(list.length === 1 ? "Tagged " + res.body.items[0].label : "Tagged " + list.length + " items");
-      document.body.dataset.lastDecision = String(Date.now());
-      if (advance) setFocus(index + 1);
-    }, function () {
-      busy = false;
-      flash("The server could not be reached: nothing was stored.");
+      var before = list.filter(function (c) {
+        return c.dataset.source !== "reviewer";
+      }).length;
+      return tagsift.call("POST", "/ui/api/review", body).then(function (res) {
+        if (!res.ok) {
+          tagsift.announce(tagsift.problemText(res));
+          flash(tagsift.problemText(res));
+          finished();
+          return;
+        }
+        res.body.items.forEach(function (state, k) {
+          update(list[k], state);
+          undoStack.push(state.id);
+        });
+        counts(before);
+        tagsift.announce(list.length === 1 ? "Tagged " + res.body.items[0].label : "Tagged " + list.length + " items");
+        if (advance) setFocus(cards.indexOf(list[0]) + 1);
+        finished();
+      }, function () {
+        flash("The server could not be reached: nothing was stored.");
+        finished();
+      });
     });
+  }
+
+  function focused() {
+    return index >= 0 && cards[index] ? [cards[index]] : [];
+  }
+
+  function assignFocused(k) {
+    decide(function () {
+      var card = cards[index];
+      var chip = card ? chipsOf(card)[k] : null;
+      return chip ? [card] : [];
+    }, { action: "assign", get label() {
+      var chip = chipsOf(cards[index])[k];
+      return chip ? chip.dataset.tag : null;
+    } }, true);
   }
 
   function assign(list, tag) {
-    decide(list, { action: "assign", label: tag }, list.length === 1);
+    decide(function () {
+      return list;
+    }, { action: "assign", label: tag }, list.length === 1);
   }
 
-  function accept(list) {
-    decide(list, { action: "accept" }, list.length === 1);
+  function accept(getList, advance) {
+    decide(getList, { action: "accept" }, advance);
   }
 
   function undo() {
-    if (busy || !undoStack.length) return;
-    var id = undoStack.pop();
-    var card = document.getElementById("it-" + id);
-    busy = true;
-    tagsift.call("POST", "/ui/api/items/" + encodeURIComponent(id) + "/undo").then(function (res) {
-      busy = false;
-      if (!res.ok) {
-        flash(tagsift.problemText(res));
-        return;
-      }
-      if (card) {
-        var wasReviewer = res.body.label_source === "reviewer";
-        update(card, res.body);
-        if (!wasReviewer) counts(-1);
-        setFocus(cards.indexOf(card));
-      }
-      tagsift.announce("Undone: " + (res.body.label || "no tag"));
-      document.body.dataset.lastDecision = String(Date.now());
+    enqueue(function () {
+      if (!undoStack.length) return Promise.resolve();
+      var id = undoStack.pop();
+      var card = document.getElementById("it-" + id);
+      return tagsift.call("POST", "/ui/api/items/" + encodeURIComponent(id) + "/undo").then(function (res) {
+        if (!res.ok) {
+          flash(tagsift.problemText(res));
+          finished();
+          return;
+        }
+        if (card) {
+          update(card, res.body);
+          if (res.body.label_source !== "reviewer") counts(-1);
+          setFocus(cards.indexOf(card));
+        }
+        tagsift.announce("Undone: " + (res.body.label || "no tag"));
+        finished();
+      });
     });
   }
 
@@ -213,13 +242,16 @@ document.addEventListener("DOMContentLoaded", function () {
     refreshBulk();
   });
   bulkAccept.addEventListener("click", function () {
-    accept(selected());
+    var list = selected();
+    accept(function () {
+      return list;
+    }, false);
   });
   bulkAssign.addEventListener("click", function () {
     assign(selected(), bulkTag.value);
   });
   focusPanel.querySelector('[data-act="accept"]').addEventListener("click", function () {
-    if (index >= 0) accept([cards[index]]);
+    accept(focused, true);
   });
   focusPanel.querySelector('[data-act="skip"]').addEventListener("click", function () {
     setFocus(index + 1);
@@ -234,11 +266,9 @@ document.addEventListener("DOMContentLoaded", function () {
     if (t && t.tagName === "BUTTON" && (e.key === " " || e.key === "Enter")) return; // the button's own action
     var card = cards[index];
     if (e.key >= "1" && e.key <= "9") {
-      if (!card) return setFocus(0);
-      var chip = chipsOf(card)[parseInt(e.key, 10) - 1];
-      if (chip) assign([card], chip.dataset.tag);
+      assignFocused(parseInt(e.key, 10) - 1);
     } else if (e.key === "a" || e.key === "A") {
-      if (card) accept([card]);
+      accept(focused, true);
     } else if (e.key === " ") {
       setFocus(index + 1);
     } else if (e.key === "u" || e.key === "U") {
