@@ -41,6 +41,14 @@ _MEASURE = """() => {
   new MutationObserver(() => { window.__lat.push(performance.now() - window.__t0); })
     .observe(document.body, {attributes: true, attributeFilter: ['data-decisions']});
 }"""
+_BREAKDOWN = """() => {
+  const nav = performance.getEntriesByType('navigation')[0];
+  const thumbs = performance.getEntriesByType('resource').filter(r => r.name.includes('/ui/thumbs/'));
+  const server = thumbs.map(r => r.responseStart - r.requestStart).sort((a, b) => a - b);
+  return {html_ms: nav.responseEnd, dom_ms: nav.domContentLoadedEventEnd,
+          thumbs: thumbs.length, last_thumb_ms: Math.max(...thumbs.map(r => r.responseEnd)),
+          thumb_wait_median_ms: server[Math.floor(server.length / 2)]};
+}"""
 _IMAGES_DONE = "() => Array.from(document.images).filter(i => i.src).every(i => i.complete && i.naturalWidth > 0)"
 
 
@@ -128,6 +136,7 @@ def run_ui_bench(
         url = f"{base}/ui/datasets/{dataset_id}/review?needs_review=all"
         ready: list[float] = []
         latencies: list[float] = []
+        breakdown: list[dict] = []
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             for run in range(runs + 1):
@@ -143,11 +152,18 @@ def run_ui_bench(
                 while not page.evaluate(_IMAGES_DONE):
                     time.sleep(0.005)
                 ready.append(time.perf_counter() - t0)
+                parts = page.evaluate(_BREAKDOWN)
+                breakdown.append(parts)
                 cards = page.locator(".grid .card").count()
                 if cards != items:
                     raise RuntimeError(f"the review page shows {cards} cards, expected {items}")
                 cold = " (cold)" if run == 0 else ""
-                out(f"run {run}: review page with {cards} items ready in {ready[-1]:.3f} s{cold}")
+                out(
+                    f"run {run}: review page with {cards} items ready in {ready[-1]:.3f} s{cold} (in the page: HTML "
+                    f"{parts['html_ms']:.0f} ms, DOM ready {parts['dom_ms']:.0f} ms, {parts['thumbs']} thumbnails, "
+                    f"last {parts['last_thumb_ms']:.0f} ms, server wait per thumbnail median "
+                    f"{parts['thumb_wait_median_ms']:.0f} ms)"
+                )
                 if run == runs:
                     page.evaluate(_MEASURE)
                     for k in range(decisions):

@@ -19,6 +19,15 @@ _cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
 _lock = threading.Lock()
 
 
+def cached(sha256: str, size: int) -> bytes | None:
+    """The thumbnail if this process made it already (no I/O: safe on the event loop)."""
+    with _lock:
+        data = _cache.get((sha256, size))
+        if data is not None:
+            _cache.move_to_end((sha256, size))
+        return data
+
+
 def thumbnail(*, storage: BlobStore, sha256: str, size: int) -> bytes:
     """JPEG bytes of the blob ``sha256`` fitted into ``size`` x ``size`` (never enlarged)."""
     key = (sha256, size)

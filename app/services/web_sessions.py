@@ -27,7 +27,8 @@ class SignedIn:
     session_id: str
 
 
-def _digest(token: str) -> str:
+def digest(token: str) -> str:
+    """The stored form of a session token (its SHA-256)."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
@@ -41,7 +42,7 @@ def sign_in(*, session: Session, api_key: str, hours: float) -> str | None:
     token = secrets.token_urlsafe(32)
     session.add(
         WebSession(
-            id=_digest(token),
+            id=digest(token),
             api_key_id=key.id,
             csrf_token=secrets.token_urlsafe(32),
             created_at=now,
@@ -60,7 +61,7 @@ def signed_in(*, session: Session, token: str | None) -> SignedIn | None:
         select(WebSession, ApiKey, Owner)
         .join(ApiKey, ApiKey.id == WebSession.api_key_id)
         .join(Owner, Owner.id == ApiKey.owner_id)
-        .where(WebSession.id == _digest(token), WebSession.expires_at > utcnow(), ApiKey.revoked_at.is_(None))
+        .where(WebSession.id == digest(token), WebSession.expires_at > utcnow(), ApiKey.revoked_at.is_(None))
     ).first()
     if row is None:
         return None
@@ -75,7 +76,7 @@ def signed_in(*, session: Session, token: str | None) -> SignedIn | None:
 
 def sign_out(*, session: Session, token: str | None) -> None:
     if token:
-        session.execute(delete(WebSession).where(WebSession.id == _digest(token)))
+        session.execute(delete(WebSession).where(WebSession.id == digest(token)))
         session.commit()
 
 

@@ -21,6 +21,7 @@ from tests.app.conftest import Api, image_bytes, jsonl
 
 XSS = '<img src=x onerror="window.__xss=1">'
 SCRIPT_END = "</script><script>window.__xss=2</script>"
+FILE_XSS = "<img src=x onerror=window.__xss=3>"  # no double quote: multipart encodes it in file names
 
 
 def named_key(owner: str, name: str | None) -> str:
@@ -198,8 +199,8 @@ def test_another_owners_pages_and_thumbnails_are_404(web: TestClient, other_web:
 
 def test_html_in_names_renders_escaped(web: TestClient, alice: Api) -> None:
     tags = [XSS, SCRIPT_END, "dog"]
-    rows = [{"file": f"{XSS}{i}.png", "candidates": [tags[i % 3], tags[(i + 1) % 3]]} for i in range(3)]
-    images = {f"{XSS}{i}.png": image_bytes(100 + i) for i in range(3)}
+    rows = [{"file": f"{FILE_XSS}{i}.png", "candidates": [tags[i % 3], tags[(i + 1) % 3]]} for i in range(3)]
+    images = {f"{FILE_XSS}{i}.png": image_bytes(100 + i) for i in range(3)}
     r = alice.upload("/datasets", rows, images, name=f"{XSS}{SCRIPT_END}", classes=tags)
     assert r.status_code == 201, r.text
     ds = r.json()
@@ -209,6 +210,8 @@ def test_html_in_names_renders_escaped(web: TestClient, alice: Api) -> None:
     for path in ("/ui/datasets", f"/ui/datasets/{ds['id']}", f"/ui/datasets/{ds['id']}/review", f"/ui/items/{item.id}"):
         html = web.get(path).text
         assert "<img src=x" not in html and "<script>window.__xss" not in html, path
+        if "review" in path or "items" in path:
+            assert "&lt;img src=x onerror=window.__xss=3&gt;" in html, path
         assert "&lt;img src=x" in html or "\\u003cimg" in html, path
 
 

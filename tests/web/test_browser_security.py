@@ -23,12 +23,13 @@ pytestmark = [pytest.mark.integration]
 XSS = '<img src=x onerror="window.__xss=1">'
 SCRIPT_END = "</script><script>window.__xss=2</script>"
 TAGS = [XSS, SCRIPT_END, "dog"]
+FILE_XSS = "<img src=x onerror=window.__xss=3>"  # no double quote: multipart encodes it in file names
 
 
 def _xss_dataset(base_url: str, key: str) -> str:
-    rows = [{"file": f"f{i}.png", "candidates": [TAGS[i % 3], TAGS[(i + 1) % 3]]} for i in range(3)]
+    rows = [{"file": f"{FILE_XSS}{i}.png", "candidates": [TAGS[i % 3], TAGS[(i + 1) % 3]]} for i in range(3)]
     files = [("manifest", ("m.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode(), "application/x-ndjson"))]
-    files += [("images", (f"f{i}.png", image_bytes(300 + i), "image/png")) for i in range(3)]
+    files += [("images", (f"{FILE_XSS}{i}.png", image_bytes(300 + i), "image/png")) for i in range(3)]
     r = httpx.post(
         f"{base_url}/datasets",
         headers={"Authorization": f"Bearer {key}"},
