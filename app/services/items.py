@@ -58,6 +58,7 @@ def item_read(item: Item, settings: Settings) -> ItemRead:
         margin=item.margin,
         label_source=item.label_source,
         needs_review=bool(item.needs_review),
+        probs=item.probs,
         image_url=image_url(item.id, settings),
     )
 

@@ -60,7 +60,7 @@ def _accuracy(session: Session, owner: Owner, dataset_ids: list[str]) -> dict[st
     jobs = session.scalars(
         select(Job)
         .where(Job.owner_id == owner.id, Job.dataset_id.in_(dataset_ids), Job.status == "succeeded")
-        .order_by(Job.finished_at.desc(), Job.id.desc())
+        .order_by(Job.finished_at.desc().nulls_last(), Job.created_at.desc())
     )
     for job in jobs:
         if job.dataset_id in out:

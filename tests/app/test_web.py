@@ -360,3 +360,27 @@ def test_api_key_name_is_stored(prod_env) -> None:
         assert row.name == "Marie"
     with pytest.raises(ValueError, match="name"):
         named_key("team-x", "n" * 201)
+
+
+def test_quality_report_shows_on_the_job_and_the_datasets_list(web: TestClient, alice: Api) -> None:
+    from app.models import Job
+
+    ds = _dataset(alice, n=2)
+    sign_in(web, alice.key)
+    with session_scope() as session:
+        owner_id = session.get(Item, _items(ds["id"])[0].id).dataset.owner_id
+        job = Job(
+            owner_id=owner_id,
+            dataset_id=ds["id"],
+            status="succeeded",
+            params={"method": "coop"},
+            progress={"stage": "succeeded"},
+            metrics={"quality": {"estimated_accuracy": 0.875, "method": "held-out agreement"}},
+        )
+        session.add(job)
+        session.flush()
+        job_id = job.id
+    assert "87.5 %" in web.get("/ui/datasets").text
+    page = web.get(f"/ui/jobs/{job_id}").text
+    assert "Quality report" in page and "87.5 %" in page and "held-out agreement" in page
+    assert web.get(f"/ui/api/jobs/{job_id}").json()["job"]["metrics"]["quality"]["estimated_accuracy"] == 0.875
