@@ -28,7 +28,7 @@ from app.services import jobs as jobs_service
 from app.services import models as models_service
 from app.services import review_queue, thumbnails, web_sessions
 from app.services.review_queue import ReviewFilter
-from app.ttl_cache import TTLCache
+from app.web.fastpath import thumb_items, thumbnail_headers
 from app.web.security import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
@@ -321,10 +321,6 @@ def undo_item(item_id: str, user: CsrfUserDep, session: SessionDep) -> Response:
     return _redirect(f"/ui/items/{item_id}")
 
 
-#: (owner id, item id) -> the item's image sha256: thumbnails of a page cost no database query once seen.
-_thumb_items: TTLCache[str] = TTLCache(size=50_000)
-
-
 def _item_sha(owner, item_id: str) -> str:
     session = get_sessionmaker()()
     try:
@@ -339,18 +335,17 @@ async def thumbnail(
 ) -> Response:
     """The item's image shrunk to ``size`` (one of :data:`thumbnails.SIZES`), cached by the browser for a year.
 
-    Owner-scoped (another owner's item is a 404). Async, with the owner check and the resized bytes remembered in
-    this process, so that a page of 200 thumbnails costs a few milliseconds of server time."""
+    Owner-scoped (another owner's item is a 404). The owner check and the resized bytes are remembered in this
+    process; once they are, :mod:`app.web.fastpath` answers before routing."""
     if size not in thumbnails.SIZES:
         return Response(status_code=404)
     key = (user.owner.id, item_id)
-    sha = _thumb_items.get(key)
+    sha = thumb_items.get(key)
     if sha is None:
         sha = await run_in_threadpool(_item_sha, user.owner, item_id)
-        _thumb_items.put(key, sha, settings.lookup_cache_seconds)
-    etag = f'"{sha[:32]}-{size}"'
-    headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"}
-    if request.headers.get("if-none-match") == etag:
+        thumb_items.put(key, sha, settings.lookup_cache_seconds)
+    headers = thumbnail_headers(sha, size)
+    if request.headers.get("if-none-match") == headers["ETag"]:
         return Response(status_code=304, headers=headers)
     data = thumbnails.cached(sha, size)
     if data is None:

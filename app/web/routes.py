@@ -7,6 +7,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 
 from app.web import actions, pages
+from app.web.fastpath import ThumbnailFastPath
 from app.web.security import SecurityHeadersMiddleware, SignInRequired
 
 STATIC = pages.HERE / "static"
@@ -17,7 +18,8 @@ REDOC = "/ui/static/vendor/redoc-2.5.4"
 def install_web(api: FastAPI) -> None:
     """Add the web app to ``api`` (call after the API's routers). Needs ``FastAPI(docs_url=None, redoc_url=None)``:
     the docs pages here load Swagger UI and ReDoc from tagsift itself, not from a CDN."""
-    api.add_middleware(SecurityHeadersMiddleware)
+    api.add_middleware(ThumbnailFastPath)
+    api.add_middleware(SecurityHeadersMiddleware)  # added last: the outermost, so the fast path's answers get it
     api.mount("/ui/static", StaticFiles(directory=STATIC), name="static")
     api.include_router(pages.router)
     api.include_router(actions.router)
