@@ -384,3 +384,23 @@ def test_quality_report_shows_on_the_job_and_the_datasets_list(web: TestClient, 
     page = web.get(f"/ui/jobs/{job_id}").text
     assert "Quality report" in page and "87.5 %" in page and "held-out agreement" in page
     assert web.get(f"/ui/api/jobs/{job_id}").json()["job"]["metrics"]["quality"]["estimated_accuracy"] == 0.875
+
+
+def test_bulk_assign_is_all_or_nothing(web: TestClient, alice: Api, bob: Api) -> None:
+    ds = _dataset(alice, n=3)
+    theirs = _items(_dataset(bob, n=1)["id"])[0]
+    csrf = sign_in(web, alice.key)
+    ids = [i.id for i in _items(ds["id"])]
+    h = {"X-CSRF-Token": csrf}
+    r = web.post("/ui/api/review", json={"items": [*ids, theirs.id], "action": "assign", "label": "dog"}, headers=h)
+    assert r.status_code == 404  # one item is another owner's: nothing is stored
+    assert all(i.label is None for i in _items(ds["id"]))
+    r = web.post("/ui/api/review", json={"items": ids, "action": "assign", "label": "dog"}, headers=h)
+    assert r.status_code == 200 and [s["label"] for s in r.json()["items"]] == ["dog"] * 3
+    rows = _items(ds["id"])
+    assert all(i.label == "dog" and i.label_source == "reviewer" and "dog" in i.candidates for i in rows)
+    r = web.post("/ui/api/review", json={"items": ids[:1], "action": "accept"}, headers=h)
+    assert r.status_code == 200  # accepting a reviewer's tag again is allowed (it stays)
+    fresh = _items(_dataset(alice, n=1)["id"])[0]
+    r = web.post("/ui/api/review", json={"items": [fresh.id], "action": "accept"}, headers=h)
+    assert r.status_code == 409 and r.json()["code"] == "nothing_to_accept"

@@ -102,7 +102,20 @@ function setupDrop(form) {
   zone.addEventListener("drop", function (e) {
     e.preventDefault();
     zone.classList.remove("over");
-    take(e.dataTransfer.files);
+    var items = e.dataTransfer.items;
+    var entries = [];
+    for (var k = 0; items && k < items.length; k++) {
+      var entry = items[k].webkitGetAsEntry ? items[k].webkitGetAsEntry() : null;
+      if (entry) entries.push(entry);
+    }
+    if (!entries.some(function (en) { return en.isDirectory; })) {
+      take(e.dataTransfer.files);
+      return;
+    }
+    picked.textContent = "Reading the folder…";
+    Promise.all(entries.map(filesOf)).then(function (lists) {
+      take([].concat.apply([], lists));
+    });
   });
   zone.addEventListener("keydown", function (e) {
     if (e.key === "Enter" || e.key === " ") {
@@ -112,6 +125,30 @@ function setupDrop(form) {
     }
   });
   form.addEventListener("change", describe);
+}
+
+// Every file under a dropped entry (a folder is read recursively; hidden files are left out).
+function filesOf(entry) {
+  if (entry.name.charAt(0) === ".") return Promise.resolve([]);
+  if (entry.isFile) {
+    return new Promise(function (resolve) {
+      entry.file(function (f) { resolve([f]); }, function () { resolve([]); });
+    });
+  }
+  return new Promise(function (resolve) {
+    var reader = entry.createReader();
+    var all = [];
+    (function next() {
+      reader.readEntries(function (batch) {
+        if (!batch.length) {
+          Promise.all(all.map(filesOf)).then(function (lists) { resolve([].concat.apply([], lists)); });
+          return;
+        }
+        all = all.concat(batch);
+        next();
+      }, function () { resolve([]); });
+    })();
+  });
 }
 
 // Build the multipart body: text fields and chosen files, plus dropped files.
