@@ -404,3 +404,51 @@ def test_bulk_assign_is_all_or_nothing(web: TestClient, alice: Api, bob: Api) ->
     fresh = _items(_dataset(alice, n=1)["id"])[0]
     r = web.post("/ui/api/review", json={"items": [fresh.id], "action": "accept"}, headers=h)
     assert r.status_code == 409 and r.json()["code"] == "nothing_to_accept"
+
+
+def test_every_web_route_with_an_id_is_404_for_another_owner(
+    web: TestClient, other_web: TestClient, alice: Api, onnx_bytes: bytes
+) -> None:
+    """Table-driven like tests/app/test_tenancy.py: a new /ui route that takes an id fails here until it has a case."""
+    from tests.app.model_fixtures import store_model
+    from tests.app.test_tenancy import route_table
+
+    ds = _dataset(alice, n=2)
+    item = _items(ds["id"])[0]
+    job = alice.post(f"/datasets/{ds['id']}/jobs", json={"epochs": 1}).json()
+    ids = {
+        "dataset_id": ds["id"],
+        "item_id": item.id,
+        "job_id": job["id"],
+        "model_id": store_model(ds["id"], onnx_bytes),
+    }
+    ids["size"] = "160"
+    sign_in(web, alice.key)
+    csrf = sign_in(other_web, named_key(f"mallory-{uuid.uuid4().hex[:6]}", "Mallory"))
+    upload = [("manifest", ("m.jsonl", jsonl([{"file": "x.png", "candidates": ["cat"]}]), "application/x-ndjson"))]
+    upload.append(("images", ("x.png", image_bytes(999), "image/png")))
+    bodies = {
+        ("POST", "/ui/datasets/{dataset_id}/jobs"): {"data": {"csrf_token": csrf, "epochs": "1"}},
+        ("POST", "/ui/datasets/{dataset_id}/delete"): {"data": {"csrf_token": csrf}},
+        ("POST", "/ui/jobs/{job_id}/cancel"): {"data": {"csrf_token": csrf}},
+        ("POST", "/ui/items/{item_id}/undo"): {"data": {"csrf_token": csrf}},
+        ("POST", "/ui/api/items/{item_id}/undo"): {"headers": {"X-CSRF-Token": csrf}},
+        ("POST", "/ui/api/datasets/{dataset_id}/items"): {"files": upload, "headers": {"X-CSRF-Token": csrf}},
+    }
+    routes = sorted({(m, p) for m, p, _ in route_table(web.app) if p.startswith("/ui/") and "{" in p})
+    assert len(routes) >= 12, routes
+    failures = []
+    for method, path in routes:
+        url = path.format(**ids)
+        if method == "GET":
+            mine = web.get(url)
+            if mine.status_code != 200:
+                failures.append(f"{method} {path}: the owner gets {mine.status_code}")
+        elif (method, path) not in bodies:
+            failures.append(f"{method} {path}: no case in this test")
+            continue
+        r = other_web.request(method, url, follow_redirects=False, **bodies.get((method, path), {}))
+        if r.status_code != 404:
+            failures.append(f"{method} {path}: {r.status_code} for another owner")
+    assert not failures, "\n".join(failures)
+    assert len(_items(ds["id"])) == 2 and alice.get(f"/jobs/{job['id']}").json()["status"] == "queued"
