@@ -24,13 +24,21 @@ def migrate(revision: str = "head") -> None:
     typer.echo(f"database at {_safe_url(get_settings().database_url)} is at {revision}")
 
 
-def create_api_key(owner: Annotated[str, typer.Option("--owner", help="Owner (tenant) name.")]) -> None:
+def create_api_key(
+    owner: Annotated[str, typer.Option("--owner", help="Owner (tenant) name.")],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Who holds the key (recorded with each review made with it).")
+    ] = None,
+) -> None:
     """Create an API key for OWNER (created if new) and print it; only its hash is stored."""
     from app.db import session_scope
     from app.services.api_keys import create_api_key as _create
 
-    with session_scope() as session:
-        key = _create(session=session, owner_name=owner)
+    try:
+        with session_scope() as session:
+            key = _create(session=session, owner_name=owner, name=name)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     typer.echo(key)
 
 

@@ -105,6 +105,7 @@ class Settings(BaseSettings):
     review_margin: float = Field(
         0.2, description="An item whose tag beats the runner-up candidate by less than this needs review."
     )
+    session_hours: float = Field(12.0, gt=0, le=24 * 90, description="How long a web app sign-in lasts.")
 
     # --- Label Studio (ML backend at /label-studio/{dataset_id}; docs/integrations.md) ---------------
     label_studio_url: str = Field(

@@ -13,6 +13,7 @@ from app.api.openapi import add_links
 from app.api.routes import datasets, items, jobs, label_studio, models, predict
 from app.db import get_engine
 from app.storage import get_storage
+from app.web.routes import install_web
 
 
 def create_app() -> FastAPI:
@@ -21,7 +22,9 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Weakly labelled image annotation: candidate tag sets in, disambiguated tags out. "
         "Every endpoint but /healthz, /readyz and the docs needs `Authorization: Bearer <key>`; "
-        "errors are application/problem+json.",
+        "errors are application/problem+json. The web app for annotators is at /ui/.",
+        docs_url=None,  # /docs and /redoc come from app.web, with vendored assets (no CDN)
+        redoc_url=None,
     )
     install_error_handlers(api)
     api.add_middleware(BodyLimitMiddleware)
@@ -47,6 +50,7 @@ def create_app() -> FastAPI:
         api.include_router(module.router)
     generate = api.openapi
     api.openapi = lambda: add_links(generate())  # type: ignore[method-assign]  # FastAPI caches the document
+    install_web(api)
     return api
 
 

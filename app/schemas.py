@@ -170,6 +170,9 @@ class ItemRead(_Output):
     margin: float | None
     label_source: str | None = Field(description="`model` or `reviewer`; null until a job or a reviewer tags it.")
     needs_review: bool
+    probs: dict[str, float] | None = Field(
+        None, description="The model's probability of each candidate (over the candidates); null until a job ran."
+    )
     image_url: str
 
 

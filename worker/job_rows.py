@@ -75,6 +75,7 @@ def label_rows(job: JobInput, result, review_margin: float) -> list[dict]:
             "confidence": result.confidence[i],
             "margin": result.margin[i],
             "needs_review": bool(result.margin[i] < review_margin),
+            "probs": result.probs[i] if getattr(result, "probs", None) else None,
         }
         for i, it in enumerate(job.items)
         if not it.reviewer
@@ -122,6 +123,7 @@ def save_result(run: JobRun, job: JobInput, cfg, backbone_id: str, model_id: str
                         confidence=bindparam("confidence"),
                         margin=bindparam("margin"),
                         needs_review=bindparam("needs_review"),
+                        probs=bindparam("probs"),
                         label_source="model",
                         model_id=model_id,
                         updated_at=now,
