@@ -21,6 +21,7 @@ def test_create_job_with_defaults_is_queued_and_enqueued(alice: Api) -> None:
     assert r.status_code == 202, r.text
     job = r.json()
     assert r.headers["location"] == f"/jobs/{job['id']}"
+    request_id = r.headers["x-request-id"]  # made by the API: the client sent none
     assert job["status"] == "queued" and job["type"] == "train" and job["dataset_id"] == ds["id"]
     # method "auto" on a small dataset: prompt alignment with its best validated loss (app/job_defaults.py)
     assert job["params"]["method"] == "prompt_alignment" and job["params"]["requested_method"] == "auto"
@@ -36,7 +37,14 @@ def test_create_job_with_defaults_is_queued_and_enqueued(alice: Api) -> None:
     r = redis.Redis.from_url(alice.settings.broker_url)
     assert r.llen(alice.settings.queue) == 1
     events = alice.get(f"/jobs/{job['id']}/events").json()
-    assert [e["kind"] for e in events["data"]] == ["stage"] and events["data"][0]["data"] == {"stage": "queued"}
+    assert [e["kind"] for e in events["data"]] == ["stage"]
+    queued = events["data"][0]["data"]
+    assert {k: queued[k] for k in ("stage", "device", "queue")} == {
+        "stage": "queued",
+        "device": "auto",  # TAGSIFT_JOB_DEVICE's default: any worker
+        "queue": alice.settings.queue,
+    }
+    assert queued["request_id"] == request_id
 
 
 def test_job_params_are_validated_naming_the_field(alice: Api) -> None:
