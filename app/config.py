@@ -6,6 +6,7 @@ plain values into it).
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -208,6 +209,22 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""
     return Settings()
+
+
+def model_cache_environment(settings: Settings) -> dict[str, str]:
+    """The Hugging Face variables that keep every download under TAGSIFT_MODEL_CACHE_DIR (docs/deploy.md): HF_HOME
+    for what open_clip fetches without a cache directory of its own (text towers' configs and tokenizers), and
+    HF_HUB_OFFLINE when TAGSIFT_OFFLINE is set. An HF_HOME the operator set already is kept."""
+    env = {"HF_HOME": os.environ.get("HF_HOME") or str(settings.model_cache_dir / "huggingface")}
+    if settings.offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def apply_model_cache_environment(settings: Settings) -> None:
+    """Set :func:`model_cache_environment` in this process (the worker, before it imports huggingface_hub, which
+    reads them once; prefork children inherit them)."""
+    os.environ.update(model_cache_environment(settings))
 
 
 def settings_table() -> list[tuple[str, str, str]]:

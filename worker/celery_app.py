@@ -20,11 +20,12 @@ import time
 from celery import Celery
 from celery.signals import setup_logging, worker_process_init, worker_ready, worker_shutting_down
 
-from app.config import get_settings
+from app.config import apply_model_cache_environment, get_settings
 from app.queue import TRAIN_TASK, celery_config, job_device
 
 log = logging.getLogger(__name__)
 
+apply_model_cache_environment(get_settings())  # every download under TAGSIFT_MODEL_CACHE_DIR (app.config)
 celery_app = Celery("tagsift", include=["worker.tasks"])
 celery_app.conf.update(celery_config(get_settings()))
 

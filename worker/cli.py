@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from app import cli as app_cli
+from worker.weights import weights_cli
 
 cli = typer.Typer(
     help="tagsift: tune CLIP prompts on candidate tag sets and serve the disambiguated tags.",
@@ -22,6 +23,7 @@ cli = typer.Typer(
     add_completion=False,
 )
 app_cli.register(cli)
+cli.add_typer(weights_cli, name="weights")
 
 
 def _add_plugins() -> None:
@@ -55,11 +57,14 @@ def worker(
     ] = None,
 ) -> None:
     """Run a Celery worker process on the configured broker and the queues of its device."""
-    from app.config import get_settings
+    from app.config import apply_model_cache_environment, get_settings
+
+    settings = get_settings()
+    apply_model_cache_environment(settings)  # HF_HOME under TAGSIFT_MODEL_CACHE_DIR, before any ml import
+
     from worker import runtime
     from worker.celery_app import celery_app
 
-    settings = get_settings()
     try:
         kind = runtime.resolve_worker_kind(device, settings.device)
     except ValueError as exc:

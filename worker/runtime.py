@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
-_backbones: dict[tuple[str, str, str], Backbone] = {}
+_backbones: dict[tuple[str, str, str, bool], Backbone] = {}
 
 
 def pick_device(setting: str) -> str:
@@ -119,12 +119,12 @@ def takes(kind: str, job_device: str) -> bool:
     return job_device == "auto" or job_device == kind
 
 
-def get_backbone(name: str, *, device: str, cache_dir: Path) -> Backbone:
+def get_backbone(name: str, *, device: str, cache_dir: Path, offline: bool = False) -> Backbone:
     """The frozen backbone for ``name`` on ``device``, loaded once per process and kept (keyed by all three).
 
     Raises ``ml.backbone.BackboneLoadError`` (message: which backbone, why, how to fix) when it cannot be built.
     """
-    key = (name, device, str(cache_dir))
+    key = (name, device, str(cache_dir), offline)
     with _lock:
         backbone = _backbones.get(key)
         if backbone is None:
@@ -132,7 +132,7 @@ def get_backbone(name: str, *, device: str, cache_dir: Path) -> Backbone:
 
             log.info("loading backbone %s on %s", name, device)
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            backbone = load_backbone(name, device=device, cache_dir=cache_dir)
+            backbone = load_backbone(name, device=device, cache_dir=cache_dir, offline=offline)
             _backbones[key] = backbone
         return backbone
 

@@ -48,6 +48,7 @@ from app.models import Job, new_id
 from app.queue import job_device
 from app.storage import get_storage
 from ml.errors import BackboneLoadError, InvalidCandidates, TrainingCancelled
+from ml.weights import WeightsMissing
 from worker import runtime
 from worker.job_rows import JobInput, JobInputError, label_rows, load_input, save_result
 from worker.job_run import STAGES, JobRun, LeaseLost
@@ -63,6 +64,7 @@ from worker.leases import (
     retry_db,
 )
 from worker.model_card import model_card
+from worker.weights import weights_remedy
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +150,8 @@ def _run_claimed(claim: Claim, run: JobRun) -> str:
             log.warning("job %s: lease lost, this run (%s) stops without writing", claim.job_id, run.runner)
             return "lease_lost"
         outcome = _finish(run, "cancelled", event=("stage", {"stage": "cancelled", "reason": "cancel requested"}))
+    except WeightsMissing as exc:
+        outcome = _finish(run, "failed", code="weights_missing", message=weights_remedy(exc))
     except BackboneLoadError as exc:
         outcome = _finish(run, "failed", code="backbone_unavailable", message=str(exc))
     except JobInputError as exc:
@@ -214,7 +218,9 @@ def _train(claim: Claim, run: JobRun, ckpt_dir: Path) -> str:
 
     run.stage("loading_backbone", backbone=settings.backbone, attempt=claim.attempt)
     device = runtime.job_torch_device(settings.device)  # picked here, inside the process that runs the task
-    backbone = runtime.get_backbone(settings.backbone, device=device, cache_dir=settings.model_cache_dir)
+    backbone = runtime.get_backbone(
+        settings.backbone, device=device, cache_dir=settings.model_cache_dir, offline=settings.offline
+    )
 
     spec = JobSpec(
         classes=job.classes,
