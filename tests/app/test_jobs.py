@@ -154,3 +154,18 @@ def test_concurrent_requests_with_one_idempotency_key_make_one_job(alice: Api) -
         responses = list(pool.map(create, range(8)))
     assert {r.status_code for r in responses} == {202}
     assert len({r.json()["id"] for r in responses}) == 1
+
+
+def test_device_picks_the_queue_and_defaults_from_the_settings(alice: Api, tagsift_env) -> None:
+    ds = alice.make_dataset(3)
+    r = redis.Redis.from_url(alice.settings.broker_url)
+    job = alice.post(f"/datasets/{ds['id']}/jobs", json={"epochs": 1, "device": "gpu"}).json()
+    assert job["params"]["device"] == "gpu"
+    assert r.llen(alice.settings.gpu_queue) == 1 and r.llen(alice.settings.queue) == 0
+    job = alice.post(f"/datasets/{ds['id']}/jobs", json={"epochs": 1, "device": "cpu"}).json()
+    assert job["params"]["device"] == "cpu" and r.llen(alice.settings.cpu_queue) == 1
+    bad = alice.post(f"/datasets/{ds['id']}/jobs", json={"device": "tpu"})
+    assert bad.status_code == 422 and "device" in bad.text
+    settings = tagsift_env(job_device="gpu")  # the API's default for requests that name no device
+    job = alice.post(f"/datasets/{ds['id']}/jobs", json={"epochs": 2}).json()
+    assert job["params"]["device"] == "gpu" and r.llen(settings.gpu_queue) == 2

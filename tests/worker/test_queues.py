@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 
 import pytest
 import redis
@@ -78,3 +79,18 @@ def test_a_cpu_worker_never_takes_a_gpu_job(prod_env, start_worker) -> None:
     assert "tagsift worker: gpu worker on queues" in gpu_worker.log()
     assert (job.status, job.attempt) == ("failed", 1) and "no CUDA device" in job.error_message
     assert str(gpu_worker.proc.pid) in events(gpu_job, "attempt")[0].data["runner"]
+
+
+def test_the_worker_kind_comes_from_the_option_or_tagsift_device() -> None:
+    from worker.runtime import NVIDIA_DEVICE_FILES, resolve_worker_kind, takes
+
+    assert resolve_worker_kind("gpu", "cpu") == "gpu" and resolve_worker_kind("cpu", "cuda:1") == "cpu"
+    assert resolve_worker_kind(None, "cpu") == "cpu"
+    assert resolve_worker_kind(None, "cuda") == "gpu" and resolve_worker_kind(None, "cuda:1") == "gpu"
+    # auto on a host without the NVIDIA driver's device files (this one): a CPU worker, without importing torch
+    assert not any(os.path.exists(p) for p in NVIDIA_DEVICE_FILES)
+    assert resolve_worker_kind(None, "auto") == "cpu" and resolve_worker_kind("auto", "cuda") == "cpu"
+    with pytest.raises(ValueError, match="expected 'auto', 'cpu' or 'gpu'"):
+        resolve_worker_kind("tpu", "auto")
+    assert takes("cpu", "auto") and takes("cpu", "cpu") and not takes("cpu", "gpu")
+    assert takes("gpu", "auto") and takes("gpu", "gpu") and not takes("gpu", "cpu")
