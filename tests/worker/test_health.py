@@ -60,3 +60,21 @@ def test_health_answers_during_a_solo_job_and_fails_once_the_worker_is_gone(prod
     worker.kill()
     res = _health(health, "--max-age", "3")
     assert res.returncode == 1 and "gone" in res.stderr, res.stderr  # stale, or its process gone
+
+
+def test_the_default_interval_allows_three_missed_writes(tmp_path, tagsift_env) -> None:
+    """TAGSIFT_WORKER_HEALTH_SECONDS' default (10 s, the images') makes a file up to 30 s old healthy."""
+    import json
+
+    settings = tagsift_env(worker_health_file=str(tmp_path / "h"))
+    assert settings.worker_health_seconds == 10
+    for age, healthy in ((25, 0), (35, 1)):
+        (tmp_path / "h").write_text(json.dumps({"pid": os.getpid(), "time": time.time() - age, "kind": "cpu"}))
+        res = subprocess.run(
+            [*([str(TAGSIFT)] if TAGSIFT.exists() else [sys.executable, "-m", "worker.cli"]), "worker-health"],
+            env=os.environ.copy(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert res.returncode == healthy, (age, res.stdout, res.stderr)
