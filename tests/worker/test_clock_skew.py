@@ -2,8 +2,10 @@
 
 Worker A runs a job with its clock an hour *behind*; worker B's clock is an hour *ahead* and its reaper passes every
 second. Were leases written or compared on the workers' clocks, B's reaper would take A's live job at once (A's lease
-would end an hour before B's "now"). On the database's clock, the live job stays A's for three lease lengths; once A
-is killed, B's reaper puts the job back only after its lease (4 s) really ran out, and B runs it as attempt 2.
+would end an hour before B's "now"). On the database's clock, the live job stays A's over three of B's reaper passes
+(counted by a canary job B re-sends each pass); once A is killed, B's reaper puts the job back only after its lease
+(4 s) really ran out, and B runs it as attempt 2. Checked against the old behaviour: with ``db_now`` replaced by the
+worker's own ``datetime.now()``, this test fails (B takes the live job as attempt 2).
 
 libfaketime is Debian's ``libfaketime`` package (``apt-get install libfaketime``; .ci/run installs it): preloaded into
 a process it shifts what ``clock_gettime(CLOCK_REALTIME)`` answers, so Python's ``time.time()`` and ``datetime.now()``
@@ -18,6 +20,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import update
@@ -35,6 +38,7 @@ from tests.worker.conftest import (
     wait_for,
     wait_status,
 )
+from worker.leases import utcnow
 
 pytestmark = pytest.mark.integration
 
@@ -82,15 +86,20 @@ def test_skewed_worker_clocks_neither_reap_a_live_job_nor_keep_a_dead_one(prod_e
     enqueue_job(job_id, "auto")
     wait_for(lambda: get_job(job_id).progress.get("stage") == "training", 240, "the job to train on A")
     assert _runner_pid(job_id, 1) == worker_a.proc.pid
-    # ... while B (an hour ahead) reaps every second: for three leases (4 s each) the live job stays A's.
-    worker_b = start_worker(**ahead, **slow)
-    wait_for(lambda: "reaper started" in worker_b.log(), 120, "worker B's reaper")
+    # ... while B (an hour ahead) reaps every second. A canary, a stale queued GPU job no worker here takes, counts B's
+    # reaper passes: each pass re-sends it (an event) right after its expiry scan has committed. Over three passes
+    # spanning more than two leases, the live job stays A's.
+    canary = make_job(owner, ds, device="gpu")
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == canary).values(updated_at=utcnow() - timedelta(seconds=600)))
     first_lease = get_job(job_id).lease_expires_at
-    deadline = time.monotonic() + 12
-    while time.monotonic() < deadline:
+    worker_b = start_worker(**ahead, **slow)
+    started = time.monotonic()
+    while len(events(canary, "requeue")) < 3 or time.monotonic() - started < 10:
         job = get_job(job_id)
         assert (job.status, job.attempt) == ("running", 1), (job.status, job.error_message)
         assert events(job_id, "requeue") == [], [e.data for e in events(job_id, "requeue")]
+        assert time.monotonic() - started < 240, "B's reaper did not pass three times"
         time.sleep(0.5)
     assert get_job(job_id).lease_expires_at > first_lease  # A's heartbeat kept renewing it, on the database's clock
 
