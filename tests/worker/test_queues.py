@@ -72,6 +72,8 @@ def test_a_cpu_worker_never_takes_a_gpu_job(prod_env, start_worker) -> None:
     # duplicates of the other two (re-sent by the reaper while the worker started) are consumed; nothing else is left
     wait_for(lambda: not _messages(settings.cpu_queue) and not _messages(settings.queue), 30, "the CPU queues to drain")
     assert get_job(gpu_job).status == "queued"
+    # only the hand-placed message needed sending on: the reaper's re-sends went to the GPU queue themselves
+    assert worker.log().count("sent on to its queue") == 1
 
     # A GPU worker takes it. This host has no CUDA: the run fails saying so, after the GPU worker claimed it.
     gpu_worker = start_worker(args=("--device", "gpu"))
