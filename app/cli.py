@@ -52,6 +52,7 @@ def serve(
 
     from app.config import get_settings
     from app.db import upgrade_database
+    from app.logs import logging_config
 
     settings = get_settings()
     require_storage()
@@ -63,6 +64,8 @@ def serve(
         port=port or settings.port,
         workers=workers,
         log_level=settings.log_level.lower(),
+        log_config=logging_config(settings.log_level),
+        access_log=False,  # app.access logs each request, with its request id (app/api/request_log.py)
     )
 
 

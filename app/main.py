@@ -10,6 +10,7 @@ from app import queue
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimitMiddleware
 from app.api.openapi import add_links
+from app.api.request_log import RequestLogMiddleware
 from app.api.routes import datasets, items, jobs, label_studio, models, predict
 from app.db import get_engine
 from app.storage import get_storage
@@ -28,6 +29,7 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(api)
     api.add_middleware(BodyLimitMiddleware)
+    api.add_middleware(RequestLogMiddleware)  # added last: outermost, so it sees every answer, a 413 included
 
     @api.get("/healthz", tags=["health"])
     def healthz() -> dict:

@@ -195,6 +195,11 @@ class ItemUpdate(_Input):
 # --- jobs -------------------------------------------------------------------------------------------------
 
 
+#: Job params that place a job (which queue, which kind of worker) rather than shape training: neither a TrainConfig
+#: field nor one of ml's run params (tests/test_contracts.py).
+PLACEMENT_PARAMS = ("device",)
+
+
 class JobCreate(_Input):
     """Training parameters; defaults are the benchmark's best validated configuration (``app/job_defaults.py``).
     Unknown fields and values answer 422 naming the field.
@@ -243,6 +248,11 @@ class JobCreate(_Input):
     )
     seed: JsonInt = Field(1, ge=0, le=2**31 - 1)
     precision: Literal["fp32", "amp"] = "fp32"
+    device: Literal["auto", "cpu", "gpu"] | None = Field(
+        None,
+        description="Where the job runs: 'gpu' (only GPU workers take it), 'cpu' (only CPU workers), 'auto' (the first"
+        " free worker of either kind); null: the server's TAGSIFT_JOB_DEVICE. docs/deploy.md, Queues and devices.",
+    )
 
     @field_validator("templates")
     @classmethod

@@ -10,6 +10,7 @@ import logging
 from sqlalchemy import bindparam, or_, select, update
 
 from app.db import session_scope
+from app.dbclock import db_now
 from app.models import Dataset, Item, Job, Model
 from worker.job_run import JobRun, LeaseLost
 from worker.leases import add_event, utcnow
@@ -95,7 +96,7 @@ def save_result(run: JobRun, job: JobInput, cfg, backbone_id: str, model_id: str
                 model_id=model_id,
                 metrics=metrics,
                 progress=progress,
-                finished_at=now,
+                finished_at=db_now(),  # the database's clock, as every lease timestamp (app/dbclock.py)
                 lease_expires_at=None,
             )
             session.add(
