@@ -19,8 +19,21 @@ JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
 
-#: JSON schema of a prompt template (the validators below check the same): the class name goes where "{}" is.
-TEMPLATE_SCHEMA = {"type": "string", "pattern": r"\{\}", "maxLength": 500}
+#: JSON schema of a prompt template (the validators below check the same): the class name goes where "{}" is,
+#: exactly once (ml's rule, ``ml.prompts.validate_templates``; tests/test_contracts.py ties the two).
+TEMPLATE_SCHEMA = {"type": "string", "pattern": r"^(?:(?!\{\})[\s\S])*\{\}(?:(?!\{\})[\s\S])*$", "maxLength": 500}
+TEMPLATE_MAX_LENGTH = 500
+
+
+def template_problem(template: str) -> str | None:
+    """Why ``template`` cannot be a prompt template, or None: exactly one "{}" (the class name), <= 500 chars."""
+    slots = template.count("{}")
+    if slots != 1:
+        found = "none" if slots == 0 else f"{slots}"
+        return f'needs exactly one "{{}}" where the class name goes (found {found})'
+    if len(template) > TEMPLATE_MAX_LENGTH:
+        return f"at most {TEMPLATE_MAX_LENGTH} characters"
+    return None
 
 
 class _Input(BaseModel):
@@ -41,15 +54,16 @@ class DatasetCreate(_Input):
 
     name: str = Field(min_length=1, max_length=200)
     classes: list[str] = Field(min_length=1, description="The tag vocabulary; item candidates must come from it.")
-    prompt_template: Annotated[str, WithJsonSchema({**TEMPLATE_SCHEMA, "pattern": r"\{\}|^\s*$"})] | None = Field(
-        None, max_length=500, description='e.g. "a photo of a {}." (blank: none)'
-    )
+    prompt_template: (
+        Annotated[str, WithJsonSchema({**TEMPLATE_SCHEMA, "pattern": TEMPLATE_SCHEMA["pattern"] + r"|^\s*$"})] | None
+    ) = Field(None, max_length=500, description='e.g. "a photo of a {}." (blank: none)')
 
     @field_validator("prompt_template")
     @classmethod
     def _template_has_slot(cls, value: str | None) -> str | None:
-        if value is not None and value.strip() and "{}" not in value:
-            raise ValueError('the template needs a "{}" where the class name goes')
+        problem = template_problem(value) if value is not None and value.strip() else None
+        if problem:
+            raise ValueError(f"the template {problem}")
         return value.strip() or None if value is not None else None
 
 
@@ -184,9 +198,10 @@ class JobCreate(_Input):
     @field_validator("templates")
     @classmethod
     def _templates_have_slot(cls, value: list[str] | None) -> list[str] | None:
-        for t in value or []:
-            if "{}" not in t or len(t) > 500:
-                raise ValueError('each template needs a "{}" for the class name and at most 500 characters')
+        for i, t in enumerate(value or []):
+            problem = template_problem(t)
+            if problem:
+                raise ValueError(f"template {i}: {problem}")
         return value
 
 

@@ -4,8 +4,9 @@
 
 1. **training set**: an item whose tag is certain (``certain[i]``) has the candidate set ``{tag}``; job param
    ``shots`` keeps at most that many training items per class (:func:`select_training_items`).
-2. **encoding**: ``views`` feature views of the training items and the clean view of every item, through the
-   on-disk :class:`ml.features.FeatureCache` (a re-run encodes nothing).
+2. **encoding**: ``views`` feature views of the training items (view 0 clean, the others augmented; raised to the
+   number of distinct views the loss takes per step, PiCO 2, PLCR 3, when ``views`` > 1: :func:`encoded_views`) and
+   the clean view of every item, through the on-disk :class:`ml.features.FeatureCache` (a re-run encodes nothing).
 3. **candidate pruning** (``knn_vote``): neighbour voting on the training candidate sets (``ml/knn_vote.py``).
 4. **fit** (``ml.train.fit``) with an epoch checkpoint, so a re-run resumes; a checkpoint written for other data or
    another config is discarded (``callbacks.checkpoint_discarded``) and training restarts from epoch 1.
@@ -49,6 +50,14 @@ def train_config(params: dict, prompt_template: str | None = None) -> TrainConfi
     elif prompt_template:
         kwargs["templates"] = (prompt_template,)
     return TrainConfig(**kwargs)
+
+
+def encoded_views(views: int, config: TrainConfig) -> int:
+    """Feature views to encode per training item: ``views`` = 1 means no augmentation (every view of a step is the
+    clean one); otherwise at least as many as the loss takes distinct views per step (``ml.train.views_needed``)."""
+    from ml.train import views_needed
+
+    return 1 if views <= 1 else max(views, views_needed(config))
 
 
 def select_training_items(candidates: list[list[str]], certain: list[bool], shots: int | None, seed: int) -> list[int]:
@@ -148,6 +157,7 @@ def run_job(
     except ValueError as exc:
         raise InvalidCandidates(str(exc)) from exc
     train_idx = select_training_items(spec.candidates, spec.certain, spec.shots, cfg.seed)
+    spec = dataclasses.replace(spec, views=encoded_views(spec.views, cfg))
 
     cb.stage(
         "encoding", {"items": len(spec.images), "train_items": len(train_idx), "views": spec.views, "device": device}

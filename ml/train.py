@@ -211,10 +211,15 @@ class Classifier(nn.Module):
         self._text_cache = (key, t)
         return t
 
-    def logits(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per-view (B, K) logits; one text pass shared by all views."""
+    def logits(self, feats: list[torch.Tensor], update_stats: bool = True) -> list[torch.Tensor]:
+        """Per-view (B, K) logits; one text pass shared by all views.
+
+        Linear probe: the BatchNorm's running statistics are updated once per step, by the first view of the
+        step's forward (`update_stats`); the other views and the after-step forward normalise with their batch
+        statistics without touching the running ones.
+        """
         if self.method == "linear_probe":
-            return [self.probe(f) for f in feats]
+            return [self.probe(f, update_stats=update_stats and j == 0) for j, f in enumerate(feats)]
         t = self.class_features()  # [K, D]
         return [self.logit_scale * f @ t.T for f in feats]
 
@@ -261,19 +266,33 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 def _epoch_plan(
     seed: int, epoch: int, n: int, n_views_total: int, n_views: int, batch_size: int
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Batches of item indices and the (N, n_views) cached view of each item for epoch `epoch`."""
+    """Batches of item indices and the (N, n_views) cached views each item is seen through in epoch `epoch`.
+
+    The view plan: every item, every epoch, draws a fresh random order of ALL its V cached views (view 0 = the
+    clean eval view, 1..V-1 = augmented) and the loss gets the first `n_views` of it. So a one-view loss sees the
+    clean view about 1/V of the time and an augmented one otherwise, and a multi-view loss (PiCO's weak/strong,
+    PLCR's three) always gets `n_views` DISTINCT views. `fit` refuses 1 < V < n_views (no distinct views to give);
+    with V = 1 every view is the clean one (no augmentation at all; the losses document what that means).
+    """
     gen = _epoch_generator(seed, epoch)
     perm = torch.randperm(n, generator=gen)
     if n_views_total == 1:
         view_idx = torch.zeros(n, n_views, dtype=torch.long)
-    elif n_views_total - 1 >= n_views:  # distinct augmented views per item
-        view_idx = torch.rand(n, n_views_total - 1, generator=gen).argsort(dim=1)[:, :n_views] + 1
     else:
-        view_idx = torch.randint(1, n_views_total, (n, n_views), generator=gen)
+        view_idx = torch.rand(n, n_views_total, generator=gen).argsort(dim=1)[:, :n_views]
     batches = list(perm.split(batch_size))
     if len(batches) > 1 and len(batches[-1]) == 1:  # no singleton batch (BatchNorm, SupCon)
         batches[-2] = torch.cat([batches[-2], batches.pop()])
     return batches, view_idx
+
+
+def views_needed(config: TrainConfig) -> int:
+    """Cached views a run of `config` needs so that its loss gets distinct views (1 for zero-shot)."""
+    from ml.losses import LOSSES
+
+    if config.method == "zero_shot":
+        return 1
+    return LOSSES[config.loss.lower()].n_views
 
 
 def _save_checkpoint(path: Path, payload: dict) -> None:
@@ -348,10 +367,17 @@ def fit(
     if config.method == "zero_shot":
         return result(hand, model.logit_scale, None, [])
 
-    loss_fn = build_loss(config.loss, mask, epochs=config.epochs, feature_dim=d).to(device)
+    loss_fn = build_loss(config.loss, mask, epochs=config.epochs, feature_dim=d, seed=config.seed).to(device)
+    if 1 < v_total < loss_fn.n_views:
+        raise ValueError(
+            f"loss {config.loss}: needs {loss_fn.n_views} distinct feature views per item, got {v_total} "
+            f"(encode at least {loss_fn.n_views}, see views_needed)"
+        )
     params = [p for p in model.learner().parameters() if p.requires_grad] + loss_fn.trainable_parameters()
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    # fp16 autocast needs loss scaling (small gradients underflow in fp16); disabled, the scaler is a pass-through
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     meta = _Meta((v_total, n, d, k), list(classnames), asdict(config))
     history: list[EpochMetrics] = []
     start_epoch = 0
@@ -366,6 +392,8 @@ def fit(
         loss_fn.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         start_epoch = int(state["epoch"])
         history = [EpochMetrics(**h) for h in state["history"]]
 
@@ -386,11 +414,12 @@ def fit(
             with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
                 loss = step_loss(model, loss_fn, batch, config.method, hand, alpha)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)  # skipped when the scaled gradients overflowed (then the scale shrinks)
+            scaler.update()
             if loss_fn.needs_after_step:  # fresh forward of the same batch after the step (RC, LWS); its text
                 with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):  # pass, with grad,
-                    z = model.logits([f_views[0]])[0]  # is reused by the next step (Classifier.class_features)
+                    z = model.logits([f_views[0]], update_stats=False)[0]  # is reused by the next step
                 loss_fn.after_step(z.detach().float(), batch)
             total += float(loss.detach()) * len(b)
             count += len(b)
@@ -420,6 +449,7 @@ def fit(
                     "loss": loss_fn.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
                     "history": [asdict(h) for h in history],
                 },
             )

@@ -32,8 +32,9 @@ class PLLLoss(nn.Module):
     n_views: int = 1  # how many distinct (cached) views of each item the loss wants per step
     needs_after_step: bool = False  # wants a fresh no-grad forward of the same batch after the optimiser step
 
-    def __init__(self, candidates: torch.Tensor, *, epochs: int, feature_dim: int):
+    def __init__(self, candidates: torch.Tensor, *, epochs: int, feature_dim: int, seed: int = 0):
         super().__init__()
+        self.seed = seed  # the job's seed: any random init of the loss's own weights and state comes from it
         assert candidates.dim() == 2, f"candidates must be (N, K), got {tuple(candidates.shape)}"
         self.num_classes = candidates.shape[1]
         self.epochs = epochs
