@@ -225,6 +225,12 @@ class JobRead(BaseModel):
     params: dict[str, Any]
     progress: ProgressRead
     metrics: dict[str, Any]
+    quality: dict[str, Any] | None = Field(
+        None,
+        description="How good the job's labels are, without true labels (docs/results.md, 'Quality report'): "
+        "estimated_accuracy in [0, 1], the held-out accuracy with its 95% interval, the calibration, per-epoch "
+        "losses and label churn. Null until the job has succeeded.",
+    )
     error: ErrorRead | None
     attempt: int
     cancel_requested: bool

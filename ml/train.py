@@ -53,10 +53,13 @@ class TrainConfig:
 class EpochMetrics:
     epoch: int  # 1-based
     epochs: int
-    loss: float
+    loss: float  # the optimised loss, L_PLL + L_align · sg(L_PLL / L_align): its scale follows L_PLL's
     train_acc: float | None  # disambiguation accuracy on training items when true labels are given
-    val_acc: float | None  # accuracy on the validation features when given
+    val_acc: float | None  # accuracy on the validation features when given (over their candidates when given)
     seconds: float
+    pll_loss: float | None = None  # mean PLL loss of the epoch's steps
+    align_loss: float | None = None  # mean unweighted alignment loss L_align (prompt alignment; else None)
+    label_churn: float | None = None  # share of training items whose label changed since the last epoch
 
 
 @dataclass
@@ -146,23 +149,29 @@ def disambiguate(
     logit_scale: float,
     candidates: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(labels, confidence, margin) for (N, D) image features, restricted to candidates when given.
 
-    p = softmax(s · normalise(f) C^T + b), renormalised over the candidates; label = argmax; margin = p1 - p2.
+    p = softmax((s · normalise(f) C^T + b) / T), renormalised over the candidates; label = argmax; margin = p1 - p2.
+    T (``temperature``, ml.quality's calibration) changes the confidences, never the labels.
     """
-    f = F.normalize(features.float(), dim=-1)
-    c = class_features.to(f.device).float()
-    logits = logit_scale * f @ c.T  # [N, K]
-    if bias is not None:
-        logits = logits + bias.to(f.device)
+    logits = class_logits(features, class_features, logit_scale, bias) / temperature  # [N, K]
+    if candidates is not None:  # softmax over the candidates' logits: the renormalised p, without underflow
+        logits = logits.masked_fill(~candidates.to(logits.device).bool(), float("-inf"))
     p = F.softmax(logits, dim=1)
-    if candidates is not None:
-        m = candidates.to(f.device).bool()
-        p = p * m
-        p = p / p.sum(dim=1, keepdim=True).clamp_min(1e-30)
     top = p.topk(2, dim=1)
     return top.indices[:, 0].cpu(), top.values[:, 0].cpu(), (top.values[:, 0] - top.values[:, 1]).cpu()
+
+
+@torch.no_grad()
+def class_logits(
+    features: torch.Tensor, class_features: torch.Tensor, logit_scale: float, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(N, K) logits s · normalise(f) C^T + b of a deployable classifier."""
+    f = F.normalize(features.float(), dim=-1)
+    logits = logit_scale * f @ class_features.to(f.device).float().T
+    return logits + bias.to(f.device) if bias is not None else logits
 
 
 # --- the learner: one object whatever the method ----------------------------------------------------------------
@@ -251,11 +260,14 @@ def step_loss(
 
     batch.logits = [z.float() for z in model.logits(batch.features)]
     loss = loss_fn(batch)
+    batch.pll_loss = loss.detach()
     if method == "prompt_alignment":
         assert hand is not None, "prompt alignment needs the handcrafted class features"
         hand_logits = model.logit_scale * batch.features[0] @ hand.T  # z̃ on the PLL loss's view
         q = teacher(hand_logits, batch.mask, batch.logits[0], alpha)
-        loss = combine(loss, align_loss(batch.logits[0], q))
+        al = align_loss(batch.logits[0], q)
+        batch.align_loss = al.detach()
+        loss = combine(loss, al)
     return loss
 
 
@@ -315,7 +327,7 @@ def fit(
     config: TrainConfig,
     *,
     true_labels: torch.Tensor | None = None,
-    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    val: tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     checkpoint_path: str | Path | None = None,
@@ -325,6 +337,7 @@ def fit(
 
     checkpoint_path: saved atomically at every epoch end; if it exists at start, training resumes from it and ends
     exactly where an uninterrupted run would. should_cancel() is checked between steps -> TrainingCancelled.
+    val: (features, labels) or (features, labels, (M, K) candidate mask): val_acc is over the candidates when given.
     """
     from ml.align import mix_alpha
     from ml.losses import PLLBatch, build_loss
@@ -348,9 +361,10 @@ def fit(
 
     feats = F.normalize(features.float(), dim=-1).to(device)  # [V, N, D], method.md 6.3
     mask_f = mask.float().to(device)  # [N, K]
-    val_feats = val_labels = None
+    val_feats = val_labels = val_mask = None
     if val is not None:
-        vf, val_labels = val
+        vf, val_labels = val[0], val[1]
+        val_mask = val[2].bool() if len(val) > 2 and val[2] is not None else None
         val_feats = F.normalize((vf[0] if vf.dim() == 3 else vf).float(), dim=-1).to(device)
 
     model = Classifier(backbone, classnames, config, device)
@@ -381,6 +395,7 @@ def fit(
     meta = _Meta((v_total, n, d, k), list(classnames), asdict(config))
     history: list[EpochMetrics] = []
     start_epoch = 0
+    prev_labels: torch.Tensor | None = None  # the training items' labels at the end of the previous epoch
 
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
     if ckpt is not None and ckpt.is_file():
@@ -396,6 +411,7 @@ def fit(
             scaler.load_state_dict(state["scaler"])
         start_epoch = int(state["epoch"])
         history = [EpochMetrics(**h) for h in state["history"]]
+        prev_labels = state.get("labels")
 
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
@@ -405,6 +421,7 @@ def fit(
         view_idx = view_idx.to(device)
         model.learner().train()
         total, count = 0.0, 0
+        pll_total, align_total = 0.0, None
         for b in batches:
             if should_cancel is not None and should_cancel():
                 raise TrainingCancelled(f"cancelled in epoch {epoch + 1}")
@@ -422,20 +439,34 @@ def fit(
                     z = model.logits([f_views[0]], update_stats=False)[0]  # is reused by the next step
                 loss_fn.after_step(z.detach().float(), batch)
             total += float(loss.detach()) * len(b)
+            pll_total += float(batch.pll_loss) * len(b)
+            if batch.align_loss is not None:
+                align_total = (align_total or 0.0) + float(batch.align_loss) * len(b)
             count += len(b)
         scheduler.step()
 
         model.learner().eval()
         class_feats, scale, bias = model.deployable()
-        train_acc = val_acc = None
+        train_acc = val_acc = churn = None
+        labels, _, _ = disambiguate(feats[0], class_feats, scale, mask, bias)
+        if prev_labels is not None:
+            churn = float((labels != prev_labels.cpu()).float().mean())
+        prev_labels = labels
         if true_labels is not None:
-            labels, _, _ = disambiguate(feats[0], class_feats, scale, mask, bias)
             train_acc = float((labels == true_labels.cpu()).float().mean())
         if val_feats is not None:
-            vl, _, _ = disambiguate(val_feats, class_feats, scale, None, bias)
+            vl, _, _ = disambiguate(val_feats, class_feats, scale, val_mask, bias)
             val_acc = float((vl == val_labels.cpu()).float().mean())
         metrics = EpochMetrics(
-            epoch + 1, config.epochs, total / max(count, 1), train_acc, val_acc, time.perf_counter() - t0
+            epoch=epoch + 1,
+            epochs=config.epochs,
+            loss=total / max(count, 1),
+            train_acc=train_acc,
+            val_acc=val_acc,
+            seconds=time.perf_counter() - t0,
+            pll_loss=pll_total / max(count, 1),
+            align_loss=None if align_total is None else align_total / max(count, 1),
+            label_churn=churn,
         )
         history.append(metrics)
         if ckpt is not None:
@@ -451,6 +482,7 @@ def fit(
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(),
                     "history": [asdict(h) for h in history],
+                    "labels": labels,  # for the next epoch's label churn
                 },
             )
         if on_epoch is not None:

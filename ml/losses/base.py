@@ -24,6 +24,8 @@ class PLLBatch:
     mask: torch.Tensor  # (B, K) float {0,1}: candidate set Y of each item
     index: torch.Tensor  # (B,) long: row of each item in the training set (for per-item state)
     features: list[torch.Tensor] | None = None  # one (B, D) L2-normalised image feature per view (PiCO head)
+    pll_loss: torch.Tensor | None = None  # set by ml.train.step_loss: the PLL term alone (detached)
+    align_loss: torch.Tensor | None = None  # and the alignment term, unweighted (prompt alignment only)
 
 
 class PLLLoss(nn.Module):
