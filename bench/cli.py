@@ -256,3 +256,46 @@ def bench_load(
     result = run_load_bench(cfg, out=typer.echo)
     if result.total_errors:
         raise typer.Exit(1)
+
+
+@bench.command("review")
+def bench_review(
+    per_class: Annotated[int, typer.Option("--per-class", help="CIFAR-10 train images per class.")] = 100,
+    q: Annotated[float, typer.Option("--q", help="Candidate-set flip rate.")] = 0.3,
+    budgets: Annotated[str, typer.Option("--budgets", help="Shares of the items reviewed per round.")] = "0.05,0.1,0.2",
+    max_share: Annotated[float, typer.Option("--max-share", help="Stop once this share is reviewed.")] = 0.4,
+    views: Annotated[int, typer.Option("--views", help="Feature views per image (the job's setting).")] = 2,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the images, candidate sets, order and training.")] = 1,
+    backbone: Annotated[str, typer.Option("--backbone", help="Backbone spec, or 'reference'.")] = "reference",
+    cifar10_path: Annotated[Path | None, typer.Option("--cifar10-path", help="Default TAGSIFT_CIFAR10_PATH.")] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option("--cache-dir", help="Backbone cache (default TAGSIFT_MODEL_CACHE_DIR).")
+    ] = None,
+    feature_dir: Annotated[
+        Path | None, typer.Option("--feature-dir", help="Feature cache (default <TAGSIFT_DATA_DIR>/features).")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where review.json/.md/.png go.")] = Path("bench-out"),
+) -> None:
+    """Simulate a reviewer fixing the lowest-margin items round after round (vs random and zero-shot order); R95."""
+    from app.config import get_settings
+    from bench.review import run_cifar10
+
+    settings = get_settings()
+    command = "tagsift bench review " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "tagsift bench review"
+    report = run_cifar10(
+        backbone=backbone,
+        cifar10_path=cifar10_path or settings.cifar10_path,
+        cache_dir=cache_dir or settings.model_cache_dir,
+        feature_dir=feature_dir or settings.data_dir / "features",
+        per_class=per_class,
+        q=q,
+        views=views,
+        budgets=_floats(budgets),
+        max_share=max_share,
+        seed=seed,
+        out_dir=out_dir,
+        command=command,
+        log=typer.echo,
+    )
+    typer.echo((out_dir / "review.md").read_text())
+    typer.echo(f"{len(report['runs'])} simulations; files in {out_dir}")
