@@ -163,12 +163,22 @@ def run(
     seed: int = 1,
     params: dict | None = None,
     log: Callable[[str], None] = print,
+    on_run: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Every (order, budget) simulation on one setting."""
+    """Every (order, budget) simulation on one setting; ``on_run(report so far)`` after each simulation."""
     n, k = setting.candidates.shape
     params = params or default_params(n, k)
     zs = zero_shot_margin(backbone, setting) if "zero_shot" in orders else None
     runs, memo = [], {}
+    report = {
+        "items": n,
+        "classes": k,
+        "mean_set_size": round(float(setting.candidates.sum(1).float().mean()), 3),
+        "params": {key: params.get(key) for key in ("method", "loss", "epochs", "lr", "knn_vote", "handcrafted_mix")},
+        "max_share": max_share,
+        "seed": seed,
+        "runs": runs,
+    }
     for budget in budgets:
         for order in orders:
             runs.append(
@@ -185,15 +195,9 @@ def run(
                     log=log,
                 )
             )
-    return {
-        "items": n,
-        "classes": k,
-        "mean_set_size": round(float(setting.candidates.sum(1).float().mean()), 3),
-        "params": {key: params.get(key) for key in ("method", "loss", "epochs", "lr", "knn_vote", "handcrafted_mix")},
-        "max_share": max_share,
-        "seed": seed,
-        "runs": runs,
-    }
+            if on_run is not None:
+                on_run(report)
+    return report
 
 
 def _find(report: dict, order: str, budget: float) -> dict:
@@ -287,10 +291,15 @@ def run_cifar10(
     log(f"encoding {len(data)} images x {v} views with {bb.id}")
     feats = encode_images(bb, data.images, shas=data.shas, views=v, cache=FeatureCache(feature_dir), seed=0)
     setting = ReviewSetting(feats, cands, data.labels, list(data.classnames))
-    report = run(bb, setting, budgets=budgets, max_share=max_share, seed=seed, params=params, log=log)
-    report.update({"backbone": bb.id, "q": q, "per_class": per_class, "views": v, "command": command})
+    extra = {"backbone": bb.id, "q": q, "per_class": per_class, "views": v, "command": command}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "review.json").write_text(json.dumps(report, indent=2))
+
+    def save(so_far: dict) -> None:  # after every simulation: a stopped run keeps what it measured
+        (out_dir / "review.json").write_text(json.dumps({**so_far, **extra}, indent=2))
+
+    report = run(bb, setting, budgets=budgets, max_share=max_share, seed=seed, params=params, log=log, on_run=save)
+    report.update(extra)
+    save(report)
     plot(report, out_dir / "review.png")
     (out_dir / "review.md").write_text(report_md(report, command, "review.png"))
     return report
