@@ -132,8 +132,11 @@ class Settings(BaseSettings):
     predict_batch_size: int = Field(16, description="Images per ONNX Runtime call in /predict.")
 
     # --- review -------------------------------------------------------------------------------
-    review_margin: float = Field(
-        0.2, description="An item whose tag beats the runner-up candidate by less than this needs review."
+    review_confidence: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="An item whose calibrated confidence (probability its tag is right) is below this needs review.",
     )
     session_hours: float = Field(12.0, gt=0, le=24 * 90, description="How long a web app sign-in lasts.")
 

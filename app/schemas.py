@@ -20,8 +20,21 @@ JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINISHED_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
 
-#: JSON schema of a prompt template (the validators below check the same): the class name goes where "{}" is.
-TEMPLATE_SCHEMA = {"type": "string", "pattern": r"\{\}", "maxLength": 500}
+#: JSON schema of a prompt template (the validators below check the same): the class name goes where "{}" is,
+#: exactly once (ml's rule, ``ml.prompts.validate_templates``; tests/test_contracts.py ties the two).
+TEMPLATE_SCHEMA = {"type": "string", "pattern": r"^(?:(?!\{\})[\s\S])*\{\}(?:(?!\{\})[\s\S])*$", "maxLength": 500}
+TEMPLATE_MAX_LENGTH = 500
+
+
+def template_problem(template: str) -> str | None:
+    """Why ``template`` cannot be a prompt template, or None: exactly one "{}" (the class name), <= 500 chars."""
+    slots = template.count("{}")
+    if slots != 1:
+        found = "none" if slots == 0 else f"{slots}"
+        return f'needs exactly one "{{}}" where the class name goes (found {found})'
+    if len(template) > TEMPLATE_MAX_LENGTH:
+        return f"at most {TEMPLATE_MAX_LENGTH} characters"
+    return None
 
 # What the services check on stored text, as JSON Schema patterns (ECMA-262 and Python read them alike: explicit
 # classes, no \s, whose meaning differs between the two): no control character (Unicode Cc) anywhere, and for a
@@ -37,8 +50,11 @@ TAG_SCHEMA = {
 }
 #: A name: no control characters, and something besides spaces.
 NAME_PATTERN = f"^[^{_CONTROL}]*[^{_CONTROL}{_SPACE}][^{_CONTROL}]*$"
-#: A dataset's prompt template: blank (none), or text with a "{}" and no control characters.
-DATASET_TEMPLATE_PATTERN = f"^[^{_CONTROL}]*\\{{\\}}[^{_CONTROL}]*$|^[{_SPACE}]*$"
+#: A dataset's prompt template: blank (none), or text with exactly one "{}" (ml's rule, as TEMPLATE_SCHEMA) and no
+#: control characters.
+DATASET_TEMPLATE_PATTERN = (
+    f"^(?:(?!\\{{\\}})[^{_CONTROL}])*\\{{\\}}(?:(?!\\{{\\}})[^{_CONTROL}])*$|^[{_SPACE}]*$"
+)
 
 
 def _integral(value: Any) -> Any:
@@ -81,8 +97,9 @@ class DatasetCreate(_Input):
     @field_validator("prompt_template")
     @classmethod
     def _template_has_slot(cls, value: str | None) -> str | None:
-        if value is not None and value.strip() and "{}" not in value:
-            raise ValueError('the template needs a "{}" where the class name goes')
+        problem = template_problem(value) if value is not None and value.strip() else None
+        if problem:
+            raise ValueError(f"the template {problem}")
         return value.strip() or None if value is not None else None
 
 
@@ -257,9 +274,10 @@ class JobCreate(_Input):
     @field_validator("templates")
     @classmethod
     def _templates_have_slot(cls, value: list[str] | None) -> list[str] | None:
-        for t in value or []:
-            if "{}" not in t or len(t) > 500:
-                raise ValueError('each template needs a "{}" for the class name and at most 500 characters')
+        for i, t in enumerate(value or []):
+            problem = template_problem(t)
+            if problem:
+                raise ValueError(f"template {i}: {problem}")
         return value
 
 
@@ -283,6 +301,12 @@ class JobRead(BaseModel):
     params: dict[str, Any]
     progress: ProgressRead
     metrics: dict[str, Any]
+    quality: dict[str, Any] | None = Field(
+        None,
+        description="How good the job's labels are, without true labels (docs/results.md, 'Quality report'): "
+        "estimated_accuracy in [0, 1], the held-out accuracy with its 95% interval, the calibration, per-epoch "
+        "losses and label churn. Null until the job has succeeded.",
+    )
     error: ErrorRead | None
     attempt: int
     cancel_requested: bool

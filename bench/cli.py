@@ -329,3 +329,45 @@ def bench_ui(
         decisions=decisions,
         out=typer.echo,
     )
+
+
+@bench.command("review")
+def bench_review(
+    per_class: Annotated[int, typer.Option("--per-class", help="CIFAR-10 train images per class.")] = 100,
+    q: Annotated[float, typer.Option("--q", help="Candidate-set flip rate.")] = 0.3,
+    budgets: Annotated[str, typer.Option("--budgets", help="Shares of the items reviewed per round.")] = "0.05,0.1,0.2",
+    max_share: Annotated[float, typer.Option("--max-share", help="Stop once this share is reviewed.")] = 0.4,
+    views: Annotated[int, typer.Option("--views", help="Feature views per image (the job's setting).")] = 2,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the images, candidate sets, order and training.")] = 1,
+    backbone: Annotated[str, typer.Option("--backbone", help="Backbone spec, or 'reference'.")] = "reference",
+    cifar10_path: Cifar10Path = None,
+    cache_dir: CacheDir = None,
+    feature_dir: Annotated[
+        Path | None, typer.Option("--feature-dir", help="Feature cache (default <TAGSIFT_DATA_DIR>/features).")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where review.json/.md/.png go.")] = Path("bench-out"),
+) -> None:
+    """Simulate a reviewer fixing the lowest-margin items round after round (vs random and zero-shot order); R95."""
+    from app.config import get_settings
+    from bench.review import run_cifar10
+
+    settings = get_settings()
+    cifar, models = _data_paths(cifar10_path, cache_dir)
+    command = "tagsift bench review " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "tagsift bench review"
+    report = run_cifar10(
+        backbone=backbone,
+        cifar10_path=cifar,
+        cache_dir=models,
+        feature_dir=feature_dir or settings.data_dir / "features",
+        per_class=per_class,
+        q=q,
+        views=views,
+        budgets=_floats(budgets),
+        max_share=max_share,
+        seed=seed,
+        out_dir=out_dir,
+        command=command,
+        log=typer.echo,
+    )
+    typer.echo((out_dir / "review.md").read_text())
+    typer.echo(f"{len(report['runs'])} simulations; files in {out_dir}")

@@ -307,11 +307,11 @@ def direct_training(cfg: ServiceBenchConfig, params: dict, paths: list[Path], sh
     from ml.export import export_classifier
     from ml.features import FeatureCache, encode_images
     from ml.knn_vote import prune_candidates
-    from ml.pipeline import train_config
+    from ml.pipeline import encoded_views, train_config
     from ml.train import candidates_to_mask, disambiguate, fit
 
     tcfg = train_config(params, None)
-    views = int(params.get("views") or 1)
+    views = encoded_views(int(params.get("views") or 1), tcfg)  # as the job encodes them
     phases: dict[str, float] = {}
     t = started = time.perf_counter()
 

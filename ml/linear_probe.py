@@ -8,6 +8,7 @@ which `folded()` returns; `ml.export` applies it with logit_scale 1.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -19,8 +20,15 @@ class LinearProbe(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         nn.init.trunc_normal_(self.fc.weight, std=1.0, generator=gen)  # trunc_normal(std 1), as the official LP
 
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        """(B, D) normalised image features -> (B, K) logits."""
+    def forward(self, f: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
+        """(B, D) normalised image features -> (B, K) logits.
+
+        In train mode with ``update_stats=False`` the batch is normalised with its own statistics but the running
+        statistics (what the deployed classifier folds in) are left alone: a second forward of the same step must
+        not count the batch twice.
+        """
+        if self.training and not update_stats:
+            return self.fc(F.batch_norm(f, None, None, training=True, eps=self.bn.eps))
         return self.fc(self.bn(f))
 
     @torch.no_grad()

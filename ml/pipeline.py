@@ -2,16 +2,21 @@
 
 :func:`run_job` is the only entry point the worker calls. Every ML decision of a job is made here, in this order:
 
-1. **training set**: an item whose tag is certain (``certain[i]``) has the candidate set ``{tag}``; job param
+1. **training set**: an item whose tag is certain (``certain[i]``) has the candidate set ``{tag}``; a share of the
+   certain items is held out as validation when there are enough (``ml.quality.choose_holdout``); job param
    ``shots`` keeps at most that many training items per class (:func:`select_training_items`).
-2. **encoding**: ``views`` feature views of the training items and the clean view of every item, through the
-   on-disk :class:`ml.features.FeatureCache` (a re-run encodes nothing).
+2. **encoding**: ``views`` feature views of the training items (view 0 clean, the others augmented; raised to the
+   number of distinct views the loss takes per step, PiCO 2, PLCR 3, when ``views`` > 1: :func:`encoded_views`) and
+   the clean view of every item, through the on-disk :class:`ml.features.FeatureCache` (a re-run encodes nothing).
 3. **candidate pruning** (``knn_vote``): neighbour voting on the training candidate sets (``ml/knn_vote.py``).
 4. **fit** (``ml.train.fit``) with an epoch checkpoint, so a re-run resumes; a checkpoint written for other data or
    another config is discarded (``callbacks.checkpoint_discarded``) and training restarts from epoch 1.
 5. **deployed classifier**: the trained one, or mixed with the handcrafted prompts (``ml/ensemble.py``).
-6. **labels** for every item, restricted to its own (unpruned) candidates (``ml.train.disambiguate``).
-7. **export**: the ONNX classifier and its side files into ``export_dir`` (``ml.export.export_classifier``).
+6. **calibration and labels**: a temperature fitted on the held-out items (or on the candidate sets), then labels
+   for every item restricted to its own (unpruned) candidates with calibrated confidences, and the job's quality
+   report (``ml/quality.py``: held-out accuracy with its interval, expected accuracy, per-epoch losses and churn).
+7. **export**: the ONNX classifier (the temperature folded into its logits, so /predict's scores are calibrated
+   too) and its side files into ``export_dir`` (``ml.export.export_classifier``).
 
 It knows nothing of rows, settings or storage: the caller passes paths, callbacks and folders.
 """
@@ -49,6 +54,14 @@ def train_config(params: dict, prompt_template: str | None = None) -> TrainConfi
     elif prompt_template:
         kwargs["templates"] = (prompt_template,)
     return TrainConfig(**kwargs)
+
+
+def encoded_views(views: int, config: TrainConfig) -> int:
+    """Feature views to encode per training item: ``views`` = 1 means no augmentation (every view of a step is the
+    clean one); otherwise at least as many as the loss takes distinct views per step (``ml.train.views_needed``)."""
+    from ml.train import views_needed
+
+    return 1 if views <= 1 else max(views, views_needed(config))
 
 
 def select_training_items(candidates: list[list[str]], certain: list[bool], shots: int | None, seed: int) -> list[int]:
@@ -92,6 +105,7 @@ class JobSpec:
     knn_tau: float | None = None
     handcrafted_mix: float = 0.0
     templates: Sequence[str] | None = None  # the job's own templates, for the handcrafted mix
+    original_candidates: list[list[str]] | None = None  # each item's candidate set before a certain tag replaced it
 
 
 def _ignore(*_args, **_kwargs) -> None:
@@ -122,6 +136,7 @@ class JobResult:
     train_seconds: float
     knn: dict | None  # what candidate pruning did, or None
     probs: list[dict[str, float]] | None = None  # per item: candidate tag -> probability (over its candidates)
+    quality: dict | None = None  # ml.quality.quality_report: how good the labels are, measured without true labels
 
 
 def run_job(
@@ -140,7 +155,8 @@ def run_job(
     """
     from ml.ensemble import deployed_classifier
     from ml.export import export_classifier
-    from ml.train import candidate_probabilities, candidates_to_mask, disambiguate
+    from ml.quality import calibrate, choose_holdout, quality_report
+    from ml.train import candidate_probabilities, candidates_to_mask, class_logits, disambiguate
 
     cb = callbacks or Callbacks()
     cfg = spec.config
@@ -148,7 +164,25 @@ def run_job(
         mask = candidates_to_mask(spec.candidates, spec.classes)  # (N, K) bool
     except ValueError as exc:
         raise InvalidCandidates(str(exc)) from exc
-    train_idx = select_training_items(spec.candidates, spec.certain, spec.shots, cfg.seed)
+    n = len(spec.candidates)
+    original = spec.original_candidates or spec.candidates
+    tags = [spec.candidates[i][0] if spec.certain[i] else None for i in range(n)]
+    holdout = choose_holdout(tags, original, cfg.seed)
+    hold_mask = hold_target = None
+    if holdout:
+        try:
+            hold_mask = candidates_to_mask([sorted({*original[i], tags[i]}) for i in holdout], spec.classes)
+        except ValueError as exc:
+            raise InvalidCandidates(str(exc)) from exc
+        index = {c: k for k, c in enumerate(spec.classes)}
+        hold_target = torch.tensor([index[tags[i]] for i in holdout], dtype=torch.long)
+    held = set(holdout)
+    pool = [i for i in range(n) if i not in held]  # every item when nothing is held out
+    chosen = select_training_items(
+        [spec.candidates[i] for i in pool], [spec.certain[i] for i in pool], spec.shots, cfg.seed
+    )
+    train_idx = [pool[j] for j in chosen]
+    spec = dataclasses.replace(spec, views=encoded_views(spec.views, cfg))
 
     cb.stage(
         "encoding", {"items": len(spec.images), "train_items": len(train_idx), "views": spec.views, "device": device}
@@ -162,22 +196,47 @@ def run_job(
 
     cb.stage(
         "training",
-        {"epochs": cfg.epochs, "method": cfg.method, "loss": cfg.loss, "resumed": checkpoint_path.exists()},
+        {
+            "epochs": cfg.epochs,
+            "method": cfg.method,
+            "loss": cfg.loss,
+            "resumed": checkpoint_path.exists(),
+            "holdout_items": len(holdout),
+        },
     )
+    val = (eval_feats[holdout], hold_target, hold_mask) if holdout else None
     started = time.perf_counter()
-    result = _fit(backbone, train_feats, train_mask, spec.classes, cfg, checkpoint_path, device, cb)
+    result = _fit(backbone, train_feats, train_mask, spec.classes, cfg, checkpoint_path, device, cb, val)
     train_seconds = time.perf_counter() - started
     if cb.should_cancel():
         raise TrainingCancelled("cancel requested")
 
     deployed = deployed_classifier(backbone, result, spec.classes, spec.handcrafted_mix, spec.templates)
     cb.stage("labelling", {"items": len(spec.images)})
+    logits = class_logits(eval_feats, deployed.class_features, deployed.logit_scale, deployed.bias)
+    uncertain = [i for i in range(n) if not spec.certain[i]]
+    calibration = calibrate(logits, mask, holdout, hold_mask, hold_target, uncertain)
+    t = calibration["temperature"]
+    classifier = (deployed.class_features, deployed.logit_scale)
     labels, confidence, margin = disambiguate(
-        eval_feats, deployed.class_features, deployed.logit_scale, candidates=mask, bias=deployed.bias
+        eval_feats, *classifier, candidates=mask, bias=deployed.bias, temperature=t
+    )
+    correct = correct_any = None
+    if holdout:
+        h_feats = eval_feats[holdout]
+        correct = disambiguate(h_feats, *classifier, candidates=hold_mask, bias=deployed.bias)[0] == hold_target
+        correct_any = disambiguate(h_feats, *classifier, bias=deployed.bias)[0] == hold_target
+    quality = quality_report(
+        confidence=confidence,
+        certain=spec.certain,
+        holdout_correct=correct,
+        holdout_correct_any_class=correct_any,
+        calibration=calibration,
+        history=result.history,
     )
     p = candidate_probabilities(
-        eval_feats, deployed.class_features, deployed.logit_scale, candidates=mask, bias=deployed.bias
-    ).cpu()  # (N, K)
+        eval_feats, deployed.class_features, deployed.logit_scale, candidates=mask, bias=deployed.bias, temperature=t
+    ).cpu()  # (N, K), calibrated like the confidences
     probs = [
         {spec.classes[k]: round(float(p[i, k]), 4) for k in range(len(spec.classes)) if mask[i, k]}
         for i in range(len(spec.images))
@@ -186,8 +245,9 @@ def run_job(
         raise TrainingCancelled("cancel requested")
 
     cb.stage("exporting", {})
+    bias = None if deployed.bias is None else deployed.bias / t
     files = export_classifier(
-        backbone, deployed.class_features, deployed.logit_scale, spec.classes, export_dir, class_bias=deployed.bias
+        backbone, deployed.class_features, deployed.logit_scale / t, spec.classes, export_dir, class_bias=bias
     )
     return JobResult(
         labels=[int(x) for x in labels],
@@ -199,6 +259,7 @@ def run_job(
         train_seconds=train_seconds,
         knn=knn,
         probs=probs,
+        quality=quality,
     )
 
 
@@ -236,7 +297,7 @@ def _prune(feats: torch.Tensor, mask: torch.Tensor, k: int, tau: float) -> tuple
     return pruned, {"k": k, "tau": tau, "mean_set_before": round(before, 3), "mean_set_after": round(after, 3)}
 
 
-def _fit(backbone, train_feats, train_mask, classes, cfg, checkpoint_path: Path, device: str, cb: Callbacks):
+def _fit(backbone, train_feats, train_mask, classes, cfg, checkpoint_path: Path, device: str, cb: Callbacks, val=None):
     """``ml.train.fit``, resumed from ``checkpoint_path``; a checkpoint for other data or config is dropped once."""
     from ml.train import fit
 
@@ -249,6 +310,7 @@ def _fit(backbone, train_feats, train_mask, classes, cfg, checkpoint_path: Path,
             train_mask,
             classes,
             cfg,
+            val=val,
             on_epoch=cb.epoch,
             should_cancel=cb.should_cancel,
             checkpoint_path=checkpoint_path,

@@ -68,13 +68,13 @@ def handcrafted_class_features(
 ) -> torch.Tensor:
     """(K, D) L2-normalised handcrafted class features.
 
-    t̃_k = normalise(mean_t normalise(h(tok(template_t.format(class_k))))); one template is the plain CoOpPLL
+    t̃_k = normalise(mean_t normalise(h(tok(template_t with "{}" -> class_k)))); one template is the plain CoOpPLL
     teacher, several form an ensemble (open_clip `build_zero_shot_classifier` convention).
     """
     templates = validate_templates(templates)
     names = [clean_classname(c) for c in classnames]
     feats = []
     for t in templates:
-        ids = tokenizer([t.format(n) for n in names]).to(device)  # [K, L]
+        ids = tokenizer([t.replace("{}", n) for n in names]).to(device)  # [K, L]; other braces stay as written
         feats.append(F.normalize(text_encoder.encode_ids(ids), dim=-1))  # [K, D]
     return F.normalize(torch.stack(feats).mean(dim=0), dim=-1)  # [K, D]

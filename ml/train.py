@@ -53,10 +53,13 @@ class TrainConfig:
 class EpochMetrics:
     epoch: int  # 1-based
     epochs: int
-    loss: float
+    loss: float  # the optimised loss, L_PLL + L_align · sg(L_PLL / L_align): its scale follows L_PLL's
     train_acc: float | None  # disambiguation accuracy on training items when true labels are given
-    val_acc: float | None  # accuracy on the validation features when given
+    val_acc: float | None  # accuracy on the validation features when given (over their candidates when given)
     seconds: float
+    pll_loss: float | None = None  # mean PLL loss of the epoch's steps
+    align_loss: float | None = None  # mean unweighted alignment loss L_align (prompt alignment; else None)
+    label_churn: float | None = None  # share of training items whose label changed since the last epoch
 
 
 @dataclass
@@ -146,19 +149,14 @@ def candidate_probabilities(
     logit_scale: float,
     candidates: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
-    """(N, K) class probabilities p = softmax(s · normalise(f) C^T + b), renormalised over the candidates."""
-    f = F.normalize(features.float(), dim=-1)
-    c = class_features.to(f.device).float()
-    logits = logit_scale * f @ c.T  # [N, K]
-    if bias is not None:
-        logits = logits + bias.to(f.device)
-    p = F.softmax(logits, dim=1)
+    """(N, K) class probabilities p = softmax((s · normalise(f) C^T + b) / T), renormalised over the candidates
+    (a softmax over the candidates' logits: no underflow however large the logits)."""
+    logits = class_logits(features, class_features, logit_scale, bias) / temperature  # [N, K]
     if candidates is not None:
-        m = candidates.to(f.device).bool()
-        p = p * m
-        p = p / p.sum(dim=1, keepdim=True).clamp_min(1e-30)
-    return p
+        logits = logits.masked_fill(~candidates.to(logits.device).bool(), float("-inf"))
+    return F.softmax(logits, dim=1)
 
 
 def disambiguate(
@@ -167,14 +165,28 @@ def disambiguate(
     logit_scale: float,
     candidates: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(labels, confidence, margin) for (N, D) image features, restricted to candidates when given.
 
-    p = softmax(s · normalise(f) C^T + b), renormalised over the candidates; label = argmax; margin = p1 - p2.
+    p = softmax((s · normalise(f) C^T + b) / T), renormalised over the candidates; label = argmax; margin = p1 - p2.
+    T (``temperature``, ml.quality's calibration) changes the confidences, never the labels.
     """
-    p = candidate_probabilities(features, class_features, logit_scale, candidates=candidates, bias=bias)
+    p = candidate_probabilities(
+        features, class_features, logit_scale, candidates=candidates, bias=bias, temperature=temperature
+    )
     top = p.topk(2, dim=1)
     return top.indices[:, 0].cpu(), top.values[:, 0].cpu(), (top.values[:, 0] - top.values[:, 1]).cpu()
+
+
+@torch.no_grad()
+def class_logits(
+    features: torch.Tensor, class_features: torch.Tensor, logit_scale: float, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(N, K) logits s · normalise(f) C^T + b of a deployable classifier."""
+    f = F.normalize(features.float(), dim=-1)
+    logits = logit_scale * f @ class_features.to(f.device).float().T
+    return logits + bias.to(f.device) if bias is not None else logits
 
 
 # --- the learner: one object whatever the method ----------------------------------------------------------------
@@ -223,10 +235,15 @@ class Classifier(nn.Module):
         self._text_cache = (key, t)
         return t
 
-    def logits(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per-view (B, K) logits; one text pass shared by all views."""
+    def logits(self, feats: list[torch.Tensor], update_stats: bool = True) -> list[torch.Tensor]:
+        """Per-view (B, K) logits; one text pass shared by all views.
+
+        Linear probe: the BatchNorm's running statistics are updated once per step, by the first view of the
+        step's forward (`update_stats`); the other views and the after-step forward normalise with their batch
+        statistics without touching the running ones.
+        """
         if self.method == "linear_probe":
-            return [self.probe(f) for f in feats]
+            return [self.probe(f, update_stats=update_stats and j == 0) for j, f in enumerate(feats)]
         t = self.class_features()  # [K, D]
         return [self.logit_scale * f @ t.T for f in feats]
 
@@ -258,11 +275,14 @@ def step_loss(
 
     batch.logits = [z.float() for z in model.logits(batch.features)]
     loss = loss_fn(batch)
+    batch.pll_loss = loss.detach()
     if method == "prompt_alignment":
         assert hand is not None, "prompt alignment needs the handcrafted class features"
         hand_logits = model.logit_scale * batch.features[0] @ hand.T  # z̃ on the PLL loss's view
         q = teacher(hand_logits, batch.mask, batch.logits[0], alpha)
-        loss = combine(loss, align_loss(batch.logits[0], q))
+        al = align_loss(batch.logits[0], q)
+        batch.align_loss = al.detach()
+        loss = combine(loss, al)
     return loss
 
 
@@ -273,19 +293,33 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 def _epoch_plan(
     seed: int, epoch: int, n: int, n_views_total: int, n_views: int, batch_size: int
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Batches of item indices and the (N, n_views) cached view of each item for epoch `epoch`."""
+    """Batches of item indices and the (N, n_views) cached views each item is seen through in epoch `epoch`.
+
+    The view plan: every item, every epoch, draws a fresh random order of ALL its V cached views (view 0 = the
+    clean eval view, 1..V-1 = augmented) and the loss gets the first `n_views` of it. So a one-view loss sees the
+    clean view about 1/V of the time and an augmented one otherwise, and a multi-view loss (PiCO's weak/strong,
+    PLCR's three) always gets `n_views` DISTINCT views. `fit` refuses 1 < V < n_views (no distinct views to give);
+    with V = 1 every view is the clean one (no augmentation at all; the losses document what that means).
+    """
     gen = _epoch_generator(seed, epoch)
     perm = torch.randperm(n, generator=gen)
     if n_views_total == 1:
         view_idx = torch.zeros(n, n_views, dtype=torch.long)
-    elif n_views_total - 1 >= n_views:  # distinct augmented views per item
-        view_idx = torch.rand(n, n_views_total - 1, generator=gen).argsort(dim=1)[:, :n_views] + 1
     else:
-        view_idx = torch.randint(1, n_views_total, (n, n_views), generator=gen)
+        view_idx = torch.rand(n, n_views_total, generator=gen).argsort(dim=1)[:, :n_views]
     batches = list(perm.split(batch_size))
     if len(batches) > 1 and len(batches[-1]) == 1:  # no singleton batch (BatchNorm, SupCon)
         batches[-2] = torch.cat([batches[-2], batches.pop()])
     return batches, view_idx
+
+
+def views_needed(config: TrainConfig) -> int:
+    """Cached views a run of `config` needs so that its loss gets distinct views (1 for zero-shot)."""
+    from ml.losses import LOSSES
+
+    if config.method == "zero_shot":
+        return 1
+    return LOSSES[config.loss.lower()].n_views
 
 
 def _save_checkpoint(path: Path, payload: dict) -> None:
@@ -308,7 +342,7 @@ def fit(
     config: TrainConfig,
     *,
     true_labels: torch.Tensor | None = None,
-    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    val: tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     checkpoint_path: str | Path | None = None,
@@ -318,6 +352,7 @@ def fit(
 
     checkpoint_path: saved atomically at every epoch end; if it exists at start, training resumes from it and ends
     exactly where an uninterrupted run would. should_cancel() is checked between steps -> TrainingCancelled.
+    val: (features, labels) or (features, labels, (M, K) candidate mask): val_acc is over the candidates when given.
     """
     from ml.align import mix_alpha
     from ml.losses import PLLBatch, build_loss
@@ -341,9 +376,10 @@ def fit(
 
     feats = F.normalize(features.float(), dim=-1).to(device)  # [V, N, D], method.md 6.3
     mask_f = mask.float().to(device)  # [N, K]
-    val_feats = val_labels = None
+    val_feats = val_labels = val_mask = None
     if val is not None:
-        vf, val_labels = val
+        vf, val_labels = val[0], val[1]
+        val_mask = val[2].bool() if len(val) > 2 and val[2] is not None else None
         val_feats = F.normalize((vf[0] if vf.dim() == 3 else vf).float(), dim=-1).to(device)
 
     model = Classifier(backbone, classnames, config, device)
@@ -360,13 +396,21 @@ def fit(
     if config.method == "zero_shot":
         return result(hand, model.logit_scale, None, [])
 
-    loss_fn = build_loss(config.loss, mask, epochs=config.epochs, feature_dim=d).to(device)
+    loss_fn = build_loss(config.loss, mask, epochs=config.epochs, feature_dim=d, seed=config.seed).to(device)
+    if 1 < v_total < loss_fn.n_views:
+        raise ValueError(
+            f"loss {config.loss}: needs {loss_fn.n_views} distinct feature views per item, got {v_total} "
+            f"(encode at least {loss_fn.n_views}, see views_needed)"
+        )
     params = [p for p in model.learner().parameters() if p.requires_grad] + loss_fn.trainable_parameters()
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    # fp16 autocast needs loss scaling (small gradients underflow in fp16); disabled, the scaler is a pass-through
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     meta = _Meta((v_total, n, d, k), list(classnames), asdict(config))
     history: list[EpochMetrics] = []
     start_epoch = 0
+    prev_labels: torch.Tensor | None = None  # the training items' labels at the end of the previous epoch
 
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
     if ckpt is not None and ckpt.is_file():
@@ -378,8 +422,11 @@ def fit(
         loss_fn.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         start_epoch = int(state["epoch"])
         history = [EpochMetrics(**h) for h in state["history"]]
+        prev_labels = state.get("labels")
 
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
@@ -389,6 +436,7 @@ def fit(
         view_idx = view_idx.to(device)
         model.learner().train()
         total, count = 0.0, 0
+        pll_total, align_total = 0.0, None
         for b in batches:
             if should_cancel is not None and should_cancel():
                 raise TrainingCancelled(f"cancelled in epoch {epoch + 1}")
@@ -398,27 +446,42 @@ def fit(
             with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
                 loss = step_loss(model, loss_fn, batch, config.method, hand, alpha)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)  # skipped when the scaled gradients overflowed (then the scale shrinks)
+            scaler.update()
             if loss_fn.needs_after_step:  # fresh forward of the same batch after the step (RC, LWS); its text
                 with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):  # pass, with grad,
-                    z = model.logits([f_views[0]])[0]  # is reused by the next step (Classifier.class_features)
+                    z = model.logits([f_views[0]], update_stats=False)[0]  # is reused by the next step
                 loss_fn.after_step(z.detach().float(), batch)
             total += float(loss.detach()) * len(b)
+            pll_total += float(batch.pll_loss) * len(b)
+            if batch.align_loss is not None:
+                align_total = (align_total or 0.0) + float(batch.align_loss) * len(b)
             count += len(b)
         scheduler.step()
 
         model.learner().eval()
         class_feats, scale, bias = model.deployable()
-        train_acc = val_acc = None
+        train_acc = val_acc = churn = None
+        labels, _, _ = disambiguate(feats[0], class_feats, scale, mask, bias)
+        if prev_labels is not None:
+            churn = float((labels != prev_labels.cpu()).float().mean())
+        prev_labels = labels
         if true_labels is not None:
-            labels, _, _ = disambiguate(feats[0], class_feats, scale, mask, bias)
             train_acc = float((labels == true_labels.cpu()).float().mean())
         if val_feats is not None:
-            vl, _, _ = disambiguate(val_feats, class_feats, scale, None, bias)
+            vl, _, _ = disambiguate(val_feats, class_feats, scale, val_mask, bias)
             val_acc = float((vl == val_labels.cpu()).float().mean())
         metrics = EpochMetrics(
-            epoch + 1, config.epochs, total / max(count, 1), train_acc, val_acc, time.perf_counter() - t0
+            epoch=epoch + 1,
+            epochs=config.epochs,
+            loss=total / max(count, 1),
+            train_acc=train_acc,
+            val_acc=val_acc,
+            seconds=time.perf_counter() - t0,
+            pll_loss=pll_total / max(count, 1),
+            align_loss=None if align_total is None else align_total / max(count, 1),
+            label_churn=churn,
         )
         history.append(metrics)
         if ckpt is not None:
@@ -432,7 +495,9 @@ def fit(
                     "loss": loss_fn.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
                     "history": [asdict(h) for h in history],
+                    "labels": labels,  # for the next epoch's label churn
                 },
             )
         if on_epoch is not None:

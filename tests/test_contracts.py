@@ -85,3 +85,32 @@ def test_preprocess_contract_is_the_same_on_both_sides() -> None:
     assert dataclasses.asdict(read) == dataclasses.asdict(MlPreprocess.from_dict(written))
     # preprocess.json states every step in words, the same on both sides (the export's predict.py follows them)
     assert read.to_dict() == written
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["a photo of a {}.", "{}", "a {blurry} photo of a {}.", "no slot", "{} and {}", "{{}}", "a {0} photo", "x" * 501],
+)
+def test_the_api_accepts_a_prompt_template_exactly_when_ml_does(template: str) -> None:
+    """Both sides' rule is exactly one "{}" (the API also caps the length, which ml never sees beyond)."""
+    from pydantic import ValidationError
+
+    from ml.prompts import validate_templates
+
+    try:
+        validate_templates([template])
+        ml_ok = len(template) <= api.TEMPLATE_MAX_LENGTH
+    except ValueError:
+        ml_ok = False
+    try:
+        api.JobCreate(templates=[template])
+        job_ok = True
+    except ValidationError:
+        job_ok = False
+    try:
+        api.DatasetCreate(name="d", classes=["a", "b"], prompt_template=template)
+        dataset_ok = True
+    except ValidationError:
+        dataset_ok = False
+    assert job_ok == dataset_ok == ml_ok, (template, job_ok, dataset_ok, ml_ok)
+    assert (api.template_problem(template) is None) == ml_ok

@@ -101,6 +101,11 @@ def test_cifar10_reference_backbone_end_to_end(api, cifar10_path, reference_buil
     accuracy = sum(r["label"] == truth[r["file"]] for r in labels) / len(labels)
     chance = 1 / CANDIDATES
     assert accuracy >= chance + 0.3, f"label accuracy {accuracy:.2f} vs {chance:.2f} by picking a candidate at random"
+    quality = job["quality"]  # no known tags here: calibrated on the candidate sets, flagged as such
+    assert 0.0 <= quality["estimated_accuracy"] <= 1.0 and quality["holdout"] is None and quality["warnings"]
+    print(
+        f"e2e: label accuracy {accuracy:.3f}, estimated {quality['estimated_accuracy']:.3f} ({quality['calibration']})"
+    )
 
     res = client.get(f"/models/{job['model_id']}/export")
     assert res.status_code == 200, res.text

@@ -67,15 +67,16 @@ def load_input(job_id: str) -> JobInput:
         return JobInput(job.id, job.owner_id, dataset.id, params, classes, dataset.prompt_template, items)
 
 
-def label_rows(job: JobInput, result, review_margin: float) -> list[dict]:
-    """One update per item that no reviewer labelled."""
+def label_rows(job: JobInput, result, review_confidence: float) -> list[dict]:
+    """One update per item that no reviewer labelled; it needs review when its calibrated confidence (the
+    probability that its label is right, ml/quality.py) is below ``review_confidence``."""
     return [
         {
             "_id": it.id,
             "label": job.classes[result.labels[i]],
             "confidence": result.confidence[i],
             "margin": result.margin[i],
-            "needs_review": bool(result.margin[i] < review_margin),
+            "needs_review": bool(result.confidence[i] < review_confidence),
             "probs": result.probs[i] if getattr(result, "probs", None) else None,
         }
         for i, it in enumerate(job.items)

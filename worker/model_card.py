@@ -8,6 +8,31 @@ from datetime import UTC, datetime
 from app.config import REFERENCE_BACKBONE, get_settings
 
 
+def quality_lines(quality: dict | None) -> list[str]:
+    """The card's "Label quality" section: the job's quality report in words, then in full (JSON)."""
+    if not quality:
+        return []
+    lines = ["## Label quality (measured without true labels)", ""]
+    lines.append(
+        f"- Estimated share of correct labels in the dataset: **{quality['estimated_accuracy']:.1%}** "
+        f"(certain items count as right; every other item its calibrated confidence)"
+    )
+    hold = quality.get("holdout")
+    if hold:
+        lo, hi = hold["ci95"]
+        lines.append(
+            f"- Held-out items with a known tag: {hold['correct']}/{hold['items']} labelled right, "
+            f"**{hold['accuracy']:.1%}** (95% Wilson interval {lo:.1%} to {hi:.1%})"
+        )
+    cal = quality["calibration"]
+    lines.append(f"- Confidence calibration: {cal['method']}, temperature {cal['temperature']:.4g}")
+    if quality.get("needs_review") is not None:
+        lines.append(f"- Items flagged for review: {quality['needs_review']}")
+    lines += [f"- Warning: {w}" for w in quality.get("warnings", [])]
+    lines += ["", "```json", json.dumps(quality, indent=2, sort_keys=True), "```", ""]
+    return lines
+
+
 def model_card(job, cfg, metrics: dict, model_id: str) -> str:
     """A short Markdown model card stored next to the ONNX classifier."""
     reference = get_settings().backbone.strip() == REFERENCE_BACKBONE
@@ -18,7 +43,7 @@ def model_card(job, cfg, metrics: dict, model_id: str) -> str:
         if reference
         else "The backbone is frozen; only the prompt context (or probe) was trained on this dataset."
     )
-    shown = {k: v for k, v in metrics.items() if v is not None}
+    shown = {k: v for k, v in metrics.items() if v is not None and k != "quality"}
     lines = [
         f"# Model {model_id}",
         "",
@@ -35,6 +60,7 @@ def model_card(job, cfg, metrics: dict, model_id: str) -> str:
         json.dumps(shown, indent=2, sort_keys=True),
         "```",
         "",
+        *quality_lines(metrics.get("quality")),
         "## Intended use",
         "",
         "Disambiguating candidate tag sets of images like the ones it was tuned on (weakly supervised "

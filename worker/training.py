@@ -242,6 +242,7 @@ def _train(claim: Claim, run: JobRun, files: JobFiles) -> str:
         knn_tau=params.get("knn_tau"),
         handcrafted_mix=float(params.get("handcrafted_mix") or 0.0),
         templates=params.get("templates"),
+        original_candidates=[it.candidates for it in job.items],
     )
     model_id = new_id()
     cache = files.feature_cache(backbone.id, spec.shas, spec.views, cfg.seed)
@@ -260,7 +261,7 @@ def _train(claim: Claim, run: JobRun, files: JobFiles) -> str:
             raise JobInputError(f"invalid candidate sets: {exc}") from exc
         finally:
             cache.close()
-        rows = label_rows(job, result, settings.review_margin)
+        rows = label_rows(job, result, settings.review_confidence)
         metrics = _metrics(job, cfg, spec, result, rows, backbone.id, device, claim.attempt)
         card = model_card(job, cfg, metrics, model_id).encode()
 
@@ -319,7 +320,9 @@ def _metrics(job: JobInput, cfg, spec, result, rows: list[dict], backbone_id: st
         "loss": cfg.loss,
         "epochs": cfg.epochs,
         "final_loss": history[-1].loss if history else None,
-        "train_acc": history[-1].train_acc if history else None,
+        # the two terms of the final loss apart (its scale follows L_PLL's, so the sum is no progress measure)
+        "final_pll_loss": history[-1].pll_loss if history else None,
+        "final_align_loss": history[-1].align_loss if history else None,
         "train_seconds": round(result.train_seconds, 3),
         "items": len(job.items),
         "train_items": result.train_items,
@@ -331,4 +334,8 @@ def _metrics(job: JobInput, cfg, spec, result, rows: list[dict], backbone_id: st
         "attempt": attempt,
         "knn_vote": result.knn,
         "handcrafted_mix": spec.handcrafted_mix,
+        # how good the labels are without true labels (ml/quality.py, docs/results.md "Quality report"); a job
+        # has no true labels, so there is no train_acc: the held-out accuracy (quality.holdout) takes its place
+        "quality": {**result.quality, "needs_review": sum(r["needs_review"] for r in rows)} if result.quality else None,
+        "review_confidence": get_settings().review_confidence,
     }

@@ -20,6 +20,7 @@ from app.schemas import (
     DatasetRead,
     DuplicateRead,
     ItemsAdded,
+    template_problem,
 )
 from app.services.checks import control_char_problem
 from app.services.lookup import get_owned
@@ -84,10 +85,9 @@ def create_dataset_from_upload(
     # Problems with the form fields are listed together with the batch's (one answer names every problem).
     field_errors = [] if name and len(name) <= 200 else [_name_error()]
     prompt = (raw.prompt_template or "").strip() or None
-    if prompt is not None and (len(prompt) > 500 or "{}" not in prompt):
-        field_errors.append(
-            _field("prompt_template", 'prompt_template: needs a "{}" where the class name goes, at most 500 characters')
-        )
+    template_error = template_problem(prompt) if prompt is not None else None
+    if template_error:
+        field_errors.append(_field("prompt_template", f"prompt_template: {template_error}"))
     for field, value in (("name", raw.name or ""), ("prompt_template", raw.prompt_template or "")):
         problem = control_char_problem(value)  # in the value as sent: a newline at the end is refused, not trimmed
         if problem:

@@ -30,12 +30,12 @@ LOSSES: dict[str, type[PLLLoss]] = {
 ALIASES: dict[str, str] = {"proden": "rc", "crdpll": "plcr"}
 
 
-def build_loss(name: str, candidates: torch.Tensor, *, epochs: int, feature_dim: int) -> PLLLoss:
-    """Instantiate the PLL objective `name` with state for the (N, K) candidate mask."""
+def build_loss(name: str, candidates: torch.Tensor, *, epochs: int, feature_dim: int, seed: int = 0) -> PLLLoss:
+    """Instantiate the PLL objective `name` with state for the (N, K) candidate mask (random init from `seed`)."""
     key = name.lower()
     if key not in LOSSES:
         raise ValueError(f"unknown PLL loss {name!r}; expected one of {sorted(LOSSES)}")
-    return LOSSES[key](candidates, epochs=epochs, feature_dim=feature_dim)
+    return LOSSES[key](candidates, epochs=epochs, feature_dim=feature_dim, seed=seed)
 
 
 __all__ = ["LOSSES", "PLLBatch", "PLLLoss", "build_loss"]

@@ -24,6 +24,8 @@ class PLLBatch:
     mask: torch.Tensor  # (B, K) float {0,1}: candidate set Y of each item
     index: torch.Tensor  # (B,) long: row of each item in the training set (for per-item state)
     features: list[torch.Tensor] | None = None  # one (B, D) L2-normalised image feature per view (PiCO head)
+    pll_loss: torch.Tensor | None = None  # set by ml.train.step_loss: the PLL term alone (detached)
+    align_loss: torch.Tensor | None = None  # and the alignment term, unweighted (prompt alignment only)
 
 
 class PLLLoss(nn.Module):
@@ -32,8 +34,9 @@ class PLLLoss(nn.Module):
     n_views: int = 1  # how many distinct (cached) views of each item the loss wants per step
     needs_after_step: bool = False  # wants a fresh no-grad forward of the same batch after the optimiser step
 
-    def __init__(self, candidates: torch.Tensor, *, epochs: int, feature_dim: int):
+    def __init__(self, candidates: torch.Tensor, *, epochs: int, feature_dim: int, seed: int = 0):
         super().__init__()
+        self.seed = seed  # the job's seed: any random init of the loss's own weights and state comes from it
         assert candidates.dim() == 2, f"candidates must be (N, K), got {tuple(candidates.shape)}"
         self.num_classes = candidates.shape[1]
         self.epochs = epochs

@@ -19,8 +19,8 @@ class LWSLoss(PLLLoss):
 
     needs_after_step = True
 
-    def __init__(self, candidates: torch.Tensor, *, epochs: int, feature_dim: int, beta: float = 1.0):
-        super().__init__(candidates, epochs=epochs, feature_dim=feature_dim)
+    def __init__(self, candidates: torch.Tensor, *, epochs: int, feature_dim: int, seed: int = 0, beta: float = 1.0):
+        super().__init__(candidates, epochs=epochs, feature_dim=feature_dim, seed=seed)
         self.beta = beta  # weight of the non-candidate term (lw_weight)
         n, k = candidates.shape
         self.register_buffer("weight", torch.full((n, k), 1.0 / k))  # (N, K)
@@ -36,10 +36,12 @@ class LWSLoss(PLLLoss):
 
     @torch.no_grad()
     def after_step(self, logits: torch.Tensor, batch: PLLBatch) -> None:
-        p = F.softmax(logits, dim=1)
-        y = batch.mask
-        pos = p * y
-        neg = p * (1 - y)
-        neg_sum = neg.sum(1, keepdim=True)
-        w = pos / pos.sum(1, keepdim=True) + torch.where(neg_sum > 0, neg / neg_sum.clamp_min(1e-30), neg)
-        self.weight[batch.index] = w
+        # p⊙Y / Σ(p⊙Y) is the softmax over the candidates' logits alone (and likewise for the non-candidates):
+        # computed that way it never divides by a candidate mass that underflowed to 0 (extreme logits -> NaN)
+        y = batch.mask > 0
+        z = logits.float()
+        pos = F.softmax(z.masked_fill(~y, float("-inf")), dim=1)  # every item has a candidate: finite
+        has_neg = (~y).any(dim=1, keepdim=True)
+        neg = F.softmax(z.masked_fill(y, float("-inf")), dim=1)
+        neg = torch.where(has_neg, neg, torch.zeros_like(neg))  # an all-candidate row: softmax of -inf is NaN
+        self.weight[batch.index] = pos + neg

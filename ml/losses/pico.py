@@ -24,8 +24,11 @@ class PiCOLoss(PLLLoss):
     Deviation (honest port): the image encoder is frozen, so the query/key encoders are a small projection head
     g (MLP on the cached L2-normalised image features, trained by L_cont) and its momentum copy g_m; L_cont reaches
     only g, never the prompt context. In CoOpPLL the head is never optimised (method.md 3); here it is, so the
-    prototype-based confidence updates use a trained embedding. The views are distinct cached augmented views
-    (RandomResizedCrop + flip), not PiCO's ColorJitter/RandAugment pipelines; with one cached view w = s = view 0.
+    prototype-based confidence updates use a trained embedding. Empty queue slots (label -1) are left out of L_cont
+    until filled (PiCO starts from a random queue whose labels are random too: false positives for SupCon). The
+    views are two distinct cached views of the item, drawn afresh every epoch among the clean one and the augmented
+    ones (RandomResizedCrop + flip; ml.train._epoch_plan), not PiCO's ColorJitter/RandAugment pipelines; with a
+    single cached view w = s = view 0.
     """
 
     n_views = 2
@@ -36,6 +39,7 @@ class PiCOLoss(PLLLoss):
         *,
         epochs: int,
         feature_dim: int,
+        seed: int = 0,  # the job's seed: the head's init and the queue's placeholder keys
         proj_dim: int = 128,  # low-dim embedding of the contrastive head
         queue_size: int = 1024,  # MoCo queue length
         moco_m: float = 0.999,  # momentum of the key head
@@ -45,11 +49,11 @@ class PiCOLoss(PLLLoss):
         phi: tuple[float, float] = (0.95, 0.8),  # confidence EMA φ, linear from first to second over the epochs
         prot_start: int = 1,  # first (0-based) epoch of prototype-based confidence updates and SupCon positives
     ):
-        super().__init__(candidates, epochs=epochs, feature_dim=feature_dim)
+        super().__init__(candidates, epochs=epochs, feature_dim=feature_dim, seed=seed)
         k = candidates.shape[1]
         self.queue_size, self.moco_m, self.proto_m = queue_size, moco_m, proto_m
         self.temperature, self.cont_weight, self.phi, self.prot_start = temperature, cont_weight, phi, prot_start
-        gen = torch.Generator().manual_seed(0)
+        gen = torch.Generator().manual_seed(int(seed))
         head = nn.Sequential(
             nn.Linear(feature_dim, feature_dim), nn.ReLU(inplace=True), nn.Linear(feature_dim, proj_dim)
         )
@@ -60,7 +64,9 @@ class PiCOLoss(PLLLoss):
         self.head_k = copy.deepcopy(head).requires_grad_(False)  # momentum key head g_m
         self.register_buffer("confidence", uniform_confidence(candidates))  # (N, K)
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim, generator=gen), dim=1))
-        self.register_buffer("queue_pseudo", torch.randint(0, k, (queue_size,), generator=gen))
+        # -1 = an empty slot: it holds no key yet and takes no part in the contrastive term (neither as a positive
+        # nor in the denominator) until a real key with its pseudo-label is enqueued there
+        self.register_buffer("queue_pseudo", torch.full((queue_size,), -1, dtype=torch.long))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("prototypes", torch.zeros(k, proj_dim))
 
@@ -99,6 +105,7 @@ class PiCOLoss(PLLLoss):
         logits = q @ feats.T / self.temperature  # [B, 2B + Q]
         self_mask = torch.ones_like(logits, dtype=torch.bool)
         self_mask[torch.arange(bsz), torch.arange(bsz)] = False  # no self-contrast
+        self_mask[:, 2 * bsz :] &= (labels[2 * bsz :] >= 0).unsqueeze(0)  # empty queue slots are not contrasted
         if self.epoch >= self.prot_start:
             pos = (pseudo.unsqueeze(1) == labels.unsqueeze(0)) & self_mask
         else:

@@ -15,16 +15,17 @@ class PLCRLoss(PLLLoss):
         λ_t = min(2 · epoch / epochs, 1)   (epoch 0-based)
 
     then, detached: c_i <- normalise(Y_i ⊙ Π_v (p^v_i)^{1/3}).
-    Deviation: the three views are distinct *cached* augmented views of the frozen encoder (RandomResizedCrop +
-    flip), not the paper's weak/weak/strong (RandAugment, Cutout) pipelines; with a single cached view all
-    three are view 0 and the consistency term only pulls p towards c. The original CRDPLL ramp is
+    Deviation: the three views are three distinct *cached* views of the frozen encoder, drawn afresh every epoch
+    among the clean one and the augmented ones (RandomResizedCrop + flip; ml.train._epoch_plan), not the
+    paper's weak/weak/strong (RandAugment, Cutout) pipelines; with a single cached view all three are view 0 and
+    the consistency term only pulls p towards c. The original CRDPLL ramp is
     min(epoch/100 · λ, λ); CoOpPLL's is used here.
     """
 
     n_views = 3
 
-    def __init__(self, candidates: torch.Tensor, *, epochs: int, feature_dim: int):
-        super().__init__(candidates, epochs=epochs, feature_dim=feature_dim)
+    def __init__(self, candidates: torch.Tensor, *, epochs: int, feature_dim: int, seed: int = 0):
+        super().__init__(candidates, epochs=epochs, feature_dim=feature_dim, seed=seed)
         self.register_buffer("confidence", uniform_confidence(candidates))  # (N, K)
 
     def forward(self, batch: PLLBatch) -> torch.Tensor:

@@ -17,8 +17,8 @@ class RCLoss(PLLLoss):
 
     needs_after_step = True
 
-    def __init__(self, candidates: torch.Tensor, *, epochs: int, feature_dim: int):
-        super().__init__(candidates, epochs=epochs, feature_dim=feature_dim)
+    def __init__(self, candidates: torch.Tensor, *, epochs: int, feature_dim: int, seed: int = 0):
+        super().__init__(candidates, epochs=epochs, feature_dim=feature_dim, seed=seed)
         self.register_buffer("confidence", uniform_confidence(candidates))  # (N, K)
 
     def forward(self, batch: PLLBatch) -> torch.Tensor:

@@ -212,7 +212,9 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     def start(pool: str = "solo", args: tuple[str, ...] = (), **overrides: str) -> WorkerProcess:
         env = {**os.environ, **FAST_LEASES}
         env["TAGSIFT_BACKBONE"] = tiny_backbone(Path(env["TAGSIFT_DATA_DIR"]))
-        env.update({k: str(v) for k, v in overrides.items()})
+        env.update({k: str(v) for k, v in overrides.items() if v is not None})
+        for key in [k for k, v in overrides.items() if v is None]:  # None: unset, so the server default applies
+            env.pop(key, None)
         worker = WorkerProcess(tmp_path / f"worker-{len(started)}.log", env, pool, args)
         started.append(worker)
         return worker

@@ -62,7 +62,7 @@ def test_job_runs_to_success_and_writes_everything(prod_env, start_worker):
     for item in rest:
         assert item.label in item.candidates and item.label_source == "model" and item.model_id == model.id
         assert 0.0 <= item.margin <= item.confidence <= 1.0
-        assert item.needs_review == (item.margin < prod_env.review_margin)
+        assert item.needs_review == (item.confidence < prod_env.review_confidence)
     assert not (prod_env.data_dir / "jobs" / job_id).exists()  # checkpoint removed once finished
 
 

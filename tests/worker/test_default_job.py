@@ -1,0 +1,121 @@
+"""The job a user gets with no parameters: default views (TAGSIFT_TRAIN_VIEWS unset), method ``auto`` resolved as the
+API resolves it (prompt alignment + PiCO on a small dataset), run by a real worker process end to end; and the
+quality report it carries on ``GET /jobs/{id}`` and in the model card, with and without held-out certain items."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select, update
+
+from app.config import Settings
+from app.db import session_scope
+from app.job_defaults import resolve_job_params
+from app.main import create_app
+from app.models import Item, Job, Model
+from app.queue import TRAIN_TASK, enqueue
+from app.schemas import JobCreate
+from app.services.api_keys import create_api_key
+from app.storage import get_storage
+from tests.worker.conftest import CLASSES, events, make_dataset, wait_status
+
+pytestmark = pytest.mark.integration
+
+
+def _default_job(owner_id: str, dataset_id: str, items: int, **overrides) -> str:
+    params = resolve_job_params(JobCreate(**overrides).model_dump(), items=items, classes=len(CLASSES))
+    with session_scope() as session:
+        job = Job(owner_id=owner_id, dataset_id=dataset_id, params=params, max_attempts=1)
+        session.add(job)
+        session.flush()
+        return job.id
+
+
+def _get_job(owner_id: str, job_id: str) -> dict:
+    """``GET /jobs/{id}`` through the real app, as the dataset's owner."""
+    from app.models import Owner
+
+    with session_scope() as session:
+        name = session.get(Owner, owner_id).name
+    with session_scope() as session:
+        key = create_api_key(session=session, owner_name=name)
+    with TestClient(create_app()) as client:
+        r = client.get(f"/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _items(dataset_id: str) -> list[Item]:
+    with session_scope() as session:
+        return list(session.scalars(select(Item).where(Item.dataset_id == dataset_id).order_by(Item.seq)))
+
+
+def _card(job_id: str) -> str:
+    with session_scope() as session:
+        model = session.scalars(select(Model).where(Model.job_id == job_id)).one()
+        return get_storage().get(model.artifacts["model_card.md"]).decode()
+
+
+def test_the_default_job_runs_end_to_end(prod_env, start_worker):
+    assert Settings.model_fields["train_views"].default == 2  # the default this test exists for
+    owner, ds, truths = make_dataset(12)
+    job_id = _default_job(owner, ds, 12)
+    worker = start_worker(TAGSIFT_TRAIN_VIEWS=None, TAGSIFT_JOB_LEASE_SECONDS="60")
+    enqueue(TRAIN_TASK, job_id)
+    job = wait_status(job_id, ("succeeded", "failed", "cancelled"), timeout=240)
+    assert job.status == "succeeded", (job.error_code, job.error_message, worker.log()[-3000:])
+    assert job.params["method"] == "prompt_alignment" and job.params["loss"] == "pico"
+    assert job.params["views"] is None  # the server's default was used
+    encoding = next(e.data for e in events(job_id, "stage") if e.data["stage"] == "encoding")
+    assert encoding["views"] == 2  # one clean + one augmented view: PiCO's weak and strong are distinct views
+    epochs = [e.data for e in events(job_id, "epoch")]
+    assert [e["epoch"] for e in epochs] == list(range(1, job.params["epochs"] + 1))
+    items = _items(ds)
+    assert all(it.label in it.candidates and it.label_source == "model" for it in items)
+    assert len(truths) == len(items)
+
+    # the quality report, without a single known tag: calibrated on the candidate sets, and it says so
+    got = _get_job(owner, job_id)
+    quality = got["quality"]
+    assert "quality" not in got["metrics"] and "train_acc" not in got["metrics"]
+    assert 0.0 <= quality["estimated_accuracy"] <= 1.0 and quality["holdout"] is None
+    assert quality["calibration"]["method"] in ("candidate_likelihood", "none")
+    assert quality["warnings"] and quality["certain_items"] == 0 and quality["model_labelled_items"] == 12
+    mean_conf = sum(it.confidence for it in items) / len(items)
+    assert quality["estimated_accuracy"] == pytest.approx(mean_conf, abs=1e-3)
+    per_epoch = quality["epochs"]
+    assert [e["epoch"] for e in per_epoch] == [e["epoch"] for e in epochs]
+    assert all(e["pll_loss"] > 0 and e["align_loss"] > 0 for e in per_epoch)  # prompt alignment: both terms
+    assert per_epoch[0]["label_churn"] is None and all(0 <= e["label_churn"] <= 1 for e in per_epoch[1:])
+    review = got["metrics"]["review_confidence"]
+    assert all(it.needs_review == (it.confidence < review) for it in items)
+    assert quality["needs_review"] == sum(it.needs_review for it in items)
+    assert "Label quality" in _card(job_id) and "Estimated share of correct labels" in _card(job_id)
+
+
+def test_quality_report_with_held_out_certain_items(prod_env, start_worker):
+    """60 items with a manifest tag (two candidates each): 12 are held out, measured and used to calibrate."""
+    owner, ds, truths = make_dataset(72)
+    with session_scope() as session:
+        for seq in range(60):
+            session.execute(update(Item).where(Item.dataset_id == ds, Item.seq == seq).values(given_label=truths[seq]))
+    job_id = _default_job(owner, ds, 72, method="coop", loss="rc", epochs=3, n_ctx=4, lr=0.01)
+    worker = start_worker(TAGSIFT_TRAIN_VIEWS=None, TAGSIFT_JOB_LEASE_SECONDS="60")
+    enqueue(TRAIN_TASK, job_id)
+    job = wait_status(job_id, ("succeeded", "failed", "cancelled"), timeout=240)
+    assert job.status == "succeeded", (job.error_code, job.error_message, worker.log()[-3000:])
+    training = next(e.data for e in events(job_id, "stage") if e.data["stage"] == "training")
+    assert training["holdout_items"] == 12
+    quality = _get_job(owner, job_id)["quality"]
+    hold = quality["holdout"]
+    assert hold["items"] == 12 and 0 <= hold["correct"] <= 12
+    assert hold["accuracy"] == pytest.approx(hold["correct"] / 12, abs=1e-4)
+    assert hold["ci95"][0] <= hold["accuracy"] <= hold["ci95"][1]
+    assert quality["calibration"]["method"] == "holdout" and quality["calibration"]["items"] == 12
+    assert quality["calibration"]["temperature"] > 0 and quality["certain_items"] == 60
+    assert all(e["holdout_acc"] is not None and e["align_loss"] is None for e in quality["epochs"])  # coop
+    items = _items(ds)
+    assert all(it.label == truths[it.seq] and it.confidence == pytest.approx(1.0) for it in items[:60])
+    expected = (60 + sum(it.confidence for it in items[60:])) / 72
+    assert quality["estimated_accuracy"] == pytest.approx(expected, abs=1e-3)
+    assert "95% Wilson interval" in _card(job_id)
