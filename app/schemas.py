@@ -36,6 +36,7 @@ def template_problem(template: str) -> str | None:
         return f"at most {TEMPLATE_MAX_LENGTH} characters"
     return None
 
+
 # What the services check on stored text, as JSON Schema patterns (ECMA-262 and Python read them alike: explicit
 # classes, no \s, whose meaning differs between the two): no control character (Unicode Cc) anywhere, and for a
 # tag no whitespace at either end (exactly what Python's str.strip() would remove, app.uploads.rules._tag_problem).
@@ -52,9 +53,7 @@ TAG_SCHEMA = {
 NAME_PATTERN = f"^[^{_CONTROL}]*[^{_CONTROL}{_SPACE}][^{_CONTROL}]*$"
 #: A dataset's prompt template: blank (none), or text with exactly one "{}" (ml's rule, as TEMPLATE_SCHEMA) and no
 #: control characters.
-DATASET_TEMPLATE_PATTERN = (
-    f"^(?:(?!\\{{\\}})[^{_CONTROL}])*\\{{\\}}(?:(?!\\{{\\}})[^{_CONTROL}])*$|^[{_SPACE}]*$"
-)
+DATASET_TEMPLATE_PATTERN = f"^(?:(?!\\{{\\}})[^{_CONTROL}])*\\{{\\}}(?:(?!\\{{\\}})[^{_CONTROL}])*$|^[{_SPACE}]*$"
 
 
 def _integral(value: Any) -> Any:

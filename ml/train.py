@@ -309,7 +309,8 @@ def _epoch_plan(
         view_idx = torch.rand(n, n_views_total, generator=gen).argsort(dim=1)[:, :n_views]
     batches = list(perm.split(batch_size))
     if len(batches) > 1 and len(batches[-1]) == 1:  # no singleton batch (BatchNorm, SupCon)
-        batches[-2] = torch.cat([batches[-2], batches.pop()])
+        last = batches.pop()  # popped first: `batches[-2] = cat([batches[-2], batches.pop()])` hit the wrong batch
+        batches[-1] = torch.cat([batches[-1], last])
     return batches, view_idx
 
 

@@ -184,3 +184,15 @@ def test_the_step_goes_through_a_grad_scaler(tiny_native, monkeypatch):
     assert made == [(("cuda",), {"enabled": False})]  # amp asked for, but this is the CPU: fp32, scaler off
     assert calls == ["scale", "step", "update"] * 3
     assert torch.isfinite(r.class_features).all()
+
+
+@pytest.mark.parametrize(("n", "batch_size"), [(9, 8), (33, 32), (17, 8), (65, 32), (8, 8), (1, 4)])
+def test_epoch_plan_covers_every_item_once_without_a_singleton_batch(n: int, batch_size: int) -> None:
+    """A last batch of one item joins the one before it: every item exactly once, whatever the batch count (with
+    two batches the old code raised IndexError; with three or more it repeated one batch and dropped another)."""
+    from ml.train import _epoch_plan
+
+    batches, _ = _epoch_plan(1, 0, n, 1, 1, batch_size)
+    seen = torch.cat(batches).tolist()
+    assert sorted(seen) == list(range(n))
+    assert n == 1 or all(len(b) > 1 for b in batches)
