@@ -9,7 +9,7 @@ from sqlalchemy import text
 from app import queue
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimitMiddleware
-from app.api.routes import datasets, items, jobs, models, predict
+from app.api.routes import datasets, items, jobs, models, predict, webhooks
 from app.db import get_engine
 
 
@@ -36,7 +36,7 @@ def create_app() -> FastAPI:
         ok = all(checks.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 
-    for module in (datasets, items, jobs, models, predict):
+    for module in (datasets, items, jobs, models, predict, webhooks):
         api.include_router(module.router)
     return api
 

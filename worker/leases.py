@@ -44,6 +44,7 @@ from sqlalchemy.orm import Session
 
 from app.db import session_scope
 from app.models import Job, JobEvent
+from app.services.jobs import emit_job_event
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,7 @@ def claim_job(job_id: str, *, runner: str, lease_seconds: float, now: datetime |
         if res.rowcount == 1:
             attempt = session.execute(select(Job.attempt).where(Job.id == job_id)).scalar_one()
             add_event(session, job_id, "attempt", attempt=attempt, runner=runner)
+            emit_job_event(session, job_id, "job.started")
             return Claim(ClaimOutcome.CLAIMED, job_id, runner, attempt)
 
     # Not claimable: find out why, and settle the two cases that end the job here.
@@ -196,6 +198,7 @@ def claim_job(job_id: str, *, runner: str, lease_seconds: float, now: datetime |
             )
             if res.rowcount == 1:
                 add_event(session, job_id, "stage", stage="cancelled", reason="cancel requested before the run")
+                emit_job_event(session, job_id, "job.cancelled")
             return Claim(ClaimOutcome.CANCELLED, job_id, runner, job.attempt)
         message = (
             f"the job was started {job.attempt} time(s) and each run lost its worker (process killed, out of memory, "
@@ -216,6 +219,7 @@ def claim_job(job_id: str, *, runner: str, lease_seconds: float, now: datetime |
         )
         if res.rowcount == 1:
             add_event(session, job_id, "error", code="attempts_exhausted", message=message)
+            emit_job_event(session, job_id, "job.failed")
         return Claim(ClaimOutcome.EXHAUSTED, job_id, runner, job.attempt)
 
 
@@ -317,6 +321,7 @@ def reap_once(*, requeue_after_seconds: float, now: datetime | None = None) -> l
             if res.rowcount == 1:
                 reason = f"worker lost: runner {owner} of attempt {attempt} stopped renewing its lease"
                 add_event(session, job_id, "requeue", reason=reason)
+                emit_job_event(session, job_id, "job.queued")
                 out.append((job_id, reason))
     stale_before = now - timedelta(seconds=requeue_after_seconds)
     with session_scope() as session:

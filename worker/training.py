@@ -41,6 +41,7 @@ from pathlib import Path
 from app.config import get_settings
 from app.db import session_scope
 from app.models import new_id
+from app.services.jobs import emit_job_event
 from app.storage import get_storage
 from ml.errors import BackboneLoadError, InvalidCandidates, TrainingCancelled
 from worker import runtime
@@ -150,6 +151,7 @@ def _finish(run: JobRun, status: str, *, code: str | None = None, message: str |
                 add_event(session, run.job_id, "error", code=code, message=message)
             if event:
                 add_event(session, run.job_id, event[0], **event[1])
+            emit_job_event(session, run.job_id, f"job.{status}")
 
     try:
         run.transaction(status, finish_once)

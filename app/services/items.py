@@ -27,6 +27,7 @@ from app.schemas import ItemList, ItemRead, ItemUpdate
 from app.services.checks import shorten
 from app.services.datasets import get_dataset
 from app.services.lookup import get_owned
+from app.services.webhooks import emit
 from app.storage import BlobStore
 
 ItemOrder = Literal["upload", "margin"]
@@ -130,6 +131,7 @@ def review_item(*, session: Session, owner: Owner, item_id: str, item_in: ItemUp
                 FieldError(field="label", item=item.id, message=f"label: {shorten(label)!r} is not one of the classes")
             ],
         )
+    previous = {"label": item.label, "label_source": item.label_source}
     if label not in item.candidates:
         item.candidates = [*item.candidates, label]
     item.label = label
@@ -139,8 +141,11 @@ def review_item(*, session: Session, owner: Owner, item_id: str, item_in: ItemUp
     item.needs_review = False
     item.model_id = None
     item.updated_at = utcnow()
+    read = item_read(item, settings)
+    data = {"item": read.model_dump(mode="json"), "previous": previous}
+    emit(session, owner_id=owner.id, event="item.reviewed", data=data)
     session.commit()
-    return item_read(item, settings)
+    return read
 
 
 def read_item(*, session: Session, owner: Owner, item_id: str, settings: Settings) -> ItemRead:

@@ -33,6 +33,7 @@ from app.models import Item, Job, JobEvent, Owner, utcnow
 from app.schemas import FINISHED_STATUSES, ErrorRead, JobCreate, JobEventList, JobEventRead, JobRead, ProgressRead
 from app.services.datasets import get_dataset
 from app.services.lookup import get_owned
+from app.services.webhooks import emit
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,15 @@ def job_read(job: Job) -> JobRead:
         finished_at=job.finished_at,
         model_id=job.model_id,
     )
+
+
+def emit_job_event(session: Session, job_id: str, event: str) -> None:
+    """Queue webhook deliveries of ``event`` (``job.queued``, ``job.started``, ...) with the job as it stands in this
+    transaction; they commit with the state change (``app.services.webhooks``)."""
+    session.flush()
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is not None:
+        emit(session, owner_id=job.owner_id, event=event, data={"job": job_read(job).model_dump(mode="json")})
 
 
 def _fingerprint(dataset_id: str, params: dict) -> str:
@@ -126,6 +136,7 @@ def create_job(
             raise
         return _replay(prior, request_hash, idempotency_key or ""), True
     session.add(JobEvent(job_id=job.id, kind="stage", data={"stage": "queued"}))
+    emit_job_event(session, job.id, "job.queued")
     session.commit()
     _enqueue(session=session, job=job)
     return job_read(job), False
@@ -197,6 +208,7 @@ def cancel_job(*, session: Session, owner: Owner, job_id: str) -> JobRead:
     ).rowcount
     if cancelled:
         session.add(JobEvent(job_id=job.id, kind="stage", data={"stage": "cancelled"}))
+        emit_job_event(session, job.id, "job.cancelled")
     else:
         session.refresh(job)
         if job.status in FINISHED_STATUSES:

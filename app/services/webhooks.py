@@ -1,0 +1,202 @@
+"""Webhooks: an owner registers URLs for job and review events; each event becomes one outbox row per hook.
+
+**Outbox.** :func:`emit` adds a :class:`~app.models.WebhookDelivery` per subscribed hook to the caller's session, so
+the row commits with the state change it reports, or not at all: no event is lost when a process dies right after a
+commit, and none is sent for a change that rolled back. The API never makes an outbound request; workers send the
+rows (``worker.webhooks``), retry them with backoff and record every attempt, which ``GET
+/webhooks/{id}/deliveries`` shows.
+
+**What a receiver gets** (docs/integrations.md, "Webhooks"): ``POST`` of the JSON body ``{"id", "type",
+"created_at", "webhook_id", "data"}`` with the headers ``Tagsift-Delivery`` (the body's ``id``, the same on every
+retry: the idempotency key), ``Tagsift-Event``, ``Tagsift-Attempt``, ``Tagsift-Timestamp`` (Unix seconds of this
+attempt) and ``Tagsift-Signature: v1=<hex HMAC-SHA256 of "<timestamp>.<raw body>" keyed with the hook's secret>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import secrets
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.api.errors import Conflict, FieldError, InvalidInput
+from app.config import Settings
+from app.models import Owner, Webhook, WebhookDelivery, new_id, utcnow
+from app.schemas import (
+    WebhookAttemptRead,
+    WebhookCreate,
+    WebhookCreated,
+    WebhookDeliveryList,
+    WebhookDeliveryRead,
+    WebhookList,
+    WebhookRead,
+)
+from app.services.lookup import get_owned
+from app.services.webhook_urls import UrlRefused, check_url
+
+#: Hooks one owner may have (so that ``GET /webhooks`` is one page and one event fans out to a bounded number).
+MAX_HOOKS_PER_OWNER = 50
+
+SIGNATURE_VERSION = "v1"
+
+
+def new_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The ``Tagsift-Signature`` value: ``v1=`` and the hex HMAC-SHA256 of ``b"<timestamp>." + body``."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"{SIGNATURE_VERSION}={mac.hexdigest()}"
+
+
+# --- the hooks ------------------------------------------------------------------------------------------------------
+
+
+def webhook_read(hook: Webhook) -> WebhookRead:
+    return WebhookRead(
+        id=hook.id, url=hook.url, events=hook.events, description=hook.description, created_at=hook.created_at
+    )
+
+
+def create_webhook(*, session: Session, owner: Owner, hook_in: WebhookCreate, settings: Settings) -> WebhookCreated:
+    """Register a hook; the URL is checked (form, allowed host, every resolved address) before anything is stored."""
+    try:
+        check_url(hook_in.url, settings)
+    except UrlRefused as exc:
+        raise InvalidInput(
+            f"url: {exc}", errors=[FieldError(field="url", item=hook_in.url[:200], message=str(exc))]
+        ) from None
+    count = session.scalar(select(func.count()).select_from(Webhook).where(Webhook.owner_id == owner.id)) or 0
+    if count >= MAX_HOOKS_PER_OWNER:
+        raise Conflict(
+            f"an owner has at most {MAX_HOOKS_PER_OWNER} webhooks; delete one first", code="too_many_webhooks"
+        )
+    hook = Webhook(
+        owner_id=owner.id,
+        url=hook_in.url,
+        events=list(dict.fromkeys(hook_in.events)),
+        description=hook_in.description,
+        secret=new_secret(),
+    )
+    session.add(hook)
+    session.commit()
+    return WebhookCreated(**webhook_read(hook).model_dump(), secret=hook.secret)
+
+
+def get_webhook(*, session: Session, owner: Owner, webhook_id: str) -> Webhook:
+    """The owner's hook; 404 for a missing id and for another owner's."""
+    return get_owned(session, Webhook, webhook_id, owner=owner, what="webhook")
+
+
+def read_webhook(*, session: Session, owner: Owner, webhook_id: str) -> WebhookRead:
+    return webhook_read(get_webhook(session=session, owner=owner, webhook_id=webhook_id))
+
+
+def list_webhooks(*, session: Session, owner: Owner) -> WebhookList:
+    hooks = list(
+        session.scalars(select(Webhook).where(Webhook.owner_id == owner.id).order_by(Webhook.created_at, Webhook.id))
+    )
+    return WebhookList(data=[webhook_read(h) for h in hooks], total=len(hooks))
+
+
+def delete_webhook(*, session: Session, owner: Owner, webhook_id: str) -> None:
+    """Delete the hook with its delivery log; its pending deliveries are never sent."""
+    hook = get_webhook(session=session, owner=owner, webhook_id=webhook_id)
+    session.delete(hook)
+    session.commit()
+
+
+# --- the delivery log -----------------------------------------------------------------------------------------------
+
+
+def delivery_read(row: WebhookDelivery) -> WebhookDeliveryRead:
+    return WebhookDeliveryRead(
+        id=row.delivery_id,
+        event=row.event,
+        status=row.status,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at if row.status == "pending" else None,
+        last_status_code=row.last_status_code,
+        last_error=row.last_error,
+        created_at=row.created_at,
+        finished_at=row.finished_at,
+        payload=json.loads(row.body),
+        log=[WebhookAttemptRead(**entry) for entry in row.log or []],
+    )
+
+
+def _encode_cursor(row_id: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"d": row_id}).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        row_id = data["d"]
+        if type(row_id) is not int or not 0 < row_id < 2**63:
+            raise ValueError(row_id)
+        return row_id
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise InvalidInput(
+            "cursor: not a cursor from a previous page of this listing",
+            errors=[FieldError(field="cursor", message="cursor: invalid")],
+        ) from None
+
+
+def list_deliveries(
+    *, session: Session, owner: Owner, webhook_id: str, status: str | None, cursor: str | None, limit: int
+) -> WebhookDeliveryList:
+    """The hook's deliveries, newest first, optionally only those with ``status``."""
+    hook = get_webhook(session=session, owner=owner, webhook_id=webhook_id)
+    where = [WebhookDelivery.webhook_id == hook.id]
+    if status is not None:
+        where.append(WebhookDelivery.status == status)
+    total = session.scalar(select(func.count()).select_from(WebhookDelivery).where(*where)) or 0
+    stmt = select(WebhookDelivery).where(*where)
+    if cursor:
+        stmt = stmt.where(WebhookDelivery.id < _decode_cursor(cursor))
+    rows = list(session.scalars(stmt.order_by(WebhookDelivery.id.desc()).limit(limit + 1)))
+    next_cursor = _encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+    return WebhookDeliveryList(data=[delivery_read(r) for r in rows[:limit]], total=total, next_cursor=next_cursor)
+
+
+# --- emitting events ------------------------------------------------------------------------------------------------
+
+
+def _iso(ts: datetime) -> str:
+    return ts.isoformat().replace("+00:00", "Z")
+
+
+def emit(session: Session, *, owner_id: str, event: str, data: dict) -> int:
+    """Add one delivery of ``event`` for each of the owner's hooks subscribed to it, in the caller's transaction
+    (committed with the change it reports). Returns how many."""
+    hooks = session.execute(select(Webhook.id, Webhook.events).where(Webhook.owner_id == owner_id)).all()
+    now = utcnow()
+    n = 0
+    for hook_id, events in hooks:
+        if event not in events:
+            continue
+        delivery_id = new_id()
+        body = {"id": delivery_id, "type": event, "created_at": _iso(now), "webhook_id": hook_id, "data": data}
+        session.add(
+            WebhookDelivery(
+                delivery_id=delivery_id,
+                webhook_id=hook_id,
+                event=event,
+                body=json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=str),
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
+                log=[],
+                created_at=now,
+            )
+        )
+        n += 1
+    return n
