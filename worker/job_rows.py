@@ -11,7 +11,7 @@ from sqlalchemy import bindparam, or_, select, update
 
 from app.db import session_scope
 from app.models import Dataset, Item, Job, Model
-from app.services.jobs import emit_job_event
+from app.services.webhooks import emit_job_event
 from worker.job_run import JobRun, LeaseLost
 from worker.leases import add_event, utcnow
 

@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session
 
 from app.db import session_scope
 from app.models import Job, JobEvent
-from app.services.jobs import emit_job_event
+from app.services.webhooks import emit_job_event
 
 log = logging.getLogger(__name__)
 

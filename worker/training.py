@@ -41,7 +41,7 @@ from pathlib import Path
 from app.config import get_settings
 from app.db import session_scope
 from app.models import new_id
-from app.services.jobs import emit_job_event
+from app.services.webhooks import emit_job_event
 from app.storage import get_storage
 from ml.errors import BackboneLoadError, InvalidCandidates, TrainingCancelled
 from worker import runtime

@@ -30,42 +30,13 @@ from app.api.errors import Conflict, FieldError, InvalidInput
 from app.config import Settings
 from app.job_defaults import resolve_job_params
 from app.models import Item, Job, JobEvent, Owner, utcnow
-from app.schemas import FINISHED_STATUSES, ErrorRead, JobCreate, JobEventList, JobEventRead, JobRead, ProgressRead
+from app.schemas import FINISHED_STATUSES, JobCreate, JobEventList, JobEventRead, JobRead
 from app.services.datasets import get_dataset
+from app.services.job_views import job_read
 from app.services.lookup import get_owned
-from app.services.webhooks import emit
+from app.services.webhooks import emit_job_event
 
 log = logging.getLogger(__name__)
-
-
-def job_read(job: Job) -> JobRead:
-    error = ErrorRead(code=job.error_code, message=job.error_message) if job.error_code else None
-    progress = {k: v for k, v in (job.progress or {}).items() if k in ProgressRead.model_fields}
-    return JobRead(
-        id=job.id,
-        type=job.type,
-        dataset_id=job.dataset_id,
-        status=job.status,
-        params=job.params or {},
-        progress=ProgressRead(**progress),
-        metrics=job.metrics or {},
-        error=error,
-        attempt=job.attempt,
-        cancel_requested=bool(job.cancel_requested),
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        model_id=job.model_id,
-    )
-
-
-def emit_job_event(session: Session, job_id: str, event: str) -> None:
-    """Queue webhook deliveries of ``event`` (``job.queued``, ``job.started``, ...) with the job as it stands in this
-    transaction; they commit with the state change (``app.services.webhooks``)."""
-    session.flush()
-    job = session.get(Job, job_id, populate_existing=True)
-    if job is not None:
-        emit(session, owner_id=job.owner_id, event=event, data={"job": job_read(job).model_dump(mode="json")})
 
 
 def _fingerprint(dataset_id: str, params: dict) -> str:

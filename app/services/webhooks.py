@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from app.api.errors import Conflict, FieldError, InvalidInput
 from app.config import Settings
-from app.models import Owner, Webhook, WebhookDelivery, new_id, utcnow
+from app.models import Job, Owner, Webhook, WebhookDelivery, new_id, utcnow
 from app.schemas import (
     WebhookAttemptRead,
     WebhookCreate,
@@ -37,6 +37,7 @@ from app.schemas import (
     WebhookList,
     WebhookRead,
 )
+from app.services.job_views import job_read
 from app.services.lookup import get_owned
 from app.services.webhook_urls import UrlRefused, check_url
 
@@ -200,3 +201,11 @@ def emit(session: Session, *, owner_id: str, event: str, data: dict) -> int:
         )
         n += 1
     return n
+
+
+def emit_job_event(session: Session, job_id: str, event: str) -> None:
+    """:func:`emit` ``event`` (``job.queued``, ``job.started``, ...) with the job as it stands in this transaction."""
+    session.flush()
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is not None:
+        emit(session, owner_id=job.owner_id, event=event, data={"job": job_read(job).model_dump(mode="json")})

@@ -206,3 +206,15 @@ def test_owners_see_only_their_hooks_and_events(alice: Api, bob: Api) -> None:
         r = bob.client.request(method, f"/webhooks/{mine['id']}{url}", headers=bob.headers)
         assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json"), r.text
     assert alice.get(f"/webhooks/{mine['id']}").status_code == 200
+
+
+def test_deleting_a_dataset_reports_the_queued_jobs_it_cancels(alice: Api) -> None:
+    hook = alice.post("/webhooks", json={"url": PUBLIC_URL, "events": ["job.cancelled"]}).json()
+    ds = alice.make_dataset(3, offset=4500)
+    job = alice.post(f"/datasets/{ds['id']}/jobs", json={"epochs": 1}).json()
+    assert alice.delete(f"/datasets/{ds['id']}").status_code == 204
+    (delivery,) = _deliveries(alice, hook["id"])["data"]
+    sent = delivery["payload"]["data"]["job"]
+    assert sent["id"] == job["id"] and sent["status"] == "cancelled"
+    assert sent["error"] == {"code": "cancelled", "message": "the dataset was deleted"}
+    assert sent == {**alice.get(f"/jobs/{job['id']}").json(), "dataset_id": ds["id"]}  # then its dataset went
