@@ -7,7 +7,8 @@ by margin ascending (the most doubtful first; unlabelled items, margin null, com
 A reviewer's tag (``PATCH /items/{id}``) must be one of the dataset's classes (a tag outside them answers 422).
 It may lie outside the item's candidate set (the weak label was wrong): it is then added to the candidates so
 that the candidate set always contains the tag. The item becomes certain: ``label_source="reviewer"``,
-confidence 1, margin 1, ``needs_review`` false, and later jobs treat it as a single-candidate item.
+confidence 1, margin 1, ``needs_review`` false, and later jobs treat it as a single-candidate item. The owner's
+webhooks get an ``item.reviewed`` event, written in the same transaction (``app.services.webhooks``).
 """
 
 from __future__ import annotations
