@@ -306,3 +306,30 @@ def test_the_claim_and_the_reaper_report_their_state_changes(prod_env) -> None:
         ("job.failed", "failed", 2),
         ("job.cancelled", "cancelled", 0),
     ]
+
+
+def test_embedded_default_worker_delivers_with_default_timings(embedded_env, tagsift_env, start_worker) -> None:
+    """The embedded default (SQLite database and broker) with the default poll, retry and timeout settings: a review
+    made through the API reaches the receiver through a real worker."""
+    settings = tagsift_env(webhook_allowed_networks="127.0.0.1/32")
+    assert settings.is_embedded and settings.webhook_poll_seconds == 1.0 and settings.webhook_max_attempts == 10
+    server = Receiver(fail_first=1)
+    try:
+        with session_scope() as session:
+            key = create_api_key(session=session, owner_name="embedded-hooks")
+        with TestClient(create_app(), raise_server_exceptions=False) as client:
+            api = Api(client=client, key=key, settings=settings)
+            hook = api.post("/webhooks", json={"url": f"{server.url}/e", "events": ["item.reviewed"]}).json()
+            ds = _colour_dataset(api, 3)
+            item = api.get(f"/datasets/{ds}/items").json()["data"][0]
+            assert api.patch(f"/items/{item['id']}", json={"label": item["candidates"][0]}).status_code == 200
+            worker = start_worker()
+            # 1 s poll, a failure, a 10 s wait (the default first retry), the success
+            wait_for(lambda: _log(api, hook["id"])[0]["status"] == "succeeded", 60, "the delivery")
+            (delivery,) = _log(api, hook["id"])
+        assert [a["status_code"] for a in delivery["log"]] == [500, 200]
+        first, second = (datetime.fromisoformat(a["at"]) for a in delivery["log"])
+        assert 10 <= (second - first).total_seconds() < 20, worker.log()[-2000:]
+        assert all(docs_verify()(hook["secret"], r["headers"], r["body"]) for r in server.requests)
+    finally:
+        server.close()
