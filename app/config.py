@@ -141,6 +141,12 @@ class Settings(BaseSettings):
     webhook_poll_seconds: float = Field(
         1.0, ge=0, description="How often each worker looks for due webhook deliveries; 0: this worker sends none."
     )
+    webhook_log_days: float = Field(
+        30.0,
+        ge=0,
+        description="Finished webhook deliveries (succeeded or failed) are deleted from the delivery log after this"
+        " many days; 0: kept forever.",
+    )
 
     # --- test infrastructure (read by tests/conftest.py only) ---------------------------------------
     test_postgres_url: str = Field(

@@ -13,6 +13,8 @@ beside the reaper). Every ``TAGSIFT_WEBHOOK_POLL_SECONDS`` it:
 3. **records** the attempt (status code, error, duration) in the row's log: a 2xx ends it ``succeeded``; anything else
    is retried after ``TAGSIFT_WEBHOOK_RETRY_SECONDS`` doubled per failure (at most 1 h) until
    ``TAGSIFT_WEBHOOK_MAX_ATTEMPTS``, then ``failed``. The write is fenced on the attempt number.
+
+Once an hour it also deletes finished deliveries older than ``TAGSIFT_WEBHOOK_LOG_DAYS`` (:func:`prune`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from app.config import Settings
 from app.db import session_scope
@@ -43,6 +45,8 @@ BATCH = 16
 THREADS = 4
 #: Longest wait between two attempts.
 MAX_RETRY_DELAY = 3600.0
+#: How often each worker deletes the deliveries older than TAGSIFT_WEBHOOK_LOG_DAYS.
+PRUNE_EVERY_SECONDS = 3600.0
 #: Bytes of a response body kept for the log.
 EXCERPT_BYTES = 512
 USER_AGENT = "tagsift-webhooks/1"
@@ -284,6 +288,24 @@ def deliver(due: Due, settings: Settings) -> str:
     return status
 
 
+# --- retention ------------------------------------------------------------------------------------------------------
+
+
+def prune(settings: Settings, *, now: datetime | None = None) -> int:
+    """Delete finished deliveries older than ``TAGSIFT_WEBHOOK_LOG_DAYS`` (none when it is 0); returns how many."""
+    if settings.webhook_log_days <= 0:
+        return 0
+    before = (now or utcnow()) - timedelta(days=settings.webhook_log_days)
+    wd = WebhookDelivery
+    with session_scope() as session:
+        res = session.execute(
+            delete(wd)
+            .where(wd.status.in_(("succeeded", "failed")), wd.finished_at < before)
+            .execution_options(synchronize_session=False)
+        )
+    return res.rowcount
+
+
 # --- the thread -----------------------------------------------------------------------------------------------------
 
 
@@ -311,9 +333,18 @@ class Dispatcher:
         return len(due)
 
     def _run(self) -> None:
+        next_prune = time.monotonic()
         while not self._stop.is_set():
             taken = 0
             try:
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
+                    if pruned := prune(self.settings):
+                        log.info(
+                            "webhook log: %d finished deliveries older than %s days deleted",
+                            pruned,
+                            self.settings.webhook_log_days,
+                        )
                 taken = self.tick()
             except Exception as exc:
                 if is_transient_db_error(exc):

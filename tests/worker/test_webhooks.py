@@ -333,3 +333,49 @@ def test_embedded_default_worker_delivers_with_default_timings(embedded_env, tag
         assert all(docs_verify()(hook["secret"], r["headers"], r["body"]) for r in server.requests)
     finally:
         server.close()
+
+
+def test_finished_deliveries_leave_the_log_after_the_retention(prod_env, tagsift_env) -> None:
+    from datetime import timedelta
+
+    from tests.worker.conftest import make_dataset
+    from worker.leases import utcnow
+
+    owner, _, _ = make_dataset(1)
+    now = utcnow()
+    with session_scope() as session:
+        hook = Webhook(owner_id=owner, url="https://93.184.215.14/h", events=["item.reviewed"], secret="whsec_t")
+        session.add(hook)
+        session.flush()
+        ages = {"old-ok": ("succeeded", 31), "old-failed": ("failed", 40), "new-ok": ("succeeded", 29)}
+        for name, (status, days) in ages.items():
+            session.add(
+                WebhookDelivery(
+                    delivery_id=f"{name}-{uuid.uuid4().hex[:8]}",
+                    webhook_id=hook.id,
+                    event="item.reviewed",
+                    body="{}",
+                    status=status,
+                    finished_at=now - timedelta(days=days),
+                    created_at=now - timedelta(days=days),
+                )
+            )
+        old_pending = WebhookDelivery(
+            delivery_id=f"old-pending-{uuid.uuid4().hex[:8]}",
+            webhook_id=hook.id,
+            event="item.reviewed",
+            body="{}",
+            created_at=now - timedelta(days=90),
+        )
+        session.add(old_pending)
+        hook_id = hook.id
+
+    def left() -> list[str]:
+        with session_scope() as session:
+            ids = session.scalars(select(WebhookDelivery.delivery_id).where(WebhookDelivery.webhook_id == hook_id))
+            return sorted(i.split("-")[0] + "-" + i.split("-")[1] for i in ids)
+
+    assert sender.prune(tagsift_env(webhook_log_days="0"), now=now) == 0  # 0: kept forever
+    assert len(left()) == 4
+    assert sender.prune(tagsift_env(webhook_log_days="30"), now=now) == 2  # the default
+    assert left() == ["new-ok", "old-pending"]  # a pending delivery is never dropped
