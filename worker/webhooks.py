@@ -128,7 +128,9 @@ def claim_due(settings: Settings, *, limit: int = BATCH, now: datetime | None = 
                 select(wd.delivery_id, wd.event, wd.body, wd.log, Webhook.url, Webhook.secret)
                 .join(Webhook, Webhook.id == wd.webhook_id)
                 .where(wd.id == row_id)
-            ).one()
+            ).one_or_none()
+            if row is None:  # its hook was deleted a moment ago (the delivery went with it)
+                continue
             out.append(
                 Due(
                     row_id=row_id,
