@@ -305,7 +305,13 @@ class WebhookCreate(_Input):
     """``POST /webhooks``: where to send which events. The URL's host must be allowed by the service's settings and
     resolve only to public addresses."""
 
-    url: str = Field(min_length=1, max_length=2000, description="http(s) URL that receives a POST per event.")
+    url: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="http(s) URL that receives a POST per event; its host must be allowed"
+        " (TAGSIFT_WEBHOOK_ALLOWED_HOSTS) and resolve only to public addresses (or TAGSIFT_WEBHOOK_ALLOWED_NETWORKS).",
+        json_schema_extra={"format": "uri", "pattern": r"^https?://[^\s#@/]+(/[^\s#]*)?$"},
+    )
     events: list[WebhookEvent] = Field(
         default_factory=lambda: list(WEBHOOK_EVENTS),
         min_length=1,
