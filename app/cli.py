@@ -46,6 +46,7 @@ def serve(
     from app.db import upgrade_database
 
     settings = get_settings()
+    require_storage()
     if settings.is_embedded:
         upgrade_database()
     uvicorn.run(
@@ -55,6 +56,18 @@ def serve(
         workers=workers,
         log_level=settings.log_level.lower(),
     )
+
+
+def require_storage() -> None:
+    """Check the blob store (TAGSIFT_STORAGE_URL) before serving: a bad setting stops the command with one line
+    that names it, instead of a traceback on the first upload or job."""
+    from app.storage import StorageError, check_storage
+
+    try:
+        check_storage()
+    except StorageError as exc:
+        typer.echo(f"tagsift: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _safe_url(url: str) -> str:

@@ -28,6 +28,20 @@ class Settings(BaseSettings):
 
     # --- storage -------------------------------------------------------------------------------
     data_dir: Path = Field(Path("./var"), description="Images, artifacts, feature cache, SQLite files.")
+    storage_url: str = Field(
+        "",
+        description="Where images, model artifacts, checkpoints and the feature cache live: file://<dir> or"
+        " s3://<bucket>/<prefix> (credentials: the standard AWS_* variables); empty: file://<data_dir>.",
+    )
+    s3_endpoint_url: str = Field(
+        "", description="S3 API endpoint of a non-AWS object store (SeaweedFS, MinIO, Ceph); empty: AWS S3."
+    )
+    storage_cache_bytes: int = Field(
+        20 * 1024**3,
+        ge=0,
+        description="s3:// storage only: most bytes of downloaded images and features a worker keeps on its disk"
+        " under <data_dir>/cache (least recently used files go first).",
+    )
     database_url: str = Field("", description="SQLAlchemy URL; empty: SQLite file <data_dir>/tagsift.db.")
     broker_url: str = Field(
         "", description="Celery broker URL; empty: an embedded SQLite broker <data_dir>/broker.sqlite."

@@ -1,13 +1,19 @@
 """Image checks and the eval preprocessing, with Pillow and NumPy only (the API never imports torch).
 
-:func:`preprocess` reproduces ``open_clip.image_transform(S, is_train=False, mean, std)`` exactly, step by step:
+:func:`preprocess` is the worker's eval preprocessing (``ml.features``: the decoded image converted to RGB, then
+``open_clip.image_transform(S, is_train=False, mean, std)``), step by step:
 
-1. ``Resize(S)`` with bicubic on the image *in its own mode* (torchvision resizes before the RGB conversion):
-   the shortest side becomes ``S``, the other ``int(S * long / short)`` (torchvision's rounding down);
-2. ``CenterCrop(S)``: offsets ``int(round((h - S) / 2))`` (Python's round, as torchvision);
-3. convert to RGB; 4. ``ToTensor``: float32 ``/ 255``, CHW; 5. ``Normalize``: ``(x - mean) / std`` in float32.
+1. convert to RGB (Pillow's ``convert("RGB")``: a palette is expanded, alpha dropped, grey replicated) *first*,
+   as the worker does before its transform (resizing a palette or RGBA image before the conversion gives other
+   pixels: Pillow resizes a palette image with nearest and an RGBA one premultiplied);
+2. ``Resize(S)`` with ``interpolation`` (bicubic): the shortest side becomes ``S``, the other
+   ``int(S * long / short)`` (torchvision's rounding down);
+3. ``CenterCrop(S)``: offsets ``int(round((h - S) / 2))`` (Python's round, as torchvision);
+4. ``ToTensor``: float32 ``/ 255``, CHW; 5. ``Normalize``: ``(x - mean) / std`` in float32.
 
-Same PIL calls, same float32 arithmetic, so the result matches the torch transform bit for bit (tested).
+Same PIL calls, same float32 arithmetic, so the result matches the torch transform bit for bit (tested). Every
+step is stated in the exported ``preprocess.json`` (:meth:`PreprocessConfig.to_dict`) and the model card, and the
+export's ``predict.py`` (``app/export_kit/predict.py``) repeats them with Pillow and NumPy.
 """
 
 from __future__ import annotations
@@ -42,6 +48,28 @@ class ImageInfo:
     format: str
 
 
+#: The fixed part of ``preprocess.json``: what :func:`preprocess` does besides its parameters, in words a user can
+#: reimplement. ``ml.backbone.PreprocessConfig.to_dict`` writes the same (tests/test_contracts.py).
+PREPROCESS_STEPS = {
+    "color": "RGB",
+    "steps": [
+        "decode the image and convert it to RGB (Pillow convert('RGB'); EXIF orientation is not applied)",
+        "resize so that the shortest side is image_size, the other side int(image_size * long / short), "
+        "with the interpolation filter (Pillow)",
+        "centre-crop image_size x image_size, offsets int(round((h - image_size) / 2)) and likewise for w",
+        "float32 pixels / 255, layout (3, image_size, image_size) RGB",
+        "normalise each channel: (x - mean) / std in float32",
+        "stack into a (batch, 3, image_size, image_size) float32 input named 'image'",
+    ],
+    "layout": "NCHW",
+    "dtype": "float32",
+    "scale": 255,
+    "input": "image",
+    "output": "logits",
+    "scores": "softmax over the logits (over the chosen candidates only, renormalised, when restricted)",
+}
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """The deployed model's ``preprocess.json`` (``ml.backbone.PreprocessConfig.to_dict()``)."""
@@ -67,7 +95,38 @@ class PreprocessConfig:
             raise ValueError(f"preprocess.json: unsupported resize_mode {cfg.resize_mode!r}")
         if len(cfg.mean) != 3 or len(cfg.std) != 3:
             raise ValueError("preprocess.json: mean and std need 3 values")
+        for key in ("color", "layout", "dtype", "scale", "input", "output"):  # older files leave them out
+            if key in d and d[key] != PREPROCESS_STEPS[key]:
+                raise ValueError(
+                    f"preprocess.json: unsupported {key} {d[key]!r} (supported: {PREPROCESS_STEPS[key]!r})"
+                )
         return cfg
+
+    def to_dict(self) -> dict:
+        """``preprocess.json`` in full: the parameters and every step (:data:`PREPROCESS_STEPS`)."""
+        return {
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "resize_mode": self.resize_mode,
+            **PREPROCESS_STEPS,
+        }
+
+    def markdown(self) -> str:
+        """The model card's "Preprocessing" section: the same steps with this model's values."""
+        values = (
+            f"image_size {self.image_size}, interpolation {self.interpolation}, "
+            f"mean {list(self.mean)}, std {list(self.std)}"
+        )
+        steps = "\n".join(f"{i}. {step}" for i, step in enumerate(PREPROCESS_STEPS["steps"], start=1))
+        return (
+            "## Preprocessing\n\n"
+            f"As stated in `preprocess.json` ({values}):\n\n{steps}\n\n"
+            "Then run `model.onnx` (input `image`, output `logits`: (batch, classes) in the order of "
+            "`classes.json`); scores are the softmax of the logits. `predict.py` does all of it:\n\n"
+            "```\npip install onnxruntime numpy pillow\npython predict.py photo.jpg other.png\n```\n"
+        )
 
 
 def decode_image(data: bytes, *, max_pixels: int, max_bytes: int) -> Image.Image:
@@ -141,6 +200,8 @@ def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
 def preprocess(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """The eval transform: (3, S, S) float32, identical to ``open_clip.image_transform(S, is_train=False)``."""
     size = cfg.image_size
+    if img.mode != "RGB":
+        img = img.convert("RGB")
     w, h = resized_size(img.width, img.height, size)
     if (w, h) != img.size:
         img = img.resize((w, h), _FILTERS[cfg.interpolation])
@@ -148,8 +209,6 @@ def preprocess(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     left = int(round((w - size) / 2.0))
     if (w, h) != (size, size):
         img = img.crop((left, top, left + size, top + size))
-    if img.mode != "RGB":
-        img = img.convert("RGB")
     arr = np.asarray(img, dtype=np.uint8).astype(np.float32) / np.float32(255.0)  # (S, S, 3)
     arr = arr.transpose(2, 0, 1)  # (3, S, S)
     mean = np.asarray(cfg.mean, dtype=np.float32).reshape(3, 1, 1)

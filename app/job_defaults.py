@@ -52,3 +52,19 @@ def resolve_job_params(params: dict, *, items: int, classes: int) -> dict:
         if resolved.get(key) is None:
             resolved[key] = value
     return resolved
+
+
+def describe_defaults() -> str:
+    """The defaults in words, for the API's documentation (``POST /datasets/{id}/jobs``): built from the values
+    above, so the description cannot drift from what a job really gets (tests/app/test_job_defaults.py)."""
+    per_method = "; ".join(
+        f"`{method}`: {d['loss']} loss, {d['epochs']} epochs, lr {d['lr']:g}"
+        + (", neighbour-vote pruning" if d["knn_vote"] else "")
+        + (f", handcrafted classifier mixed in at {d['handcrafted_mix']:g}" if d["handcrafted_mix"] else "")
+        for method, d in METHOD_DEFAULTS.items()
+    )
+    return (
+        f"Defaults: method `auto` trains `linear_probe` when the dataset has at least "
+        f"{AUTO_LINEAR_PROBE_MIN_ITEMS_PER_CLASS} items per class, else `prompt_alignment`. "
+        f"Per method, unless the body sets them: {per_method}."
+    )

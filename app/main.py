@@ -9,8 +9,10 @@ from sqlalchemy import text
 from app import queue
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimitMiddleware
+from app.api.openapi import add_links
 from app.api.routes import datasets, items, jobs, models, predict, webhooks
 from app.db import get_engine
+from app.storage import get_storage
 
 
 def create_app() -> FastAPI:
@@ -29,15 +31,22 @@ def create_app() -> FastAPI:
         """The process is up."""
         return {"status": "ok"}
 
-    @api.get("/readyz", tags=["health"], responses={503: {"description": "database or broker unreachable"}})
+    @api.get(
+        "/readyz", tags=["health"], responses={503: {"description": "database, broker or object store unreachable"}}
+    )
     def readyz() -> JSONResponse:
-        """The database and the broker answer."""
+        """The database and the broker answer (and the object store, when TAGSIFT_STORAGE_URL is s3://)."""
         checks = {"database": _database_ok(), "broker": _broker_ok()}
+        storage = get_storage()
+        if storage.remote:
+            checks["storage"] = _storage_ok(storage)
         ok = all(checks.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 
     for module in (datasets, items, jobs, models, predict, webhooks):
         api.include_router(module.router)
+    generate = api.openapi
+    api.openapi = lambda: add_links(generate())  # type: ignore[method-assign]  # FastAPI caches the document
     return api
 
 
@@ -45,6 +54,14 @@ def _database_ok() -> bool:
     try:
         with get_engine().connect() as conn:
             conn.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+
+
+def _storage_ok(storage) -> bool:
+    try:
+        storage.exists("0" * 64)  # a HEAD request: answered (found or not) means reachable
         return True
     except Exception:
         return False

@@ -94,6 +94,7 @@ class Dataset(Base):
     """A set of images, each with a candidate set of tags drawn from ``classes``."""
 
     __tablename__ = "datasets"
+    __table_args__ = (Index("ix_datasets_owner_created", "owner_id", "created_at", "id"),)  # list pages
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
@@ -115,6 +116,7 @@ class Item(Base):
     __table_args__ = (
         UniqueConstraint("dataset_id", "sha256"),
         Index("ix_items_dataset_margin", "dataset_id", "margin"),
+        Index("ix_items_dataset_seq", "dataset_id", "seq"),  # list pages in upload order
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -144,7 +146,10 @@ class Job(Base):
     """A tuning job. The database row is the source of truth; the broker message only names its id."""
 
     __tablename__ = "jobs"
-    __table_args__ = (UniqueConstraint("owner_id", "idempotency_key"),)
+    __table_args__ = (
+        UniqueConstraint("owner_id", "idempotency_key"),
+        Index("ix_jobs_owner_created", "owner_id", "created_at", "id"),  # list pages
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
@@ -188,6 +193,7 @@ class Model(Base):
     """A trained classifier: class text features + backbone, exported as ONNX, stored content-addressed."""
 
     __tablename__ = "models"
+    __table_args__ = (Index("ix_models_owner_created", "owner_id", "created_at", "id"),)  # list pages
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)

@@ -19,7 +19,7 @@ import onnxruntime as ort
 
 from app.config import Settings
 from app.imaging import PreprocessConfig, preprocess
-from app.storage import BlobStore
+from app.storage import BlobStore, StorageError
 
 REQUIRED_ARTIFACTS = ("model.onnx", "classes.json", "preprocess.json")
 
@@ -98,11 +98,15 @@ def load_model(*, model_id: str, artifacts: dict[str, str], storage: BlobStore, 
         classes = json.loads(storage.get(artifacts["classes.json"]))
         pre = PreprocessConfig.from_dict(json.loads(storage.get(artifacts["preprocess.json"])))
         options = session_options(threads=settings.predict_threads, spinning=settings.predict_spinning)
-        session = ort.InferenceSession(
-            str(storage.local_path(artifacts["model.onnx"])), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        # the store's own file when it is on this disk, else the bytes (an object store: nothing is written here;
+        # the LRU of sessions above is this process's cache)
+        local = storage.path_if_local(artifacts["model.onnx"])
+        onnx = str(local) if local is not None else storage.get(artifacts["model.onnx"])
+        session = ort.InferenceSession(onnx, sess_options=options, providers=["CPUExecutionProvider"])
     except FileNotFoundError as exc:
         raise ModelUnavailable(f"model {model_id}: an artifact blob is missing from storage ({exc})") from None
+    except StorageError:  # the store is down: a 503, not a broken model
+        raise
     except Exception as exc:  # bad JSON, bad preprocess.json, ONNX Runtime's own errors (InvalidGraph, ...)
         raise ModelUnavailable(f"model {model_id}: unreadable artifacts ({exc})") from None
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):

@@ -1,9 +1,9 @@
 """Pydantic I/O schemas, one family per resource: ``XCreate`` / ``XUpdate`` (input), ``XRead`` / ``XList`` (output).
 
-:class:`JobCreate` is the one place the job parameter defaults live (the reproduction benchmark's settings for
-prompt alignment on partial labels: method ``prompt_alignment``, loss ``rc``, 50 epochs, batch 32, SGD lr 0.002,
-16 context tokens, seed 1). The stored job ``params`` are ``JobCreate.model_dump()``: every value explicit, so a
-job re-run later means the same thing even if these defaults change.
+:class:`JobCreate` holds the job parameters that do not depend on the method (batch 32, momentum 0.9, 16 context
+tokens, seed 1, ...); ``method="auto"`` and the per-method loss, epochs and lr left null are resolved by
+``app/job_defaults.py`` when the job is created. The stored job ``params`` are the resolved values: every value
+explicit, so a job re-run later means the same thing even if these defaults change.
 """
 
 from __future__ import annotations
@@ -11,16 +11,44 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
 METHODS = ("prompt_alignment", "coop", "zero_shot", "linear_probe")
 LOSSES = ("naive", "cc", "rc", "lws", "cavl", "plcr", "pico")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINISHED_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
 
 #: JSON schema of a prompt template (the validators below check the same): the class name goes where "{}" is.
 TEMPLATE_SCHEMA = {"type": "string", "pattern": r"\{\}", "maxLength": 500}
+
+# What the services check on stored text, as JSON Schema patterns (ECMA-262 and Python read them alike: explicit
+# classes, no \s, whose meaning differs between the two): no control character (Unicode Cc) anywhere, and for a
+# tag no whitespace at either end (exactly what Python's str.strip() would remove, app.uploads.rules._tag_problem).
+_CONTROL = r"\x00-\x1f\x7f-\x9f"
+_SPACE = r"\x20\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+#: A tag (class name): 1 to 200 characters (``TAGSIFT_MAX_TAG_LENGTH``'s default and largest value).
+TAG_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 200,
+    "pattern": f"^[^{_CONTROL}{_SPACE}](?:[^{_CONTROL}]*[^{_CONTROL}{_SPACE}])?$",
+}
+#: A name: no control characters, and something besides spaces.
+NAME_PATTERN = f"^[^{_CONTROL}]*[^{_CONTROL}{_SPACE}][^{_CONTROL}]*$"
+#: A dataset's prompt template: blank (none), or text with a "{}" and no control characters.
+DATASET_TEMPLATE_PATTERN = f"^[^{_CONTROL}]*\\{{\\}}[^{_CONTROL}]*$|^[{_SPACE}]*$"
+
+
+def _integral(value: Any) -> Any:
+    """JSON's 3.0 is the integer 3 (JSON Schema counts it as one): accepted for an integer field, 3.5 still not."""
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+#: An integer field of a request body: strict (no "3", no true), but 3.0 is 3, as the JSON Schema says. (An optional
+#: one spells it out with its bounds before the validator, or the bounds leave the JSON Schema as "ge"/"le".)
+JsonInt = Annotated[int, BeforeValidator(_integral)]
 
 
 class _Input(BaseModel):
@@ -39,11 +67,16 @@ class _Output(BaseModel):
 class DatasetCreate(_Input):
     """JSON body of ``POST /datasets`` for an empty dataset (images come later via ``POST /datasets/{id}/items``)."""
 
-    name: str = Field(min_length=1, max_length=200)
-    classes: list[str] = Field(min_length=1, description="The tag vocabulary; item candidates must come from it.")
-    prompt_template: Annotated[str, WithJsonSchema({**TEMPLATE_SCHEMA, "pattern": r"\{\}|^\s*$"})] | None = Field(
-        None, max_length=500, description='e.g. "a photo of a {}." (blank: none)'
-    )
+    name: Annotated[
+        str, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 200, "pattern": NAME_PATTERN})
+    ] = Field(min_length=1, max_length=200)
+    classes: Annotated[
+        list[Annotated[str, WithJsonSchema(TAG_SCHEMA)]],
+        WithJsonSchema({"type": "array", "items": TAG_SCHEMA, "minItems": 1, "uniqueItems": True}),
+    ] = Field(min_length=1, description="The tag vocabulary, distinct tags; item candidates must come from it.")
+    prompt_template: (
+        Annotated[str, WithJsonSchema({"type": "string", "maxLength": 500, "pattern": DATASET_TEMPLATE_PATTERN})] | None
+    ) = Field(None, max_length=500, description='e.g. "a photo of a {}." (blank: none)')
 
     @field_validator("prompt_template")
     @classmethod
@@ -88,8 +121,20 @@ class DatasetDetail(DatasetRead):
     updated_at: datetime
 
 
+def _next_cursor() -> Any:
+    """The keyset cursor that every list answer carries besides ``data``."""
+    return Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+def _total() -> Any:
+    """The count that every list answer carries: every row matching the filters, over all pages."""
+    return Field(description="How many rows match the filters, over every page.")
+
+
 class DatasetList(BaseModel):
     data: list[DatasetRead]
+    next_cursor: str | None = _next_cursor()
+    total: int = _total()
 
 
 class ItemsAdded(BaseModel):
@@ -124,13 +169,18 @@ class ItemRead(_Output):
 
 class ItemList(BaseModel):
     data: list[ItemRead]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+    next_cursor: str | None = _next_cursor()
+    total: int = _total()
 
 
 class ItemUpdate(_Input):
     """A reviewer's tag: one of the dataset's classes (see ``services.items.review_item``)."""
 
-    label: str = Field(min_length=1)
+    label: str = Field(min_length=1, description="One of the dataset's classes, exactly (no surrounding whitespace).")
+    add_to_candidates: bool = Field(
+        False,
+        description="Allow a tag outside the item's candidates and add it to them; without it such a tag is a 422.",
+    )
 
 
 # --- jobs -------------------------------------------------------------------------------------------------
@@ -150,12 +200,14 @@ class JobCreate(_Input):
     loss: Literal["naive", "cc", "rc", "lws", "cavl", "plcr", "pico"] | None = Field(
         None, description="PLL loss; null: the best measured one for the method."
     )
-    epochs: int | None = Field(None, ge=1, le=1000, description="null: the measured default for the method.")
-    batch_size: int = Field(32, ge=1, le=4096)
+    epochs: Annotated[int, Field(ge=1, le=1000), BeforeValidator(_integral)] | None = Field(
+        None, description="null: the measured default for the method."
+    )
+    batch_size: JsonInt = Field(32, ge=1, le=4096)
     lr: float | None = Field(None, gt=0, le=100, description="SGD learning rate; null: the method's default.")
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0, le=1)
-    n_ctx: int = Field(16, ge=1, le=64)
+    n_ctx: JsonInt = Field(16, ge=1, le=64)
     ctx_init: str = Field("", max_length=200, description='"" = random init; else an init phrase ("a photo of a").')
     class_token_position: Literal["end", "middle", "front"] = "end"
     csc: bool = Field(False, description="Class-specific context.")
@@ -171,14 +223,16 @@ class JobCreate(_Input):
         None,
         description="Prune training candidate sets by neighbour voting in image-feature space; null: method default.",
     )
-    knn_k: int = Field(10, ge=1, le=200, description="Neighbours that vote (knn_vote).")
+    knn_k: JsonInt = Field(10, ge=1, le=200, description="Neighbours that vote (knn_vote).")
     knn_tau: float = Field(0.5, gt=0, le=1, description="Keep candidates with at least tau x the best vote.")
     handcrafted_mix: float | None = Field(
         None, ge=0, le=1, description="Weight of the handcrafted (zero-shot) classifier mixed in; null: default."
     )
-    shots: int | None = Field(None, ge=1, le=100_000)
-    views: int | None = Field(None, ge=1, le=64, description="Augmented views per image; null: the server default.")
-    seed: int = Field(1, ge=0, le=2**31 - 1)
+    shots: Annotated[int, Field(ge=1, le=100_000), BeforeValidator(_integral)] | None = None
+    views: Annotated[int, Field(ge=1, le=64), BeforeValidator(_integral)] | None = Field(
+        None, description="Augmented views per image; null: the server default."
+    )
+    seed: JsonInt = Field(1, ge=0, le=2**31 - 1)
     precision: Literal["fp32", "amp"] = "fp32"
 
     @field_validator("templates")
@@ -206,7 +260,7 @@ class JobRead(BaseModel):
     id: str
     type: str
     dataset_id: str | None
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: JobStatus
     params: dict[str, Any]
     progress: ProgressRead
     metrics: dict[str, Any]
@@ -217,6 +271,12 @@ class JobRead(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     model_id: str | None
+
+
+class JobList(BaseModel):
+    data: list[JobRead]
+    next_cursor: str | None = _next_cursor()
+    total: int = _total()
 
 
 class JobEventRead(_Output):
@@ -250,6 +310,8 @@ class ModelRead(_Output):
 
 class ModelList(BaseModel):
     data: list[ModelRead]
+    next_cursor: str | None = _next_cursor()
+    total: int = _total()
 
 
 class ScoredLabel(BaseModel):

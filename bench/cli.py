@@ -12,6 +12,24 @@ import typer
 
 bench = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
 
+# Options more than one bench takes, declared once.
+Cifar10Path = Annotated[
+    Path | None, typer.Option("--cifar10-path", help="CIFAR-10 JPEG archive (default TAGSIFT_CIFAR10_PATH).")
+]
+CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Backbone cache (default TAGSIFT_MODEL_CACHE_DIR).")]
+ApiWorkers = Annotated[int, typer.Option("--api-workers", help="API processes (`tagsift serve --workers`).")]
+DatabaseUrl = Annotated[str, typer.Option("--database-url", help="PostgreSQL URL (default: SQLite).")]
+BrokerUrl = Annotated[str, typer.Option("--broker-url", help="Redis URL (default: SQLite broker).")]
+Keep = Annotated[bool, typer.Option("--keep", help="Keep the temp data dir and logs.")]
+
+
+def _data_paths(cifar10_path: Path | None, cache_dir: Path | None) -> tuple[Path, Path]:
+    """The CIFAR-10 archive and the backbone cache: the options where given, else the settings."""
+    from app.config import get_settings
+
+    settings = get_settings()
+    return cifar10_path or settings.cifar10_path, cache_dir or settings.model_cache_dir
+
 
 @bench.command("train-speed")
 def bench_train_speed(
@@ -22,24 +40,19 @@ def bench_train_speed(
     seed: Annotated[int, typer.Option(help="Seed of shots, candidate sets, context init and batch order.")] = 1,
     method: Annotated[str, typer.Option(help="prompt_alignment or coop.")] = "prompt_alignment",
     loss: Annotated[str, typer.Option(help="PLL loss: naive, cc, rc, lws, cavl, plcr, pico.")] = "rc",
-    cifar10_path: Annotated[
-        Path | None, typer.Option("--cifar10-path", help="CIFAR-10 JPEG archive (default TAGSIFT_CIFAR10_PATH).")
-    ] = None,
-    cache_dir: Annotated[
-        Path | None, typer.Option("--cache-dir", help="Backbone cache (default TAGSIFT_MODEL_CACHE_DIR).")
-    ] = None,
+    cifar10_path: Cifar10Path = None,
+    cache_dir: CacheDir = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     test_images: Annotated[int, typer.Option("--test-images", help="Test images for the accuracies.")] = 1000,
 ) -> None:
     """Train the same prompts with this trainer and with an official-style loop; print times and accuracies."""
-    from app.config import get_settings
     from bench.train_speed import run_cifar10_train_speed
 
-    settings = get_settings()
+    cifar, models = _data_paths(cifar10_path, cache_dir)
     run_cifar10_train_speed(
         backbone=backbone,
-        cifar10_path=cifar10_path or settings.cifar10_path,
-        cache_dir=cache_dir or settings.model_cache_dir,
+        cifar10_path=cifar,
+        cache_dir=models,
         shots=shots,
         q=q,
         epochs=epochs,
@@ -74,10 +87,8 @@ def bench_reproduce(
     methods: Annotated[str | None, typer.Option("--methods", help="Comma-separated method names.")] = None,
     regime: Annotated[str, typer.Option("--regime", help="fewshot | large | both")] = "fewshot",
     out: Annotated[Path, typer.Option("--out", help="Directory of the JSON results.")] = Path("bench-out"),
-    cifar10_path: Annotated[Path | None, typer.Option("--cifar10-path", help="Default TAGSIFT_CIFAR10_PATH.")] = None,
-    cache_dir: Annotated[
-        Path | None, typer.Option("--cache-dir", help="Backbone cache (default TAGSIFT_MODEL_CACHE_DIR).")
-    ] = None,
+    cifar10_path: Cifar10Path = None,
+    cache_dir: CacheDir = None,
     feature_dir: Annotated[
         Path | None, typer.Option("--feature-dir", help="Feature cache (default <data_dir>/features).")
     ] = None,
@@ -105,8 +116,7 @@ def bench_reproduce(
     settings = get_settings()
     out_dir = out / "quick" if quick else out
     png = report.with_name(report.stem + "-accuracy-vs-q.png")
-    cifar = cifar10_path or settings.cifar10_path
-    models = cache_dir or settings.model_cache_dir
+    cifar, models = _data_paths(cifar10_path, cache_dir)
     feats = feature_dir or settings.data_dir / "features"
 
     def log(msg: str) -> None:
@@ -175,27 +185,24 @@ def bench_service(
     train_rounds: Annotated[
         int, typer.Option("--train-rounds", help="Alternating direct ml/ runs and jobs (the fastest of each).")
     ] = 3,
-    api_workers: Annotated[int, typer.Option("--api-workers", help="API processes (`tagsift serve --workers`).")] = 1,
+    api_workers: ApiWorkers = 1,
     backbone: Annotated[str, typer.Option("--backbone", help="Backbone spec, or 'reference'.")] = "reference",
     q: Annotated[float, typer.Option("--q", help="Candidate-set flip rate.")] = 0.3,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the photos, candidate sets and training.")] = 1,
-    database_url: Annotated[str, typer.Option("--database-url", help="PostgreSQL URL (default: SQLite).")] = "",
-    broker_url: Annotated[str, typer.Option("--broker-url", help="Redis URL (default: SQLite broker).")] = "",
-    cifar10_path: Annotated[Path | None, typer.Option("--cifar10-path", help="Default TAGSIFT_CIFAR10_PATH.")] = None,
-    cache_dir: Annotated[
-        Path | None, typer.Option("--cache-dir", help="Backbone cache (default TAGSIFT_MODEL_CACHE_DIR).")
-    ] = None,
+    database_url: DatabaseUrl = "",
+    broker_url: BrokerUrl = "",
+    cifar10_path: Cifar10Path = None,
+    cache_dir: CacheDir = None,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N (worker and direct run).")] = "cpu",
-    keep: Annotated[bool, typer.Option("--keep", help="Keep the temp data dir and logs.")] = False,
+    keep: Keep = False,
 ) -> None:
     """Upload, training and /predict through a real service it starts, against calling ml/ and ONNX Runtime."""
-    from app.config import get_settings
     from bench.service import ServiceBenchConfig, run_service_bench
 
-    settings = get_settings()
+    cifar, models = _data_paths(cifar10_path, cache_dir)
     cfg = ServiceBenchConfig(
-        cifar10_path=cifar10_path or settings.cifar10_path,
-        cache_dir=cache_dir or settings.model_cache_dir,
+        cifar10_path=cifar,
+        cache_dir=models,
         backbone=backbone,
         images=images,
         upload_batch=upload_batch,
@@ -224,24 +231,21 @@ def bench_load(
     job_every: Annotated[
         int, typer.Option("--job-every", help="A client starts a zero_shot job every this many rounds.")
     ] = 10,
-    api_workers: Annotated[int, typer.Option("--api-workers", help="API processes (`tagsift serve --workers`).")] = 1,
+    api_workers: ApiWorkers = 1,
     backbone: Annotated[
         str, typer.Option("--backbone", help="'auto': reference when built in the cache dir, else a tiny model.")
     ] = "auto",
-    database_url: Annotated[str, typer.Option("--database-url", help="PostgreSQL URL (default: SQLite).")] = "",
-    broker_url: Annotated[str, typer.Option("--broker-url", help="Redis URL (default: SQLite broker).")] = "",
+    database_url: DatabaseUrl = "",
+    broker_url: BrokerUrl = "",
     request_timeout: Annotated[float, typer.Option("--request-timeout", help="Seconds per request.")] = 30.0,
-    cache_dir: Annotated[
-        Path | None, typer.Option("--cache-dir", help="Backbone cache (default TAGSIFT_MODEL_CACHE_DIR).")
-    ] = None,
-    keep: Annotated[bool, typer.Option("--keep", help="Keep the temp data dir and logs.")] = False,
+    cache_dir: CacheDir = None,
+    keep: Keep = False,
 ) -> None:
     """Concurrent clients upload, list, read labels, start and poll jobs on a service it starts; zero errors."""
-    from app.config import get_settings
     from bench.load import LoadBenchConfig, run_load_bench
 
     cfg = LoadBenchConfig(
-        cache_dir=cache_dir or get_settings().model_cache_dir,
+        cache_dir=_data_paths(None, cache_dir)[1],
         clients=clients,
         duration=duration,
         batch=batch,
@@ -256,3 +260,53 @@ def bench_load(
     result = run_load_bench(cfg, out=typer.echo)
     if result.total_errors:
         raise typer.Exit(1)
+
+
+@bench.command("scale")
+def bench_scale(
+    sizes: Annotated[
+        str, typer.Option("--sizes", help="Dataset sizes, comma-separated, increasing.")
+    ] = "1000,10000,100000",
+    upload_batch: Annotated[int, typer.Option("--upload-batch", help="Items per upload request.")] = 1000,
+    samples: Annotated[int, typer.Option("--samples", help="Requests per latency figure.")] = 200,
+    database_url: Annotated[
+        str, typer.Option("--database-url", help="PostgreSQL server (the bench creates and drops its own database).")
+    ] = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+    broker_url: BrokerUrl = "",
+    cache_dir: CacheDir = None,
+    keep: Keep = False,
+) -> None:
+    """Upload, item, list, review, export and delete figures at growing dataset sizes on PostgreSQL."""
+    from bench.scale import ScaleBenchConfig, run_scale_bench
+
+    cfg = ScaleBenchConfig(
+        sizes=[int(x) for x in sizes.replace(",", " ").split()],
+        upload_batch=upload_batch,
+        samples=samples,
+        cache_dir=_data_paths(None, cache_dir)[1],
+        broker_url=broker_url,
+        keep=keep,
+    )
+    run_scale_bench(cfg, admin_url=database_url, out=typer.echo)
+
+
+@bench.command("gpu")
+def bench_gpu(
+    device: Annotated[str, typer.Option("--device", help="cuda, cuda:N or cpu (default: cuda when present).")] = "",
+    backbones: Annotated[
+        str, typer.Option("--backbones", help="Backbone specs, comma-separated (default: reference, ViT-B-32 random).")
+    ] = "reference,ViT-B-32",
+    images: Annotated[int, typer.Option("--images", help="Generated images to encode, train on and predict.")] = 512,
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs (the figure is the mean epoch).")] = 3,
+    tiny: Annotated[bool, typer.Option("--tiny", help="A few images and one epoch: the CPU check CI runs.")] = False,
+    cache_dir: CacheDir = None,
+) -> None:
+    """Encoding images/s, training epoch time and /predict throughput, fp32 and amp: one script for a GPU machine."""
+    from bench.gpu import GpuBenchConfig, run_gpu_bench
+
+    models = _data_paths(None, cache_dir)[1]
+    cfg = GpuBenchConfig.tiny(models) if tiny else GpuBenchConfig(cache_dir=models, images=images, epochs=epochs)
+    if device:
+        cfg.device = device
+    cfg.backbones = tuple(b for b in backbones.replace(",", " ").split())
+    run_gpu_bench(cfg, out=typer.echo)

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.service import _Service, free_port, percentile, service_env
+from bench.service import ServiceOptions, _Service, free_port, percentile, service_env
 
 CLASSES = ["red", "green", "blue"]
 OPERATIONS = ("create_dataset", "upload", "list_items", "get_dataset", "labels", "create_job", "get_job")
@@ -47,18 +47,14 @@ TINY_CLIP = {
 
 
 @dataclass
-class LoadBenchConfig:
+class LoadBenchConfig(ServiceOptions):
     cache_dir: Path
     clients: int = 50
     duration: float = 60.0
     batch: int = 4  # images per upload
     job_every: int = 10  # a client starts a job every this many rounds (when it has none running)
     backbone: str = "auto"  # "auto": the reference backbone when its build is in cache_dir, else TINY_CLIP
-    api_workers: int = 1
-    database_url: str = ""
-    broker_url: str = ""
     request_timeout: float = 30.0
-    keep: bool = False
 
 
 @dataclass

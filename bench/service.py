@@ -49,8 +49,18 @@ from app.config import Settings
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@dataclass(kw_only=True)
+class ServiceOptions:
+    """How a bench starts its own service (`tagsift serve` + one worker): shared by the service and load benches."""
+
+    api_workers: int = 1  # `tagsift serve --workers`
+    database_url: str = ""  # empty: SQLite
+    broker_url: str = ""  # empty: the SQLite broker
+    keep: bool = False  # keep the temp data dir and logs
+
+
 @dataclass
-class ServiceBenchConfig:
+class ServiceBenchConfig(ServiceOptions):
     cifar10_path: Path
     cache_dir: Path
     backbone: str = "reference"
@@ -61,15 +71,11 @@ class ServiceBenchConfig:
     epochs: int = 3
     views: int = 1
     clients: int = 4
-    api_workers: int = 1  # `tagsift serve --workers`
     requests: int = 50
     rounds: int = 3  # alternating API / raw predict rounds; medians compared
     train_rounds: int = 3  # alternating direct ml/ runs and jobs; the fastest of each compared
-    database_url: str = ""
-    broker_url: str = ""
     device: str = "cpu"
     job_timeout: float = 1800.0
-    keep: bool = False
 
 
 @dataclass

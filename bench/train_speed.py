@@ -44,6 +44,24 @@ PHASE_LABELS = {
 BENCH_METHODS = ("prompt_alignment", "coop")
 
 
+@dataclass(frozen=True)
+class TrainSpeedRun:
+    """What both runs train on: the same backbone, images, candidate sets, config, device and accuracy set."""
+
+    backbone: object
+    images: Sequence[bytes]
+    candidates: torch.Tensor  # (N, K) bool
+    classnames: Sequence[str]
+    config: object  # ml.train.TrainConfig
+    device: torch.device
+    test_feats: torch.Tensor
+    test_labels: torch.Tensor
+
+    def training(self) -> tuple:
+        """backbone, candidates, classnames, config, device: what a run trains with."""
+        return self.backbone, self.candidates, self.classnames, self.config, self.device
+
+
 @dataclass
 class RunFigures:
     name: str  # "ours" | "naive"
@@ -166,24 +184,16 @@ def _instrument_fit(clock: _Clock, phases: dict[str, float]) -> Iterator[None]:
         h2.remove()
 
 
-def run_ours(
-    backbone,
-    images: Sequence[bytes],
-    candidates: torch.Tensor,
-    classnames: Sequence[str],
-    config,
-    device: torch.device,
-    test_feats: torch.Tensor,
-    test_labels: torch.Tensor,
-) -> RunFigures:
+def run_ours(run: TrainSpeedRun) -> RunFigures:
     from ml.features import encode_images
     from ml.train import fit
 
+    backbone, candidates, classnames, config, device = run.training()
     clock = _Clock(device)
     phases = dict.fromkeys(PHASES, 0.0)
     t0 = clock()
     with _autocast(device):
-        feats = encode_images(backbone, images, views=1, batch_size=64)  # (1, N, D): once, no disk cache
+        feats = encode_images(backbone, run.images, views=1, batch_size=64)  # (1, N, D): once, no disk cache
     encode_s = clock() - t0
     t1 = clock()
     with _instrument_fit(clock, phases):
@@ -194,7 +204,7 @@ def run_ours(
     phases["other"] = max(sum(epoch_s) - text_s - bwd_s - opt_s, 0.0)
     phases["image"] = 0.0  # per epoch: none (the one-time encoding is setup)
     tokens = _ours_text_tokens(backbone, classnames, config, device)
-    acc = _accuracy(test_feats, test_labels, result.class_features, result.logit_scale)
+    acc = _accuracy(run.test_feats, run.test_labels, result.class_features, result.logit_scale)
     setup_s = encode_s + fit_s - sum(epoch_s)
     return RunFigures("ours", setup_s, epoch_s, phases, acc, tokens, encode_s, result.class_features.cpu())
 
@@ -225,16 +235,7 @@ def _pl_config(config):
 # --- naive: the official-style loop -----------------------------------------------------------------------------
 
 
-def run_naive(
-    backbone,
-    images: Sequence[bytes],
-    candidates: torch.Tensor,
-    classnames: Sequence[str],
-    config,
-    device: torch.device,
-    test_feats: torch.Tensor,
-    test_labels: torch.Tensor,
-) -> RunFigures:
+def run_naive(run: TrainSpeedRun) -> RunFigures:
     from ml.align import align_loss, combine, mix_alpha, teacher
     from ml.losses import PLLBatch, build_loss
     from ml.prompt_learner import PromptLearner
@@ -242,11 +243,12 @@ def run_naive(
     from ml.text_encoder import TextEncoder
     from ml.train import _epoch_plan
 
+    backbone, candidates, classnames, config, device = run.training()
     clock = _Clock(device)
     phases = dict.fromkeys(PHASES, 0.0)
     use_amp = device.type == "cuda"
     t_setup = clock()
-    pixels = _decode_pixels(backbone, images)  # [N, 3, S, S], decoded once (the official loader does it per step)
+    pixels = _decode_pixels(backbone, run.images)  # [N, 3, S, S], decoded once (the official loader does it per step)
     n, k = candidates.shape
     model = backbone.model
     text_encoder = TextEncoder(model, truncate=False)  # full context length, as CustomCLIP's TextEncoder
@@ -317,7 +319,7 @@ def run_naive(
     learner.eval()
     with torch.no_grad():
         class_feats = F.normalize(text_encoder(learner(), learner.token_ids), dim=-1).float().cpu()
-    acc = _accuracy(test_feats, test_labels, class_feats, scale)
+    acc = _accuracy(run.test_feats, run.test_labels, class_feats, scale)
     tokens = int(learner.token_ids.shape[1])
     return RunFigures("naive", setup_s, epoch_s, phases, acc, tokens, class_features=class_feats)
 
@@ -368,8 +370,9 @@ def run_train_speed(
         emit(line)
     with _autocast(device):  # the accuracy set: encoded once, shared by both runs, not timed
         test_feats = encode_images(backbone, test_images, views=1, batch_size=64)[0]
-    naive = run_naive(backbone, train_images, candidates, classnames, config, device, test_feats, test_labels)
-    ours = run_ours(backbone, train_images, candidates, classnames, config, device, test_feats, test_labels)
+    run = TrainSpeedRun(backbone, train_images, candidates, classnames, config, device, test_feats, test_labels)
+    naive = run_naive(run)
+    ours = run_ours(run)
     speedup = naive.mean_epoch / max(ours.mean_epoch, 1e-12)
     e2e = naive.total_seconds / max(ours.total_seconds, 1e-12)
     sizes = candidates.float().sum(1)

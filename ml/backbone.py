@@ -29,6 +29,28 @@ __all__ = [
 ]
 
 
+#: The fixed part of ``preprocess.json``: the eval preprocessing of ``ml.features`` (RGB first, then open_clip's
+#: eval transform) in words a user can reimplement.
+PREPROCESS_STEPS = {
+    "color": "RGB",
+    "steps": [
+        "decode the image and convert it to RGB (Pillow convert('RGB'); EXIF orientation is not applied)",
+        "resize so that the shortest side is image_size, the other side int(image_size * long / short), "
+        "with the interpolation filter (Pillow)",
+        "centre-crop image_size x image_size, offsets int(round((h - image_size) / 2)) and likewise for w",
+        "float32 pixels / 255, layout (3, image_size, image_size) RGB",
+        "normalise each channel: (x - mean) / std in float32",
+        "stack into a (batch, 3, image_size, image_size) float32 input named 'image'",
+    ],
+    "layout": "NCHW",
+    "dtype": "float32",
+    "scale": 255,
+    "input": "image",
+    "output": "logits",
+    "scores": "softmax over the logits (over the chosen candidates only, renormalised, when restricted)",
+}
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """What the deployed classifier needs to reproduce the eval transform."""
@@ -40,12 +62,15 @@ class PreprocessConfig:
     resize_mode: str = "shortest"  # resize the shortest side to image_size, then center-crop image_size
 
     def to_dict(self) -> dict:
+        """``preprocess.json``: the parameters and every step in words (the API reads the same, see
+        ``app.imaging.PREPROCESS_STEPS``; tests/test_contracts.py holds the two equal)."""
         return {
             "image_size": self.image_size,
             "mean": list(self.mean),
             "std": list(self.std),
             "interpolation": self.interpolation,
             "resize_mode": self.resize_mode,
+            **PREPROCESS_STEPS,
         }
 
     @classmethod

@@ -4,8 +4,9 @@
 
 g is the frozen open_clip image encoder, C the fixed (K, D) class matrix (learned text features, or the folded
 linear probe with s = 1 and its bias b). Written next to it: classes.json (names, in logit order) and
-preprocess.json (`PreprocessConfig.to_dict()`: resize the shortest side to image_size with `interpolation`,
-centre-crop image_size, scale to [0, 1], subtract mean, divide by std; input layout (B, 3, S, S) float32 RGB).
+preprocess.json (`PreprocessConfig.to_dict()`: convert to RGB, resize the shortest side to image_size with
+`interpolation`, centre-crop image_size, scale to [0, 1], subtract mean, divide by std; input layout (B, 3, S, S)
+float32 RGB; every step also in words under "steps"). The API adds predict.py to the exported zip.
 """
 
 from __future__ import annotations

@@ -84,3 +84,48 @@ def embedded_env(tagsift_env) -> Settings:
 
 def pytest_report_header(config) -> list[str]:
     return [f"tagsift tests: TAGSIFT_TEST_POSTGRES_URL={os.environ.get('TAGSIFT_TEST_POSTGRES_URL', '(default)')}"]
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator:
+    """One real S3 server (SeaweedFS ``weed mini``) for the test run; tests that stop it use ``own_s3``."""
+    from tests.s3 import SeaweedS3
+
+    server = SeaweedS3()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def own_s3() -> Iterator:
+    """A started S3 server of this test's own, which the test may stop and start (ports and data kept)."""
+    from tests.s3 import SeaweedS3
+
+    server = SeaweedS3()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+def s3_settings(monkeypatch: pytest.MonkeyPatch, server, bucket: str | None = None) -> dict[str, str]:
+    """Point this test's TAGSIFT_STORAGE_URL at a new bucket (and prefix) of ``server``; returns the variables."""
+    values = {
+        "TAGSIFT_STORAGE_URL": f"s3://{bucket or server.new_bucket()}/run-{uuid.uuid4().hex[:8]}",
+        "TAGSIFT_S3_ENDPOINT_URL": server.endpoint,
+        **server.env,
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    reset_caches()
+    return values
+
+
+@pytest.fixture
+def s3_env(monkeypatch: pytest.MonkeyPatch, tagsift_env, s3_server) -> dict[str, str]:
+    """``tagsift_env`` with the blob store in a bucket of its own on the session's S3 server."""
+    return s3_settings(monkeypatch, s3_server)

@@ -83,3 +83,5 @@ def test_preprocess_contract_is_the_same_on_both_sides() -> None:
     written = MlPreprocess(image_size=224, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6)).to_dict()
     read = AppPreprocess.from_dict(written)
     assert dataclasses.asdict(read) == dataclasses.asdict(MlPreprocess.from_dict(written))
+    # preprocess.json states every step in words, the same on both sides (the export's predict.py follows them)
+    assert read.to_dict() == written

@@ -65,3 +65,23 @@ def test_the_images_leave_the_benchmarks_out() -> None:
     copied = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ") and "--from" not in line]
     assert not [src for src in copied if src.rstrip("/").startswith("bench")], copied
     assert "bench" in (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
+
+
+def test_compose_has_an_object_store_and_no_disk_shared_by_the_api_and_workers():
+    spec = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = spec["services"]
+    s3 = services["s3"]
+    assert s3["image"].startswith("chrislusf/seaweedfs:") and s3["command"][0] == "mini"
+    assert "-bucket=tagsift" in s3["command"] and "healthcheck" in s3
+    for name in ("api", "worker", "worker-gpu"):
+        env = services[name]["environment"]
+        assert env["TAGSIFT_STORAGE_URL"].endswith("s3://tagsift/data}")
+        assert env["TAGSIFT_S3_ENDPOINT_URL"].endswith("http://s3:8333}")
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(env)
+        assert services[name]["depends_on"]["s3"]["condition"] == "service_healthy"
+
+    def data_volume(name: str) -> set[str]:
+        return {v.split(":")[0] for v in services[name]["volumes"] if v.split(":")[1].split()[0] == "/data"}
+
+    mounts = [data_volume(name) for name in ("api", "worker", "worker-gpu")]
+    assert all(len(m) == 1 for m in mounts) and len(set.union(*mounts)) == 3, mounts  # three separate volumes

@@ -51,6 +51,7 @@ def worker(
     from worker.celery_app import celery_app
 
     settings = get_settings()
+    app_cli.require_storage()
     celery_app.worker_main(
         [
             "worker",

@@ -7,16 +7,18 @@ no SQL beyond loading and saving rows. Its steps, each a stage in ``Job.progress
    job or a job leased by a live runner returns quietly.
 2. **loading_backbone**: ``worker.runtime.get_backbone`` (cached per process; device chosen here, in the child).
 3. **encoding**, **training**, **labelling**, **exporting**: ``ml.pipeline.run_job`` makes every ML decision (shots,
-   views, kNN pruning, fit with a checkpoint at ``<data_dir>/jobs/<job_id>/ckpt.pt`` so a re-run resumes, the
-   handcrafted mix, disambiguation, ONNX export); this module turns its callbacks into progress and events (one
-   ``epoch`` event per epoch, a ``checkpoint`` event when a stale checkpoint is dropped) and puts the exported
-   files and a model card (``worker.model_card``) into the BlobStore.
+   views, kNN pruning, fit with a checkpoint at ``jobs/<job_id>/ckpt.pt`` in the blob store so a re-run, here or
+   on another machine, resumes, the handcrafted mix, disambiguation, ONNX export); this module turns its callbacks
+   into progress and events (one ``epoch`` event per epoch, a ``checkpoint`` event when a stale checkpoint is
+   dropped) and puts the exported files and a model card (``worker.model_card``) into the BlobStore. Images,
+   checkpoint and features reach ``ml`` as local files through ``worker.job_files`` (downloaded from an object
+   store into this machine's bounded cache; the checkpoint and new features are uploaded as they are written).
 7. **save**, one transaction fenced on our lease: items (never those a reviewer labelled), the ``Model`` row (one
    per job: ``job_id`` is unique) and the job ``succeeded`` with its metrics.
 
 Rows (``worker.job_rows``): an item with a reviewer label (``label_source == "reviewer"``) or a manifest
-``given_label`` is certain, its candidate set becomes ``{label}``; labels are written for every item but those a
-reviewer labelled. Progress writes are fenced on the lease (``worker.job_run``).
+``given_label`` is passed to ml as certain (what ml does with it: ``ml.pipeline``, step 1); labels are written for
+every item but those a reviewer labelled. Progress writes are fenced on the lease (``worker.job_run``).
 
 Database outages: every write of a run (the claim, progress, events, the final save) is one transaction retried
 while the database is unreachable, for up to the job's lease (``worker.leases.retry_db``): a restart of PostgreSQL
@@ -26,15 +28,15 @@ fails a job.
 
 Errors end the job, never a Celery retry loop: ``BackboneLoadError`` -> failed ``backbone_unavailable`` (ml's
 message says how to fix it); invalid candidate sets -> failed ``invalid_input``; ``TrainingCancelled`` after a user's
-cancel -> cancelled; anything else -> failed ``internal_error`` with the exception's summary. A run whose lease was
-taken over stops without writing anything.
+cancel -> cancelled; an object store that stays unreachable (retried for up to the lease) -> failed
+``storage_unavailable``, with no model stored; anything else -> failed ``internal_error`` with the exception's
+summary. A run whose lease was taken over stops without writing anything.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -42,9 +44,10 @@ from app.config import get_settings
 from app.db import session_scope
 from app.models import new_id
 from app.services.webhooks import emit_job_event
-from app.storage import get_storage
+from app.storage import StorageError, get_storage
 from ml.errors import BackboneLoadError, InvalidCandidates, TrainingCancelled
 from worker import runtime
+from worker.job_files import JobFiles, retry_storage
 from worker.job_rows import JobInput, JobInputError, label_rows, load_input, save_result
 from worker.job_run import STAGES, JobRun, LeaseLost
 from worker.leases import (
@@ -97,9 +100,9 @@ def run_train_job(job_id: str) -> str:
 
 def _run_claimed(claim: Claim, run: JobRun) -> str:
     settings = get_settings()
-    ckpt_dir = settings.data_dir / "jobs" / claim.job_id
+    files = JobFiles(get_storage(), claim.job_id, patience=settings.job_lease_seconds)
     try:
-        outcome = _train(claim, run, ckpt_dir)
+        outcome = _train(claim, run, files)
     except LeaseLost:
         log.warning("job %s: lease lost, this run (%s) stops without writing", claim.job_id, run.runner)
         return "lease_lost"
@@ -112,6 +115,8 @@ def _run_claimed(claim: Claim, run: JobRun) -> str:
         outcome = _finish(run, "failed", code="backbone_unavailable", message=str(exc))
     except JobInputError as exc:
         outcome = _finish(run, "failed", code="invalid_input", message=str(exc))
+    except StorageError as exc:  # retried already (worker.job_files.retry_storage): nothing half-stored
+        outcome = _finish(run, "failed", code="storage_unavailable", message=str(exc)[:4000])
     except DatabaseUnavailable as exc:
         outcome = _database_gone(run, exc)
     except Exception as exc:  # the job records it; a Celery retry would only repeat it
@@ -119,8 +124,10 @@ def _run_claimed(claim: Claim, run: JobRun) -> str:
             return _database_gone(run, exc)
         log.exception("job %s failed", claim.job_id)
         outcome = _finish(run, "failed", code="internal_error", message=f"{type(exc).__name__}: {exc}"[:4000])
+    finally:
+        files.release()
     if outcome in ("succeeded", "failed", "cancelled"):
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        files.remove()
     return outcome
 
 
@@ -163,9 +170,8 @@ def _finish(run: JobRun, status: str, *, code: str | None = None, message: str |
     return status
 
 
-def _train(claim: Claim, run: JobRun, ckpt_dir: Path) -> str:
-    from ml.features import FeatureCache  # torch loads in the process that runs the task, not the worker parent
-    from ml.pipeline import JobSpec, run_job, train_config
+def _train(claim: Claim, run: JobRun, files: JobFiles) -> str:
+    from ml.pipeline import JobSpec, run_job, train_config  # torch loads in the task's process, not the parent
 
     settings = get_settings()
     storage = get_storage()
@@ -181,7 +187,7 @@ def _train(claim: Claim, run: JobRun, ckpt_dir: Path) -> str:
         classes=job.classes,
         candidates=[[it.certain_label] if it.certain_label else it.candidates for it in job.items],
         certain=[it.certain_label is not None for it in job.items],
-        images=[storage.local_path(it.sha256) for it in job.items],
+        images=files.images([it.sha256 for it in job.items]),
         shas=[it.sha256 for it in job.items],
         config=cfg,
         views=int(params.get("views") or settings.train_views),
@@ -193,35 +199,48 @@ def _train(claim: Claim, run: JobRun, ckpt_dir: Path) -> str:
         templates=params.get("templates"),
     )
     model_id = new_id()
+    cache = files.feature_cache(backbone.id, spec.shas, spec.views, cfg.seed)
     with tempfile.TemporaryDirectory(prefix="tagsift-export-") as tmp:
         try:
             result = run_job(
                 backbone,
                 spec,
                 device=device,
-                cache=FeatureCache(settings.data_dir / "features"),
-                checkpoint_path=ckpt_dir / "ckpt.pt",
+                cache=cache,
+                checkpoint_path=files.checkpoint(),
                 export_dir=Path(tmp),
-                callbacks=_callbacks(run),
+                callbacks=_callbacks(run, files),
             )
         except InvalidCandidates as exc:
             raise JobInputError(f"invalid candidate sets: {exc}") from exc
+        finally:
+            cache.close()
         rows = label_rows(job, result, settings.review_margin)
         metrics = _metrics(job, cfg, spec, result, rows, backbone.id, device, claim.attempt)
-        # content-addressed, so a re-run stores nothing twice
-        artifacts = {name: storage.put(path.read_bytes()) for name, path in result.files.items()}
-    artifacts["model_card.md"] = storage.put(model_card(job, cfg, metrics, model_id).encode())
+        card = model_card(job, cfg, metrics, model_id).encode()
+
+        def store_model() -> dict[str, str]:  # content-addressed: a retry or a re-run stores nothing twice
+            stored = {name: storage.put_file(path) for name, path in result.files.items()}
+            stored["model_card.md"] = storage.put(card)
+            return stored
+
+        # every file is stored before the Model row exists: an outage here leaves no half-written model
+        artifacts = retry_storage(store_model, what=f"job {claim.job_id}: storing the model", patience=files.patience)
     return save_result(run, job, cfg, backbone.id, model_id, metrics, artifacts, rows)
 
 
-def _callbacks(run: JobRun):
+def _callbacks(run: JobRun, files: JobFiles):
     from ml.pipeline import Callbacks
 
     """The pipeline's reports as progress writes and job events."""
     lo, hi = STAGES["training"]
 
     def on_epoch(m) -> None:
+        # ml has just written this epoch's checkpoint: store it before the epoch is reported
+        failed = files.save_checkpoint()
         data = {k: v for k, v in dataclasses.asdict(m).items() if v is not None}
+        if failed:
+            data["checkpoint_not_stored"] = failed
         fraction = round(lo + (hi - lo) * m.epoch / max(m.epochs, 1), 4)
         run.write(("epoch", data), epoch=m.epoch, epochs=m.epochs, fraction=fraction)
 
@@ -231,8 +250,13 @@ def _callbacks(run: JobRun):
         event = {"action": "discarded", "reason": STALE_CHECKPOINT_REASON, "detail": detail[:500]}
         run.write(("checkpoint", event), epoch=0, fraction=lo)
 
+    def on_stage(name: str, data: dict) -> None:
+        if name == "training":
+            files.flush_features()
+        run.stage(name, **data)
+
     return Callbacks(
-        stage=lambda name, data: run.stage(name, **data),
+        stage=on_stage,
         progress=lambda stage, done: run.within(stage, done),
         epoch=on_epoch,
         checkpoint_discarded=on_checkpoint_discarded,

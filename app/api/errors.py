@@ -15,6 +15,7 @@ Body::
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import asdict, dataclass
 from http import HTTPStatus
 from typing import Any
@@ -24,6 +25,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +153,26 @@ def _validation_field(loc: tuple | list) -> str:
 FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
 
 
+def allowed_methods(request: Request) -> str:
+    """The ``Allow`` header of a 405: every method the OpenAPI document gives the request's path (Starlette's own
+    answer names only the methods of the first route that matched the path, e.g. GET without the POST beside it)."""
+    app = request.app
+    table = getattr(app.state, "allow_table", None)
+    if table is None:
+        table = [
+            (re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path)) + "$"), methods)
+            for path, methods in (
+                (path, {m.upper() for m in ops if m in _HTTP_METHODS}) for path, ops in app.openapi()["paths"].items()
+            )
+        ]
+        app.state.allow_table = table
+    path = request.url.path
+    return ", ".join(sorted(set().union(*(methods for regex, methods in table if regex.match(path)))))
+
+
+_HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the problem+json handlers on ``app``."""
 
@@ -190,9 +213,10 @@ def install_error_handlers(app: FastAPI) -> None:
             exc.status_code, "http_error"
         )
         detail = exc.detail if isinstance(exc.detail, str) else _title(exc.status_code)
-        return problem_response(
-            request, status=exc.status_code, code=code, detail=detail, headers=getattr(exc, "headers", None)
-        )
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": allowed_methods(request)}
+        return problem_response(request, status=exc.status_code, code=code, detail=detail, headers=headers)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
@@ -203,6 +227,19 @@ def install_error_handlers(app: FastAPI) -> None:
             status=503,
             code="database_unavailable",
             detail="the database is unavailable; retry later",
+            headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(StorageError)
+    async def _storage_down(request: Request, exc: StorageError) -> JSONResponse:
+        # the store failed before the request's rows were committed: nothing of it is stored (blobs already
+        # written are content-addressed and reused by the retry)
+        log.warning("object store unavailable during %s %s: %s", request.method, request.url.path, exc)
+        return problem_response(
+            request,
+            status=503,
+            code="storage_unavailable",
+            detail="the object store is unavailable; nothing was stored, retry later",
             headers={"Retry-After": "5"},
         )
 

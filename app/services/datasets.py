@@ -23,6 +23,7 @@ from app.schemas import (
 )
 from app.services.checks import control_char_problem
 from app.services.lookup import get_owned
+from app.services.pages import keyset_page
 from app.services.webhooks import emit_job_event
 from app.storage import BlobStore
 from app.uploads import RawUpload, ValidBatch, check_classes, validate_upload
@@ -57,6 +58,8 @@ def create_empty_dataset(
 ) -> DatasetRead:
     """``POST /datasets`` with JSON: a dataset with classes and no items."""
     errors = FieldErrors()
+    if not dataset_in.name.strip():
+        errors.append(_name_error())
     for field, value in (("name", dataset_in.name), ("prompt_template", dataset_in.prompt_template or "")):
         problem = control_char_problem(value)
         if problem:
@@ -86,8 +89,8 @@ def create_dataset_from_upload(
         field_errors.append(
             _field("prompt_template", 'prompt_template: needs a "{}" where the class name goes, at most 500 characters')
         )
-    for field, value in (("name", name), ("prompt_template", prompt or "")):
-        problem = control_char_problem(value)
+    for field, value in (("name", raw.name or ""), ("prompt_template", raw.prompt_template or "")):
+        problem = control_char_problem(value)  # in the value as sent: a newline at the end is refused, not trimmed
         if problem:
             field_errors.append(_field(field, f"{field}: {problem}"))
     try:
@@ -155,11 +158,12 @@ def _store_items(
         existing.update({sha: item_id for sha, item_id in rows})
     seq = session.scalar(select(func.max(Item.seq)).where(Item.dataset_id == dataset.id)) or 0
     new_items: list[Item] = []
+    # blobs first (in parallel for an object store); a store failure raises before any row is added
+    storage.put_many([it.data for it in batch.items if it.sha256 not in existing])
     for it in batch.items:
         if it.sha256 in existing:
             duplicates.append(DuplicateRead(file=it.file, sha256=it.sha256, duplicate_of=existing[it.sha256]))
             continue
-        storage.put(it.data)
         seq += 1
         new_items.append(
             Item(
@@ -181,25 +185,24 @@ def _store_items(
         session.rollback()
         raise Conflict("a concurrent upload stored some of these images first; retry the request") from None
     # A concurrent dataset delete may have collected a blob we share between put() and commit: put it back.
-    for it in batch.items:
-        if it.sha256 not in existing and not storage.exists(it.sha256):
-            storage.put(it.data)
+    gone = storage.missing(it.sha256 for it in batch.items if it.sha256 not in existing)
+    storage.put_many([it.data for it in batch.items if it.sha256 in gone])
     return [item.id for item in new_items], duplicates
 
 
-def list_datasets(*, session: Session, owner: Owner) -> DatasetList:
+def list_datasets(*, session: Session, owner: Owner, cursor: str | None, limit: int) -> DatasetList:
+    """A page of the owner's datasets, oldest first (``app.services.pages``), with their item counts."""
+    stmt = select(Dataset).where(Dataset.owner_id == owner.id)
+    page = keyset_page(session, stmt, Dataset, cursor=cursor, limit=limit)
+    ids = [d.id for d in page.rows]
     counts = dict(
         session.execute(
-            select(Item.dataset_id, func.count())
-            .join(Dataset, Dataset.id == Item.dataset_id)
-            .where(Dataset.owner_id == owner.id)
-            .group_by(Item.dataset_id)
+            select(Item.dataset_id, func.count()).where(Item.dataset_id.in_(ids)).group_by(Item.dataset_id)
         ).all()
     )
-    datasets = session.scalars(
-        select(Dataset).where(Dataset.owner_id == owner.id).order_by(Dataset.created_at, Dataset.id)
-    ).all()
-    return DatasetList(data=[_read(d, counts.get(d.id, 0)) for d in datasets])
+    return DatasetList(
+        data=[_read(d, counts.get(d.id, 0)) for d in page.rows], next_cursor=page.next_cursor, total=page.total
+    )
 
 
 def dataset_detail(*, session: Session, owner: Owner, dataset_id: str) -> DatasetDetail:

@@ -1,21 +1,21 @@
 """Items: the review queue (cursor pagination), a reviewer's tag, and the image bytes.
 
-Pagination is keyset-based with an opaque cursor (base64url JSON of the last row's sort key), so pages stay
-stable while the worker writes labels. ``order=upload`` (default) sorts by upload order; ``order=margin`` sorts
-by margin ascending (the most doubtful first; unlabelled items, margin null, come last), ties by upload order.
+Pagination is keyset-based: the cursor is the last item's upload sequence number, so pages stay stable while the
+worker writes labels. ``order=upload`` (default) sorts by upload order; ``order=margin`` sorts by margin ascending
+(the most doubtful first; unlabelled items, margin null, come last), ties by upload order, and continues after the
+cursor item's current margin (a cursor naming no item of the dataset is a 404 there).
 
-A reviewer's tag (``PATCH /items/{id}``) must be one of the dataset's classes (a tag outside them answers 422).
-It may lie outside the item's candidate set (the weak label was wrong): it is then added to the candidates so
-that the candidate set always contains the tag. The item becomes certain: ``label_source="reviewer"``,
-confidence 1, margin 1, ``needs_review`` false, and later jobs treat it as a single-candidate item. The owner's
-webhooks get an ``item.reviewed`` event, written in the same transaction (``app.services.webhooks``).
+A reviewer's tag (``PATCH /items/{id}``) must be one of the dataset's classes (a tag outside them answers 422),
+exactly as stored (a tag with whitespace at its ends answers 422: it is never stripped silently). A tag outside the
+item's candidate set (the weak label was wrong) answers 422 too, unless the body asks for the widening explicitly
+with ``"add_to_candidates": true``: the tag is then added to the candidates, so that the candidate set always
+contains the tag. The item becomes certain: ``label_source="reviewer"``, confidence 1, margin 1, ``needs_review``
+false, and later jobs treat it as a single-candidate item. The owner's webhooks get an ``item.reviewed`` event,
+written in the same transaction (``app.services.webhooks``).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from typing import Literal
 
 from sqlalchemy import and_, func, or_, select
@@ -33,6 +33,7 @@ from app.storage import BlobStore
 
 ItemOrder = Literal["upload", "margin"]
 _NO_MARGIN = 2.0  # sorts after every real margin (margins lie in [0, 1])
+MAX_SEQ = 2**63 - 1  # items.seq is a signed 64-bit integer: a larger cursor key is refused, not sent to the driver
 
 
 def image_url(item_id: str, settings: Settings) -> str:
@@ -58,24 +59,14 @@ def item_read(item: Item, settings: Settings) -> ItemRead:
     )
 
 
-def _encode_cursor(order: str, key: float | None, seq: int) -> str:
-    raw = json.dumps({"o": order, "k": key, "s": seq}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str, order: str) -> tuple[float | None, int]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        data = json.loads(raw)
-        if data["o"] != order:
-            raise ValueError("order")
-        key = None if data["k"] is None else float(data["k"])
-        return key, int(data["s"])
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+def _decode_cursor(cursor: str) -> int:
+    """The upload sequence number of a cursor (the route's pattern checks its form); 422 naming ``cursor``."""
+    if not cursor.isdigit() or int(cursor) > MAX_SEQ:  # keys are bound to SQL: within a signed 64-bit integer
         raise InvalidInput(
-            "cursor: not a cursor from a previous page of this listing (with the same `order`)",
-            errors=[FieldError(field="cursor", message="cursor: invalid or from another `order`")],
-        ) from None
+            f"cursor: {shorten(cursor)!r} is not an item position (an upload sequence number below 2^63)",
+            errors=[FieldError(field="cursor", message="cursor: not a `next_cursor` of this listing")],
+        )
+    return int(cursor)
 
 
 def list_items(
@@ -94,25 +85,30 @@ def list_items(
     stmt = select(Item).where(Item.dataset_id == dataset.id)
     if needs_review is not None:
         stmt = stmt.where(Item.needs_review == needs_review)
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
     if order == "margin":
         key = func.coalesce(Item.margin, _NO_MARGIN)
         if cursor:
-            k, s = _decode_cursor(cursor, order)
+            s = _decode_cursor(cursor)
+            k = session.scalar(select(key).where(Item.dataset_id == dataset.id, Item.seq == s))
+            if k is None:
+                raise NotFound(
+                    f"cursor: dataset {dataset.id} has no item at position {s} to continue the margin order after",
+                    code="cursor_not_found",
+                    errors=[FieldError(field="cursor", message="cursor: no item at this position")],
+                )
             stmt = stmt.where(or_(key > k, and_(key == k, Item.seq > s)))
         stmt = stmt.order_by(key, Item.seq)
     else:
         if cursor:
-            _, s = _decode_cursor(cursor, order)
-            stmt = stmt.where(Item.seq > s)
+            stmt = stmt.where(Item.seq > _decode_cursor(cursor))
         stmt = stmt.order_by(Item.seq)
     items = list(session.scalars(stmt.limit(limit + 1)))
     next_cursor = None
     if len(items) > limit:
         items = items[:limit]
-        last = items[-1]
-        k = (last.margin if last.margin is not None else _NO_MARGIN) if order == "margin" else None
-        next_cursor = _encode_cursor(order, k, last.seq)
-    return ItemList(data=[item_read(i, settings) for i in items], next_cursor=next_cursor)
+        next_cursor = str(items[-1].seq)
+    return ItemList(data=[item_read(i, settings) for i in items], next_cursor=next_cursor, total=total)
 
 
 def get_item(*, session: Session, owner: Owner, item_id: str) -> Item:
@@ -123,15 +119,20 @@ def get_item(*, session: Session, owner: Owner, item_id: str) -> Item:
 def review_item(*, session: Session, owner: Owner, item_id: str, item_in: ItemUpdate, settings: Settings) -> ItemRead:
     """A reviewer sets the tag (see the module docstring for the rules)."""
     item = get_item(session=session, owner=owner, item_id=item_id)
-    label = item_in.label.strip()
+    label = item_in.label
     classes = item.dataset.classes
-    if label not in classes:
-        raise InvalidInput(
-            f"label: {shorten(label)!r} is not one of the dataset's classes",
-            errors=[
-                FieldError(field="label", item=item.id, message=f"label: {shorten(label)!r} is not one of the classes")
-            ],
+    problem = None
+    if label != label.strip():
+        problem = f"label: {shorten(label)!r} has whitespace at its start or end (tags are never stripped)"
+    elif label not in classes:
+        problem = f"label: {shorten(label)!r} is not one of the dataset's classes"
+    elif label not in item.candidates and not item_in.add_to_candidates:
+        problem = (
+            f"label: {shorten(label)!r} is not among item {item.id}'s candidates "
+            f'({", ".join(map(repr, item.candidates))}); send "add_to_candidates": true to add it'
         )
+    if problem:
+        raise InvalidInput(problem, errors=[FieldError(field="label", item=item.id, message=problem)])
     previous = {"label": item.label, "label_source": item.label_source}
     if label not in item.candidates:
         item.candidates = [*item.candidates, label]

@@ -30,10 +30,18 @@ from app.api.errors import Conflict, FieldError, InvalidInput
 from app.config import Settings
 from app.job_defaults import resolve_job_params
 from app.models import Item, Job, JobEvent, Owner, utcnow
-from app.schemas import FINISHED_STATUSES, JobCreate, JobEventList, JobEventRead, JobRead
+from app.schemas import (
+    FINISHED_STATUSES,
+    JobCreate,
+    JobEventList,
+    JobEventRead,
+    JobList,
+    JobRead,
+)
 from app.services.datasets import get_dataset
 from app.services.job_views import job_read
 from app.services.lookup import get_owned
+from app.services.pages import keyset_page
 from app.services.webhooks import emit_job_event
 
 log = logging.getLogger(__name__)
@@ -143,6 +151,27 @@ def get_job(*, session: Session, owner: Owner, job_id: str) -> Job:
 
 def read_job(*, session: Session, owner: Owner, job_id: str) -> JobRead:
     return job_read(get_job(session=session, owner=owner, job_id=job_id))
+
+
+def list_jobs(
+    *,
+    session: Session,
+    owner: Owner,
+    cursor: str | None,
+    limit: int,
+    dataset_id: str | None,
+    status: str | None,
+) -> JobList:
+    """A page of the owner's jobs, oldest first (``app.services.pages``), filtered by dataset and status.
+
+    A ``dataset_id`` that is not the owner's (or does not exist) is a 404, like every other use of an id."""
+    stmt = select(Job).where(Job.owner_id == owner.id)
+    if dataset_id is not None:
+        stmt = stmt.where(Job.dataset_id == get_dataset(session=session, owner=owner, dataset_id=dataset_id).id)
+    if status is not None:
+        stmt = stmt.where(Job.status == status)
+    page = keyset_page(session, stmt, Job, cursor=cursor, limit=limit)
+    return JobList(data=[job_read(j) for j in page.rows], next_cursor=page.next_cursor, total=page.total)
 
 
 def list_events(*, session: Session, owner: Owner, job_id: str, after: int | None, limit: int) -> JobEventList:

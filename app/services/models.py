@@ -20,16 +20,21 @@ from sqlalchemy.orm import Session
 
 from app.api.errors import Conflict, FieldError, InvalidInput, NotFound
 from app.config import Settings
-from app.imaging import ImageInvalid, decode_image, open_image
+from app.export_kit import predict_script
+from app.imaging import ImageInvalid, PreprocessConfig, decode_image, open_image
 from app.models import Model, Owner
 from app.predictor import LoadedModel, ModelUnavailable, get_model_cache, scores
-from app.schemas import ModelRead, Prediction, PredictResponse, ScoredLabel
+from app.schemas import ModelList, ModelRead, Prediction, PredictResponse, ScoredLabel
+from app.services.datasets import get_dataset
 from app.services.items import get_item
 from app.services.lookup import get_owned
+from app.services.pages import keyset_page
 from app.storage import BlobStore
 from app.ttl_cache import TTLCache
 
 EXPORT_ORDER = ("model.onnx", "classes.json", "preprocess.json", "model_card.md")
+#: Written by the export itself, not stored: the whole preprocessing in preprocess.json and the card, and predict.py.
+EXPORT_EXTRA = ("model.json", "predict.py")
 
 
 def get_model(*, session: Session, owner: Owner, model_id: str) -> Model:
@@ -56,14 +61,26 @@ def read_model(*, session: Session, owner: Owner, model_id: str, settings: Setti
     return model_read(get_model(session=session, owner=owner, model_id=model_id), settings)
 
 
-def list_models(*, session: Session, owner: Owner, settings: Settings) -> list[ModelRead]:
-    models = session.scalars(select(Model).where(Model.owner_id == owner.id).order_by(Model.created_at, Model.id))
-    return [model_read(m, settings) for m in models]
+def list_models(
+    *, session: Session, owner: Owner, settings: Settings, cursor: str | None, limit: int, dataset_id: str | None
+) -> ModelList:
+    """A page of the owner's models, oldest first (``app.services.pages``); ``dataset_id`` filters (404 when it is
+    not the owner's dataset)."""
+    stmt = select(Model).where(Model.owner_id == owner.id)
+    if dataset_id is not None:
+        stmt = stmt.where(Model.dataset_id == get_dataset(session=session, owner=owner, dataset_id=dataset_id).id)
+    page = keyset_page(session, stmt, Model, cursor=cursor, limit=limit)
+    return ModelList(data=[model_read(m, settings) for m in page.rows], next_cursor=page.next_cursor, total=page.total)
 
 
 def export_model(*, session: Session, storage: BlobStore, owner: Owner, model_id: str, settings: Settings) -> str:
-    """A temporary zip (the caller deletes it): the ONNX classifier, classes.json, preprocess.json, model_card.md
-    and model.json (this model's metadata). Written to a file, not memory: a ViT image encoder is hundreds of MB."""
+    """A temporary zip (the caller deletes it): the ONNX classifier, classes.json, preprocess.json, model_card.md,
+    model.json (this model's metadata) and predict.py. Written to a file, not memory: a ViT image encoder is
+    hundreds of MB.
+
+    The zip describes itself: preprocess.json is rewritten in full (every step, :meth:`PreprocessConfig.to_dict`,
+    also for models stored before it said them), the card gets a "Preprocessing" section with the same steps, and
+    predict.py (``app/export_kit``) reproduces /predict's scores with onnxruntime, NumPy and Pillow only."""
     model = get_model(session=session, owner=owner, model_id=model_id)
     artifacts = dict(model.artifacts or {})
     missing = [name for name in EXPORT_ORDER[:3] if name not in artifacts or not storage.exists(artifacts[name])]
@@ -71,24 +88,38 @@ def export_model(*, session: Session, storage: BlobStore, owner: Owner, model_id
         raise Conflict(
             f"model {model.id}: artifacts missing from storage: {', '.join(missing)}", code="model_incomplete"
         )
+    try:
+        pre = PreprocessConfig.from_dict(json.loads(storage.get(artifacts["preprocess.json"])))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise Conflict(f"model {model.id}: unreadable preprocess.json ({exc})", code="model_incomplete") from None
+    card = storage.get(artifacts["model_card.md"]).decode() if "model_card.md" in artifacts else _fallback_card(model)
+    if "## Preprocessing" not in card:
+        card = card.rstrip("\n") + "\n\n" + pre.markdown()
+    written = {
+        "preprocess.json": json.dumps(pre.to_dict(), indent=1) + "\n",
+        "model_card.md": card,
+        "model.json": json.dumps(model_read(model, settings).model_dump(mode="json"), indent=2),
+        "predict.py": predict_script(),
+    }
     tmp_dir = settings.data_dir / "tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
     fd, path = tempfile.mkstemp(dir=tmp_dir, prefix="export-", suffix=".zip")
     try:
         with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w") as zf:
-            names = [n for n in EXPORT_ORDER if n in artifacts] + sorted(set(artifacts) - set(EXPORT_ORDER))
+            stored = [n for n in artifacts if n not in written]
+            names = [n for n in (*EXPORT_ORDER, *EXPORT_EXTRA) if n in written or n in artifacts]
+            names += sorted(set(stored) - set(names))
             for name in names:
+                info = zipfile.ZipInfo(name, date_time=model.created_at.timetuple()[:6])
+                info.compress_type = zipfile.ZIP_STORED if name.endswith(".onnx") else zipfile.ZIP_DEFLATED
+                if name in written:
+                    zf.writestr(info, written[name])
+                    continue
                 if not storage.exists(artifacts[name]):
                     continue
-                compression = zipfile.ZIP_STORED if name.endswith(".onnx") else zipfile.ZIP_DEFLATED
-                info = zipfile.ZipInfo(name, date_time=model.created_at.timetuple()[:6])
-                info.compress_type = compression
                 with storage.open(artifacts[name]) as src, zf.open(info, "w", force_zip64=True) as dst:
                     while chunk := src.read(1 << 20):
                         dst.write(chunk)
-            if "model_card.md" not in artifacts:
-                zf.writestr("model_card.md", _fallback_card(model))
-            zf.writestr("model.json", json.dumps(model_read(model, settings).model_dump(mode="json"), indent=2))
     except BaseException:
         os.unlink(path)
         raise

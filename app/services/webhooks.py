@@ -14,8 +14,6 @@ attempt) and ``Tagsift-Signature: v1=<hex HMAC-SHA256 of "<timestamp>.<raw body>
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -133,38 +131,21 @@ def delivery_read(row: WebhookDelivery) -> WebhookDeliveryRead:
     )
 
 
-def _encode_cursor(row_id: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"d": row_id}).encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> int:
-    try:
-        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        row_id = data["d"]
-        if type(row_id) is not int or not 0 < row_id < 2**63:
-            raise ValueError(row_id)
-        return row_id
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise InvalidInput(
-            "cursor: not a cursor from a previous page of this listing",
-            errors=[FieldError(field="cursor", message="cursor: invalid")],
-        ) from None
-
-
 def list_deliveries(
-    *, session: Session, owner: Owner, webhook_id: str, status: str | None, cursor: str | None, limit: int
+    *, session: Session, owner: Owner, webhook_id: str, status: str | None, cursor: int | None, limit: int
 ) -> WebhookDeliveryList:
-    """The hook's deliveries, newest first, optionally only those with ``status``."""
+    """The hook's deliveries, newest first, optionally only those with ``status``; ``cursor``: those older than the
+    delivery at that position (``next_cursor``, the last row's ``id``)."""
     hook = get_webhook(session=session, owner=owner, webhook_id=webhook_id)
     where = [WebhookDelivery.webhook_id == hook.id]
     if status is not None:
         where.append(WebhookDelivery.status == status)
     total = session.scalar(select(func.count()).select_from(WebhookDelivery).where(*where)) or 0
     stmt = select(WebhookDelivery).where(*where)
-    if cursor:
-        stmt = stmt.where(WebhookDelivery.id < _decode_cursor(cursor))
+    if cursor is not None:
+        stmt = stmt.where(WebhookDelivery.id < cursor)
     rows = list(session.scalars(stmt.order_by(WebhookDelivery.id.desc()).limit(limit + 1)))
-    next_cursor = _encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+    next_cursor = str(rows[limit - 1].id) if len(rows) > limit else None
     return WebhookDeliveryList(data=[delivery_read(r) for r in rows[:limit]], total=total, next_cursor=next_cursor)
 
 

@@ -99,10 +99,9 @@ def _parse_manifest(data: bytes, name: str | None, *, settings: Settings, errors
 
 
 def _tags(values: list[str]) -> list[str]:
-    """Stripped, de-duplicated (order kept); empty strings are kept so they are reported."""
+    """De-duplicated (order kept), never stripped: empty and padded tags are kept so that they are reported."""
     out: list[str] = []
-    for v in values:
-        t = v.strip()
+    for t in values:
         if t not in out:
             out.append(t)
     return out
@@ -155,7 +154,7 @@ def _parse_jsonl(text: str, errors: FieldErrors) -> list[_Row]:
         if label is not None and not isinstance(label, str):
             errors.add(field="label", item=shown, line=n, message=f"{shown}: `label` must be a string")
             continue
-        rows.append(_Row(line=n, file=file, candidates=_tags(cands), label=label.strip() if label else None))
+        rows.append(_Row(line=n, file=file, candidates=_tags(cands), label=label if label else None))
     return rows
 
 
@@ -218,7 +217,7 @@ def _parse_csv(text: str, errors: FieldErrors) -> list[_Row]:
                 errors.add(field="file", line=n, message=f"manifest line {n}: empty `file`")
                 continue
             cands = _tags(values[i_cand].split("|")) if values[i_cand].strip() else []
-            label = values[i_label].strip() if i_label is not None and values[i_label].strip() else None
+            label = values[i_label] if i_label is not None and values[i_label].strip() else None
             rows.append(_Row(line=n, file=file, candidates=cands, label=label))
     except csv.Error as exc:
         errors.add(field="manifest", line=reader.line_num, message=f"manifest: bad CSV ({exc})")

@@ -34,10 +34,9 @@ def parse_classes(text: str, *, settings: Settings, errors: FieldErrors) -> list
 
 
 def check_classes(value: list[str], *, settings: Settings, errors: FieldErrors) -> list[str]:
-    """Stripped classes; empty, too long or repeated tags are recorded in ``errors``."""
+    """The classes as given; empty, padded, too long or repeated tags are recorded in ``errors``."""
     out: list[str] = []
-    for i, raw in enumerate(value):
-        tag = raw.strip()
+    for i, tag in enumerate(value):
         problem = _tag_problem(tag, settings)
         if problem:
             errors.add(field="classes", item=str(i), message=f"classes[{i}]: {problem}")
@@ -51,6 +50,8 @@ def check_classes(value: list[str], *, settings: Settings, errors: FieldErrors) 
 def _tag_problem(tag: str, settings: Settings) -> str | None:
     if not tag:
         return "empty tag"
+    if tag != tag.strip():
+        return f"tag {shorten(tag)!r} has whitespace at its start or end (tags are never stripped: remove it)"
     if len(tag) > settings.max_tag_length:
         return f"tag {tag[:40]!r}... is {len(tag)} characters, over the limit of {settings.max_tag_length}"
     problem = control_char_problem(tag)

@@ -46,8 +46,8 @@ def validate_upload(
 ) -> ValidBatch:
     """Check everything in ``raw``; :class:`InvalidInput` listing every problem, or the batch to store.
 
-    ``dataset_classes`` is None for a new dataset (its classes are ``classes`` or the union of the candidates,
-    in order of first appearance); for an existing dataset, ``classes`` in the upload may append new classes.
+    ``dataset_classes`` is None for a new dataset (its classes are ``classes`` or, without it, the union of the
+    candidates, sorted); for an existing dataset, ``classes`` in the upload may append new classes.
     """
     errors = FieldErrors(raw.errors)
     given_classes = parse_classes(raw.classes, settings=settings, errors=errors) if raw.classes else None
@@ -88,14 +88,8 @@ def validate_upload(
         classes = list(dataset_classes) + [c for c in (given_classes or []) if c not in dataset_classes]
     elif given_classes is not None:
         classes = given_classes
-    else:
-        classes = []
-        seen: set[str] = set()
-        for row in rows:
-            for c in row.candidates:
-                if c not in seen:
-                    seen.add(c)
-                    classes.append(c)
+    else:  # sorted: the same classes (and class indices) whatever the order of the manifest's lines
+        classes = sorted({c for row in rows for c in row.candidates})
     if len(classes) > settings.max_classes:
         errors.add(
             field="classes", message=f"classes: {len(classes)} classes, over the limit of {settings.max_classes}"

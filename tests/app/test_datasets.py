@@ -21,7 +21,7 @@ def test_create_dataset_multipart_then_get_and_list(alice: Api) -> None:
     assert r.status_code == 201, r.text
     ds = r.json()
     assert ds["name"] == "pets"
-    assert ds["classes"] == ["cat", "lynx", "dog"]  # default: the union of the candidates, first seen first
+    assert ds["classes"] == ["cat", "dog", "lynx"]  # default: the union of the candidates, sorted
     assert ds["item_count"] == 2 and ds["added"] == 2 and ds["duplicates"] == []
     assert {"id", "created_at"} <= ds.keys()
 

@@ -62,9 +62,13 @@ def test_review_queue_orders_by_margin_most_doubtful_first(alice: Api) -> None:
     assert [i for i, _ in queue] == [ids[4], ids[1], ids[2], ids[5]]  # ties (0.15) in upload order
     all_by_margin = alice.get(url, params={"order": "margin"}).json()["data"]
     assert [i["margin"] for i in all_by_margin] == sorted(i["margin"] for i in all_by_margin)
-    # A cursor from one order is refused by the other.
-    first = alice.get(url, params={"order": "margin", "limit": 1}).json()["next_cursor"]
-    assert alice.get(url, params={"cursor": first}).status_code == 422
+    # The cursor is the last item's position: in margin order the page continues after that item's margin.
+    first = alice.get(url, params={"order": "margin", "limit": 1}).json()
+    assert first["next_cursor"] == str(ids.index(first["data"][0]["id"]) + 1)  # upload sequence numbers from 1
+    rest = alice.get(url, params={"order": "margin", "cursor": first["next_cursor"]}).json()["data"]
+    assert [i["id"] for i in first["data"] + rest] == [i["id"] for i in all_by_margin]
+    r = alice.get(url, params={"order": "margin", "cursor": "999"})  # no such item to continue after
+    assert r.status_code == 404 and [e["field"] for e in r.json()["errors"]] == ["cursor"]
 
     detail = alice.get(f"/datasets/{ds['id']}").json()
     assert detail["labelled_count"] == 6 and detail["needs_review_count"] == 4
@@ -80,9 +84,21 @@ def test_reviewer_label_makes_the_item_certain(alice: Api) -> None:
     assert body["label"] == "lynx" and body["label_source"] == "reviewer"
     assert body["confidence"] == 1.0 and body["margin"] == 1.0 and body["needs_review"] is False
     assert body["candidates"] == item["candidates"]
-    # A class outside the candidates is accepted and joins them; a tag outside the classes is refused.
+    # A class outside the candidates is refused unless the widening is asked for; then it joins them.
     r = alice.patch(f"/items/{ids[1]}", json={"label": "cat"})  # candidates ["lynx", "dog"]
+    assert r.status_code == 422 and r.json()["errors"][0] == {
+        "field": "label",
+        "item": ids[1],
+        "message": f"label: 'cat' is not among item {ids[1]}'s candidates ('lynx', 'dog'); send "
+        '"add_to_candidates": true to add it',
+    }
+    assert alice.get(f"/items/{ids[1]}").json()["candidates"] == ["lynx", "dog"]  # nothing changed
+    r = alice.patch(f"/items/{ids[1]}", json={"label": "cat", "add_to_candidates": True})
     assert r.status_code == 200 and r.json()["candidates"] == ["lynx", "dog", "cat"]
+    # Whitespace at the ends of a tag is refused, naming the field and the item, never stripped.
+    r = alice.patch(f"/items/{ids[2]}", json={"label": "\tdog"})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "label"
+    assert r.json()["errors"][0]["item"] == ids[2] and "whitespace" in r.json()["detail"]
     r = alice.patch(f"/items/{ids[2]}", json={"label": "wolf"})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "label"
     r = alice.patch(f"/items/{ids[2]}", json={"labl": "cat"})

@@ -33,3 +33,18 @@ def test_explicit_method_gets_its_own_defaults_and_explicit_values_win(method: s
     body = {"method": method, "loss": "cc", "epochs": 7, "lr": 0.5, "knn_vote": False, "handcrafted_mix": 0.0}
     q = _resolve(body, items=5000)
     assert {k: q[k] for k in body} == body
+
+
+def test_the_jobs_route_describes_the_real_defaults() -> None:
+    """The OpenAPI description of POST /datasets/{id}/jobs states each method's defaults from app/job_defaults.py."""
+    from app.main import create_app
+
+    op = create_app().openapi()["paths"]["/datasets/{dataset_id}/jobs"]["post"]
+    text = op["description"]
+    assert f"at least {AUTO_LINEAR_PROBE_MIN_ITEMS_PER_CLASS} items per class" in text
+    for method, d in METHOD_DEFAULTS.items():
+        assert f"`{method}`: {d['loss']} loss, {d['epochs']} epochs, lr {d['lr']:g}" in text, method
+    # nothing else in the operation's text claims a default of its own
+    assert "50 epochs" not in text + op.get("summary", "")
+    resolved = _resolve({}, items=10 * 16)
+    assert f"`{resolved['method']}`: {resolved['loss']} loss, {resolved['epochs']} epochs" in text

@@ -17,7 +17,7 @@ def test_csv_safe_prefixes_only_formula_starts() -> None:
 
 
 def test_hostile_tags_and_file_names_do_not_reach_a_spreadsheet_as_formulas(alice: Api) -> None:
-    classes = ["cat", *HOSTILE[:4]]  # tags are stripped, so no leading tab
+    classes = ["cat", *HOSTILE[:4]]  # a tag with whitespace at its ends is refused, so no leading tab
     rows = [{"file": "=cmd.png", "candidates": [HOSTILE[0], "cat"]}, {"file": "ok.png", "candidates": HOSTILE[1:3]}]
     r = alice.upload(
         "/datasets", rows, {"=cmd.png": image_bytes(1), "ok.png": image_bytes(2)}, name="x", classes=classes

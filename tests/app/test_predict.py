@@ -55,7 +55,14 @@ def test_get_model_and_export_zip(alice: Api, bob: Api, trained: dict, onnx_byte
     r = alice.get(f"/models/{model_id}/export")
     assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
     zf = zipfile.ZipFile(io.BytesIO(r.content))
-    assert zf.namelist() == ["model.onnx", "classes.json", "preprocess.json", "model_card.md", "model.json"]
+    assert zf.namelist() == [
+        "model.onnx",
+        "classes.json",
+        "preprocess.json",
+        "model_card.md",
+        "model.json",
+        "predict.py",
+    ]
     assert zf.read("model.onnx") == onnx_bytes
     assert json.loads(zf.read("classes.json")) == CLASSES
     assert json.loads(zf.read("preprocess.json"))["image_size"] == 32
@@ -203,7 +210,7 @@ def test_preprocessing_matches_open_clip_eval_transform() -> None:
     transform = open_clip.image_transform(size, is_train=False, mean=MEAN, std=STD)
     cfg = PreprocessConfig(image_size=size, mean=tuple(MEAN), std=tuple(STD))
     for img in _synthetic_images():
-        expected = transform(img).numpy()
+        expected = transform(img.convert("RGB")).numpy()  # the worker's features: RGB first (ml.features._decode)
         got = preprocess(img, cfg)
         assert got.shape == expected.shape == (3, size, size) and got.dtype == np.float32
         diff = float(np.abs(got - expected).max())

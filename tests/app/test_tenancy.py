@@ -203,6 +203,10 @@ ATTACKS: dict[tuple[str, str], list[tuple[str, Attack]]] = {
         ("review", lambda a, v, m: a.patch(f"/items/{v['item_id']}", json={"label": "dog"}))
     ],
     ("GET", "/items/{item_id}/image"): [("image", lambda a, v, m: a.get(f"/items/{v['item_id']}/image"))],
+    ("GET", "/jobs"): [("the victim's dataset's jobs", lambda a, v, m: a.get(f"/jobs?dataset_id={v['dataset_id']}"))],
+    ("GET", "/models"): [
+        ("the victim's dataset's models", lambda a, v, m: a.get(f"/models?dataset_id={v['dataset_id']}"))
+    ],
     ("GET", "/jobs/{job_id}"): [("read", lambda a, v, m: a.get(f"/jobs/{v['job_id']}"))],
     ("GET", "/jobs/{job_id}/events"): [("events", lambda a, v, m: a.get(f"/jobs/{v['job_id']}/events?after=0"))],
     ("POST", "/jobs/{job_id}/cancel"): [("cancel", lambda a, v, m: a.post(f"/jobs/{v['job_id']}/cancel"))],
@@ -276,6 +280,7 @@ def test_another_owner_gets_404_on_every_route_and_changes_nothing(
     # The lists show the attacker only their own, and the victim still sees all of theirs exactly as before.
     assert victim["dataset_id"] not in attacker.get("/datasets").text
     assert victim["model_id"] not in attacker.get("/models").text
+    assert victim["job_id"] not in attacker.get("/jobs").text
     assert victim["webhook_id"] not in attacker.get("/webhooks").text
     assert _api_view(victim_api, victim) == victim_view
 

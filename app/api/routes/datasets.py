@@ -9,9 +9,20 @@ from pydantic import ValidationError
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
 from app.api.errors import FieldError, InvalidInput
-from app.api.openapi import BODY, COMMON, UPLOAD, problems
+from app.api.openapi import BODY, COMMON, IMAGE_TYPES, UPLOAD, problems
+from app.api.paging import CursorQuery, ItemCursorQuery, LimitQuery, page_limit
 from app.config import Settings, get_settings
-from app.schemas import DatasetCreate, DatasetCreated, DatasetDetail, DatasetList, ItemList, ItemsAdded
+from app.schemas import (
+    DATASET_TEMPLATE_PATTERN,
+    NAME_PATTERN,
+    TAG_SCHEMA,
+    DatasetCreate,
+    DatasetCreated,
+    DatasetDetail,
+    DatasetList,
+    ItemList,
+    ItemsAdded,
+)
 from app.services import datasets as datasets_service
 from app.services import items as items_service
 from app.services import labels as labels_service
@@ -19,35 +30,67 @@ from app.uploads import RawUpload, read_multipart, require_multipart
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses=COMMON)
 
+#: A JSON list of tags inside a form field (``classes``): its content, stated with JSON Schema's content keywords.
+CLASSES_FIELD = {
+    "type": "string",
+    "contentMediaType": "application/json",
+    "contentSchema": {"type": "array", "items": TAG_SCHEMA, "uniqueItems": True},
+    "description": 'JSON list of distinct tags, e.g. ["cat", "lynx"]. With an upload to an existing dataset, tags '
+    "that are not classes yet are added to its classes (after the existing ones, in the order given).",
+}
 UPLOAD_FIELDS = {
     "type": "object",
+    "additionalProperties": False,  # an unknown form field is a 422 naming it
     "properties": {
-        "name": {"type": "string", "description": "Dataset name (create only)."},
-        "classes": {"type": "string", "description": 'JSON list of tags, e.g. ["cat", "lynx"].'},
-        "prompt_template": {"type": "string", "description": 'e.g. "a photo of a {}." (create only)'},
+        "classes": CLASSES_FIELD,
         "manifest": {
             "type": "string",
             "format": "binary",
-            "description": 'JSONL {"file", "candidates", "label"?} or CSV file,candidates[,label] ("|").',
+            "description": 'JSONL lines {"file", "candidates", "label"?} or CSV with a header file,candidates[,label] '
+            '(candidates joined by "|"); "label" is a known tag, one of the candidates. See docs/api.md.',
         },
         "images": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1},
-        "archive": {"type": "string", "format": "binary", "description": "One zip of the images."},
+        "archive": {
+            "type": "string",
+            "format": "binary",
+            "description": "One zip of the images; it may hold the manifest too (manifest.jsonl / manifest.csv).",
+        },
     },
 }
+#: The file parts' media types (OpenAPI ``encoding``): images and a zip (a manifest is JSONL or CSV text, told
+#: apart by its file name or first line).
+UPLOAD_ENCODING = {"images": {"contentType": IMAGE_TYPES}, "archive": {"contentType": "application/zip"}}
 UPLOAD_BODY = {
     "required": True,
     "content": {
         "multipart/form-data": {
             # a manifest with `images`, or an `archive` (whose manifest may be inside it)
-            "schema": {**UPLOAD_FIELDS, "anyOf": [{"required": ["manifest", "images"]}, {"required": ["archive"]}]}
+            "schema": {**UPLOAD_FIELDS, "anyOf": [{"required": ["manifest", "images"]}, {"required": ["archive"]}]},
+            "encoding": UPLOAD_ENCODING,
         }
     },
+}
+CREATE_FIELDS = {
+    **UPLOAD_FIELDS,
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": NAME_PATTERN},
+        **UPLOAD_FIELDS["properties"],
+        "prompt_template": {
+            "type": "string",
+            "maxLength": 500,
+            "pattern": DATASET_TEMPLATE_PATTERN,
+            "description": 'e.g. "a photo of a {}." (blank: none)',
+        },
+    },
+    "required": ["name"],
+    # classes come from `classes` or from the manifest's candidates
+    "anyOf": [{"required": ["classes"]}, {"required": ["manifest"]}, {"required": ["archive"]}],
 }
 CREATE_BODY = {
     "required": True,
     "content": {
         "application/json": {"schema": DatasetCreate.model_json_schema()},
-        "multipart/form-data": {"schema": {**UPLOAD_FIELDS, "required": ["name"]}},
+        "multipart/form-data": {"schema": CREATE_FIELDS, "encoding": UPLOAD_ENCODING},
     },
 }
 NOT_FOUND = problems({404: "no such dataset (or another owner's)"})
@@ -100,9 +143,13 @@ def create_dataset(
 
 
 @router.get("", response_model=DatasetList)
-def list_datasets(owner: OwnerDep, session: SessionDep) -> DatasetList:
-    """The owner's datasets, oldest first."""
-    return datasets_service.list_datasets(session=session, owner=owner)
+def list_datasets(
+    owner: OwnerDep, session: SessionDep, settings: SettingsDep, cursor: CursorQuery = None, limit: LimitQuery = None
+) -> DatasetList:
+    """A page of the owner's datasets, oldest first, with the `total` and the `next_cursor`."""
+    return datasets_service.list_datasets(
+        session=session, owner=owner, cursor=cursor, limit=page_limit(limit, settings)
+    )
 
 
 @router.get("/{dataset_id}", response_model=DatasetDetail, responses=NOT_FOUND)
@@ -139,21 +186,26 @@ def add_items(
     )
 
 
-@router.get("/{dataset_id}/items", response_model=ItemList, responses=NOT_FOUND)
+@router.get(
+    "/{dataset_id}/items",
+    response_model=ItemList,
+    responses=problems({404: "no such dataset (or another owner's), or no item at the `cursor` (margin order)"}),
+)
 def list_items(
     dataset_id: str,
     owner: OwnerDep,
     session: SessionDep,
     settings: SettingsDep,
-    cursor: Annotated[str | None, Query(max_length=500, description="`next_cursor` of the previous page.")] = None,
-    limit: Annotated[int | None, Query(ge=1, description="Page size (default and maximum in the settings).")] = None,
+    cursor: ItemCursorQuery = None,
+    limit: LimitQuery = None,
     needs_review: Annotated[bool | None, Query(description="Only items that do (true) / do not (false).")] = None,
     order: Annotated[
         items_service.ItemOrder, Query(description="`upload` order, or `margin` ascending (most doubtful first).")
     ] = "upload",
 ) -> ItemList:
-    """A page of the dataset's items; `needs_review=true&order=margin` is the review queue."""
-    limit = min(limit or settings.page_limit_default, settings.page_limit_max)
+    """A page of the dataset's items, with the `total` matching the filter; `needs_review=true&order=margin` is
+    the review queue."""
+    limit = page_limit(limit, settings)
     return items_service.list_items(
         session=session,
         owner=owner,
@@ -173,6 +225,13 @@ def list_items(
         200: {
             "description": "the labels",
             "content": {"application/json": {}, "application/x-ndjson": {}, "text/csv": {}},
+            "headers": {
+                "Tagsift-Model-Id": {
+                    "description": "The newest model whose tags the export holds (absent when none does).",
+                    "schema": {"type": "string"},
+                },
+                "Tagsift-Job-Id": {"description": "That model's training job.", "schema": {"type": "string"}},
+            },
         },
     },
 )
@@ -182,14 +241,16 @@ def export_labels(
     session: SessionDep,
     format: Annotated[labels_service.LabelFormat, Query(description="json, jsonl or csv")] = "json",
 ) -> Response:
-    """Every item's disambiguated tag, confidence, margin and source.
+    """Every item's disambiguated tag, confidence, margin and source, and the model and job that set it.
+
+    JSON also names the export's models (`produced_by`, the newest as `model_id` / `job_id`); every format carries
+    the newest in the `Tagsift-Model-Id` / `Tagsift-Job-Id` headers.
 
     `json` and `jsonl` are verbatim; in `csv`, a text cell starting with `=`, `+`, `-`, `@`, tab or CR gets a
     leading `'` so that spreadsheets do not evaluate it (CSV injection)."""
-    body, media_type = labels_service.export_labels(session=session, owner=owner, dataset_id=dataset_id, fmt=format)
+    export = labels_service.export_labels(session=session, owner=owner, dataset_id=dataset_id, fmt=format)
     ext = {"json": "json", "jsonl": "jsonl", "csv": "csv"}[format]
-    return Response(
-        body,
-        media_type=media_type,
-        headers={"Content-Disposition": f'attachment; filename="labels-{dataset_id}.{ext}"'},
-    )
+    headers = {"Content-Disposition": f'attachment; filename="labels-{dataset_id}.{ext}"'}
+    if export.model_id:
+        headers |= {"Tagsift-Model-Id": export.model_id, "Tagsift-Job-Id": export.job_id or ""}
+    return Response(export.body, media_type=export.media_type, headers=headers)

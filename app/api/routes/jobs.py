@@ -6,12 +6,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
+from app import job_defaults
 from app.api.deps import OwnerDep, SessionDep, SettingsDep
 from app.api.openapi import BODY, COMMON, problems
-from app.schemas import JobCreate, JobEventList, JobRead
+from app.api.paging import CursorQuery, LimitQuery, page_limit
+from app.schemas import JobCreate, JobEventList, JobList, JobRead, JobStatus
 from app.services import jobs as jobs_service
 
 router = APIRouter(tags=["jobs"], responses=COMMON)
+
+#: An Idempotency-Key: visible ASCII, spaces only inside (a header's ends are trimmed on the way anyway).
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$"
 
 #: Event ids are 64-bit signed integers in the database: a larger `after` is a 422, not a 500 from the driver.
 MAX_EVENT_ID = 2**63 - 1
@@ -34,6 +39,7 @@ CREATED = {
 @router.post(
     "/datasets/{dataset_id}/jobs",
     status_code=202,
+    description="Start a training job on the dataset. " + job_defaults.describe_defaults(),
     response_model=JobRead,
     responses={
         **CREATED,
@@ -55,10 +61,17 @@ def create_job(
     settings: SettingsDep,
     job_in: JobCreate | None = None,
     idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", description="Same key + same body: the same job.")
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=200,
+            pattern=IDEMPOTENCY_KEY_PATTERN,
+            description="Same key + same body: the same job. 1 to 200 visible ASCII characters (spaces inside).",
+        ),
     ] = None,
 ) -> JobRead:
-    """Start a training job on the dataset (defaults: prompt alignment, rc loss, 50 epochs)."""
+    """Start a training job on the dataset (its defaults: ``app.job_defaults``)."""
     job, replayed = jobs_service.create_job(
         session=session,
         owner=owner,
@@ -71,6 +84,27 @@ def create_job(
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return job
+
+
+@router.get("/jobs", response_model=JobList, responses=problems({404: "no such dataset (or another owner's)"}))
+def list_jobs(
+    owner: OwnerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    cursor: CursorQuery = None,
+    limit: LimitQuery = None,
+    dataset_id: Annotated[str | None, Query(max_length=64, description="Only the jobs of this dataset.")] = None,
+    status: Annotated[JobStatus | None, Query(description="Only the jobs in this status.")] = None,
+) -> JobList:
+    """A page of the owner's jobs, oldest first, with the `total` and the `next_cursor`."""
+    return jobs_service.list_jobs(
+        session=session,
+        owner=owner,
+        cursor=cursor,
+        limit=page_limit(limit, settings),
+        dataset_id=dataset_id,
+        status=status,
+    )
 
 
 @router.get("/jobs/{job_id}", response_model=JobRead, responses=NOT_FOUND)

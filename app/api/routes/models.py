@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
 from app.api.openapi import COMMON, problems
+from app.api.paging import CursorQuery, LimitQuery, page_limit
 from app.schemas import ModelList, ModelRead
 from app.services import models as models_service
 
@@ -19,10 +21,24 @@ NOT_FOUND = problems({404: "no such model (or another owner's)"})
 PROBLEMS = {**NOT_FOUND, **problems({409: "the model's artifacts are missing"})}
 
 
-@router.get("", response_model=ModelList)
-def list_models(owner: OwnerDep, session: SessionDep, settings: SettingsDep) -> ModelList:
-    """The owner's models, oldest first."""
-    return ModelList(data=models_service.list_models(session=session, owner=owner, settings=settings))
+@router.get("", response_model=ModelList, responses=problems({404: "no such dataset (or another owner's)"}))
+def list_models(
+    owner: OwnerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    cursor: CursorQuery = None,
+    limit: LimitQuery = None,
+    dataset_id: Annotated[str | None, Query(max_length=64, description="Only the models of this dataset.")] = None,
+) -> ModelList:
+    """A page of the owner's models, oldest first, with the `total` and the `next_cursor`."""
+    return models_service.list_models(
+        session=session,
+        owner=owner,
+        settings=settings,
+        cursor=cursor,
+        limit=page_limit(limit, settings),
+        dataset_id=dataset_id,
+    )
 
 
 @router.get("/{model_id}", response_model=ModelRead, responses=NOT_FOUND)
@@ -39,7 +55,8 @@ def get_model(model_id: str, owner: OwnerDep, session: SessionDep, settings: Set
 def export_model(
     model_id: str, owner: OwnerDep, session: SessionDep, storage: StorageDep, settings: SettingsDep
 ) -> FileResponse:
-    """A zip with model.onnx, classes.json, preprocess.json, model_card.md and model.json."""
+    """A zip with model.onnx, classes.json, preprocess.json (every preprocessing step), model_card.md,
+    model.json and predict.py (scores like /predict with onnxruntime, NumPy and Pillow only)."""
     path = models_service.export_model(
         session=session, storage=storage, owner=owner, model_id=model_id, settings=settings
     )

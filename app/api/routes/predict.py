@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import OwnerDep, SettingsDep, StorageDep
 from app.api.errors import FieldError, InvalidInput
-from app.api.openapi import BODY, COMMON, UPLOAD, problems
+from app.api.openapi import BODY, COMMON, IMAGE_TYPES, UPLOAD, problems
 from app.db import get_sessionmaker
 from app.schemas import PredictResponse
 from app.services import models as models_service
@@ -31,16 +31,29 @@ PREDICT_BODY = {
             "schema": {
                 "type": "object",
                 "required": ["model_id", "image"],
+                "additionalProperties": False,  # an unknown form field is a 422 naming it
                 "properties": {
-                    "model_id": {"type": "string"},
+                    "model_id": {"type": "string", "minLength": 1, "maxLength": 64},
                     "image": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1},
                     "candidates": {
                         "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": {
+                            "oneOf": [
+                                {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                                {
+                                    "type": "array",
+                                    "items": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                                    "minItems": 1,
+                                },
+                            ]
+                        },
                         "description": 'JSON list of tags for every image, or one list per image: ["cat", "lynx"]',
                     },
                     "top_k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 5},
                 },
-            }
+            },
+            "encoding": {"image": {"contentType": IMAGE_TYPES}},
         }
     },
 }

@@ -8,12 +8,24 @@ from fastapi import APIRouter, Query, Response
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep
 from app.api.openapi import BODY, COMMON, problems
+from app.api.paging import LimitQuery, page_limit
 from app.schemas import WebhookCreate, WebhookCreated, WebhookDeliveryList, WebhookList, WebhookRead
 from app.services import webhooks as webhooks_service
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"], responses=COMMON)
 
 NOT_FOUND = problems({404: "no such webhook (or another owner's)"})
+
+#: ``cursor`` of a delivery log: the position of the page's last delivery (below 10^18, inside 64 bits); the next
+#: page holds the older ones. Any such number is a valid cursor.
+DeliveryCursorQuery = Annotated[
+    str | None,
+    Query(
+        max_length=18,
+        pattern=r"^(?:0|[1-9][0-9]{0,17})$",
+        description="`next_cursor` of the previous page: the position of its last (oldest) delivery.",
+    ),
+]
 
 
 @router.post(
@@ -71,11 +83,15 @@ def list_deliveries(
     session: SessionDep,
     settings: SettingsDep,
     status: Annotated[Literal["pending", "succeeded", "failed"] | None, Query(description="Only these.")] = None,
-    cursor: Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page.")] = None,
-    limit: Annotated[int | None, Query(ge=1)] = None,
+    cursor: DeliveryCursorQuery = None,
+    limit: LimitQuery = None,
 ) -> WebhookDeliveryList:
     """The delivery log, newest first: each delivery's status, attempts (status code, error, duration) and body."""
-    limit = min(limit or settings.page_limit_default, settings.page_limit_max)
     return webhooks_service.list_deliveries(
-        session=session, owner=owner, webhook_id=webhook_id, status=status, cursor=cursor, limit=limit
+        session=session,
+        owner=owner,
+        webhook_id=webhook_id,
+        status=status,
+        cursor=int(cursor) if cursor is not None else None,
+        limit=page_limit(limit, settings),
     )
