@@ -398,7 +398,8 @@ class WebhookCreated(WebhookRead):
 
 class WebhookList(BaseModel):
     data: list[WebhookRead]
-    total: int
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+    total: int = Field(description="The owner's webhooks.")
 
 
 class WebhookAttemptRead(BaseModel):

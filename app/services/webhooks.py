@@ -23,7 +23,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.api.errors import Conflict, FieldError, InvalidInput
+from app.api.errors import FieldError, InvalidInput
 from app.config import Settings
 from app.models import Job, Owner, Webhook, WebhookDelivery, new_id, utcnow
 from app.schemas import (
@@ -37,10 +37,8 @@ from app.schemas import (
 )
 from app.services.job_views import job_read
 from app.services.lookup import get_owned
+from app.services.pages import keyset_page
 from app.services.webhook_urls import UrlRefused, check_url
-
-#: Hooks one owner may have (so that ``GET /webhooks`` is one page and one event fans out to a bounded number).
-MAX_HOOKS_PER_OWNER = 50
 
 SIGNATURE_VERSION = "v1"
 
@@ -72,11 +70,6 @@ def create_webhook(*, session: Session, owner: Owner, hook_in: WebhookCreate, se
         raise InvalidInput(
             f"url: {exc}", errors=[FieldError(field="url", item=hook_in.url[:200], message=str(exc))]
         ) from None
-    count = session.scalar(select(func.count()).select_from(Webhook).where(Webhook.owner_id == owner.id)) or 0
-    if count >= MAX_HOOKS_PER_OWNER:
-        raise Conflict(
-            f"an owner has at most {MAX_HOOKS_PER_OWNER} webhooks; delete one first", code="too_many_webhooks"
-        )
     hook = Webhook(
         owner_id=owner.id,
         url=hook_in.url,
@@ -98,11 +91,12 @@ def read_webhook(*, session: Session, owner: Owner, webhook_id: str) -> WebhookR
     return webhook_read(get_webhook(session=session, owner=owner, webhook_id=webhook_id))
 
 
-def list_webhooks(*, session: Session, owner: Owner) -> WebhookList:
-    hooks = list(
-        session.scalars(select(Webhook).where(Webhook.owner_id == owner.id).order_by(Webhook.created_at, Webhook.id))
+def list_webhooks(*, session: Session, owner: Owner, cursor: str | None, limit: int) -> WebhookList:
+    """A page of the owner's hooks, oldest first (``app.services.pages``)."""
+    page = keyset_page(
+        session, select(Webhook).where(Webhook.owner_id == owner.id), Webhook, cursor=cursor, limit=limit
     )
-    return WebhookList(data=[webhook_read(h) for h in hooks], total=len(hooks))
+    return WebhookList(data=[webhook_read(h) for h in page.rows], next_cursor=page.next_cursor, total=page.total)
 
 
 def delete_webhook(*, session: Session, owner: Owner, webhook_id: str) -> None:

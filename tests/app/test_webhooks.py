@@ -42,10 +42,14 @@ def test_register_read_list_delete(alice: Api) -> None:
     read = alice.get(f"/webhooks/{hook['id']}").json()
     assert "secret" not in read and read == {k: v for k, v in hook.items() if k != "secret"}
     listed = alice.get("/webhooks").json()
-    assert listed["total"] == 1 and listed["data"] == [read]
+    assert listed == {"data": [read], "next_cursor": None, "total": 1}
     second = alice.post("/webhooks", json={"url": PUBLIC_URL, "events": ["job.failed", "job.failed"]}).json()
     assert second["events"] == ["job.failed"] and second["secret"] != hook["secret"]
     assert alice.get("/webhooks").json()["total"] == 2
+    first = alice.get("/webhooks", params={"limit": 1}).json()
+    assert first["data"] == [read] and first["total"] == 2 and first["next_cursor"]
+    rest = alice.get("/webhooks", params={"limit": 1, "cursor": first["next_cursor"]}).json()
+    assert [h["id"] for h in rest["data"]] == [second["id"]] and rest["next_cursor"] is None
 
     assert alice.delete(f"/webhooks/{hook['id']}").status_code == 204
     assert alice.get(f"/webhooks/{hook['id']}").status_code == 404
@@ -201,7 +205,7 @@ def test_owners_see_only_their_hooks_and_events(alice: Api, bob: Api) -> None:
     item = bob.get(f"/datasets/{ds['id']}/items").json()["data"][0]
     bob.patch(f"/items/{item['id']}", json={"label": item["candidates"][0]})  # bob's event: not alice's hook's
     assert _deliveries(alice, mine["id"])["total"] == 0
-    assert bob.get("/webhooks").json() == {"data": [], "total": 0}
+    assert bob.get("/webhooks").json() == {"data": [], "next_cursor": None, "total": 0}
     for method, url in (("GET", ""), ("DELETE", ""), ("GET", "/deliveries")):
         r = bob.client.request(method, f"/webhooks/{mine['id']}{url}", headers=bob.headers)
         assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json"), r.text

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep
 from app.api.openapi import BODY, COMMON, problems
-from app.api.paging import LimitQuery, page_limit
+from app.api.paging import CursorQuery, LimitQuery, page_limit
 from app.schemas import WebhookCreate, WebhookCreated, WebhookDeliveryList, WebhookList, WebhookRead
 from app.services import webhooks as webhooks_service
 
@@ -40,7 +40,6 @@ DeliveryCursorQuery = Annotated[
         },
         **problems(
             {
-                409: "the owner already has the most webhooks allowed",
                 422: "a bad field; a URL whose host is not allowed or resolves to a private, loopback or link-local"
                 " address is refused naming `url`",
             }
@@ -58,9 +57,13 @@ def create_webhook(
 
 
 @router.get("", response_model=WebhookList)
-def list_webhooks(owner: OwnerDep, session: SessionDep) -> WebhookList:
-    """The owner's webhooks, oldest first (at most 50: one page)."""
-    return webhooks_service.list_webhooks(session=session, owner=owner)
+def list_webhooks(
+    owner: OwnerDep, session: SessionDep, settings: SettingsDep, cursor: CursorQuery = None, limit: LimitQuery = None
+) -> WebhookList:
+    """A page of the owner's webhooks, oldest first, with the `total` and the `next_cursor`."""
+    return webhooks_service.list_webhooks(
+        session=session, owner=owner, cursor=cursor, limit=page_limit(limit, settings)
+    )
 
 
 @router.get("/{webhook_id}", response_model=WebhookRead, responses=NOT_FOUND)
