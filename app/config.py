@@ -107,6 +107,18 @@ class Settings(BaseSettings):
         0.2, description="An item whose tag beats the runner-up candidate by less than this needs review."
     )
 
+    # --- Label Studio (ML backend at /label-studio/{dataset_id}; docs/integrations.md) ---------------
+    label_studio_url: str = Field(
+        "",
+        description="Base URL of the Label Studio whose task images the ML backend may fetch (when a task's image is"
+        " not one of the dataset's items); empty: never fetch, only the dataset's own images are predicted.",
+    )
+    label_studio_token: str = Field(
+        "",
+        description="Label Studio API token (sent as `Authorization: Token ...`) for those fetches; empty: the"
+        " `access_token` Label Studio sends to /setup, if its `hostname` is TAGSIFT_LABEL_STUDIO_URL.",
+    )
+
     # --- jobs ----------------------------------------------------------------------------------
     job_max_attempts: int = Field(2, description="Runs of one job (first + re-runs after a lost worker).")
     job_lease_seconds: int = Field(120, description="A running job whose heartbeat is older is re-run.")

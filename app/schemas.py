@@ -108,6 +108,9 @@ class DatasetCreated(DatasetRead):
 
     added: int
     duplicates: list[DuplicateRead]
+    skipped: list[str] = Field(
+        default_factory=list, description="Label Studio tasks left out: every annotation was cancelled (skipped)."
+    )
 
 
 class DatasetDetail(DatasetRead):
@@ -145,6 +148,9 @@ class ItemsAdded(BaseModel):
     item_ids: list[str]
     duplicates: list[DuplicateRead]
     item_count: int
+    skipped: list[str] = Field(
+        default_factory=list, description="Label Studio tasks left out: every annotation was cancelled (skipped)."
+    )
 
 
 # --- items ------------------------------------------------------------------------------------------------

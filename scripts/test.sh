@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh
+scripts/install-label-studio.sh  # Label Studio in its own venv, for tests/test_label_studio.py
 exec .venv/bin/python -m pytest "$@"

@@ -6,15 +6,17 @@ FastAPI does not hand them to its thread pool (a thread hop per dependency costs
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from app.api.errors import Unauthorized
+from app.api.errors import ApiError, Unauthorized
 from app.config import Settings, get_settings
 from app.db import get_sessionmaker
 from app.models import Owner
@@ -71,7 +73,11 @@ async def get_owner(
     Remembered per process for ``TAGSIFT_LOOKUP_CACHE_SECONDS``; a cache miss looks the key up in the thread pool."""
     if credentials is None or not credentials.credentials:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    key = credentials.credentials
+    return await owner_for(credentials.credentials, settings)
+
+
+async def owner_for(key: str, settings: Settings) -> Owner:
+    """The owner of an API key (cached, see :func:`get_owner`); 401 for an unknown or revoked key."""
     key_hash = hash_key(key)
     cached = owner_cache.get(key_hash)
     if cached is not None:
@@ -84,3 +90,33 @@ async def get_owner(
 
 
 OwnerDep = Annotated[Owner, Depends(get_owner)]
+
+
+async def get_owner_basic_or_bearer(request: Request, settings: SettingsDep) -> Owner:
+    """The owner of ``Authorization: Basic`` (the API key as the password; what Label Studio sends to an ML
+    backend registered with Basic auth) or ``Authorization: Bearer <key>``; 401 otherwise."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    key = ""
+    if scheme.lower() == "bearer":
+        key = value.strip()
+    elif scheme.lower() == "basic":
+        try:
+            key = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            key = ""
+    challenge = {"WWW-Authenticate": 'Basic realm="tagsift", Bearer'}
+    if not key:
+        raise ApiError(
+            "missing API key: send HTTP Basic auth with the API key as the password, or 'Authorization: Bearer <key>'",
+            status=401,
+            code="unauthorized",
+            headers=challenge,
+        )
+    try:
+        return await owner_for(key, settings)
+    except Unauthorized as exc:
+        exc.headers = challenge
+        raise
+
+
+BasicOrBearerOwnerDep = Annotated[Owner, Depends(get_owner_basic_or_bearer)]

@@ -111,7 +111,7 @@ def create_dataset_from_upload(
     session.flush()
     added, duplicates = _store_items(session=session, storage=storage, dataset=dataset, batch=batch)
     read = _read(dataset, len(added))
-    return DatasetCreated(**read.model_dump(), added=len(added), duplicates=duplicates)
+    return DatasetCreated(**read.model_dump(), added=len(added), duplicates=duplicates, skipped=batch.skipped)
 
 
 def _name_error() -> FieldError:
@@ -141,6 +141,7 @@ def add_items(
         item_ids=added,
         duplicates=duplicates,
         item_count=_item_count(session, dataset.id),
+        skipped=batch.skipped,
     )
 
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 from typing import Literal
 
 from sqlalchemy import and_, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from app.api.errors import FieldError, InvalidInput, NotFound
-from app.config import Settings
+from app.config import Settings, get_settings
 from app.models import Item, Owner, utcnow
 from app.schemas import ItemList, ItemRead, ItemUpdate
 from app.services.checks import shorten
@@ -119,14 +119,22 @@ def get_item(*, session: Session, owner: Owner, item_id: str) -> Item:
 def review_item(*, session: Session, owner: Owner, item_id: str, item_in: ItemUpdate, settings: Settings) -> ItemRead:
     """A reviewer sets the tag (see the module docstring for the rules)."""
     item = get_item(session=session, owner=owner, item_id=item_id)
-    label = item_in.label
+    set_reviewer_label(item, item_in.label, add_to_candidates=item_in.add_to_candidates)
+    session.commit()
+    return item_read(item, settings)
+
+
+def set_reviewer_label(item: Item, label: str, *, add_to_candidates: bool = False) -> None:
+    """The one write of a reviewer's tag (``PATCH /items/{id}``, Label Studio annotations); the caller commits.
+
+    A tag outside the item's candidates is refused unless ``add_to_candidates`` (widening is asked for)."""
     classes = item.dataset.classes
     problem = None
     if label != label.strip():
         problem = f"label: {shorten(label)!r} has whitespace at its start or end (tags are never stripped)"
     elif label not in classes:
         problem = f"label: {shorten(label)!r} is not one of the dataset's classes"
-    elif label not in item.candidates and not item_in.add_to_candidates:
+    elif label not in item.candidates and not add_to_candidates:
         problem = (
             f"label: {shorten(label)!r} is not among item {item.id}'s candidates "
             f'({", ".join(map(repr, item.candidates))}); send "add_to_candidates": true to add it'
@@ -143,11 +151,9 @@ def review_item(*, session: Session, owner: Owner, item_id: str, item_in: ItemUp
     item.needs_review = False
     item.model_id = None
     item.updated_at = utcnow()
-    read = item_read(item, settings)
-    data = {"item": read.model_dump(mode="json"), "previous": previous}
-    emit(session, owner_id=owner.id, event="item.reviewed", data=data)
-    session.commit()
-    return read
+    # the owner's webhooks hear of it in this transaction (app.services.webhooks)
+    data = {"item": item_read(item, get_settings()).model_dump(mode="json"), "previous": previous}
+    emit(object_session(item), owner_id=item.dataset.owner_id, event="item.reviewed", data=data)
 
 
 def read_item(*, session: Session, owner: Owner, item_id: str, settings: Settings) -> ItemRead:

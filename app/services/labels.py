@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from app.models import Item, Model, Owner
 from app.services.datasets import get_dataset
 
-LabelFormat = Literal["json", "jsonl", "csv"]
+LabelFormat = Literal["json", "jsonl", "csv", "label-studio"]  # label-studio: app.services.label_studio
 MEDIA_TYPES = {"json": "application/json", "jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
 CSV_COLUMNS = (
     "id",

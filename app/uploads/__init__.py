@@ -30,7 +30,11 @@ A manifest row's ``file`` matches the uploaded file (or zip member path) of the 
 uploaded file with that base name (a browser sends ``a.jpg`` for ``photos/a.jpg``).
 
 
+A Label Studio JSON export is a manifest too (``manifest_format=label-studio``, or one starting with ``[``; a
+``manifest.json`` in the zip): :mod:`~app.uploads.label_studio` turns its tasks into rows (its rules are there).
+
 Modules, by concern: :mod:`~app.uploads.forms` (multipart), :mod:`~app.uploads.manifests` (JSONL/CSV),
+:mod:`~app.uploads.label_studio` (Label Studio exports),
 :mod:`~app.uploads.archives` (zips), :mod:`~app.uploads.rules` (tags, classes, file names) and
 :mod:`~app.uploads.validation` (the whole batch). Every check reports through one collector,
 :class:`app.api.errors.FieldErrors`.

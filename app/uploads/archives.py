@@ -12,7 +12,7 @@ from app.services.checks import shorten
 from app.uploads.forms import _clean_name
 from app.uploads.rules import _DRIVE, MAX_FILE_NAME
 
-MANIFEST_NAMES = ("manifest.jsonl", "manifest.csv")
+MANIFEST_NAMES = ("manifest.jsonl", "manifest.csv", "manifest.json")  # .json: a Label Studio export
 
 
 def _read_archive(

@@ -14,7 +14,7 @@ from app.api.errors import ApiError, FieldError, FieldErrors, InvalidInput
 from app.config import Settings
 from app.services.checks import shorten
 
-FORM_FIELDS = ("name", "classes", "prompt_template", "manifest", "images", "archive")
+FORM_FIELDS = ("name", "classes", "prompt_template", "manifest", "manifest_format", "images", "archive")
 
 
 @dataclass
@@ -26,6 +26,7 @@ class RawUpload:
     prompt_template: str | None = None
     manifest: bytes | None = None
     manifest_name: str | None = None
+    manifest_format: str | None = None  # auto (absent), jsonl, csv or label-studio (app.uploads.label_studio)
     images: list[tuple[str, bytes]] = field(default_factory=list)
     archive: bytes | None = None
     archive_name: str | None = None

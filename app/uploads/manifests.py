@@ -25,14 +25,18 @@ class _Row:
     label: str | None
 
 
-def _parse_manifest(data: bytes, name: str | None, *, settings: Settings, errors: FieldErrors) -> list[_Row]:
+def _parse_manifest(
+    data: bytes, name: str | None, *, settings: Settings, errors: FieldErrors, fmt: str | None = None
+) -> list[_Row]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         errors.add(field="manifest", message=f"manifest: not UTF-8 (invalid byte at offset {exc.start})")
         return []
     lower = (name or "").lower()
-    if lower.endswith(".csv"):
+    if fmt is not None:
+        is_jsonl = fmt == "jsonl"
+    elif lower.endswith(".csv"):
         is_jsonl = False
     elif lower.endswith((".jsonl", ".ndjson", ".json")):
         is_jsonl = True

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app.api.errors import FieldErrors, InvalidInput
 from app.config import Settings
@@ -12,6 +12,7 @@ from app.services.checks import shorten
 from app.storage import sha256_hex
 from app.uploads.archives import _read_archive
 from app.uploads.forms import RawUpload
+from app.uploads.label_studio import MANIFEST_FORMATS, is_label_studio, parse_label_studio
 from app.uploads.manifests import _parse_manifest, _Row
 from app.uploads.rules import MAX_FILE_NAME, _file_name_problem, parse_classes
 
@@ -39,6 +40,7 @@ class ValidBatch:
     items: list[ValidItem]
     duplicates: list[BatchDuplicate]
     classes: list[str]
+    skipped: list[str] = field(default_factory=list)  # Label Studio tasks left out (every annotation cancelled)
 
 
 def validate_upload(
@@ -62,14 +64,36 @@ def validate_upload(
             raw.manifest, raw.manifest_name = manifest_from_zip[1]
 
     rows: list[_Row] = []
+    skipped: list[str] = []
+    if raw.manifest_format is not None and raw.manifest_format not in MANIFEST_FORMATS:
+        errors.add(
+            field="manifest_format",
+            message=f"manifest_format: {shorten(raw.manifest_format)!r} is not one of {', '.join(MANIFEST_FORMATS)}",
+        )
     if raw.manifest is not None and len(raw.manifest) > settings.max_manifest_bytes:
         errors.add(
             field="manifest",
             item=raw.manifest_name,
             message=f"manifest: {len(raw.manifest)} bytes, over the limit of {settings.max_manifest_bytes}",
         )
+    elif raw.manifest is not None and is_label_studio(raw.manifest, raw.manifest_format):
+        known = None
+        if dataset_classes is not None:
+            known = list(dataset_classes) + [c for c in (given_classes or []) if c not in dataset_classes]
+        elif given_classes is not None:
+            known = given_classes
+        export = parse_label_studio(
+            raw.manifest, file_names=[n for n, _ in files], classes=known, settings=settings, errors=errors
+        )
+        rows, skipped = export.rows, export.skipped
+        if known is None and export.classes:
+            given_classes = export.classes
+        # a skipped task's image may be sent: it is left out, not "uploaded but not in the manifest"
+        skipped_files = set(export.skipped_files)
+        files = [(n, d) for n, d in files if n not in skipped_files]
     elif raw.manifest is not None:
-        rows = _parse_manifest(raw.manifest, raw.manifest_name, settings=settings, errors=errors)
+        fmt = raw.manifest_format if raw.manifest_format in ("jsonl", "csv") else None
+        rows = _parse_manifest(raw.manifest, raw.manifest_name, settings=settings, errors=errors, fmt=fmt)
     elif files:
         errors.add(field="manifest", message="manifest: required when images are uploaded")
     elif require_items:
@@ -175,7 +199,7 @@ def validate_upload(
         else:
             first[item.sha256] = item.file
             kept.append(item)
-    return ValidBatch(items=kept, duplicates=duplicates, classes=classes)
+    return ValidBatch(items=kept, duplicates=duplicates, classes=classes, skipped=skipped)
 
 
 def _summary(errors: FieldErrors) -> str:

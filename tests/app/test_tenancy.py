@@ -32,6 +32,7 @@ from app.services.api_keys import create_api_key
 from tests.app.conftest import Api, image_bytes, jsonl
 from tests.app.model_fixtures import BLUE, GREEN, RED, store_model
 from tests.app.test_bad_input import Part, post_parts, stored, upload_parts
+from tests.label_studio import LABEL_CONFIG
 
 PUBLIC_PATHS = {"/healthz", "/readyz"}
 
@@ -227,12 +228,54 @@ ATTACKS: dict[tuple[str, str], list[tuple[str, Attack]]] = {
         ),
     ],
     ("POST", "/predict"): [("victim's model", _predict("victim"))],
+    ("GET", "/label-studio/{dataset_id}/health"): [
+        ("health", lambda a, v, m: a.get(f"/label-studio/{v['dataset_id']}/health")),
+        (
+            "health, Basic auth",
+            lambda a, v, m: a.client.get(f"/label-studio/{v['dataset_id']}/health", headers=_basic(a)),
+        ),
+    ],
+    ("POST", "/label-studio/{dataset_id}/setup"): [
+        ("setup", lambda a, v, m: a.post(f"/label-studio/{v['dataset_id']}/setup", json={"schema": LABEL_CONFIG}))
+    ],
+    ("POST", "/label-studio/{dataset_id}/predict"): [
+        (
+            "predict the victim's item",
+            lambda a, v, m: a.post(
+                f"/label-studio/{v['dataset_id']}/predict",
+                json={"tasks": [{"id": 1, "data": {"image": "red.png"}}], "label_config": LABEL_CONFIG},
+            ),
+        )
+    ],
+    ("POST", "/label-studio/{dataset_id}/webhook"): [
+        (
+            "annotate the victim's item",
+            lambda a, v, m: a.client.post(
+                f"/label-studio/{v['dataset_id']}/webhook",
+                headers=_basic(a),
+                json={
+                    "action": "ANNOTATION_CREATED",
+                    "task": {"id": 1, "data": {"image": "red.png"}},
+                    "annotation": {"result": [{"type": "choices", "value": {"choices": ["dog"]}}]},
+                },
+            ),
+        ),
+        (
+            "start training",
+            lambda a, v, m: a.post(f"/label-studio/{v['dataset_id']}/webhook", json={"action": "START_TRAINING"}),
+        ),
+    ],
     ("GET", "/webhooks/{webhook_id}"): [("read", lambda a, v, m: a.get(f"/webhooks/{v['webhook_id']}"))],
     ("DELETE", "/webhooks/{webhook_id}"): [("delete", lambda a, v, m: a.delete(f"/webhooks/{v['webhook_id']}"))],
     ("GET", "/webhooks/{webhook_id}/deliveries"): [
         ("delivery log", lambda a, v, m: a.get(f"/webhooks/{v['webhook_id']}/deliveries"))
     ],
 }
+
+
+def _basic(api: Api) -> dict[str, str]:
+    """Label Studio's way: HTTP Basic with the API key as the password."""
+    return {"Authorization": "Basic " + base64.b64encode(f"tagsift:{api.key}".encode()).decode()}
 
 
 def test_the_attack_table_covers_every_route_that_takes_an_id(client) -> None:
@@ -331,11 +374,16 @@ def test_every_route_but_health_and_docs_needs_a_valid_key(alice: Api, onnx_byte
         if path in PUBLIC_PATHS:
             continue
         url = path.format(**{name: world[name] for name in re.findall(r"{(\w+)}", path)})
+        # Label Studio's ML backend routes take the key as an HTTP Basic password too (app.api.routes.label_studio)
+        basic_ok = path.startswith("/label-studio/")
+        challenge = 'Basic realm="tagsift", Bearer' if basic_ok else "Bearer"
         for headers in wrong:
+            if basic_ok and headers.get("Authorization", "").startswith("Basic "):
+                headers = {"Authorization": "Basic " + base64.b64encode(b"alice:tsk_wrong").decode()}
             kwargs = {"json": {}} if method in ("POST", "PATCH", "PUT") else {}
             r = alice.client.request(method, url, headers=headers, **kwargs)
             assert r.status_code == 401, (method, url, headers, r.status_code, r.text[:300])
-            assert r.headers["www-authenticate"] == "Bearer"
+            assert r.headers["www-authenticate"] == challenge
             assert r.headers["content-type"].startswith("application/problem+json")
             checked += 1
     assert checked == len(wrong) * (len(ops) - len(PUBLIC_PATHS))

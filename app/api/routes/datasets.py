@@ -25,6 +25,7 @@ from app.schemas import (
 )
 from app.services import datasets as datasets_service
 from app.services import items as items_service
+from app.services import label_studio as label_studio_service
 from app.services import labels as labels_service
 from app.uploads import RawUpload, read_multipart, require_multipart
 
@@ -46,8 +47,15 @@ UPLOAD_FIELDS = {
         "manifest": {
             "type": "string",
             "format": "binary",
-            "description": 'JSONL lines {"file", "candidates", "label"?} or CSV with a header file,candidates[,label] '
-            '(candidates joined by "|"); "label" is a known tag, one of the candidates. See docs/api.md.',
+            "description": 'JSONL lines {"file", "candidates", "label"?}, CSV with a header file,candidates[,label] '
+            '(candidates joined by "|"; "label" is a known tag, one of the candidates; docs/api.md), or a Label Studio '
+            "JSON export (a list of tasks; docs/integrations.md).",
+        },
+        "manifest_format": {
+            "type": "string",
+            "enum": ["auto", "jsonl", "csv", "label-studio"],
+            "default": "auto",
+            "description": "auto: a manifest starting with `[` is a Label Studio export, else by file name / content.",
         },
         "images": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1},
         "archive": {
@@ -239,7 +247,14 @@ def export_labels(
     dataset_id: str,
     owner: OwnerDep,
     session: SessionDep,
-    format: Annotated[labels_service.LabelFormat, Query(description="json, jsonl or csv")] = "json",
+    settings: SettingsDep,
+    format: Annotated[labels_service.LabelFormat, Query(description="json, jsonl, csv or label-studio")] = "json",
+    from_name: Annotated[
+        str, Query(min_length=1, max_length=200, description="label-studio: the project's <Choices name>.")
+    ] = "choice",
+    to_name: Annotated[
+        str, Query(min_length=1, max_length=200, description="label-studio: the project's <Image name>.")
+    ] = "image",
 ) -> Response:
     """Every item's disambiguated tag, confidence, margin and source, and the model and job that set it.
 
@@ -247,10 +262,16 @@ def export_labels(
     the newest in the `Tagsift-Model-Id` / `Tagsift-Job-Id` headers.
 
     `json` and `jsonl` are verbatim; in `csv`, a text cell starting with `=`, `+`, `-`, `@`, tab or CR gets a
-    leading `'` so that spreadsheets do not evaluate it (CSV injection)."""
-    export = labels_service.export_labels(session=session, owner=owner, dataset_id=dataset_id, fmt=format)
-    ext = {"json": "json", "jsonl": "jsonl", "csv": "csv"}[format]
+    leading `'` so that spreadsheets do not evaluate it (CSV injection). `label-studio`: a JSON list of Label
+    Studio tasks to import, a model's tag as a prediction, a reviewer's as an annotation (docs/integrations.md)."""
+    ext = {"json": "json", "jsonl": "jsonl", "csv": "csv", "label-studio": "label-studio.json"}[format]
     headers = {"Content-Disposition": f'attachment; filename="labels-{dataset_id}.{ext}"'}
+    if format == "label-studio":
+        body = label_studio_service.export_tasks(
+            session=session, owner=owner, dataset_id=dataset_id, settings=settings, from_name=from_name, to_name=to_name
+        )
+        return Response(body, media_type="application/json", headers=headers)
+    export = labels_service.export_labels(session=session, owner=owner, dataset_id=dataset_id, fmt=format)
     if export.model_id:
         headers |= {"Tagsift-Model-Id": export.model_id, "Tagsift-Job-Id": export.job_id or ""}
     return Response(export.body, media_type=export.media_type, headers=headers)

@@ -1,0 +1,132 @@
+"""Label Studio's ML backend protocol, one backend per dataset: ``/label-studio/{dataset_id}/{health,setup,predict,
+webhook}`` (see ``app.services.label_studio`` and docs/integrations.md for what to type into Label Studio).
+
+Auth: HTTP Basic with the API key as the password (Label Studio's "Basic Authentication" of a model connection),
+or ``Authorization: Bearer <key>`` (e.g. the header of the project's webhook).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from app.api.deps import BasicOrBearerOwnerDep, SettingsDep, StorageDep
+from app.api.errors import FieldError, InvalidInput
+from app.api.openapi import BODY, COMMON, problems
+from app.api.routes.predict import _in_session
+from app.services import label_studio as ls_service
+
+router = APIRouter(prefix="/label-studio/{dataset_id}", tags=["label-studio"], responses=COMMON)
+
+NOT_FOUND = problems({404: "no such dataset (or another owner's)"})
+PREDICT_PROBLEMS = problems(
+    {
+        404: "no such dataset (or another owner's)",
+        409: "the dataset has no trained model yet, or the model's artifacts are missing",
+        422: "a task's image is missing, unreadable or not allowed to be fetched (each task named in `errors`)",
+    }
+)
+
+
+def _body(properties: dict[str, Any], description: str) -> dict[str, Any]:
+    """A JSON-object request body as Label Studio sends it (other keys are allowed and ignored)."""
+    schema = {"type": "object", "description": description, "properties": properties}
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+_CONFIG = {"type": "string", "description": "The project's labeling config (XML) with a <Choices> on an <Image>."}
+SETUP_BODY = _body(
+    {
+        "project": {"type": "string", "description": "<project id>.<created timestamp>"},
+        "schema": _CONFIG,
+        "hostname": {"type": "string", "description": "Label Studio's base URL."},
+        "access_token": {"type": "string", "description": "Its API token (used to read task images)."},
+        "extra_params": {"description": "Ignored."},
+    },
+    "Label Studio's /setup request.",
+)
+PREDICT_BODY = _body(
+    {
+        "tasks": {"type": "array", "items": {"type": "object"}, "description": "Label Studio tasks (`data.image`)."},
+        "label_config": _CONFIG,
+        "project": {"type": "string"},
+        "params": {"description": "Ignored."},
+    },
+    "Label Studio's /predict request.",
+)
+WEBHOOK_BODY = _body(
+    {
+        "action": {"type": "string", "description": "ANNOTATION_CREATED, ANNOTATION_UPDATED, START_TRAINING, ..."},
+        "annotation": {"type": "object"},
+        "task": {"type": "object"},
+        "project": {"type": "object"},
+    },
+    "A Label Studio webhook event.",
+)
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(
+            f"body: not valid JSON ({exc})", errors=[FieldError(field="body", message="body: not valid JSON")]
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidInput("body: a JSON object", errors=[FieldError(field="body", message="body: a JSON object")])
+    return body
+
+
+JsonBody = Annotated[dict[str, Any], Depends(_json_object)]
+
+
+@router.get("/health", responses=NOT_FOUND)
+async def health(dataset_id: str, owner: BasicOrBearerOwnerDep) -> dict:
+    """Label Studio's health check: `{"status": "UP", "model_class", "model_version"}`."""
+    return await run_in_threadpool(_in_session, ls_service.health, owner=owner, dataset_id=dataset_id)
+
+
+@router.post("/setup", responses={**NOT_FOUND, **BODY}, openapi_extra={"requestBody": SETUP_BODY})
+async def setup(dataset_id: str, owner: BasicOrBearerOwnerDep, settings: SettingsDep, body: JsonBody) -> dict:
+    """Label Studio's setup: checks the project's labeling config; `model_version` is the dataset's newest model."""
+    return await run_in_threadpool(
+        _in_session, ls_service.setup, owner=owner, dataset_id=dataset_id, body=body, settings=settings
+    )
+
+
+@router.post("/predict", responses={**PREDICT_PROBLEMS, **BODY}, openapi_extra={"requestBody": PREDICT_BODY})
+async def predict(
+    dataset_id: str, owner: BasicOrBearerOwnerDep, settings: SettingsDep, storage: StorageDep, body: JsonBody
+) -> dict:
+    """`{"tasks": [...]}` -> `{"results": [...]}`: one prediction per task, in order (the top choice and its score)."""
+    return await run_in_threadpool(
+        _in_session,
+        ls_service.predict,
+        storage=storage,
+        owner=owner,
+        dataset_id=dataset_id,
+        body=body,
+        settings=settings,
+    )
+
+
+@router.post(
+    "/webhook",
+    status_code=201,
+    responses={
+        **problems({404: "no such dataset (or another owner's)", 409: "START_TRAINING: the dataset cannot train"}),
+        **BODY,
+        200: {"description": "an event tagsift does not use (ignored, with the reason)"},
+    },
+    openapi_extra={"requestBody": WEBHOOK_BODY},
+)
+async def webhook(dataset_id: str, owner: BasicOrBearerOwnerDep, settings: SettingsDep, body: JsonBody) -> JSONResponse:
+    """Project events: ANNOTATION_CREATED/UPDATED (one choice) -> the item's reviewer tag; START_TRAINING -> a job."""
+    status, payload = await run_in_threadpool(
+        _in_session, ls_service.webhook, owner=owner, dataset_id=dataset_id, body=body, settings=settings
+    )
+    return JSONResponse(payload, status_code=status)

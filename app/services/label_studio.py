@@ -1,0 +1,353 @@
+"""Label Studio: tagsift as its ML backend (``/label-studio/{dataset_id}``) and labels exported as its tasks.
+
+The backend protocol is Label Studio's (``label_studio/ml/api_connector.py`` of 1.23): ``GET health``, ``POST
+setup`` (before every prediction run; answers the model version), ``POST predict`` (``{"tasks": [...]}`` to
+``{"results": [...]}``, one per task, in order) and ``POST webhook`` (the project's events). The model is the
+dataset's newest; its id is the ``model_version``, stable until a new model is trained, so Label Studio predicts
+each task once per model.
+
+Images: a task's image is the dataset's item of the same file name (``data.image``'s last segment, with or without
+Label Studio's upload prefix, as in the import); otherwise it is read from ``TAGSIFT_LABEL_STUDIO_URL`` (a relative
+``/data/...`` path or a URL on that origin, no redirects) with ``TAGSIFT_LABEL_STUDIO_TOKEN`` or the
+``access_token`` Label Studio sent to ``/setup``. No other URL is ever fetched.
+
+Predictions score the project's ``Choices`` that are classes of the model; for a task that is one of the dataset's
+items, only its candidates among them (as ``GET /predict?item_id=`` does).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import threading
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+from PIL import Image
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from app.api.errors import Conflict, FieldErrors, InvalidInput
+from app.config import Settings
+from app.imaging import ImageInvalid, decode_image
+from app.models import Dataset, Item, Model, Owner
+from app.predictor import scores
+from app.schemas import JobCreate
+from app.services import jobs as jobs_service
+from app.services.checks import shorten
+from app.services.datasets import get_dataset
+from app.services.items import image_url, set_reviewer_label
+from app.services.label_studio_images import FetchError, fetch_image, same_origin
+from app.services.models import _loaded
+from app.storage import BlobStore
+from app.uploads.label_studio import image_names
+
+log = logging.getLogger(__name__)
+
+MODEL_CLASS = "tagsift"
+#: ``model_version`` before the dataset has a model (``/predict`` then answers 409).
+UNTRAINED = "untrained"
+MAX_TASKS = 1000
+MAX_LABEL_CONFIG = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ChoicesControl:
+    """The labeling config's ``Choices`` (``from_name``), the ``Image`` it labels (``to_name``) and its data key."""
+
+    from_name: str
+    to_name: str
+    choices: list[str]
+    image_key: str
+
+
+def parse_label_config(config: object, *, field: str) -> ChoicesControl:
+    """The first ``Choices`` of a labeling config and its ``Image``; 422 naming ``field`` when there is none."""
+    if not isinstance(config, str) or not config.strip():
+        raise _invalid(field, f"{field}: the project's labeling config is missing")
+    if len(config) > MAX_LABEL_CONFIG:
+        raise _invalid(field, f"{field}: the labeling config is over {MAX_LABEL_CONFIG} characters")
+    try:
+        root = ET.fromstring(config)
+    except (ET.ParseError, ValueError) as exc:
+        raise _invalid(field, f"{field}: the labeling config is not valid XML ({exc})") from None
+    control = next((el for el in root.iter("Choices")), None)
+    if control is None or not control.get("name") or not control.get("toName"):
+        raise _invalid(field, f"{field}: the labeling config has no <Choices name=... toName=...> (tagsift classifies)")
+    to_name = control.get("toName", "").split(",")[0]
+    image = next((el for el in root.iter("Image") if el.get("name") == to_name), None)
+    if image is None or not (image.get("value") or "").startswith("$"):
+        raise _invalid(field, f'{field}: <Choices toName={to_name!r}> does not name an <Image value="$...">')
+    choices = [c.get("alias") or c.get("value") for c in control.iter("Choice")]
+    return ChoicesControl(
+        from_name=control.get("name", ""),
+        to_name=to_name,
+        choices=[c for c in choices if c],
+        image_key=image.get("value", "$image")[1:],
+    )
+
+
+def _invalid(field: str, message: str, item: str | None = None) -> InvalidInput:
+    errors = FieldErrors()
+    errors.add(field=field, message=message, item=item)
+    return InvalidInput(message, errors=errors)
+
+
+def latest_model(session: Session, dataset: Dataset) -> Model | None:
+    """The dataset's newest model (the backend's model; its id is the ``model_version``)."""
+    return session.scalar(
+        select(Model)
+        .where(Model.dataset_id == dataset.id, Model.owner_id == dataset.owner_id)
+        .order_by(Model.created_at.desc(), Model.id.desc())
+        .limit(1)
+    )
+
+
+# --- tokens sent to /setup ----------------------------------------------------------------------------------
+
+_tokens_lock = threading.Lock()
+#: (owner id, dataset id) -> the ``access_token`` of the last ``/setup`` from TAGSIFT_LABEL_STUDIO_URL (this process).
+_tokens: dict[tuple[str, str], str] = {}
+
+
+# --- the routes' work ---------------------------------------------------------------------------------------
+
+
+def health(*, session: Session, owner: Owner, dataset_id: str) -> dict:
+    dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
+    model = latest_model(session, dataset)
+    return {"status": "UP", "model_class": MODEL_CLASS, "model_version": model.id if model else UNTRAINED}
+
+
+def setup(*, session: Session, owner: Owner, dataset_id: str, body: dict, settings: Settings) -> dict:
+    """Check the project's config against the dataset; remember its token; answer the model version."""
+    dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
+    control = parse_label_config(body.get("schema"), field="schema")
+    shared = [c for c in control.choices if c in set(dataset.classes)]
+    if not shared:
+        raise _invalid(
+            "schema",
+            f"schema: the project's choices ({shorten(', '.join(control.choices), 200)}) share no class with dataset "
+            f"{dataset.id} ({shorten(', '.join(dataset.classes), 200)})",
+        )
+    hostname, token = body.get("hostname"), body.get("access_token")
+    base = settings.label_studio_url.rstrip("/")
+    if base and isinstance(hostname, str) and isinstance(token, str) and token and same_origin(hostname, base):
+        with _tokens_lock:
+            _tokens[(owner.id, dataset.id)] = token
+    model = latest_model(session, dataset)
+    return {"model_version": model.id if model else UNTRAINED}
+
+
+@dataclass
+class _Task:
+    name: str
+    ref: str
+    item: Item | None = None
+    image: Image.Image | None = None
+
+
+def predict(*, session: Session, storage: BlobStore, owner: Owner, dataset_id: str, body: dict, settings: Settings):
+    """One result per task, in order: the top choice with its probability, ``model_version`` the model id."""
+    dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
+    tasks = body.get("tasks")
+    if not isinstance(tasks, list) or not tasks:
+        raise _invalid("tasks", "tasks: a non-empty list of Label Studio tasks")
+    if len(tasks) > MAX_TASKS:
+        raise _invalid("tasks", f"tasks: {len(tasks)} tasks, over the limit of {MAX_TASKS} per request")
+    control = parse_label_config(body.get("label_config"), field="label_config")
+    model = latest_model(session, dataset)
+    if model is None:
+        raise Conflict(
+            f"dataset {dataset.id} has no trained model yet: start one (POST /datasets/{dataset.id}/jobs, or "
+            "'Start Training' in Label Studio)",
+            code="no_model",
+        )
+    loaded = _loaded(model=model, storage=storage, settings=settings)
+    index = {c: i for i, c in enumerate(loaded.classes)}
+    choices = [c for c in control.choices if c in index]
+    if not choices:
+        raise _invalid("label_config", f"label_config: none of the project's choices is a class of model {model.id}")
+
+    errors = FieldErrors()
+    parsed: list[_Task] = []
+    for i, task in enumerate(tasks):
+        tid = task.get("id") if isinstance(task, dict) else None
+        name = f"task {tid}" if isinstance(tid, (int, str)) and not isinstance(tid, bool) else f"task at index {i}"
+        data = task.get("data") if isinstance(task, dict) else None
+        ref = data.get(control.image_key) if isinstance(data, dict) else None
+        if not isinstance(ref, str) or not ref.strip():
+            key = f"data.{control.image_key}"
+            errors.add(field=key, item=name, message=f"{name}: {key} is missing (the task's image)")
+            continue
+        parsed.append(_Task(name=name, ref=ref))
+    if errors:
+        raise InvalidInput("; ".join(e.message for e in errors), errors=errors)
+
+    items = _items_by_image(session, dataset.id, [t.ref for t in parsed])
+    token = settings.label_studio_token
+    if not token:
+        with _tokens_lock:
+            token = _tokens.get((owner.id, dataset.id), "")
+    for t in parsed:
+        t.item = items.get(t.ref)
+        try:
+            data = storage.get(t.item.sha256) if t.item else fetch_image(t.ref, settings=settings, token=token)
+            t.image = decode_image(data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes)
+        except (FetchError, ImageInvalid, FileNotFoundError) as exc:
+            errors.add(
+                field=f"data.{control.image_key}",
+                item=t.name,
+                message=f"{t.name}: data.{control.image_key} {shorten(t.ref, 200)!r}: {exc}",
+            )
+    if errors:
+        raise InvalidInput("; ".join(e.message for e in errors[:5]), errors=errors)
+
+    logits = loaded.logits([t.image for t in parsed], batch_size=max(1, settings.predict_batch_size))
+    results = []
+    for t, row in zip(parsed, logits, strict=True):
+        allowed = choices
+        if t.item is not None:
+            narrowed = [c for c in choices if c in set(t.item.candidates)]
+            allowed = narrowed or choices
+        (best, p), *_ = scores(row, [index[c] for c in allowed])
+        label = loaded.classes[best]
+        results.append(
+            {
+                "model_version": model.id,
+                "score": p,
+                "result": [_region(control.from_name, control.to_name, label, score=p)],
+            }
+        )
+    return {"results": results}
+
+
+def _region(from_name: str, to_name: str, label: str, *, score: float | None = None) -> dict:
+    region: dict = {"from_name": from_name, "to_name": to_name, "type": "choices", "value": {"choices": [label]}}
+    if score is not None:
+        region["score"] = score
+    return region
+
+
+def _items_by_image(session: Session, dataset_id: str, refs: list[str]) -> dict[str, Item]:
+    """ref -> the dataset's one item whose file name is the ref's (prefixed name first); ambiguous names match none."""
+    names = {n for ref in refs for n in image_names(ref)}
+    if not names:
+        return {}
+    conditions = [Item.file.in_(names)]
+    conditions += [Item.file.like("%/" + _like_escape(n), escape="\\") for n in names]
+    rows = session.scalars(select(Item).where(Item.dataset_id == dataset_id, or_(*conditions)))
+    by_base: dict[str, list[Item]] = {}
+    for item in rows:
+        by_base.setdefault(posixpath.basename(item.file), []).append(item)
+    out: dict[str, Item] = {}
+    for ref in refs:
+        for name in image_names(ref):
+            found = by_base.get(name, [])
+            if len(found) == 1:
+                out[ref] = found[0]
+                break
+            if found:
+                break  # several items share the name: not one of ours for sure
+    return out
+
+
+def _like_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def webhook(*, session: Session, owner: Owner, dataset_id: str, body: dict, settings: Settings) -> tuple[int, dict]:
+    """(status, body): an annotation becomes the matching item's reviewer tag; START_TRAINING starts a job."""
+    dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
+    action = body.get("action")
+    if not isinstance(action, str):
+        raise _invalid("action", "action: the event's name (a string) is required")
+    for key in ("annotation", "task", "project"):
+        if key in body and not isinstance(body[key], dict):
+            raise _invalid(key, f"{key}: must be an object")
+    if action == "START_TRAINING":
+        job, _ = jobs_service.create_job(
+            session=session,
+            owner=owner,
+            dataset_id=dataset.id,
+            job_in=JobCreate(),
+            idempotency_key=None,
+            settings=settings,
+        )
+        return 201, {"status": "ok", "result": {"job_id": job.id, "job_status": job.status}}
+    if action not in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+        return 200, {"status": "ignored", "reason": f"action {shorten(str(action))!r} is not used by tagsift"}
+    annotation, task = body.get("annotation"), body.get("task")
+    if not isinstance(annotation, dict) or not isinstance(task, dict):
+        raise _invalid("annotation", "annotation, task: an annotation event carries both objects")
+    if annotation.get("was_cancelled") is True:
+        return 200, {"status": "ignored", "reason": "the annotation was cancelled (skipped)"}
+    project = body.get("project")
+    config = project.get("label_config") if isinstance(project, dict) else None
+    control = parse_label_config(config, field="project.label_config") if config else None
+    result = annotation.get("result")
+    choices: set[str] = set()
+    for region in result if isinstance(result, list) else []:
+        if not isinstance(region, dict) or region.get("type") != "choices":
+            continue
+        if control is not None and region.get("from_name") != control.from_name:
+            continue
+        value = region.get("value")
+        picked = value.get("choices") if isinstance(value, dict) else None
+        if isinstance(picked, list):
+            choices.update(c for c in picked if isinstance(c, str))
+    if len(choices) != 1:
+        return 200, {
+            "status": "ignored",
+            "reason": f"the annotation has {len(choices)} choices; a reviewer tag is exactly one",
+        }
+    data = task.get("data")
+    ref = data.get(control.image_key if control else "image") if isinstance(data, dict) else None
+    if not isinstance(ref, str):
+        raise _invalid("task.data", "task.data: the task's image is missing", item=f"task {task.get('id')}")
+    item = _items_by_image(session, dataset.id, [ref]).get(ref)
+    if item is None:
+        return 200, {"status": "ignored", "reason": f"task {task.get('id')}'s image is not an item of this dataset"}
+    (label,) = choices
+    # an annotator's choice in Label Studio is an explicit decision: it may widen the candidate set
+    set_reviewer_label(item, label, add_to_candidates=True)
+    session.commit()
+    log.info("label-studio: task %s -> item %s reviewer label %r", task.get("id"), item.id, label)
+    return 201, {"status": "ok", "result": {"item_id": item.id, "label": label}}
+
+
+# --- the export -----------------------------------------------------------------------------------------------
+
+
+def export_tasks(
+    *, session: Session, owner: Owner, dataset_id: str, settings: Settings, from_name: str, to_name: str
+) -> str:
+    """The dataset as Label Studio tasks (JSON), in upload order: a model's tag as a prediction (``model_version``
+    the model id, ``score`` its confidence), a reviewer's tag as an annotation, no tag as a bare task. The image is
+    ``data.image`` (the item's image URL), for a project whose ``<Image value="$image">``."""
+    dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
+    if not from_name.strip() or not to_name.strip():
+        raise _invalid("from_name", "from_name, to_name: the Choices and Image names of the Label Studio project")
+    tasks = []
+    for item in session.scalars(select(Item).where(Item.dataset_id == dataset.id).order_by(Item.seq)):
+        task: dict = {
+            "data": {
+                "image": image_url(item.id, settings),
+                "tagsift_item_id": item.id,
+                "file": item.file,
+                "candidates": item.candidates,
+            }
+        }
+        if item.label is not None and item.label_source == "reviewer":
+            task["annotations"] = [{"result": [_region(from_name, to_name, item.label)]}]
+        elif item.label is not None:
+            task["predictions"] = [
+                {
+                    "model_version": item.model_id or "tagsift",
+                    "score": item.confidence,
+                    "result": [_region(from_name, to_name, item.label, score=item.confidence)],
+                }
+            ]
+        tasks.append(task)
+    return json.dumps(tasks)
