@@ -222,3 +222,22 @@ def test_deleting_a_dataset_reports_the_queued_jobs_it_cancels(alice: Api) -> No
     assert sent["id"] == job["id"] and sent["status"] == "cancelled"
     assert sent["error"] == {"code": "cancelled", "message": "the dataset was deleted"}
     assert sent == {**alice.get(f"/jobs/{job['id']}").json(), "dataset_id": ds["id"]}  # then its dataset went
+
+
+def test_a_label_studio_annotation_is_a_review_event(alice: Api) -> None:
+    hook = alice.post("/webhooks", json={"url": PUBLIC_URL, "events": ["item.reviewed"]}).json()
+    ds = alice.make_dataset(2, offset=4600)
+    item = next(i for i in alice.get(f"/datasets/{ds['id']}/items").json()["data"] if i["file"] == "img0.png")
+    r = alice.post(
+        f"/label-studio/{ds['id']}/webhook",
+        json={
+            "action": "ANNOTATION_CREATED",
+            "task": {"id": 7, "data": {"image": "/data/upload/1/img0.png"}},
+            "annotation": {"result": [{"type": "choices", "value": {"choices": ["dog"]}}]},
+        },
+    )
+    assert r.status_code < 300, r.text
+    (delivery,) = _deliveries(alice, hook["id"])["data"]
+    sent = delivery["payload"]["data"]
+    assert sent["item"]["id"] == item["id"] and sent["item"]["label"] == "dog"
+    assert sent["item"]["label_source"] == "reviewer" and sent["previous"] == {"label": None, "label_source": None}
