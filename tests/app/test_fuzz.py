@@ -57,6 +57,8 @@ CONTENT_FIELDS: dict[str, set[str]] = {
     "POST /predict": {"image", "candidates"},
     "PATCH /items/{item_id}": {"label"},
     "POST /datasets/{dataset_id}/jobs": {"Idempotency-Key"},  # only as idempotency_key_reused (below)
+    # a webhook URL's host must resolve, to public addresses only, when it is registered: DNS, not the schema
+    "POST /webhooks": {"url"},
 }
 
 
