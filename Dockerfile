@@ -2,7 +2,7 @@
 # tagsift images, one Dockerfile, three targets:
 #   api         the HTTP API and migrations: no torch (ONNX Runtime serves /predict)
 #   worker      the Celery worker on CPU (torch CPU wheels)
-#   worker-gpu  the Celery worker with CUDA torch wheels (compose profile "gpu")
+#   worker-gpu  the Celery worker with PyPI's CUDA torch and the nvidia-* wheels it depends on (compose profile "gpu")
 # Build: docker build --target api -t tagsift-api .   (worker: --target worker, GPU: --target worker-gpu)
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -35,6 +35,8 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 CMD ["tagsift", "serve", "--host", "0.0.0.0", "--port", "8000"]
 
+# Both worker targets: the health file is rewritten by a thread of the worker's main process (worker/health.py), so
+# the HEALTHCHECK answers during a job, also under --pool solo where `celery inspect ping` cannot.
 FROM base AS worker
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 COPY docker/requirements-api.txt docker/requirements-worker.txt /tmp/
@@ -46,14 +48,28 @@ COPY ml ./ml
 COPY migrations ./migrations
 RUN pip install --no-cache-dir --no-deps .
 USER 10001:10001
-HEALTHCHECK --interval=30s --timeout=20s --start-period=60s --retries=3 \
-    CMD ["sh", "-c", "celery -A worker.celery_app:celery_app inspect ping -d celery@$(hostname) --timeout 10"]
-CMD ["tagsift", "worker", "--pool", "prefork"]
+ENV TAGSIFT_DEVICE=cpu \
+    TAGSIFT_WORKER_HEALTH_FILE=/tmp/tagsift-worker.health
+HEALTHCHECK --interval=30s --timeout=20s --start-period=60s --retries=3 CMD ["tagsift", "worker-health"]
+CMD ["tagsift", "worker", "--pool", "prefork", "--device", "cpu"]
 
-# CUDA build of torch (PyPI's default Linux wheels bundle CUDA); the host needs the NVIDIA container toolkit.
-FROM worker AS worker-gpu
-USER 0
-RUN pip install --no-cache-dir --force-reinstall --no-deps torch==2.14.1 torchvision==0.29.1
+# CUDA torch: PyPI's Linux x86_64 torch wheel is the CUDA build and depends on the nvidia-* wheels (cuBLAS, cuDNN,
+# NCCL, ...), so torch is installed here from PyPI WITH its dependencies (no CPU index, no --no-deps).
+# docs/deploy.md shows the resolution (pip install --dry-run --report) and the nvidia-* packages it pulls.
+# The host needs the NVIDIA driver and the NVIDIA container toolkit.
+FROM base AS worker-gpu
+COPY docker/requirements-api.txt docker/requirements-worker.txt /tmp/
+RUN pip install --no-cache-dir -r /tmp/requirements-worker.txt \
+    && python -c "import torch; assert torch.version.cuda, 'torch is a CPU build'; print(torch.__version__, torch.version.cuda)"
+COPY pyproject.toml README.md alembic.ini ./
+COPY app ./app
+COPY worker ./worker
+COPY ml ./ml
+COPY migrations ./migrations
+RUN pip install --no-cache-dir --no-deps .
 USER 10001:10001
-ENV TAGSIFT_DEVICE=cuda
-CMD ["tagsift", "worker", "--pool", "solo"]
+ENV TAGSIFT_DEVICE=cuda \
+    TAGSIFT_WORKER_HEALTH_FILE=/tmp/tagsift-worker.health
+HEALTHCHECK --interval=30s --timeout=20s --start-period=60s --retries=3 CMD ["tagsift", "worker-health"]
+# One process owns the GPU (solo pool); CUDA is initialised only in the process that runs the task.
+CMD ["tagsift", "worker", "--pool", "solo", "--device", "gpu"]

@@ -24,13 +24,21 @@ def migrate(revision: str = "head") -> None:
     typer.echo(f"database at {_safe_url(get_settings().database_url)} is at {revision}")
 
 
-def create_api_key(owner: Annotated[str, typer.Option("--owner", help="Owner (tenant) name.")]) -> None:
+def create_api_key(
+    owner: Annotated[str, typer.Option("--owner", help="Owner (tenant) name.")],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Who holds the key (recorded with each review made with it).")
+    ] = None,
+) -> None:
     """Create an API key for OWNER (created if new) and print it; only its hash is stored."""
     from app.db import session_scope
     from app.services.api_keys import create_api_key as _create
 
-    with session_scope() as session:
-        key = _create(session=session, owner_name=owner)
+    try:
+        with session_scope() as session:
+            key = _create(session=session, owner_name=owner, name=name)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     typer.echo(key)
 
 
@@ -44,6 +52,7 @@ def serve(
 
     from app.config import get_settings
     from app.db import upgrade_database
+    from app.logs import logging_config
 
     settings = get_settings()
     require_storage()
@@ -55,6 +64,8 @@ def serve(
         port=port or settings.port,
         workers=workers,
         log_level=settings.log_level.lower(),
+        log_config=logging_config(settings.log_level),
+        access_log=False,  # app.access logs each request, with its request id (app/api/request_log.py)
     )
 
 

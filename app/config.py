@@ -7,6 +7,7 @@ plain values into it).
 from __future__ import annotations
 
 import ipaddress
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -46,7 +47,23 @@ class Settings(BaseSettings):
     broker_url: str = Field(
         "", description="Celery broker URL; empty: an embedded SQLite broker <data_dir>/broker.sqlite."
     )
-    queue: str = Field("tagsift", description="Celery queue that training jobs go to.")
+    queue: str = Field(
+        "tagsift",
+        description="Celery queue of jobs any worker may run (device 'auto'); every worker consumes it.",
+    )
+    cpu_queue: str = Field(
+        "",
+        description="Queue of jobs asked to run on a CPU (only CPU workers consume it); empty: '<TAGSIFT_QUEUE>.cpu'.",
+    )
+    gpu_queue: str = Field(
+        "",
+        description="Queue of jobs asked to run on a GPU (only GPU workers consume it); empty: '<TAGSIFT_QUEUE>.gpu'.",
+    )
+    job_device: Literal["auto", "cpu", "gpu"] = Field(
+        "auto",
+        description="Device of a job whose request leaves `device` out: 'auto' (TAGSIFT_QUEUE, any worker), 'cpu'"
+        " (TAGSIFT_CPU_QUEUE) or 'gpu' (TAGSIFT_GPU_QUEUE).",
+    )
     broker_poll_seconds: float = Field(
         0.1,
         gt=0,
@@ -59,8 +76,21 @@ class Settings(BaseSettings):
         "ViT-B-32:laion2b_s34b_b79k",
         description="open_clip '<model>:<pretrained tag or checkpoint path>', or 'reference'.",
     )
-    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
-    model_cache_dir: Path | None = Field(None, description="Downloaded / built backbones; empty: <data_dir>/models.")
+    device: str = Field(
+        "auto",
+        description="The worker's torch device: 'auto' (CUDA when usable), 'cpu', 'cuda' or 'cuda:N'. It also makes it"
+        " a CPU or a GPU worker (which queues it consumes) unless `tagsift worker --device` says.",
+    )
+    model_cache_dir: Path | None = Field(
+        None,
+        description="Every backbone's weights: built, downloaded (open_clip, Hugging Face hub) or installed;"
+        " empty: <data_dir>/models.",
+    )
+    offline: bool = Field(
+        False,
+        description="Never download backbone weights: load them from TAGSIFT_MODEL_CACHE_DIR only (air-gapped sites;"
+        " `tagsift weights install` puts them there).",
+    )
     cifar10_path: Path = Field(
         Path("../shared/data/cifar10-jpg.tar.gz"), description="CIFAR-10 JPEG archive (tests, benchmarks)."
     )
@@ -106,6 +136,7 @@ class Settings(BaseSettings):
     review_margin: float = Field(
         0.2, description="An item whose tag beats the runner-up candidate by less than this needs review."
     )
+    session_hours: float = Field(12.0, gt=0, le=24 * 90, description="How long a web app sign-in lasts.")
 
     # --- Label Studio (ML backend at /label-studio/{dataset_id}; docs/integrations.md) ---------------
     label_studio_url: str = Field(
@@ -184,6 +215,14 @@ class Settings(BaseSettings):
     )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of API and worker.")
+    worker_health_file: Path | None = Field(
+        None,
+        description="A file the worker's main process rewrites every TAGSIFT_WORKER_HEALTH_SECONDS, from a thread of"
+        " its own (so it answers during a job); `tagsift worker-health` checks it. Empty: none.",
+    )
+    worker_health_seconds: float = Field(
+        10.0, gt=0, le=3600, description="How often the worker rewrites TAGSIFT_WORKER_HEALTH_FILE."
+    )
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
@@ -225,7 +264,23 @@ class Settings(BaseSettings):
             self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
         if self.model_cache_dir is None:
             self.model_cache_dir = self.data_dir / "models"
+        self.model_cache_dir = self.model_cache_dir.expanduser().resolve()
+        self.cpu_queue = self.cpu_queue or f"{self.queue}.cpu"
+        self.gpu_queue = self.gpu_queue or f"{self.queue}.gpu"
+        if len({self.queue, self.cpu_queue, self.gpu_queue}) < 3:
+            raise ValueError(
+                "TAGSIFT_QUEUE, TAGSIFT_CPU_QUEUE and TAGSIFT_GPU_QUEUE must be three different names, got"
+                f" {self.queue!r}, {self.cpu_queue!r} and {self.gpu_queue!r}"
+            )
         return self
+
+    def queue_for(self, device: str) -> str:
+        """The queue of a job asked for ``device`` ('auto', 'cpu' or 'gpu')."""
+        return {"cpu": self.cpu_queue, "gpu": self.gpu_queue}.get(device, self.queue)
+
+    def worker_queues(self, worker_device: str) -> list[str]:
+        """The queues a CPU or a GPU worker consumes: the any-device queue and its own device's."""
+        return [self.queue, self.gpu_queue if worker_device == "gpu" else self.cpu_queue]
 
     @property
     def is_embedded(self) -> bool:
@@ -241,6 +296,22 @@ def _split(value: str) -> list[str]:
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""
     return Settings()
+
+
+def model_cache_environment(settings: Settings) -> dict[str, str]:
+    """The Hugging Face variables that keep every download under TAGSIFT_MODEL_CACHE_DIR (docs/deploy.md): HF_HOME
+    for what open_clip fetches without a cache directory of its own (text towers' configs and tokenizers), and
+    HF_HUB_OFFLINE when TAGSIFT_OFFLINE is set. An HF_HOME the operator set already is kept."""
+    env = {"HF_HOME": os.environ.get("HF_HOME") or str(settings.model_cache_dir / "huggingface")}
+    if settings.offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def apply_model_cache_environment(settings: Settings) -> None:
+    """Set :func:`model_cache_environment` in this process (the worker, before it imports huggingface_hub, which
+    reads them once; prefork children inherit them)."""
+    os.environ.update(model_cache_environment(settings))
 
 
 def settings_table() -> list[tuple[str, str, str]]:

@@ -10,9 +10,11 @@ from app import queue
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimitMiddleware
 from app.api.openapi import add_links
+from app.api.request_log import RequestLogMiddleware
 from app.api.routes import datasets, items, jobs, label_studio, models, predict, webhooks
 from app.db import get_engine
 from app.storage import get_storage
+from app.web.routes import install_web
 
 
 def create_app() -> FastAPI:
@@ -21,10 +23,13 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Weakly labelled image annotation: candidate tag sets in, disambiguated tags out. "
         "Every endpoint but /healthz, /readyz and the docs needs `Authorization: Bearer <key>`; "
-        "errors are application/problem+json.",
+        "errors are application/problem+json. The web app for annotators is at /ui/.",
+        docs_url=None,  # /docs and /redoc come from app.web, with vendored assets (no CDN)
+        redoc_url=None,
     )
     install_error_handlers(api)
     api.add_middleware(BodyLimitMiddleware)
+    api.add_middleware(RequestLogMiddleware)  # added last: outermost, so it sees every answer, a 413 included
 
     @api.get("/healthz", tags=["health"])
     def healthz() -> dict:
@@ -47,6 +52,7 @@ def create_app() -> FastAPI:
         api.include_router(module.router)
     generate = api.openapi
     api.openapi = lambda: add_links(generate())  # type: ignore[method-assign]  # FastAPI caches the document
+    install_web(api)
     return api
 
 

@@ -83,6 +83,7 @@ class ApiKey(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
     prefix: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str | None] = mapped_column(String(200), default=None)  # the person holding it (review history)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -136,10 +137,45 @@ class Item(Base):
     label_source: Mapped[str | None] = mapped_column(String(16), default=None)  # "model" | "reviewer"
     needs_review: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     model_id: Mapped[str | None] = mapped_column(String(32), default=None)  # model that set ``label``
+    probs: Mapped[dict | None] = mapped_column(JSON, default=None)  # candidate -> the model's probability
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     dataset: Mapped[Dataset] = relationship(back_populates="items")
+
+
+class ItemReview(Base):
+    """One reviewer decision on an item, with what it replaced, so that it can be shown and undone."""
+
+    __tablename__ = "item_reviews"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    item_id: Mapped[str] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), default=None)
+    reviewer: Mapped[str] = mapped_column(String(200))  # the key's name (or its prefix when it has none)
+    action: Mapped[str] = mapped_column(String(16))  # "assign" | "accept" | "undo"
+    label: Mapped[str | None] = mapped_column(String(MAX_TAG_COLUMN))  # the tag after the decision
+    previous_label: Mapped[str | None] = mapped_column(String(MAX_TAG_COLUMN), default=None)
+    previous_source: Mapped[str | None] = mapped_column(String(16), default=None)
+    previous_confidence: Mapped[float | None] = mapped_column(Float, default=None)
+    previous_margin: Mapped[float | None] = mapped_column(Float, default=None)
+    previous_needs_review: Mapped[bool] = mapped_column(Boolean, default=False)
+    previous_model_id: Mapped[str | None] = mapped_column(String(32), default=None)  # model that proposed it
+    previous_candidates: Mapped[list[str]] = mapped_column(JSON)
+    undone: Mapped[bool] = mapped_column(Boolean, default=False)  # a later "undo" restored the previous state
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebSession(Base):
+    """A browser session of the web app: the cookie holds a random token, the table its SHA-256."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the cookie's token
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class Job(Base):
@@ -170,6 +206,7 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    request_id: Mapped[str | None] = mapped_column(String(128), default=None)  # X-Request-ID of the creating POST
     model_id: Mapped[str | None] = mapped_column(String(32), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -56,9 +56,21 @@ def get_celery() -> Celery:
     return app
 
 
-def enqueue(task_name: str, *args: str) -> None:
-    """Send ``task_name`` with string ids; call only after the rows it names are committed."""
-    get_celery().send_task(task_name, args=list(args), queue=get_settings().queue)
+def enqueue(task_name: str, *args: str, queue: str | None = None) -> None:
+    """Send ``task_name`` with string ids to ``queue`` (default TAGSIFT_QUEUE); call only after the rows it names are
+    committed."""
+    get_celery().send_task(task_name, args=list(args), queue=queue or get_settings().queue)
+
+
+def job_device(params: dict | None) -> str:
+    """Where a job asked to run: 'auto', 'cpu' or 'gpu' (``params["device"]``; jobs older than the field: 'auto')."""
+    device = (params or {}).get("device")
+    return device if device in ("cpu", "gpu") else "auto"
+
+
+def enqueue_job(job_id: str, device: str) -> None:
+    """Send ``tagsift.train`` for ``job_id`` to the queue of its device (see docs/deploy.md, Queues and devices)."""
+    enqueue(TRAIN_TASK, job_id, queue=get_settings().queue_for(device))
 
 
 def broker_reachable(timeout: float = 2.0) -> bool:

@@ -170,6 +170,9 @@ class ItemRead(_Output):
     margin: float | None
     label_source: str | None = Field(description="`model` or `reviewer`; null until a job or a reviewer tags it.")
     needs_review: bool
+    probs: dict[str, float] | None = Field(
+        None, description="The model's probability of each candidate (over the candidates); null until a job ran."
+    )
     image_url: str
 
 
@@ -190,6 +193,11 @@ class ItemUpdate(_Input):
 
 
 # --- jobs -------------------------------------------------------------------------------------------------
+
+
+#: Job params that place a job (which queue, which kind of worker) rather than shape training: neither a TrainConfig
+#: field nor one of ml's run params (tests/test_contracts.py).
+PLACEMENT_PARAMS = ("device",)
 
 
 class JobCreate(_Input):
@@ -240,6 +248,11 @@ class JobCreate(_Input):
     )
     seed: JsonInt = Field(1, ge=0, le=2**31 - 1)
     precision: Literal["fp32", "amp"] = "fp32"
+    device: Literal["auto", "cpu", "gpu"] | None = Field(
+        None,
+        description="Where the job runs: 'gpu' (only GPU workers take it), 'cpu' (only CPU workers), 'auto' (the first"
+        " free worker of either kind); null: the server's TAGSIFT_JOB_DEVICE. docs/deploy.md, Queues and devices.",
+    )
 
     @field_validator("templates")
     @classmethod

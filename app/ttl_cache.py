@@ -41,6 +41,11 @@ class TTLCache(Generic[V]):
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
 
+    def discard(self, key: Hashable) -> None:
+        """Forget ``key`` (no error when absent)."""
+        with self._lock:
+            self._entries.pop(key, None)
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()

@@ -310,3 +310,22 @@ def bench_gpu(
         cfg.device = device
     cfg.backbones = tuple(b for b in backbones.replace(",", " ").split())
     run_gpu_bench(cfg, out=typer.echo)
+
+
+@bench.command("ui")
+def bench_ui(
+    items: Annotated[int, typer.Option(help="Items on the review page.")] = 200,
+    runs: Annotated[int, typer.Option(help="Timed page loads after the cold one.")] = 7,
+    decisions: Annotated[int, typer.Option(help="Keyboard decisions timed.")] = 40,
+    cifar10_path: Cifar10Path = None,
+) -> None:
+    """The review page in Chromium: time until it is ready with every thumbnail, and key press to stored decision."""
+    from bench.ui import run_ui_bench
+
+    run_ui_bench(
+        cifar10_path=_data_paths(cifar10_path, None)[0],
+        items=items,
+        runs=runs,
+        decisions=decisions,
+        out=typer.echo,
+    )

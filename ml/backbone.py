@@ -15,6 +15,7 @@ from pathlib import Path
 import open_clip
 import torch
 
+from ml import weights
 from ml.errors import BackboneLoadError
 from ml.spec import BackboneSpec, file_sha256, parse_backbone
 
@@ -145,12 +146,20 @@ def _checkpoint_preprocess(spec: BackboneSpec) -> dict:
 
 
 def load_backbone(
-    spec: BackboneSpec | str, *, device: str | torch.device = "cpu", cache_dir: str | Path | None = None
+    spec: BackboneSpec | str,
+    *,
+    device: str | torch.device = "cpu",
+    cache_dir: str | Path | None = None,
+    offline: bool = False,
 ) -> Backbone:
     """Build a frozen open_clip model, its tokenizer and eval transform.
 
     "reference" resolves through `ml.reference.reference_spec(cache_dir)` (built if missing). A random-init
     model (no pretrained) is created under a fixed seed so its id is a valid cache key.
+
+    Weights of a ``<model>:<tag>`` backbone (``ml.weights``): an installed checkpoint or one in the download cache
+    under ``cache_dir`` is loaded from disk; otherwise open_clip downloads it into ``<cache_dir>/open_clip``, unless
+    ``offline``, which raises :class:`ml.weights.WeightsMissing` at once (as does a download that fails).
     """
     if isinstance(spec, str):
         if spec.strip() == "reference":
@@ -162,6 +171,15 @@ def load_backbone(
         else:
             spec = parse_backbone(spec)
     device = torch.device(device)
+    pretrained, extra = spec.pretrained, _checkpoint_preprocess(spec)
+    local = None
+    if weights.has_tag(spec) and cache_dir is not None:
+        local = weights.find_local(spec, cache_dir)
+        if local is not None:  # the tag's file on disk: loaded as a path, with the tag's own preprocessing
+            pretrained, extra = str(local), weights.preprocess_kwargs(spec)
+        elif offline and (source := weights.weight_source(spec)) is not None:
+            raise weights.WeightsMissing(str(spec), source=source.describe(), cache_dir=Path(cache_dir), offline=True)
+    download_dir = str(weights.open_clip_cache(cache_dir)) if cache_dir is not None else None
     try:
         if spec.config_path is not None:
             cfg_path = Path(spec.config_path)
@@ -174,10 +192,15 @@ def load_backbone(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # random-init towers are reproducible (their id says "random")
             model, _, preprocess = open_clip.create_model_and_transforms(
-                spec.model_name, pretrained=spec.pretrained, device=device, **_checkpoint_preprocess(spec)
+                spec.model_name, pretrained=pretrained, device=device, cache_dir=download_dir, **extra
             )
-        tokenizer = open_clip.get_tokenizer(spec.model_name)
+        tokenizer = open_clip.get_tokenizer(spec.model_name, cache_dir=download_dir)
     except Exception as e:  # rewrapped with the backbone name, the cause and a remedy
+        source = weights.weight_source(spec) if weights.has_tag(spec) and local is None else None
+        if source is not None and cache_dir is not None and "Failed to download" in str(e):
+            raise weights.WeightsMissing(
+                str(spec), source=source.describe(), cache_dir=Path(cache_dir), offline=offline, cause=str(e)[:500]
+            ) from e
         raise BackboneLoadError(
             f"could not load backbone '{spec}': {type(e).__name__}: {e}. {_local_hint(spec)}"
         ) from e

@@ -121,6 +121,7 @@ class JobResult:
     train_items: int
     train_seconds: float
     knn: dict | None  # what candidate pruning did, or None
+    probs: list[dict[str, float]] | None = None  # per item: candidate tag -> probability (over its candidates)
 
 
 def run_job(
@@ -139,7 +140,7 @@ def run_job(
     """
     from ml.ensemble import deployed_classifier
     from ml.export import export_classifier
-    from ml.train import candidates_to_mask, disambiguate
+    from ml.train import candidate_probabilities, candidates_to_mask, disambiguate
 
     cb = callbacks or Callbacks()
     cfg = spec.config
@@ -174,6 +175,13 @@ def run_job(
     labels, confidence, margin = disambiguate(
         eval_feats, deployed.class_features, deployed.logit_scale, candidates=mask, bias=deployed.bias
     )
+    p = candidate_probabilities(
+        eval_feats, deployed.class_features, deployed.logit_scale, candidates=mask, bias=deployed.bias
+    ).cpu()  # (N, K)
+    probs = [
+        {spec.classes[k]: round(float(p[i, k]), 4) for k in range(len(spec.classes)) if mask[i, k]}
+        for i in range(len(spec.images))
+    ]
     if cb.should_cancel():
         raise TrainingCancelled("cancel requested")
 
@@ -190,6 +198,7 @@ def run_job(
         train_items=len(train_idx),
         train_seconds=train_seconds,
         knn=knn,
+        probs=probs,
     )
 
 

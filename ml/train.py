@@ -140,6 +140,27 @@ def _check_config(cfg: TrainConfig) -> None:
 
 
 @torch.no_grad()
+def candidate_probabilities(
+    features: torch.Tensor,
+    class_features: torch.Tensor,
+    logit_scale: float,
+    candidates: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(N, K) class probabilities p = softmax(s · normalise(f) C^T + b), renormalised over the candidates."""
+    f = F.normalize(features.float(), dim=-1)
+    c = class_features.to(f.device).float()
+    logits = logit_scale * f @ c.T  # [N, K]
+    if bias is not None:
+        logits = logits + bias.to(f.device)
+    p = F.softmax(logits, dim=1)
+    if candidates is not None:
+        m = candidates.to(f.device).bool()
+        p = p * m
+        p = p / p.sum(dim=1, keepdim=True).clamp_min(1e-30)
+    return p
+
+
 def disambiguate(
     features: torch.Tensor,
     class_features: torch.Tensor,
@@ -151,16 +172,7 @@ def disambiguate(
 
     p = softmax(s · normalise(f) C^T + b), renormalised over the candidates; label = argmax; margin = p1 - p2.
     """
-    f = F.normalize(features.float(), dim=-1)
-    c = class_features.to(f.device).float()
-    logits = logit_scale * f @ c.T  # [N, K]
-    if bias is not None:
-        logits = logits + bias.to(f.device)
-    p = F.softmax(logits, dim=1)
-    if candidates is not None:
-        m = candidates.to(f.device).bool()
-        p = p * m
-        p = p / p.sum(dim=1, keepdim=True).clamp_min(1e-30)
+    p = candidate_probabilities(features, class_features, logit_scale, candidates=candidates, bias=bias)
     top = p.topk(2, dim=1)
     return top.indices[:, 0].cpu(), top.values[:, 0].cpu(), (top.values[:, 0] - top.values[:, 1]).cpu()
 

@@ -61,7 +61,13 @@ def tagsift_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         return get_settings()
 
     monkeypatch.setenv("TAGSIFT_DATA_DIR", str(tmp_path / "var"))
-    for var in ("TAGSIFT_DATABASE_URL", "TAGSIFT_BROKER_URL", "TAGSIFT_QUEUE"):
+    for var in (
+        "TAGSIFT_DATABASE_URL",
+        "TAGSIFT_BROKER_URL",
+        "TAGSIFT_QUEUE",
+        "TAGSIFT_CPU_QUEUE",
+        "TAGSIFT_GPU_QUEUE",
+    ):
         monkeypatch.delenv(var, raising=False)
     reset_caches()
     yield apply

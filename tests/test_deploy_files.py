@@ -85,3 +85,36 @@ def test_compose_has_an_object_store_and_no_disk_shared_by_the_api_and_workers()
 
     mounts = [data_volume(name) for name in ("api", "worker", "worker-gpu")]
     assert all(len(m) == 1 for m in mounts) and len(set.union(*mounts)) == 3, mounts  # three separate volumes
+
+
+def _stage(dockerfile: str, name: str) -> str:
+    """The lines of one build stage (from its FROM to the next FROM)."""
+    start = dockerfile.index(f" AS {name}\n")
+    end = dockerfile.find("\nFROM ", start)
+    return dockerfile[start : end if end != -1 else None]
+
+
+def test_the_gpu_target_installs_cuda_torch_with_its_dependencies() -> None:
+    """PyPI's torch wheel for Linux is the CUDA build and needs its nvidia-* dependencies: the GPU stage installs it
+    from PyPI with them (no CPU index, no --no-deps) and fails the build if torch has no CUDA (docs/deploy.md)."""
+    gpu = _stage((ROOT / "Dockerfile").read_text(encoding="utf-8"), "worker-gpu")
+    assert gpu.startswith(" AS worker-gpu") and "FROM worker " not in gpu
+    assert "--no-deps" not in gpu.split("COPY app")[0]  # only the project itself is installed without deps
+    assert "requirements-worker.txt" in gpu and "TORCH_INDEX_URL" not in gpu and "whl/cpu" not in gpu
+    assert "torch.version.cuda" in gpu
+    reqs = (ROOT / "docker" / "requirements-worker.txt").read_text().splitlines()
+    assert any(r.startswith("torch==") for r in reqs)
+
+
+def test_worker_healthchecks_answer_during_jobs_and_workers_name_their_device() -> None:
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    for stage, device in (("worker", "cpu"), ("worker-gpu", "gpu")):
+        lines = _stage(text, stage)
+        assert 'CMD ["tagsift", "worker-health"]' in lines and "inspect ping" not in lines
+        assert "TAGSIFT_WORKER_HEALTH_FILE=" in lines and f'"--device", "{device}"]' in lines
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for name, device in (("worker", "cpu"), ("worker-gpu", "gpu")):
+        svc = services[name]
+        assert svc["healthcheck"]["test"] == ["CMD", "tagsift", "worker-health"]
+        assert svc["command"][-2:] == ["--device", device]
+        assert svc["environment"]["TAGSIFT_WORKER_HEALTH_FILE"]

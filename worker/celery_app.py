@@ -20,23 +20,51 @@ import os
 import time
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+from celery.signals import setup_logging, worker_process_init, worker_ready, worker_shutting_down
 
-from app.config import get_settings
-from app.queue import TRAIN_TASK, celery_config
+from app.config import apply_model_cache_environment, get_settings
+from app.queue import TRAIN_TASK, celery_config, job_device
 
 log = logging.getLogger(__name__)
 
+apply_model_cache_environment(get_settings())  # every download under TAGSIFT_MODEL_CACHE_DIR (app.config)
 celery_app = Celery("tagsift", include=["worker.tasks"])
 celery_app.conf.update(celery_config(get_settings()))
 
 _reaper = None
+_health = None
 _webhooks = None
 
 
-def enqueue_train(job_id: str) -> None:
-    """Send ``tagsift.train`` for ``job_id`` (the row is committed already)."""
-    celery_app.send_task(TRAIN_TASK, args=[job_id], queue=get_settings().queue)
+@setup_logging.connect
+def _configure_logging(**_kwargs) -> None:
+    """The API's format (app.logs): every line with the request id and job id of the job being run."""
+    import logging.config
+
+    from app.logs import logging_config
+
+    logging.config.dictConfig(logging_config(get_settings().log_level))
+
+
+def enqueue_train(job_id: str, device: str = "auto") -> None:
+    """Send ``tagsift.train`` for ``job_id`` (the row is committed already) to the queue of the job's ``device``:
+    a GPU job goes back to the GPU queue whichever worker re-sends it (the reaper runs on every worker)."""
+    celery_app.send_task(TRAIN_TASK, args=[job_id], queue=get_settings().queue_for(job_device({"device": device})))
+
+
+@worker_ready.connect
+def _start_health_file(sender=None, **_kwargs) -> None:
+    global _health
+    from worker import runtime
+    from worker.health import HealthFile
+
+    settings = get_settings()
+    if settings.worker_health_file is None:
+        return
+    kind = runtime.declared_worker_kind()
+    info = {"kind": kind or "unknown", "queues": settings.worker_queues(kind) if kind else []}
+    _health = HealthFile(settings.worker_health_file, interval=settings.worker_health_seconds, info=info).start()
+    log.info("health file %s (every %ss)", settings.worker_health_file, settings.worker_health_seconds)
 
 
 @worker_ready.connect
@@ -72,6 +100,8 @@ def _start_webhooks(sender=None, **_kwargs) -> None:
 def _stop_reaper(**_kwargs) -> None:
     if _reaper is not None:
         _reaper.stop()
+    if _health is not None:
+        _health.stop()
     if _webhooks is not None:
         _webhooks.stop()
 

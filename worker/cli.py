@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from app import cli as app_cli
+from worker.weights import weights_cli
 
 cli = typer.Typer(
     help="tagsift: tune CLIP prompts on candidate tag sets and serve the disambiguated tags.",
@@ -22,6 +23,7 @@ cli = typer.Typer(
     add_completion=False,
 )
 app_cli.register(cli)
+cli.add_typer(weights_cli, name="weights")
 
 
 def _add_plugins() -> None:
@@ -45,20 +47,39 @@ _add_plugins()
 def worker(
     concurrency: Annotated[int | None, typer.Option(help="Jobs at once (default TAGSIFT_WORKER_CONCURRENCY).")] = None,
     pool: Annotated[str, typer.Option(help="Celery pool: prefork, solo or threads.")] = "prefork",
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="cpu or gpu: this worker runs jobs asked for its device and 'auto' ones (TAGSIFT_QUEUE plus"
+            " TAGSIFT_CPU_QUEUE or TAGSIFT_GPU_QUEUE), never the other device's. auto: gpu when CUDA is usable."
+            " Default: from TAGSIFT_DEVICE (cpu: cpu, cuda[:N]: gpu, auto: auto)."
+        ),
+    ] = None,
 ) -> None:
-    """Run a Celery worker process on the configured broker and queue."""
-    from app.config import get_settings
-    from worker.celery_app import celery_app
+    """Run a Celery worker process on the configured broker and the queues of its device."""
+    from app.config import apply_model_cache_environment, get_settings
 
     settings = get_settings()
     app_cli.require_storage()
+    apply_model_cache_environment(settings)  # HF_HOME under TAGSIFT_MODEL_CACHE_DIR, before any ml import
+
+    from worker import runtime
+    from worker.celery_app import celery_app
+
+    try:
+        kind = runtime.resolve_worker_kind(device, settings.device)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--device") from exc
+    runtime.set_worker_kind(kind)  # before the pool forks: children inherit it
+    queues = settings.worker_queues(kind)
+    typer.echo(f"tagsift worker: {kind} worker on queues {', '.join(queues)}", err=True)
     celery_app.worker_main(
         [
             "worker",
             "--loglevel",
             settings.log_level,
             "--queues",
-            settings.queue,
+            ",".join(queues),
             "--concurrency",
             str(concurrency or settings.worker_concurrency),
             "--pool",
@@ -67,6 +88,30 @@ def worker(
             "--without-mingle",
         ]
     )
+
+
+@cli.command("worker-health")
+def worker_health(
+    file: Annotated[
+        Path | None, typer.Option("--file", help="The health file (default TAGSIFT_WORKER_HEALTH_FILE).")
+    ] = None,
+    max_age: Annotated[
+        float | None, typer.Option(help="Oldest healthy age in seconds (default 3 x TAGSIFT_WORKER_HEALTH_SECONDS).")
+    ] = None,
+) -> None:
+    """Exit 0 when the worker's health file is fresh and its process alive (the images' HEALTHCHECK), else 1."""
+    from app.config import get_settings
+    from worker.health import check
+
+    settings = get_settings()
+    path = file or settings.worker_health_file
+    if path is None:
+        typer.echo("unhealthy: no health file: set TAGSIFT_WORKER_HEALTH_FILE (or pass --file)", err=True)
+        raise typer.Exit(1)
+    ok, why = check(path, max_age=max_age or 3 * settings.worker_health_seconds)
+    typer.echo(f"{'healthy' if ok else 'unhealthy'}: {why}", err=not ok)
+    if not ok:
+        raise typer.Exit(1)
 
 
 @cli.command()

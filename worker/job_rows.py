@@ -10,6 +10,7 @@ import logging
 from sqlalchemy import bindparam, or_, select, update
 
 from app.db import session_scope
+from app.dbclock import db_now
 from app.models import Dataset, Item, Job, Model
 from app.services.webhooks import emit_job_event
 from worker.job_run import JobRun, LeaseLost
@@ -76,6 +77,7 @@ def label_rows(job: JobInput, result, review_margin: float) -> list[dict]:
             "confidence": result.confidence[i],
             "margin": result.margin[i],
             "needs_review": bool(result.margin[i] < review_margin),
+            "probs": result.probs[i] if getattr(result, "probs", None) else None,
         }
         for i, it in enumerate(job.items)
         if not it.reviewer
@@ -95,7 +97,7 @@ def save_result(run: JobRun, job: JobInput, cfg, backbone_id: str, model_id: str
                 model_id=model_id,
                 metrics=metrics,
                 progress=progress,
-                finished_at=now,
+                finished_at=db_now(),  # the database's clock, as every lease timestamp (app/dbclock.py)
                 lease_expires_at=None,
             )
             session.add(
@@ -123,6 +125,7 @@ def save_result(run: JobRun, job: JobInput, cfg, backbone_id: str, model_id: str
                         confidence=bindparam("confidence"),
                         margin=bindparam("margin"),
                         needs_review=bindparam("needs_review"),
+                        probs=bindparam("probs"),
                         label_source="model",
                         model_id=model_id,
                         updated_at=now,

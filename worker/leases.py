@@ -17,6 +17,11 @@ of workers on any number of hosts agree without locks held across a run:
   after the visibility timeout when the whole worker died) is put back to ``queued`` and enqueued again; a
   ``queued`` job untouched for ``job_requeue_after_seconds`` (its message may have been lost, e.g. the broker was
   down at submit time) is enqueued again. Attempt accounting stays in the claim.
+* **One clock** (:func:`app.dbclock.db_now`): every lease timestamp is written and compared in SQL with the database
+  server's ``now()``, never a worker's own clock, so a worker whose clock runs minutes off neither loses its jobs to
+  a reaper nor reaps live ones (tests/worker/test_clock_skew.py runs workers under libfaketime).
+* **Queues** (docs/deploy.md): the reaper returns each job's ``device`` so that it is sent back to its own queue: a
+  GPU job re-sent by a CPU worker's reaper still reaches only GPU workers.
 * **Database outages** (:func:`retry_db`): a run's own writes (claim, progress, events, the final save) retry a
   dropped connection or a refused one with backoff for up to its lease, so a database restart shorter than the lease
   costs nothing but the wait. Past that the run stops without writing (:class:`DatabaseUnavailable`): its lease
@@ -33,9 +38,9 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import and_, or_, select, update
@@ -43,7 +48,9 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from app.db import session_scope
+from app.dbclock import db_now
 from app.models import Job, JobEvent
+from app.queue import job_device
 from app.services.webhooks import emit_job_event
 
 log = logging.getLogger(__name__)
@@ -54,19 +61,13 @@ FINISHED = ("succeeded", "failed", "cancelled")
 
 
 def utcnow() -> datetime:
+    """This process's clock (log lines, never leases: those use :func:`app.dbclock.db_now`)."""
     return datetime.now(UTC)
 
 
 def new_runner_id() -> str:
     """``<host>:<pid>:<uuid>``: names this run in ``Job.lease_owner`` (and in logs)."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-
-
-def _aware(ts: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes (stored as UTC); make them comparable with aware ones."""
-    if ts is not None and ts.tzinfo is None:
-        return ts.replace(tzinfo=UTC)
-    return ts
 
 
 class ClaimOutcome(StrEnum):
@@ -84,6 +85,7 @@ class Claim:
     job_id: str
     runner: str
     attempt: int = 0
+    request_id: str | None = None  # X-Request-ID of the POST that created the job (log lines, events)
 
 
 class DatabaseUnavailable(Exception):
@@ -135,9 +137,9 @@ def add_event(session: Session, job_id: str, kind: str, **data) -> None:
     session.add(JobEvent(job_id=job_id, kind=kind, data=data))
 
 
-def claim_job(job_id: str, *, runner: str, lease_seconds: float, now: datetime | None = None) -> Claim:
+def claim_job(job_id: str, *, runner: str, lease_seconds: float) -> Claim:
     """Try to become the one runner of ``job_id`` (see the module docstring for the rules)."""
-    now = now or utcnow()
+    now = db_now()
     claimable = and_(
         Job.id == job_id,
         Job.cancel_requested.is_(False),
@@ -152,7 +154,7 @@ def claim_job(job_id: str, *, runner: str, lease_seconds: float, now: datetime |
                 status="running",
                 attempt=Job.attempt + 1,
                 lease_owner=runner,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                lease_expires_at=db_now(lease_seconds),
                 started_at=now,
                 finished_at=None,
                 error_code=None,
@@ -162,10 +164,10 @@ def claim_job(job_id: str, *, runner: str, lease_seconds: float, now: datetime |
             .execution_options(synchronize_session=False)
         )
         if res.rowcount == 1:
-            attempt = session.execute(select(Job.attempt).where(Job.id == job_id)).scalar_one()
-            add_event(session, job_id, "attempt", attempt=attempt, runner=runner)
+            attempt, request_id = session.execute(select(Job.attempt, Job.request_id).where(Job.id == job_id)).one()
+            add_event(session, job_id, "attempt", attempt=attempt, runner=runner, request_id=request_id)
             emit_job_event(session, job_id, "job.started")
-            return Claim(ClaimOutcome.CLAIMED, job_id, runner, attempt)
+            return Claim(ClaimOutcome.CLAIMED, job_id, runner, attempt, request_id)
 
     # Not claimable: find out why, and settle the two cases that end the job here.
     with session_scope() as session:
@@ -176,8 +178,8 @@ def claim_job(job_id: str, *, runner: str, lease_seconds: float, now: datetime |
             return Claim(ClaimOutcome.FINISHED, job_id, runner, job.attempt)
         if job.status == "running" and job.lease_owner == runner:  # our claim committed, its answer was lost
             return Claim(ClaimOutcome.CLAIMED, job_id, runner, job.attempt)
-        expires = _aware(job.lease_expires_at)
-        if job.status == "running" and expires is not None and expires >= now:
+        live = session.scalar(select(Job.lease_expires_at >= now).where(Job.id == job_id))
+        if job.status == "running" and live:
             return Claim(ClaimOutcome.BUSY, job_id, runner, job.attempt)
         # queued, or running with an expired lease: it is ours to settle, if nobody else settles it first.
         settle = (
@@ -225,12 +227,11 @@ def claim_job(job_id: str, *, runner: str, lease_seconds: float, now: datetime |
 
 def renew_lease(job_id: str, *, runner: str, lease_seconds: float) -> bool:
     """Extend our lease; False when the job is no longer ours (reaped and re-claimed, or finished)."""
-    now = utcnow()
     with session_scope() as session:
         res = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.lease_owner == runner, Job.status == "running")
-            .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+            .values(lease_expires_at=db_now(lease_seconds))
             .execution_options(synchronize_session=False)
         )
         return res.rowcount == 1
@@ -299,19 +300,30 @@ class Heartbeat:
 # --- reaper ---------------------------------------------------------------------------------------------------------
 
 
-def reap_once(*, requeue_after_seconds: float, now: datetime | None = None) -> list[tuple[str, str]]:
+class Requeue(NamedTuple):
+    """A job the reaper put back: send it again to the queue of ``device``."""
+
+    job_id: str
+    device: str  # "auto" | "cpu" | "gpu": the job's own queue (app.queue.job_device)
+    reason: str
+
+
+def reap_once(*, requeue_after_seconds: float) -> list[Requeue]:
     """Put back jobs whose runner died and find queued jobs whose message may be lost.
 
-    Returns ``(job_id, reason)`` for every job that should be enqueued again (the caller sends the messages).
-    Each job is taken by a conditional UPDATE, so several workers reaping at once enqueue it once.
+    Returns a :class:`Requeue` for every job that should be enqueued again (the caller sends the messages to the
+    job's own queue). Each job is taken by a conditional UPDATE, so several workers reaping at once enqueue it once.
+    Expiry is decided on the database's clock.
     """
-    now = now or utcnow()
-    out: list[tuple[str, str]] = []
+    now = db_now()
+    out: list[Requeue] = []
     with session_scope() as session:
         expired = session.execute(
-            select(Job.id, Job.lease_owner, Job.attempt).where(Job.status == "running", Job.lease_expires_at < now)
+            select(Job.id, Job.lease_owner, Job.attempt, Job.params).where(
+                Job.status == "running", Job.lease_expires_at < now
+            )
         ).all()
-        for job_id, owner, attempt in expired:
+        for job_id, owner, attempt, params in expired:
             res = session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.status == "running", Job.lease_expires_at < now)
@@ -322,13 +334,13 @@ def reap_once(*, requeue_after_seconds: float, now: datetime | None = None) -> l
                 reason = f"worker lost: runner {owner} of attempt {attempt} stopped renewing its lease"
                 add_event(session, job_id, "requeue", reason=reason)
                 emit_job_event(session, job_id, "job.queued")
-                out.append((job_id, reason))
-    stale_before = now - timedelta(seconds=requeue_after_seconds)
+                out.append(Requeue(job_id, job_device(params), reason))
+    stale_before = db_now(-requeue_after_seconds)
     with session_scope() as session:
         stale = session.execute(
-            select(Job.id, Job.updated_at).where(Job.status == "queued", Job.updated_at < stale_before)
+            select(Job.id, Job.updated_at, Job.params).where(Job.status == "queued", Job.updated_at < stale_before)
         ).all()
-        for job_id, updated_at in stale:
+        for job_id, updated_at, params in stale:
             res = session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.status == "queued", Job.updated_at == updated_at)
@@ -338,7 +350,7 @@ def reap_once(*, requeue_after_seconds: float, now: datetime | None = None) -> l
             if res.rowcount == 1:
                 reason = f"queued since {updated_at:%Y-%m-%d %H:%M:%S} without a run: message enqueued again"
                 add_event(session, job_id, "requeue", reason=reason)
-                out.append((job_id, reason))
+                out.append(Requeue(job_id, job_device(params), reason))
     return out
 
 
@@ -359,11 +371,11 @@ class Reaper:
     def stop(self) -> None:
         self._stop.set()
 
-    def tick(self) -> list[tuple[str, str]]:
+    def tick(self) -> list[Requeue]:
         found = reap_once(requeue_after_seconds=self.requeue_after_seconds)
-        for job_id, reason in found:
-            log.warning("reaper: job %s enqueued again (%s)", job_id, reason)
-            self.enqueue(job_id)
+        for job in found:
+            log.warning("reaper: job %s enqueued again on its %s queue (%s)", job.job_id, job.device, job.reason)
+            self.enqueue(job.job_id, job.device)
         return found
 
     def _run(self) -> None:

@@ -9,6 +9,8 @@ inside the functions so that importing ``worker.celery_app`` / ``worker.tasks`` 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
-_backbones: dict[tuple[str, str, str], Backbone] = {}
+_backbones: dict[tuple[str, str, str, bool], Backbone] = {}
 
 
 def pick_device(setting: str) -> str:
@@ -45,12 +47,84 @@ def pick_device(setting: str) -> str:
     raise ValueError(f"TAGSIFT_DEVICE={setting!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
-def get_backbone(name: str, *, device: str, cache_dir: Path) -> Backbone:
+#: "cpu" or "gpu": the kind of worker this process is (`tagsift worker --device`), set before the worker starts so
+#: that prefork children inherit it; None (a job run outside `tagsift worker`, e.g. in tests): from TAGSIFT_DEVICE.
+_worker_kind: str | None = None
+
+#: Device files present on a host with an NVIDIA driver (no torch needed to look).
+NVIDIA_DEVICE_FILES = ("/dev/nvidiactl", "/proc/driver/nvidia/gpus")
+
+
+def set_worker_kind(kind: str) -> None:
+    global _worker_kind
+    if kind not in ("cpu", "gpu"):
+        raise ValueError(f"worker kind {kind!r}: expected 'cpu' or 'gpu'")
+    _worker_kind = kind
+
+
+def declared_worker_kind() -> str | None:
+    """What `tagsift worker` set (None outside it); never probes CUDA."""
+    return _worker_kind
+
+
+def resolve_worker_kind(requested: str | None, device_setting: str) -> str:
+    """'cpu' or 'gpu' for `tagsift worker --device REQUESTED` (None: from TAGSIFT_DEVICE), in the worker's parent.
+
+    ``auto`` asks torch in a separate process whether CUDA is usable, and only on a host with the NVIDIA driver's
+    device files: the parent itself never imports torch nor touches CUDA (its prefork children must be free to).
+    """
+    requested = (requested or "").strip().lower() or None
+    if requested is None:
+        setting = (device_setting or "auto").strip().lower()
+        requested = "gpu" if setting.startswith("cuda") else setting
+    if requested in ("cpu", "gpu"):
+        return requested
+    if requested != "auto":
+        raise ValueError(f"worker device {requested!r}: expected 'auto', 'cpu' or 'gpu'")
+    if not any(Path(p).exists() for p in NVIDIA_DEVICE_FILES):
+        return "cpu"
+    probe = "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)"
+    try:
+        usable = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=300).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        usable = False
+    return "gpu" if usable else "cpu"
+
+
+def worker_kind(device_setting: str) -> str:
+    """The kind of this worker: what `tagsift worker` decided, else TAGSIFT_DEVICE ('auto': is CUDA usable here)."""
+    if _worker_kind is not None:
+        return _worker_kind
+    return "gpu" if pick_device(device_setting) != "cpu" else "cpu"
+
+
+def job_torch_device(device_setting: str) -> str:
+    """The torch device a job runs on in this worker: 'cpu' on a CPU worker; on a GPU worker TAGSIFT_DEVICE when it
+    names a CUDA device, else 'cuda' (an error that says so when CUDA is not usable)."""
+    if worker_kind(device_setting) == "cpu":
+        return "cpu"
+    setting = (device_setting or "auto").strip().lower()
+    try:
+        return pick_device(setting if setting.startswith("cuda") else "cuda")
+    except RuntimeError as exc:
+        raise RuntimeError(
+            "this is a GPU worker (`tagsift worker --device gpu`, or TAGSIFT_DEVICE=cuda) and consumes the GPU queue,"
+            f" but no CUDA device is usable here ({exc}). Run GPU workers on a host with a GPU (docker compose"
+            " --profile gpu), or start this one with --device cpu."
+        ) from exc
+
+
+def takes(kind: str, job_device: str) -> bool:
+    """Whether a worker of ``kind`` runs a job asked for ``job_device`` ('auto' jobs run anywhere)."""
+    return job_device == "auto" or job_device == kind
+
+
+def get_backbone(name: str, *, device: str, cache_dir: Path, offline: bool = False) -> Backbone:
     """The frozen backbone for ``name`` on ``device``, loaded once per process and kept (keyed by all three).
 
     Raises ``ml.backbone.BackboneLoadError`` (message: which backbone, why, how to fix) when it cannot be built.
     """
-    key = (name, device, str(cache_dir))
+    key = (name, device, str(cache_dir), offline)
     with _lock:
         backbone = _backbones.get(key)
         if backbone is None:
@@ -58,7 +132,7 @@ def get_backbone(name: str, *, device: str, cache_dir: Path) -> Backbone:
 
             log.info("loading backbone %s on %s", name, device)
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            backbone = load_backbone(name, device=device, cache_dir=cache_dir)
+            backbone = load_backbone(name, device=device, cache_dir=cache_dir, offline=offline)
             _backbones[key] = backbone
         return backbone
 

@@ -40,12 +40,18 @@ import logging
 import tempfile
 from pathlib import Path
 
+from sqlalchemy import select
+
+from app import logs
 from app.config import get_settings
 from app.db import session_scope
-from app.models import new_id
+from app.dbclock import db_now
+from app.models import Job, new_id
+from app.queue import job_device
 from app.services.webhooks import emit_job_event
 from app.storage import StorageError, get_storage
 from ml.errors import BackboneLoadError, InvalidCandidates, TrainingCancelled
+from ml.weights import WeightsMissing
 from worker import runtime
 from worker.job_files import JobFiles, retry_storage
 from worker.job_rows import JobInput, JobInputError, label_rows, load_input, save_result
@@ -60,9 +66,9 @@ from worker.leases import (
     is_transient_db_error,
     new_runner_id,
     retry_db,
-    utcnow,
 )
 from worker.model_card import model_card
+from worker.weights import weights_remedy
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +82,44 @@ STALE_CHECKPOINT_REASON = "checkpoint no longer matches the dataset; training re
 
 def run_train_job(job_id: str) -> str:
     """Run training job ``job_id`` if it is ours to run; returns the final outcome (for logs and tests)."""
+    job_token = logs.job_id.set(job_id)
+    try:
+        return _run_train_job(job_id)
+    finally:
+        logs.job_id.reset(job_token)
+
+
+def _placement(job_id: str) -> tuple[str, str | None] | None:
+    """(device, request id) of the job, or None when it does not exist."""
+    with session_scope() as session:
+        row = session.execute(select(Job.params, Job.request_id).where(Job.id == job_id)).one_or_none()
+    return None if row is None else (job_device(row[0]), row[1])
+
+
+def _run_train_job(job_id: str) -> str:
     settings = get_settings()
+    placement = retry_db(lambda: _placement(job_id), what=f"job {job_id}: read", patience=settings.job_lease_seconds)
+    if placement is None:
+        log.info("job %s: not run (missing)", job_id)
+        return "missing"
+    device, request_id = placement
+    rid_token = logs.request_id.set(request_id)
+    try:
+        kind = runtime.worker_kind(settings.device)
+        if not runtime.takes(kind, device):
+            # Only a message sent to the wrong queue (by hand, or by an older tagsift) gets here: never run it, send
+            # it on to its own queue.
+            from worker.celery_app import enqueue_train
+
+            log.warning("job %s asks for a %s worker; this is a %s worker: sent on to its queue", job_id, device, kind)
+            enqueue_train(job_id, device)
+            return "misrouted"
+        return _claim_and_run(job_id, settings)
+    finally:
+        logs.request_id.reset(rid_token)
+
+
+def _claim_and_run(job_id: str, settings) -> str:
     runner = new_runner_id()
     claim = retry_db(
         lambda: claim_job(job_id, runner=runner, lease_seconds=settings.job_lease_seconds),
@@ -111,6 +154,8 @@ def _run_claimed(claim: Claim, run: JobRun) -> str:
             log.warning("job %s: lease lost, this run (%s) stops without writing", claim.job_id, run.runner)
             return "lease_lost"
         outcome = _finish(run, "cancelled", event=("stage", {"stage": "cancelled", "reason": "cancel requested"}))
+    except WeightsMissing as exc:
+        outcome = _finish(run, "failed", code="weights_missing", message=weights_remedy(exc))
     except BackboneLoadError as exc:
         outcome = _finish(run, "failed", code="backbone_unavailable", message=str(exc))
     except JobInputError as exc:
@@ -150,7 +195,7 @@ def _finish(run: JobRun, status: str, *, code: str | None = None, message: str |
                 status=status,
                 error_code=code,
                 error_message=message,
-                finished_at=utcnow(),
+                finished_at=db_now(),
                 lease_expires_at=None,
                 progress={**run.progress, "stage": status},
             )
@@ -180,8 +225,10 @@ def _train(claim: Claim, run: JobRun, files: JobFiles) -> str:
     cfg = train_config(params, job.prompt_template)
 
     run.stage("loading_backbone", backbone=settings.backbone, attempt=claim.attempt)
-    device = runtime.pick_device(settings.device)  # picked here, inside the process that runs the task
-    backbone = runtime.get_backbone(settings.backbone, device=device, cache_dir=settings.model_cache_dir)
+    device = runtime.job_torch_device(settings.device)  # picked here, inside the process that runs the task
+    backbone = runtime.get_backbone(
+        settings.backbone, device=device, cache_dir=settings.model_cache_dir, offline=settings.offline
+    )
 
     spec = JobSpec(
         classes=job.classes,

@@ -20,7 +20,8 @@ from app.api.errors import ApiError, Unauthorized
 from app.config import Settings, get_settings
 from app.db import get_sessionmaker
 from app.models import Owner
-from app.services.api_keys import hash_key, owner_for_key
+from app.services.api_keys import hash_key, key_for_secret, reviewer_name
+from app.services.items import Reviewer
 from app.storage import BlobStore, get_storage
 from app.ttl_cache import TTLCache
 
@@ -49,44 +50,48 @@ StorageDep = Annotated[BlobStore, Depends(storage_dependency)]
 _bearer = HTTPBearer(auto_error=False, description="An API key from `tagsift create-api-key --owner NAME`.")
 
 
-#: key hash -> (owner id, owner name). Only keys that resolved are remembered (an unknown key is looked up every
-#: time); owners come out as new transient :class:`Owner` objects (services use ``owner.id`` only).
-owner_cache: TTLCache[tuple[str, str]] = TTLCache()
+#: key hash -> (owner id, owner name, key id, reviewer name). Only keys that resolved are remembered (an unknown key
+#: is looked up every time); owners come out as new transient :class:`Owner` objects (services use ``owner.id`` only).
+owner_cache: TTLCache[tuple[str, str, str, str]] = TTLCache()
 
 
-def _lookup_owner(key: str) -> Owner | None:
+def _lookup_key(key: str) -> tuple[str, str, str, str] | None:
     session = get_sessionmaker()()
     try:
-        owner = owner_for_key(session=session, key=key)
-        if owner is not None:
-            owner = Owner(id=owner.id, name=owner.name)  # detached copy: the session closes here
-        return owner
+        row = key_for_secret(session=session, key=key)
+        if row is None:
+            return None
+        return row.owner.id, row.owner.name, row.id, reviewer_name(row)
     finally:
         session.close()
 
 
 async def get_owner(
-    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Owner:
     """The owner of the request's ``Authorization: Bearer <key>``; 401 problem+json otherwise.
 
-    Remembered per process for ``TAGSIFT_LOOKUP_CACHE_SECONDS``; a cache miss looks the key up in the thread pool."""
+    The key's id and name are kept on ``request.state`` (see :func:`get_reviewer`). Remembered per process for
+    ``TAGSIFT_LOOKUP_CACHE_SECONDS``; a cache miss looks the key up in the thread pool."""
     if credentials is None or not credentials.credentials:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    return await owner_for(credentials.credentials, settings)
+    return await owner_for(credentials.credentials, settings, request)
 
 
-async def owner_for(key: str, settings: Settings) -> Owner:
-    """The owner of an API key (cached, see :func:`get_owner`); 401 for an unknown or revoked key."""
+async def owner_for(key: str, settings: Settings, request: Request) -> Owner:
+    """The owner of an API key (cached, see :func:`get_owner`); 401 for an unknown or revoked key. The key's id and
+    name go on ``request.state.reviewer``."""
     key_hash = hash_key(key)
-    cached = owner_cache.get(key_hash)
-    if cached is not None:
-        return Owner(id=cached[0], name=cached[1])
-    owner = await run_in_threadpool(_lookup_owner, key)
-    if owner is None:
-        raise Unauthorized("invalid or revoked API key")
-    owner_cache.put(key_hash, (owner.id, owner.name), settings.lookup_cache_seconds)
-    return owner
+    found = owner_cache.get(key_hash)
+    if found is None:
+        found = await run_in_threadpool(_lookup_key, key)
+        if found is None:
+            raise Unauthorized("invalid or revoked API key")
+        owner_cache.put(key_hash, found, settings.lookup_cache_seconds)
+    request.state.reviewer = Reviewer(api_key_id=found[2], name=found[3])
+    return Owner(id=found[0], name=found[1])
 
 
 OwnerDep = Annotated[Owner, Depends(get_owner)]
@@ -113,10 +118,18 @@ async def get_owner_basic_or_bearer(request: Request, settings: SettingsDep) -> 
             headers=challenge,
         )
     try:
-        return await owner_for(key, settings)
+        return await owner_for(key, settings, request)
     except Unauthorized as exc:
         exc.headers = challenge
         raise
 
 
 BasicOrBearerOwnerDep = Annotated[Owner, Depends(get_owner_basic_or_bearer)]
+
+
+async def get_reviewer(request: Request, owner: OwnerDep) -> Reviewer:
+    """Who makes the request's decisions (the API key's name), for the review history."""
+    return request.state.reviewer
+
+
+ReviewerDep = Annotated[Reviewer, Depends(get_reviewer)]

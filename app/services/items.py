@@ -10,20 +10,27 @@ exactly as stored (a tag with whitespace at its ends answers 422: it is never st
 item's candidate set (the weak label was wrong) answers 422 too, unless the body asks for the widening explicitly
 with ``"add_to_candidates": true``: the tag is then added to the candidates, so that the candidate set always
 contains the tag. The item becomes certain: ``label_source="reviewer"``, confidence 1, margin 1, ``needs_review``
-false, and later jobs treat it as a single-candidate item. The owner's webhooks get an ``item.reviewed`` event,
-written in the same transaction (``app.services.webhooks``).
+false, and later jobs treat it as a single-candidate item.
+
+Every reviewer decision (assign a tag, accept the model's tag, undo; from the API, the web app or Label Studio)
+goes through :func:`apply_decision` (:func:`decide` for the API and the web app) or :func:`undo_last`, which write
+one ``item_reviews`` row with who, when, the previous tag, its source and the model that proposed it; an undo
+restores the state that row saved. Each decision and each undo is an ``item.reviewed``
+event for the owner's webhooks, written in the same transaction (``app.services.webhooks``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 from sqlalchemy import and_, func, or_, select
-from sqlalchemy.orm import Session, object_session
+from sqlalchemy.orm import Session
 
-from app.api.errors import FieldError, InvalidInput, NotFound
+from app.api.errors import Conflict, FieldError, InvalidInput, NotFound
 from app.config import Settings, get_settings
-from app.models import Item, Owner, utcnow
+from app.models import Dataset, Item, ItemReview, Owner, utcnow
 from app.schemas import ItemList, ItemRead, ItemUpdate
 from app.services.checks import shorten
 from app.services.datasets import get_dataset
@@ -55,6 +62,7 @@ def item_read(item: Item, settings: Settings) -> ItemRead:
         margin=item.margin,
         label_source=item.label_source,
         needs_review=bool(item.needs_review),
+        probs=item.probs,
         image_url=image_url(item.id, settings),
     )
 
@@ -116,23 +124,24 @@ def get_item(*, session: Session, owner: Owner, item_id: str) -> Item:
     return get_owned(session, Item, item_id, owner=owner, what="item")
 
 
-def review_item(*, session: Session, owner: Owner, item_id: str, item_in: ItemUpdate, settings: Settings) -> ItemRead:
-    """A reviewer sets the tag (see the module docstring for the rules)."""
-    item = get_item(session=session, owner=owner, item_id=item_id)
-    set_reviewer_label(item, item_in.label, add_to_candidates=item_in.add_to_candidates)
-    session.commit()
-    return item_read(item, settings)
+@dataclass(frozen=True)
+class Reviewer:
+    """Who decides: the API key's id and its name (recorded in the review history)."""
+
+    api_key_id: str | None
+    name: str
 
 
-def set_reviewer_label(item: Item, label: str, *, add_to_candidates: bool = False) -> None:
-    """The one write of a reviewer's tag (``PATCH /items/{id}``, Label Studio annotations); the caller commits.
+ReviewAction = Literal["assign", "accept"]
 
-    A tag outside the item's candidates is refused unless ``add_to_candidates`` (widening is asked for)."""
-    classes = item.dataset.classes
+
+def _check_label(item: Item, label: str, *, add_to_candidates: bool) -> str:
+    """``label`` as a reviewer's tag of ``item``: a class, exactly as stored, within the candidates unless widening
+    is asked for; 422 naming the field and the item otherwise."""
     problem = None
     if label != label.strip():
         problem = f"label: {shorten(label)!r} has whitespace at its start or end (tags are never stripped)"
-    elif label not in classes:
+    elif label not in item.dataset.classes:
         problem = f"label: {shorten(label)!r} is not one of the dataset's classes"
     elif label not in item.candidates and not add_to_candidates:
         problem = (
@@ -141,7 +150,49 @@ def set_reviewer_label(item: Item, label: str, *, add_to_candidates: bool = Fals
         )
     if problem:
         raise InvalidInput(problem, errors=[FieldError(field="label", item=item.id, message=problem)])
+    return label
+
+
+def _record(session: Session, item: Item, reviewer: Reviewer, action: str, label: str | None) -> ItemReview:
+    review = ItemReview(
+        item_id=item.id,
+        api_key_id=reviewer.api_key_id,
+        reviewer=reviewer.name,
+        action=action,
+        label=label,
+        previous_label=item.label,
+        previous_source=item.label_source,
+        previous_confidence=item.confidence,
+        previous_margin=item.margin,
+        previous_needs_review=bool(item.needs_review),
+        previous_model_id=item.model_id,
+        previous_candidates=list(item.candidates),
+        undone=False,
+        created_at=utcnow(),
+    )
+    session.add(review)
+    return review
+
+
+def apply_decision(
+    session: Session,
+    item: Item,
+    reviewer: Reviewer,
+    action: ReviewAction,
+    label: str | None,
+    *,
+    add_to_candidates: bool = False,
+) -> None:
+    """The one write of a reviewer's tag, with its history row; the caller commits. ``accept`` takes the model's
+    tag (409 when there is none yet); ``assign`` checks ``label`` (:func:`_check_label`)."""
+    if action == "accept":
+        if item.label is None:
+            raise Conflict(f"item {item.id}: no tag to accept yet (no job has labelled it)", code="nothing_to_accept")
+        label = item.label
+    else:
+        label = _check_label(item, label or "", add_to_candidates=add_to_candidates)
     previous = {"label": item.label, "label_source": item.label_source}
+    _record(session, item, reviewer, action, label)
     if label not in item.candidates:
         item.candidates = [*item.candidates, label]
     item.label = label
@@ -151,9 +202,102 @@ def set_reviewer_label(item: Item, label: str, *, add_to_candidates: bool = Fals
     item.needs_review = False
     item.model_id = None
     item.updated_at = utcnow()
-    # the owner's webhooks hear of it in this transaction (app.services.webhooks)
-    data = {"item": item_read(item, get_settings()).model_dump(mode="json"), "previous": previous}
-    emit(object_session(item), owner_id=item.dataset.owner_id, event="item.reviewed", data=data)
+    _emit_reviewed(session, item, previous, action, reviewer)
+
+
+def _emit_reviewed(session: Session, item: Item, previous: dict, action: str, reviewer: Reviewer) -> None:
+    """The owner's webhooks hear of a decision in its transaction (``app.services.webhooks``)."""
+    data = {
+        "item": item_read(item, get_settings()).model_dump(mode="json"),
+        "previous": previous,
+        "action": action,
+        "reviewer": reviewer.name,
+    }
+    emit(session, owner_id=item.dataset.owner_id, event="item.reviewed", data=data)
+
+
+def decide(
+    *,
+    session: Session,
+    owner: Owner,
+    item_ids: Sequence[str],
+    action: ReviewAction,
+    label: str | None,
+    reviewer: Reviewer,
+    add_to_candidates: bool = False,
+) -> list[Item]:
+    """A reviewer assigns ``label`` to (or accepts the model's tag of) each item, all or nothing, with history.
+
+    404 if any id is missing or another owner's; 422 for a tag outside a dataset's classes (or outside an item's
+    candidates without ``add_to_candidates``); 409 when accepting an item that has no tag yet."""
+    if not item_ids:
+        raise InvalidInput("items: no item selected", errors=[FieldError(field="items", message="items: empty")])
+    unique = list(dict.fromkeys(item_ids))
+    items = list(
+        session.scalars(
+            select(Item)
+            .join(Dataset, Dataset.id == Item.dataset_id)
+            .where(Item.id.in_(unique), Dataset.owner_id == owner.id)
+            .with_for_update(of=Item)
+        )
+    )
+    found = {i.id: i for i in items}
+    missing = [i for i in unique if i not in found]
+    if missing:
+        raise NotFound(f"item {shorten(missing[0])!r} not found")
+    for item_id in unique:
+        apply_decision(session, found[item_id], reviewer, action, label, add_to_candidates=add_to_candidates)
+    session.commit()
+    return [found[i] for i in unique]
+
+
+def review_item(
+    *, session: Session, owner: Owner, item_id: str, item_in: ItemUpdate, settings: Settings, reviewer: Reviewer
+) -> ItemRead:
+    """A reviewer sets the tag (see the module docstring for the rules)."""
+    (item,) = decide(
+        session=session,
+        owner=owner,
+        item_ids=[item_id],
+        action="assign",
+        label=item_in.label,
+        reviewer=reviewer,
+        add_to_candidates=item_in.add_to_candidates,
+    )
+    return item_read(item, settings)
+
+
+def undo_last(*, session: Session, owner: Owner, item_id: str, reviewer: Reviewer) -> Item:
+    """Undo the item's latest decision that is not undone yet: restore what it replaced; 409 if there is none."""
+    item = get_owned(session, Item, item_id, owner=owner, what="item", lock=True)
+    last = session.scalar(
+        select(ItemReview)
+        .where(ItemReview.item_id == item.id, ItemReview.action != "undo", ItemReview.undone.is_(False))
+        .order_by(ItemReview.id.desc())
+        .limit(1)
+    )
+    if last is None:
+        raise Conflict(f"item {item.id}: no decision to undo", code="nothing_to_undo")
+    previous = {"label": item.label, "label_source": item.label_source}
+    _record(session, item, reviewer, "undo", last.previous_label)
+    last.undone = True
+    item.label = last.previous_label
+    item.label_source = last.previous_source
+    item.confidence = last.previous_confidence
+    item.margin = last.previous_margin
+    item.needs_review = last.previous_needs_review
+    item.model_id = last.previous_model_id
+    item.candidates = list(last.previous_candidates)
+    item.updated_at = utcnow()
+    _emit_reviewed(session, item, previous, "undo", reviewer)
+    session.commit()
+    return item
+
+
+def item_history(*, session: Session, owner: Owner, item_id: str) -> list[ItemReview]:
+    """The item's decisions, newest first."""
+    item = get_item(session=session, owner=owner, item_id=item_id)
+    return list(session.scalars(select(ItemReview).where(ItemReview.item_id == item.id).order_by(ItemReview.id.desc())))
 
 
 def read_item(*, session: Session, owner: Owner, item_id: str, settings: Settings) -> ItemRead:

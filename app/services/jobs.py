@@ -70,8 +70,10 @@ def create_job(
     job_in: JobCreate,
     idempotency_key: str | None,
     settings: Settings,
+    request_id: str | None = None,
 ) -> tuple[JobRead, bool]:
-    """Create and enqueue a training job; returns (job, replayed)."""
+    """Create and enqueue a training job; returns (job, replayed). ``request_id`` (the creating request's
+    X-Request-ID) is stored on the job and in its first event; the worker logs it with every line of the run."""
     if idempotency_key is not None:
         idempotency_key = idempotency_key.strip()
         if not idempotency_key or len(idempotency_key) > 200:
@@ -92,6 +94,7 @@ def create_job(
     if len(dataset.classes) < 2:
         raise Conflict(f"dataset {dataset.id} needs at least 2 classes to train", code="too_few_classes")
     params = resolve_job_params(params, items=n_items, classes=len(dataset.classes))
+    params["device"] = job_in.device or settings.job_device
     job = Job(
         owner_id=owner.id,
         dataset_id=dataset.id,
@@ -104,6 +107,7 @@ def create_job(
         max_attempts=settings.job_max_attempts,
         idempotency_key=idempotency_key or None,
         request_hash=request_hash,
+        request_id=request_id,
     )
     session.add(job)
     try:
@@ -114,9 +118,11 @@ def create_job(
         if prior is None:  # pragma: no cover - the unique constraint names only this pair
             raise
         return _replay(prior, request_hash, idempotency_key or ""), True
-    session.add(JobEvent(job_id=job.id, kind="stage", data={"stage": "queued"}))
+    queued = {"stage": "queued", "device": params["device"], "queue": settings.queue_for(params["device"])}
+    session.add(JobEvent(job_id=job.id, kind="stage", data={**queued, "request_id": request_id}))
     emit_job_event(session, job.id, "job.queued")
     session.commit()
+    log.info("job %s created on dataset %s, %s queue %s", job.id, dataset.id, params["device"], queued["queue"])
     _enqueue(session=session, job=job)
     return job_read(job), False
 
@@ -124,7 +130,7 @@ def create_job(
 def _enqueue(*, session: Session, job: Job) -> None:
     """Send the job id to the broker (after the commit); on failure keep it queued for the reaper."""
     try:
-        queue.enqueue(queue.TRAIN_TASK, job.id)
+        queue.enqueue_job(job.id, queue.job_device(job.params))
     except Exception as exc:
         log.warning("job %s: broker unavailable, left queued for the reaper: %s", job.id, exc)
         session.add(

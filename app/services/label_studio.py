@@ -37,7 +37,7 @@ from app.schemas import JobCreate
 from app.services import jobs as jobs_service
 from app.services.checks import shorten
 from app.services.datasets import get_dataset
-from app.services.items import image_url, set_reviewer_label
+from app.services.items import Reviewer, apply_decision, image_url
 from app.services.label_studio_images import FetchError, fetch_image, same_origin
 from app.services.models import _loaded
 from app.storage import BlobStore
@@ -257,7 +257,9 @@ def _like_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def webhook(*, session: Session, owner: Owner, dataset_id: str, body: dict, settings: Settings) -> tuple[int, dict]:
+def webhook(
+    *, session: Session, owner: Owner, reviewer: Reviewer, dataset_id: str, body: dict, settings: Settings
+) -> tuple[int, dict]:
     """(status, body): an annotation becomes the matching item's reviewer tag; START_TRAINING starts a job."""
     dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
     action = body.get("action")
@@ -311,7 +313,8 @@ def webhook(*, session: Session, owner: Owner, dataset_id: str, body: dict, sett
         return 200, {"status": "ignored", "reason": f"task {task.get('id')}'s image is not an item of this dataset"}
     (label,) = choices
     # an annotator's choice in Label Studio is an explicit decision: it may widen the candidate set
-    set_reviewer_label(item, label, add_to_candidates=True)
+    ls_reviewer = Reviewer(api_key_id=reviewer.api_key_id, name=f"{reviewer.name} (Label Studio)")
+    apply_decision(session, item, ls_reviewer, "assign", label, add_to_candidates=True)
     session.commit()
     log.info("label-studio: task %s -> item %s reviewer label %r", task.get("id"), item.id, label)
     return 201, {"status": "ok", "result": {"item_id": item.id, "label": label}}

@@ -1,7 +1,7 @@
 """webhooks and their deliveries (the outbox and the delivery log)
 
 Revision ID: webhooks
-Revises: api_gaps
+Revises: 0005
 Create Date: 2026-12-02 14:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "webhooks"
-down_revision: str | None = "api_gaps"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

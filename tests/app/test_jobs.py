@@ -21,6 +21,7 @@ def test_create_job_with_defaults_is_queued_and_enqueued(alice: Api) -> None:
     assert r.status_code == 202, r.text
     job = r.json()
     assert r.headers["location"] == f"/jobs/{job['id']}"
+    request_id = r.headers["x-request-id"]  # made by the API: the client sent none
     assert job["status"] == "queued" and job["type"] == "train" and job["dataset_id"] == ds["id"]
     # method "auto" on a small dataset: prompt alignment with its best validated loss (app/job_defaults.py)
     assert job["params"]["method"] == "prompt_alignment" and job["params"]["requested_method"] == "auto"
@@ -36,7 +37,14 @@ def test_create_job_with_defaults_is_queued_and_enqueued(alice: Api) -> None:
     r = redis.Redis.from_url(alice.settings.broker_url)
     assert r.llen(alice.settings.queue) == 1
     events = alice.get(f"/jobs/{job['id']}/events").json()
-    assert [e["kind"] for e in events["data"]] == ["stage"] and events["data"][0]["data"] == {"stage": "queued"}
+    assert [e["kind"] for e in events["data"]] == ["stage"]
+    queued = events["data"][0]["data"]
+    assert {k: queued[k] for k in ("stage", "device", "queue")} == {
+        "stage": "queued",
+        "device": "auto",  # TAGSIFT_JOB_DEVICE's default: any worker
+        "queue": alice.settings.queue,
+    }
+    assert queued["request_id"] == request_id
 
 
 def test_job_params_are_validated_naming_the_field(alice: Api) -> None:
@@ -146,3 +154,18 @@ def test_concurrent_requests_with_one_idempotency_key_make_one_job(alice: Api) -
         responses = list(pool.map(create, range(8)))
     assert {r.status_code for r in responses} == {202}
     assert len({r.json()["id"] for r in responses}) == 1
+
+
+def test_device_picks_the_queue_and_defaults_from_the_settings(alice: Api, tagsift_env) -> None:
+    ds = alice.make_dataset(3)
+    r = redis.Redis.from_url(alice.settings.broker_url)
+    job = alice.post(f"/datasets/{ds['id']}/jobs", json={"epochs": 1, "device": "gpu"}).json()
+    assert job["params"]["device"] == "gpu"
+    assert r.llen(alice.settings.gpu_queue) == 1 and r.llen(alice.settings.queue) == 0
+    job = alice.post(f"/datasets/{ds['id']}/jobs", json={"epochs": 1, "device": "cpu"}).json()
+    assert job["params"]["device"] == "cpu" and r.llen(alice.settings.cpu_queue) == 1
+    bad = alice.post(f"/datasets/{ds['id']}/jobs", json={"device": "tpu"})
+    assert bad.status_code == 422 and "device" in bad.text
+    settings = tagsift_env(job_device="gpu")  # the API's default for requests that name no device
+    job = alice.post(f"/datasets/{ds['id']}/jobs", json={"epochs": 2}).json()
+    assert job["params"]["device"] == "gpu" and r.llen(settings.gpu_queue) == 2

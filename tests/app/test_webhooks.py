@@ -155,7 +155,8 @@ def test_state_changes_write_deliveries_in_their_transaction(alice: Api) -> None
     assert queued["job"]["id"] == job["id"] and queued["job"]["status"] == "queued"
     assert queued["job"]["params"] == job["params"]
     assert cancel["job"] == json.loads(json.dumps(cancelled))  # the job as GET /jobs/{id} shows it
-    assert review == {"item": reviewed, "previous": {"label": None, "label_source": None}}
+    assert review["item"] == reviewed and review["previous"] == {"label": None, "label_source": None}
+    assert review["action"] == "assign" and review["reviewer"]
 
     only_reviews = _deliveries(alice, reviews["id"])
     assert [d["event"] for d in only_reviews["data"]] == ["item.reviewed"]

@@ -200,8 +200,8 @@ class TagsiftProcess:
 class WorkerProcess(TagsiftProcess):
     """A real ``tagsift worker`` (one slot of the given pool)."""
 
-    def __init__(self, log_path: Path, env: dict[str, str], pool: str = "solo") -> None:
-        super().__init__(log_path, env, "worker", "--pool", pool, "--concurrency", "1")
+    def __init__(self, log_path: Path, env: dict[str, str], pool: str = "solo", args: tuple[str, ...] = ()) -> None:
+        super().__init__(log_path, env, "worker", "--pool", pool, "--concurrency", "1", *args)
 
 
 @pytest.fixture
@@ -209,11 +209,11 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start real worker processes with the test's TAGSIFT_* environment (plus overrides); stopped at the end."""
     started: list[WorkerProcess] = []
 
-    def start(pool: str = "solo", **overrides: str) -> WorkerProcess:
+    def start(pool: str = "solo", args: tuple[str, ...] = (), **overrides: str) -> WorkerProcess:
         env = {**os.environ, **FAST_LEASES}
         env["TAGSIFT_BACKBONE"] = tiny_backbone(Path(env["TAGSIFT_DATA_DIR"]))
         env.update({k: str(v) for k, v in overrides.items()})
-        worker = WorkerProcess(tmp_path / f"worker-{len(started)}.log", env, pool)
+        worker = WorkerProcess(tmp_path / f"worker-{len(started)}.log", env, pool, args)
         started.append(worker)
         return worker
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import update
 
 from app.db import session_scope
+from app.dbclock import db_now
 from app.models import Job
 from ml.pipeline import select_training_items
 from tests.worker.conftest import events, get_job, make_dataset, make_job
@@ -17,6 +19,17 @@ from worker.leases import ClaimOutcome, Heartbeat, claim_job, reap_once, renew_l
 def _set(job_id: str, **values) -> None:
     with session_scope() as session:
         session.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+@pytest.fixture(params=["prod_env", "embedded_env"])
+def any_db(request):
+    """PostgreSQL, then the embedded SQLite: lease times are SQL on the database's clock, written per dialect."""
+    return request.getfixturevalue(request.param)
+
+
+def _expire(job_id: str) -> None:
+    """The lease ran out a second ago, on the database's clock (what a runner that stopped renewing leaves)."""
+    _set(job_id, lease_expires_at=db_now(-1))
 
 
 def test_claim_queued_job_once_then_busy(prod_env):
@@ -58,11 +71,11 @@ def test_concurrent_claims_have_one_winner(prod_env):
     assert get_job(job_id).attempt == 1
 
 
-def test_expired_lease_is_reclaimed_and_old_runner_is_fenced(prod_env):
+def test_expired_lease_is_reclaimed_and_old_runner_is_fenced(any_db):
     job_id = make_job(*make_dataset(3)[:2])
     assert claim_job(job_id, runner="a", lease_seconds=60).outcome == ClaimOutcome.CLAIMED
-    later = utcnow() + timedelta(seconds=61)
-    claim = claim_job(job_id, runner="b", lease_seconds=60, now=later)
+    _expire(job_id)
+    claim = claim_job(job_id, runner="b", lease_seconds=60)
     assert (claim.outcome, claim.attempt) == (ClaimOutcome.CLAIMED, 2)
     assert not renew_lease(job_id, runner="a", lease_seconds=60)  # the stale runner learns it lost the job
     assert renew_lease(job_id, runner="b", lease_seconds=60)
@@ -70,11 +83,10 @@ def test_expired_lease_is_reclaimed_and_old_runner_is_fenced(prod_env):
 
 def test_attempts_exhausted_fails_with_clear_message(prod_env):
     job_id = make_job(*make_dataset(3)[:2], max_attempts=2)
-    now = utcnow()
     for runner in ("a", "b"):
-        assert claim_job(job_id, runner=runner, lease_seconds=1, now=now).outcome == ClaimOutcome.CLAIMED
-        now += timedelta(seconds=5)
-    claim = claim_job(job_id, runner="c", lease_seconds=1, now=now)
+        assert claim_job(job_id, runner=runner, lease_seconds=60).outcome == ClaimOutcome.CLAIMED
+        _expire(job_id)
+    claim = claim_job(job_id, runner="c", lease_seconds=60)
     assert claim.outcome == ClaimOutcome.EXHAUSTED
     job = get_job(job_id)
     assert (job.status, job.error_code, job.attempt) == ("failed", "attempts_exhausted", 2)
@@ -95,29 +107,31 @@ def test_finished_and_cancelled_jobs_are_not_run(prod_env):
     assert claim_job("0" * 32, runner="a", lease_seconds=60).outcome == ClaimOutcome.MISSING
 
 
-def test_reaper_requeues_expired_and_stale_jobs_once(prod_env):
+def test_reaper_requeues_expired_and_stale_jobs_once(any_db):
     owner, ds, _ = make_dataset(3)
     running = make_job(owner, ds)
-    assert claim_job(running, runner="dead", lease_seconds=1).outcome == ClaimOutcome.CLAIMED
-    stale = make_job(owner, ds)
+    assert claim_job(running, runner="dead", lease_seconds=60).outcome == ClaimOutcome.CLAIMED
+    _expire(running)
+    stale = make_job(owner, ds, device="gpu")
     _set(stale, updated_at=utcnow() - timedelta(seconds=600))
     fresh = make_job(owner, ds)
     live = make_job(owner, ds)
     assert claim_job(live, runner="alive", lease_seconds=600).outcome == ClaimOutcome.CLAIMED
 
-    later = utcnow() + timedelta(seconds=5)
-    found = dict(reap_once(requeue_after_seconds=300, now=later))
+    found = {job.job_id: job for job in reap_once(requeue_after_seconds=300)}
     assert set(found) == {running, stale}
-    assert "worker lost" in found[running] and "dead" in found[running]
+    assert "worker lost" in found[running].reason and "dead" in found[running].reason
+    # each goes back to its own queue: a GPU job found by any worker's reaper is re-sent to the GPU queue
+    assert (found[running].device, found[stale].device) == ("auto", "gpu")
     assert get_job(running).status == "queued" and get_job(running).lease_expires_at is None
     assert fresh not in found and get_job(live).status == "running"
     # a second reaper pass (another worker) finds nothing new
-    assert reap_once(requeue_after_seconds=300, now=later) == []
+    assert reap_once(requeue_after_seconds=300) == []
     # the requeued job is claimed as attempt 2
     assert claim_job(running, runner="next", lease_seconds=60).attempt == 2
 
 
-def test_heartbeat_renews_lease_and_sees_cancel(prod_env):
+def test_heartbeat_renews_lease_and_sees_cancel(any_db):
     job_id = make_job(*make_dataset(3)[:2])
     claim_job(job_id, runner="me", lease_seconds=2)
     before = get_job(job_id).lease_expires_at

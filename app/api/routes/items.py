@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from app.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
+from app.api.deps import OwnerDep, ReviewerDep, SessionDep, SettingsDep, StorageDep
 from app.api.openapi import BODY, COMMON, problems
 from app.schemas import ItemRead, ItemUpdate
 from app.services import items as items_service
@@ -22,10 +22,18 @@ def get_item(item_id: str, owner: OwnerDep, session: SessionDep, settings: Setti
 
 @router.patch("/{item_id}", response_model=ItemRead, responses={**PROBLEMS, **BODY})
 def review_item(
-    item_id: str, item_in: ItemUpdate, owner: OwnerDep, session: SessionDep, settings: SettingsDep
+    item_id: str,
+    item_in: ItemUpdate,
+    owner: OwnerDep,
+    reviewer: ReviewerDep,
+    session: SessionDep,
+    settings: SettingsDep,
 ) -> ItemRead:
-    """A reviewer sets the tag (one of the dataset's classes); the item then counts as certain."""
-    return items_service.review_item(session=session, owner=owner, item_id=item_id, item_in=item_in, settings=settings)
+    """A reviewer sets the tag (one of the dataset's classes); the item then counts as certain. The decision is
+    recorded in the item's review history with the API key's name."""
+    return items_service.review_item(
+        session=session, owner=owner, item_id=item_id, item_in=item_in, settings=settings, reviewer=reviewer
+    )
 
 
 @router.get(

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
-from app import job_defaults
+from app import job_defaults, logs
 from app.api.deps import OwnerDep, SessionDep, SettingsDep
 from app.api.openapi import BODY, COMMON, problems
 from app.api.paging import CursorQuery, LimitQuery, page_limit
@@ -79,6 +79,7 @@ def create_job(
         job_in=job_in or JobCreate(),
         idempotency_key=idempotency_key,
         settings=settings,
+        request_id=logs.request_id.get(),
     )
     response.headers["Location"] = f"/jobs/{job.id}"
     if replayed:

@@ -124,9 +124,17 @@ async def predict(
     },
     openapi_extra={"requestBody": WEBHOOK_BODY},
 )
-async def webhook(dataset_id: str, owner: BasicOrBearerOwnerDep, settings: SettingsDep, body: JsonBody) -> JSONResponse:
+async def webhook(
+    dataset_id: str, request: Request, owner: BasicOrBearerOwnerDep, settings: SettingsDep, body: JsonBody
+) -> JSONResponse:
     """Project events: ANNOTATION_CREATED/UPDATED (one choice) -> the item's reviewer tag; START_TRAINING -> a job."""
     status, payload = await run_in_threadpool(
-        _in_session, ls_service.webhook, owner=owner, dataset_id=dataset_id, body=body, settings=settings
+        _in_session,
+        ls_service.webhook,
+        owner=owner,
+        reviewer=request.state.reviewer,  # the API key's id and name (app.api.deps.owner_for)
+        dataset_id=dataset_id,
+        body=body,
+        settings=settings,
     )
     return JSONResponse(payload, status_code=status)

@@ -3,7 +3,7 @@
 Every list endpoint pages by keyset (``created_at, id`` after the cursor; items by ``seq``), so each page is an
 index range scan, however many rows the owner has.
 
-Revision ID: api_gaps
+Revision ID: 0003
 Revises: 0002
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "api_gaps"
+revision: str = "0003"
 down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

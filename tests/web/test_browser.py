@@ -1,0 +1,259 @@
+"""The web app in a real browser (Debian's Chromium, Playwright): the annotator's whole day on real CIFAR-10 photos.
+
+A real ``tagsift serve`` and a real ``tagsift worker`` with the offline reference backbone, PostgreSQL and Redis.
+Sign in, upload (first with a broken manifest: the per-item errors show next to their rows), start a job and watch
+its progress reach the end, review ten items with the keyboard (one undo) and check the database, bulk-accept a
+shift-click selection, open an item's history, download the model and try /predict, sign out. No page may ask for a
+URL outside the served origin. Screenshots of each page go to ``$TAGSIFT_UI_SCREENSHOTS`` (docs/ui/).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import re
+import zipfile
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from app.db import session_scope
+from app.models import Item, ItemReview
+from tests.ml.reference_fixtures import (  # noqa: F401 - pytest fixtures
+    REFERENCE_CACHE_DIR,
+    cifar10_path,
+    reference_build,
+    reference_cache_dir,
+)
+from tests.web.conftest import named_key, open_site, sign_in
+from tests.worker.conftest import FAST_LEASES, ApiServer, WorkerProcess
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+PER_CLASS = 3
+CANDIDATES = 3
+
+
+def _cifar_files(archive: Path, folder: Path) -> tuple[list[str], Path, list[Path], dict[str, str]]:
+    """Real CIFAR-10 test photos written as files, with a manifest of three candidates each (the true tag and two
+    others); returns (classes, manifest path, image paths, truth by file name)."""
+    from ml.data import load_cifar10
+
+    data = load_cifar10(archive, "test", per_class=PER_CLASS + 1, seed=1)
+    classes = list(data.classnames)
+    rng = random.Random(1)
+    seen: dict[int, int] = {}
+    rows, paths, truth = [], [], {}
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (image, label) in enumerate(zip(data.images, data.labels.tolist(), strict=True)):
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > PER_CLASS:
+            continue
+        name = f"photo{i:03d}.jpg"
+        (folder / name).write_bytes(image)
+        paths.append(folder / name)
+        true = classes[label]
+        rows.append({"file": name, "candidates": sorted([true, *rng.sample([c for c in classes if c != true], 2)])})
+        truth[name] = true
+    manifest = folder / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return classes, manifest, paths, truth
+
+
+@pytest.fixture
+def stack(prod_env, tagsift_env, reference_build, tmp_path: Path):  # noqa: F811
+    """API + worker processes with the reference backbone."""
+    tagsift_env(
+        database_url=prod_env.database_url,
+        broker_url=prod_env.broker_url,
+        queue=prod_env.queue,
+        backbone="reference",
+        model_cache_dir=str(REFERENCE_CACHE_DIR),
+    )
+    api = ApiServer(tmp_path / "api.log", {**os.environ, "TAGSIFT_LOG_LEVEL": "WARNING"})
+    worker = WorkerProcess(tmp_path / "worker.log", {**os.environ, **FAST_LEASES, "TAGSIFT_JOB_LEASE_SECONDS": "60"})
+    try:
+        yield api, worker
+    finally:
+        worker.stop()
+        api.stop()
+
+
+def _reviews(reviewer: str) -> list[ItemReview]:
+    with session_scope() as session:
+        return list(session.scalars(select(ItemReview).where(ItemReview.reviewer == reviewer).order_by(ItemReview.id)))
+
+
+def _item(item_id: str) -> Item:
+    with session_scope() as session:
+        return session.get(Item, item_id)
+
+
+def review_ready(site) -> None:
+    """Wait for the review page's script to be set up; on a timeout, say what the browser saw."""
+    try:
+        site.page.locator("body[data-review-ready='1']").wait_for(state="attached", timeout=30_000)
+    except Exception as exc:
+        html = site.page.content()
+        raise AssertionError(f"review page not ready: {site.console_errors} {site.page.url} {html[:3000]}") from exc
+
+
+def test_annotator_walkthrough(browser, stack, cifar10_path, shots_dir, tmp_path: Path):  # noqa: F811
+    api, worker = stack
+    key = named_key("Ada Annotator")
+    site = open_site(browser, api.base_url, shots_dir)
+    page = site.page
+
+    # --- sign in ---
+    page.goto(site.url("/ui/login"))
+    site.shot("login")
+    sign_in(site, key)
+    assert page.get_by_text("Ada Annotator").is_visible()
+
+    # --- upload: a broken manifest first (errors next to the rows), then the real one ---
+    classes, manifest, images, truth = _cifar_files(cifar10_path, tmp_path / "photos")
+    page.get_by_role("link", name="New dataset").click()
+    page.get_by_label("Name", exact=True).fill("CIFAR-10 sample")
+    page.get_by_label("Classes (optional)").fill(json.dumps(classes))
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(manifest.read_text() + json.dumps({"file": "not-there.jpg", "candidates": ["cat"]}) + "\n")
+    page.get_by_label("Manifest (JSONL or CSV)").set_input_files(str(broken))
+    page.get_by_label("Images").set_input_files([str(p) for p in images])
+    page.get_by_role("button", name="Create dataset").click()
+    bad_row = page.locator("tr.bad-row", has_text="not-there.jpg")
+    bad_row.wait_for()
+    assert "not-there.jpg" in bad_row.inner_text()
+    site.shot("upload-errors")
+    page.get_by_label("Manifest (JSONL or CSV)").set_input_files(str(manifest))
+    page.get_by_role("button", name="Create dataset").click()
+    page.wait_for_url(re.compile(r"/ui/datasets/[0-9a-f]{32}$"))
+    dataset_id = page.url.rsplit("/", 1)[1]
+    assert page.locator('[data-count="items"]').inner_text() == str(len(images))
+
+    # --- start a job, watch it to the end ---
+    page.get_by_label("Method").select_option("prompt_alignment")
+    page.get_by_label("epochs").fill("3")
+    site.shot("dataset")
+    page.get_by_role("button", name="Start job").click()
+    page.wait_for_url("**/ui/jobs/*")
+    page.locator("[data-job-status]", has_text="succeeded").wait_for(timeout=240_000)
+    bars = page.locator(".stages progress")
+    assert [bars.nth(k).evaluate("b => b.value") for k in range(bars.count())] == [1, 1, 1, 1], worker.log()[-3000:]
+    assert page.locator("[data-events] tr").count() >= 5
+    site.shot("job")
+
+    # --- review ten items with the keyboard, one undo ---
+    page.goto(site.url(f"/ui/datasets/{dataset_id}/review?needs_review=all"))
+    review_ready(site)
+    cards = page.locator(".grid .card")
+    assert cards.count() == len(images)
+    assert page.locator(".card .chip .p").count() > 0  # the model's probability on the chips
+    site.shot("review")
+
+    def chips(i: int) -> list[str]:
+        return cards.nth(i).locator(".chip").evaluate_all("cs => cs.map(c => c.dataset.tag)")
+
+    def label(i: int) -> str:
+        return cards.nth(i).get_attribute("data-label")
+
+    ids = [cards.nth(i).get_attribute("data-id") for i in range(12)]
+    expected: dict[str, str] = {}
+    decisions = 0
+
+    def press(k: str) -> None:
+        nonlocal decisions
+        page.keyboard.press(k)
+        if k not in ("Space", "ArrowRight", "ArrowLeft"):
+            decisions += 1
+            page.locator(f"body[data-decisions='{decisions}']").wait_for()
+
+    plan = ["1", "a", "2", "1", "a", "UNDO", "3", "Space", "a", "1", "2", "a", "1"]
+    i = 0
+    for step in plan:
+        if step == "UNDO":
+            press("u")
+            i -= 1
+            expected.pop(ids[i])
+            assert label(i) == _item(ids[i]).label and _item(ids[i]).label_source == "model"
+            continue
+        if step == "Space":
+            press("Space")
+            i += 1
+            continue
+        tag = label(i) if step == "a" else chips(i)[int(step) - 1]
+        expected[ids[i]] = tag
+        press(step)
+        i += 1
+    assert len(expected) == 10
+    for item_id, tag in expected.items():
+        row = _item(item_id)
+        assert (row.label, row.label_source, row.needs_review) == (tag, "reviewer", False), item_id
+    skipped = _item(ids[5])
+    assert skipped.label_source == "model"
+    reviews = _reviews("Ada Annotator")
+    assert len([r for r in reviews if r.action != "undo"]) == 11
+    assert len([r for r in reviews if r.action == "undo"]) == 1 and sum(r.undone for r in reviews) == 1
+    assert all(r.previous_source == "model" and r.previous_model_id for r in reviews if r.action != "undo")
+    assert page.locator("[data-reviewed]").inner_text() == "10"
+
+    # --- bulk accept a shift-click selection of items the model tagged ---
+    page.goto(site.url(f"/ui/datasets/{dataset_id}/review?needs_review=all&source=model"))
+    review_ready(site)
+    cards = page.locator(".grid .card")
+    page.get_by_label("Select all on this page").check()
+    assert page.locator("[data-selected-count]").inner_text() == f"{cards.count()} selected"
+    page.get_by_label("Select all on this page").uncheck()
+    cards.nth(0).locator("img").click()
+    cards.nth(4).locator("img").click(modifiers=["Shift"])
+    assert page.locator("[data-selected-count]").inner_text() == "5 selected"
+    bulk_ids = [cards.nth(k).get_attribute("data-id") for k in range(5)]
+    page.get_by_role("button", name="Accept selected (model's tag)").click()
+    page.locator("body[data-decisions='1']").wait_for()
+    for item_id in bulk_ids:
+        assert _item(item_id).label_source == "reviewer"
+    assert len([r for r in _reviews("Ada Annotator") if r.action == "accept"]) >= 5 + 4
+
+    # --- an item's history ---
+    page.goto(site.url(f"/ui/items/{ids[0]}"))
+    assert page.locator("table.history").get_by_text("Ada Annotator").count() >= 1
+    site.shot("item-history")
+
+    # --- models: download the export, try /predict ---
+    page.get_by_role("link", name="Models").click()
+    with page.expect_download() as dl:
+        page.get_by_role("link", name="Download the export (ONNX zip)").first.click()
+    with zipfile.ZipFile(io.BytesIO(Path(dl.value.path()).read_bytes())) as zf:
+        assert "model.onnx" in zf.namelist() and json.loads(zf.read("classes.json")) == classes
+    page.locator("input[type=file][name=image]").first.set_input_files(str(images[0]))
+    page.get_by_role("button", name="Predict").first.click()
+    page.locator("[data-prediction] li").first.wait_for()
+    assert any(c in page.locator("[data-prediction]").first.inner_text() for c in classes)
+    site.shot("models")
+
+    # --- datasets list, API docs (offline) ---
+    page.get_by_role("link", name="Datasets").click()
+    assert page.get_by_role("link", name="CIFAR-10 sample").is_visible()
+    site.shot("datasets")
+    page.goto(site.url("/docs"))
+    page.locator(".swagger-ui .info").wait_for()
+    site.shot("docs")
+    page.goto(site.url("/redoc"))
+    page.get_by_role("heading", name="tagsift").first.wait_for(timeout=30_000)
+
+    # --- sign out ---
+    page.goto(site.url("/ui/datasets"))
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url("**/ui/login")
+    page.goto(site.url("/ui/datasets"))
+    assert "/ui/login" in page.url
+
+    assert site.offsite == [], site.offsite
+    # ReDoc's sidebar always renders Redocly's logo from cdn.redoc.ly: the CSP blocks it (nothing leaves the
+    # machine, the link text stays); anything else the CSP had to block is a defect of ours.
+    csp_errors = [
+        e for e in site.console_errors if "Content Security Policy" in e and "cdn.redoc.ly/redoc/logo-mini.svg" not in e
+    ]
+    assert csp_errors == [], csp_errors
