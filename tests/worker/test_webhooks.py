@@ -255,13 +255,12 @@ def test_a_review_reaches_the_receiver_and_a_refused_address_is_never_contacted(
 def test_the_claim_and_the_reaper_report_their_state_changes(prod_env) -> None:
     """Every worker-side change of a job's status writes its event in the same transaction: started (each run),
     queued again by the reaper, failed when attempts run out, cancelled when a cancel beat the run."""
-    from datetime import timedelta
-
     from sqlalchemy import update
 
+    from app.dbclock import db_now
     from app.models import Job
     from tests.worker.conftest import make_dataset, make_job
-    from worker.leases import ClaimOutcome, claim_job, reap_once, utcnow
+    from worker.leases import ClaimOutcome, claim_job, reap_once
 
     owner, ds, _ = make_dataset(3)
     with session_scope() as session:
@@ -286,13 +285,18 @@ def test_the_claim_and_the_reaper_report_their_state_changes(prod_env) -> None:
             ]
 
     job_id = make_job(owner, ds, max_attempts=2)
-    now = utcnow()
-    assert claim_job(job_id, runner="a", lease_seconds=1, now=now).outcome == ClaimOutcome.CLAIMED
-    assert claim_job(job_id, runner="a", lease_seconds=1, now=now).outcome == ClaimOutcome.CLAIMED  # same runner
-    assert dict(reap_once(requeue_after_seconds=300, now=now + timedelta(seconds=5)))
-    assert claim_job(job_id, runner="b", lease_seconds=1, now=now + timedelta(seconds=6)).attempt == 2
-    claim = claim_job(job_id, runner="c", lease_seconds=1, now=now + timedelta(seconds=20))
-    assert claim.outcome == ClaimOutcome.EXHAUSTED
+
+    def expire() -> None:  # the lease ran out (on the database's clock), as a runner that stopped renewing leaves it
+        with session_scope() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=db_now(-1)))
+
+    assert claim_job(job_id, runner="a", lease_seconds=60).outcome == ClaimOutcome.CLAIMED
+    assert claim_job(job_id, runner="a", lease_seconds=60).outcome == ClaimOutcome.CLAIMED  # same runner: no event
+    expire()
+    assert reap_once(requeue_after_seconds=300)
+    assert claim_job(job_id, runner="b", lease_seconds=60).attempt == 2
+    expire()
+    assert claim_job(job_id, runner="c", lease_seconds=60).outcome == ClaimOutcome.EXHAUSTED
     cancelled = make_job(owner, ds)
     with session_scope() as session:
         session.execute(update(Job).where(Job.id == cancelled).values(cancel_requested=True))
