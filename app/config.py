@@ -6,6 +6,7 @@ plain values into it).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -173,6 +174,40 @@ class Settings(BaseSettings):
         2, description="Feature views per image for training (1 = eval transform only; more = augmented views)."
     )
 
+    # --- webhooks (docs/integrations.md) ----------------------------------------------------------
+    webhook_allowed_hosts: str = Field(
+        "*",
+        description="Hosts a webhook URL may name, comma-separated: `*` (any host), `example.com` (that host),"
+        " `*.example.com` (its subdomains); empty: no webhooks. Every address the host resolves to must also be"
+        " public (or in TAGSIFT_WEBHOOK_ALLOWED_NETWORKS), checked at registration and again at each delivery.",
+    )
+    webhook_allowed_networks: str = Field(
+        "",
+        description="Private, loopback or link-local networks a webhook may still reach, comma-separated CIDRs"
+        " (e.g. `10.0.0.0/8,127.0.0.1/32`); empty: only public addresses.",
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, le=60, description="Connect and read timeout of one webhook delivery attempt."
+    )
+    webhook_max_attempts: int = Field(
+        10, ge=1, le=30, description="Attempts of one webhook delivery (the first plus retries) before it is failed."
+    )
+    webhook_retry_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Wait before the first retry of a failed webhook delivery; doubled after each further failure,"
+        " at most 1 hour.",
+    )
+    webhook_poll_seconds: float = Field(
+        1.0, ge=0, description="How often each worker looks for due webhook deliveries; 0: this worker sends none."
+    )
+    webhook_log_days: float = Field(
+        30.0,
+        ge=0,
+        description="Finished webhook deliveries (succeeded or failed) are deleted from the delivery log after this"
+        " many days; 0: kept forever.",
+    )
+
     # --- test infrastructure (read by tests/conftest.py only) ---------------------------------------
     test_postgres_url: str = Field(
         "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
@@ -201,6 +236,27 @@ class Settings(BaseSettings):
                 f" got {self.max_tag_length}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _check_webhook_networks(self) -> Settings:
+        for cidr in _split(self.webhook_allowed_networks):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"TAGSIFT_WEBHOOK_ALLOWED_NETWORKS: {cidr!r} is not a network (write CIDRs like 10.0.0.0/8)"
+                ) from None
+        return self
+
+    @property
+    def webhook_host_patterns(self) -> list[str]:
+        """TAGSIFT_WEBHOOK_ALLOWED_HOSTS as lower-case patterns."""
+        return [h.lower().rstrip(".") for h in _split(self.webhook_allowed_hosts)]
+
+    @property
+    def webhook_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """TAGSIFT_WEBHOOK_ALLOWED_NETWORKS as networks."""
+        return [ipaddress.ip_network(c, strict=False) for c in _split(self.webhook_allowed_networks)]
 
     @model_validator(mode="after")
     def _fill_derived_defaults(self) -> Settings:
@@ -233,6 +289,10 @@ class Settings(BaseSettings):
     def is_embedded(self) -> bool:
         """True when the database is SQLite (the embedded default)."""
         return self.database_url.startswith("sqlite")
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 @lru_cache

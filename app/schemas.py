@@ -397,3 +397,76 @@ class Problem(BaseModel):
     code: str = Field(description="Stable machine-readable code, e.g. `not_found`, `invalid_input`.")
     instance: str | None = Field(None, description="The request path.")
     errors: list[ProblemFieldError] | None = Field(None, description="Every bad field / item (input errors).")
+
+
+# --- webhooks (docs/integrations.md) ----------------------------------------------------------------------
+
+WEBHOOK_EVENTS = ("job.queued", "job.started", "job.succeeded", "job.failed", "job.cancelled", "item.reviewed")
+WebhookEvent = Literal["job.queued", "job.started", "job.succeeded", "job.failed", "job.cancelled", "item.reviewed"]
+
+
+class WebhookCreate(_Input):
+    """``POST /webhooks``: where to send which events. The URL's host must be allowed by the service's settings and
+    resolve only to public addresses."""
+
+    url: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="http(s) URL that receives a POST per event; its host must be allowed"
+        " (TAGSIFT_WEBHOOK_ALLOWED_HOSTS) and resolve only to public addresses (or TAGSIFT_WEBHOOK_ALLOWED_NETWORKS).",
+        json_schema_extra={"format": "uri", "pattern": r"^https?://[^\s#@/]+(/[^\s#]*)?$"},
+    )
+    events: list[WebhookEvent] = Field(
+        default_factory=lambda: list(WEBHOOK_EVENTS),
+        min_length=1,
+        description="The events to send (default: all of them).",
+    )
+    description: str | None = Field(None, max_length=200)
+
+
+class WebhookRead(_Output):
+    id: str
+    url: str
+    events: list[str]
+    description: str | None
+    created_at: datetime
+
+
+class WebhookCreated(WebhookRead):
+    """The new hook with its signing secret, shown this once (delete the hook and register it again to change it)."""
+
+    secret: str = Field(description="The HMAC-SHA256 key of the `Tagsift-Signature` header.")
+
+
+class WebhookList(BaseModel):
+    data: list[WebhookRead]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+    total: int = Field(description="The owner's webhooks.")
+
+
+class WebhookAttemptRead(BaseModel):
+    attempt: int
+    at: datetime | None = Field(description="When it started; null for an attempt whose worker stopped during it.")
+    status_code: int | None = Field(description="The receiver's HTTP status; null when no response came.")
+    error: str | None = Field(description="Why the attempt failed; null for a 2xx.")
+    duration_ms: int
+
+
+class WebhookDeliveryRead(BaseModel):
+    id: str = Field(description="The delivery id (`Tagsift-Delivery` header and `id` of the body).")
+    event: str
+    status: Literal["pending", "succeeded", "failed"]
+    attempts: int
+    next_attempt_at: datetime | None = Field(description="When the next attempt is due (pending deliveries).")
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    payload: dict[str, Any] = Field(description="The body sent (the same bytes on every attempt).")
+    log: list[WebhookAttemptRead] = Field(description="Every attempt, oldest first.")
+
+
+class WebhookDeliveryList(BaseModel):
+    data: list[WebhookDeliveryRead] = Field(description="Newest first.")
+    total: int = Field(description="Deliveries of this hook matching the filter.")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null on the last page.")

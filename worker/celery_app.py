@@ -5,6 +5,8 @@ Signals wired here (main process only does light work, never torch / CUDA):
 * ``worker_ready``: start the reaper thread (``worker.leases.Reaper``) in the worker's main process; it re-enqueues
   jobs whose runner died (expired lease) and queued jobs whose message may be lost. Its first pass runs at once, so
   a restarted embedded worker picks up what its previous process left behind.
+* ``worker_ready``: also start the webhook sender thread (``worker.webhooks.Dispatcher``), which sends the
+  deliveries that state changes left in the outbox.
 * ``worker_process_init``: a prefork child drops the database connections it inherited from its parent, then
   imports torch, open_clip and ``ml`` once (no CUDA is touched), so that its first job does not pay seconds of
   imports (Airflow's practice: preload expensive imports once per worker; ``worker_proc_alive_timeout`` in
@@ -31,6 +33,7 @@ celery_app.conf.update(celery_config(get_settings()))
 
 _reaper = None
 _health = None
+_webhooks = None
 
 
 @setup_logging.connect
@@ -80,12 +83,27 @@ def _start_reaper(sender=None, **_kwargs) -> None:
     log.info("reaper started (every %ss)", settings.job_reap_interval_seconds)
 
 
+@worker_ready.connect
+def _start_webhooks(sender=None, **_kwargs) -> None:
+    """The webhook sender thread (``worker.webhooks``), beside the reaper in the main process."""
+    global _webhooks
+    from worker.webhooks import Dispatcher
+
+    settings = get_settings()
+    if settings.webhook_poll_seconds <= 0:
+        return
+    _webhooks = Dispatcher(settings).start()
+    log.info("webhook sender started (every %ss)", settings.webhook_poll_seconds)
+
+
 @worker_shutting_down.connect
 def _stop_reaper(**_kwargs) -> None:
     if _reaper is not None:
         _reaper.stop()
     if _health is not None:
         _health.stop()
+    if _webhooks is not None:
+        _webhooks.stop()
 
 
 @worker_process_init.connect

@@ -12,6 +12,7 @@ from sqlalchemy import bindparam, or_, select, update
 from app.db import session_scope
 from app.dbclock import db_now
 from app.models import Dataset, Item, Job, Model
+from app.services.webhooks import emit_job_event
 from worker.job_run import JobRun, LeaseLost
 from worker.leases import add_event, utcnow
 
@@ -133,6 +134,7 @@ def save_result(run: JobRun, job: JobInput, cfg, backbone_id: str, model_id: str
                 )
                 session.connection().execute(stmt, rows)
             add_event(session, job.job_id, "stage", stage="succeeded", model_id=model_id)
+            emit_job_event(session, job.job_id, "job.succeeded")
 
     try:
         run.transaction("save", save_once)

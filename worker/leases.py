@@ -51,6 +51,7 @@ from app.db import session_scope
 from app.dbclock import db_now
 from app.models import Job, JobEvent
 from app.queue import job_device
+from app.services.webhooks import emit_job_event
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,7 @@ def claim_job(job_id: str, *, runner: str, lease_seconds: float) -> Claim:
         if res.rowcount == 1:
             attempt, request_id = session.execute(select(Job.attempt, Job.request_id).where(Job.id == job_id)).one()
             add_event(session, job_id, "attempt", attempt=attempt, runner=runner, request_id=request_id)
+            emit_job_event(session, job_id, "job.started")
             return Claim(ClaimOutcome.CLAIMED, job_id, runner, attempt, request_id)
 
     # Not claimable: find out why, and settle the two cases that end the job here.
@@ -198,6 +200,7 @@ def claim_job(job_id: str, *, runner: str, lease_seconds: float) -> Claim:
             )
             if res.rowcount == 1:
                 add_event(session, job_id, "stage", stage="cancelled", reason="cancel requested before the run")
+                emit_job_event(session, job_id, "job.cancelled")
             return Claim(ClaimOutcome.CANCELLED, job_id, runner, job.attempt)
         message = (
             f"the job was started {job.attempt} time(s) and each run lost its worker (process killed, out of memory, "
@@ -218,6 +221,7 @@ def claim_job(job_id: str, *, runner: str, lease_seconds: float) -> Claim:
         )
         if res.rowcount == 1:
             add_event(session, job_id, "error", code="attempts_exhausted", message=message)
+            emit_job_event(session, job_id, "job.failed")
         return Claim(ClaimOutcome.EXHAUSTED, job_id, runner, job.attempt)
 
 
@@ -329,6 +333,7 @@ def reap_once(*, requeue_after_seconds: float) -> list[Requeue]:
             if res.rowcount == 1:
                 reason = f"worker lost: runner {owner} of attempt {attempt} stopped renewing its lease"
                 add_event(session, job_id, "requeue", reason=reason)
+                emit_job_event(session, job_id, "job.queued")
                 out.append(Requeue(job_id, job_device(params), reason))
     stale_before = db_now(-requeue_after_seconds)
     with session_scope() as session:

@@ -48,6 +48,7 @@ from app.db import session_scope
 from app.dbclock import db_now
 from app.models import Job, new_id
 from app.queue import job_device
+from app.services.webhooks import emit_job_event
 from app.storage import StorageError, get_storage
 from ml.errors import BackboneLoadError, InvalidCandidates, TrainingCancelled
 from ml.weights import WeightsMissing
@@ -202,6 +203,7 @@ def _finish(run: JobRun, status: str, *, code: str | None = None, message: str |
                 add_event(session, run.job_id, "error", code=code, message=message)
             if event:
                 add_event(session, run.job_id, event[0], **event[1])
+            emit_job_event(session, run.job_id, f"job.{status}")
 
     try:
         run.transaction(status, finish_once)

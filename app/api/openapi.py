@@ -121,6 +121,23 @@ LINKS: dict[tuple[str, str, str], dict[str, tuple[str, str, dict[str, str]]]] = 
         "GetJob": ("/jobs/{job_id}", "get", {"path.job_id": "$response.body#/job_id"}),
         "PredictItem": ("/predict", "get", {"query.model_id": "$response.body#/id"}),
     },
+    ("/webhooks", "post", "201"): {
+        "GetWebhook": ("/webhooks/{webhook_id}", "get", {"path.webhook_id": "$response.body#/id"}),
+        "ListWebhookDeliveries": (
+            "/webhooks/{webhook_id}/deliveries",
+            "get",
+            {"path.webhook_id": "$response.body#/id"},
+        ),
+        "DeleteWebhook": ("/webhooks/{webhook_id}", "delete", {"path.webhook_id": "$response.body#/id"}),
+    },
+    ("/webhooks", "get", "200"): {
+        "GetWebhook": ("/webhooks/{webhook_id}", "get", {"path.webhook_id": "$response.body#/data/0/id"}),
+        "ListWebhookDeliveries": (
+            "/webhooks/{webhook_id}/deliveries",
+            "get",
+            {"path.webhook_id": "$response.body#/data/0/id"},
+        ),
+    },
 }
 
 

@@ -25,6 +25,7 @@ from app.schemas import (
 from app.services.checks import control_char_problem
 from app.services.lookup import get_owned
 from app.services.pages import keyset_page
+from app.services.webhooks import emit_job_event
 from app.storage import BlobStore
 from app.uploads import RawUpload, ValidBatch, check_classes, validate_upload
 
@@ -243,7 +244,7 @@ def delete_dataset(*, session: Session, storage: BlobStore, owner: Owner, datase
     dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id, lock=True)
     shas = set(session.scalars(select(Item.sha256).where(Item.dataset_id == dataset.id)))
     now = utcnow()
-    session.execute(
+    cancelled = session.scalars(
         update(Job)
         .where(Job.dataset_id == dataset.id, Job.status == "queued")
         .values(
@@ -252,10 +253,13 @@ def delete_dataset(*, session: Session, storage: BlobStore, owner: Owner, datase
             error_code="cancelled",
             error_message="the dataset was deleted",
         )
-    )
+        .returning(Job.id)
+    ).all()
     session.execute(
         update(Job).where(Job.dataset_id == dataset.id, Job.status == "running").values(cancel_requested=True)
     )
+    for job_id in cancelled:
+        emit_job_event(session, job_id, "job.cancelled")
     session.execute(delete(Item).where(Item.dataset_id == dataset.id))
     session.delete(dataset)
     session.commit()

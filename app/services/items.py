@@ -15,7 +15,8 @@ false, and later jobs treat it as a single-candidate item.
 Every reviewer decision (assign a tag, accept the model's tag, undo; from the API, the web app or Label Studio)
 goes through :func:`apply_decision` (:func:`decide` for the API and the web app) or :func:`undo_last`, which write
 one ``item_reviews`` row with who, when, the previous tag, its source and the model that proposed it; an undo
-restores the state that row saved.
+restores the state that row saved. Each decision and each undo is an ``item.reviewed``
+event for the owner's webhooks, written in the same transaction (``app.services.webhooks``).
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.api.errors import Conflict, FieldError, InvalidInput, NotFound
-from app.config import Settings
+from app.config import Settings, get_settings
 from app.models import Dataset, Item, ItemReview, Owner, utcnow
 from app.schemas import ItemList, ItemRead, ItemUpdate
 from app.services.checks import shorten
 from app.services.datasets import get_dataset
 from app.services.lookup import get_owned
+from app.services.webhooks import emit
 from app.storage import BlobStore
 
 ItemOrder = Literal["upload", "margin"]
@@ -189,6 +191,7 @@ def apply_decision(
         label = item.label
     else:
         label = _check_label(item, label or "", add_to_candidates=add_to_candidates)
+    previous = {"label": item.label, "label_source": item.label_source}
     _record(session, item, reviewer, action, label)
     if label not in item.candidates:
         item.candidates = [*item.candidates, label]
@@ -199,6 +202,18 @@ def apply_decision(
     item.needs_review = False
     item.model_id = None
     item.updated_at = utcnow()
+    _emit_reviewed(session, item, previous, action, reviewer)
+
+
+def _emit_reviewed(session: Session, item: Item, previous: dict, action: str, reviewer: Reviewer) -> None:
+    """The owner's webhooks hear of a decision in its transaction (``app.services.webhooks``)."""
+    data = {
+        "item": item_read(item, get_settings()).model_dump(mode="json"),
+        "previous": previous,
+        "action": action,
+        "reviewer": reviewer.name,
+    }
+    emit(session, owner_id=item.dataset.owner_id, event="item.reviewed", data=data)
 
 
 def decide(
@@ -263,6 +278,7 @@ def undo_last(*, session: Session, owner: Owner, item_id: str, reviewer: Reviewe
     )
     if last is None:
         raise Conflict(f"item {item.id}: no decision to undo", code="nothing_to_undo")
+    previous = {"label": item.label, "label_source": item.label_source}
     _record(session, item, reviewer, "undo", last.previous_label)
     last.undone = True
     item.label = last.previous_label
@@ -273,6 +289,7 @@ def undo_last(*, session: Session, owner: Owner, item_id: str, reviewer: Reviewe
     item.model_id = last.previous_model_id
     item.candidates = list(last.previous_candidates)
     item.updated_at = utcnow()
+    _emit_reviewed(session, item, previous, "undo", reviewer)
     session.commit()
     return item
 

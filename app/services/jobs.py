@@ -32,41 +32,19 @@ from app.job_defaults import resolve_job_params
 from app.models import Item, Job, JobEvent, Owner, utcnow
 from app.schemas import (
     FINISHED_STATUSES,
-    ErrorRead,
     JobCreate,
     JobEventList,
     JobEventRead,
     JobList,
     JobRead,
-    ProgressRead,
 )
 from app.services.datasets import get_dataset
+from app.services.job_views import job_read
 from app.services.lookup import get_owned
 from app.services.pages import keyset_page
+from app.services.webhooks import emit_job_event
 
 log = logging.getLogger(__name__)
-
-
-def job_read(job: Job) -> JobRead:
-    error = ErrorRead(code=job.error_code, message=job.error_message) if job.error_code else None
-    progress = {k: v for k, v in (job.progress or {}).items() if k in ProgressRead.model_fields}
-    return JobRead(
-        id=job.id,
-        type=job.type,
-        dataset_id=job.dataset_id,
-        status=job.status,
-        params=job.params or {},
-        progress=ProgressRead(**progress),
-        metrics={k: v for k, v in (job.metrics or {}).items() if k != "quality"},
-        quality=(job.metrics or {}).get("quality"),
-        error=error,
-        attempt=job.attempt,
-        cancel_requested=bool(job.cancel_requested),
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        model_id=job.model_id,
-    )
 
 
 def _fingerprint(dataset_id: str, params: dict) -> str:
@@ -142,6 +120,7 @@ def create_job(
         return _replay(prior, request_hash, idempotency_key or ""), True
     queued = {"stage": "queued", "device": params["device"], "queue": settings.queue_for(params["device"])}
     session.add(JobEvent(job_id=job.id, kind="stage", data={**queued, "request_id": request_id}))
+    emit_job_event(session, job.id, "job.queued")
     session.commit()
     log.info("job %s created on dataset %s, %s queue %s", job.id, dataset.id, params["device"], queued["queue"])
     _enqueue(session=session, job=job)
@@ -235,6 +214,7 @@ def cancel_job(*, session: Session, owner: Owner, job_id: str) -> JobRead:
     ).rowcount
     if cancelled:
         session.add(JobEvent(job_id=job.id, kind="stage", data={"stage": "cancelled"}))
+        emit_job_event(session, job.id, "job.cancelled")
     else:
         session.refresh(job)
         if job.status in FINISHED_STATUSES:

@@ -57,6 +57,8 @@ CONTENT_FIELDS: dict[str, set[str]] = {
     "POST /predict": {"image", "candidates"},
     "PATCH /items/{item_id}": {"label"},
     "POST /datasets/{dataset_id}/jobs": {"Idempotency-Key"},  # only as idempotency_key_reused (below)
+    # a webhook URL's host must resolve, to public addresses only, when it is registered: DNS, not the schema
+    "POST /webhooks": {"url"},
 }
 
 
@@ -94,7 +96,10 @@ TAGS = CLASSES
 
 
 def _seed(client, headers: dict[str, str]) -> dict[str, list[str]]:
-    """Real rows for the fuzzer to aim at: a dataset with items, a job, a model; some spare datasets to delete."""
+    """Real rows for the fuzzer to aim at: a dataset with items, a job, a model, a webhook with deliveries; some spare
+    datasets and webhooks to delete."""
+    hooks = [client.post("/webhooks", headers=headers, json={"url": "https://93.184.215.14/fuzz"}) for _ in range(5)]
+    assert all(r.status_code == 201 for r in hooks), [r.text for r in hooks]
     rows = [{"file": f"img{i}.png", "candidates": [TAGS[i % 3], TAGS[(i + 1) % 3]]} for i in range(3)]
     files = [("manifest", ("manifest.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode(), "text/plain"))]
     colors = [(250, 10, 10), (10, 250, 10), (10, 10, 250)]
@@ -116,6 +121,8 @@ def _seed(client, headers: dict[str, str]) -> dict[str, list[str]]:
         "job_id": [job["id"], trained_id],
         "model_id": [model_id],
         "spare_dataset_id": [r.json()["id"] for r in spare],
+        "webhook_id": [hooks[0].json()["id"]],
+        "spare_webhook_id": [r.json()["id"] for r in hooks[1:]],
     }
 
 
@@ -124,8 +131,8 @@ def _strategies(operation, ids: dict[str, list[str]]):
     out = [operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE)]
     names = [p.name for p in operation.path_parameters]
     if names:
-        # DELETE /datasets/{id} gets datasets of its own: the one the other operations aim at stays
-        pool = {n: ids["spare_dataset_id"] if operation.method.upper() == "DELETE" else ids[n] for n in names}
+        # DELETE gets datasets and webhooks of its own: the ones the other operations aim at stay
+        pool = {n: ids[f"spare_{n}"] if operation.method.upper() == "DELETE" else ids[n] for n in names}
         real = st.fixed_dictionaries({n: st.sampled_from(v) for n, v in pool.items()})
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             out.append(real.flatmap(lambda p, mode=mode: operation.as_strategy(mode, path_parameters=p)))
@@ -175,7 +182,7 @@ def _coverage_cases(schema, operation, ids: dict[str, list[str]]) -> list:
             if case.method.upper() != operation.method.upper() or case.meta is None:
                 continue  # another method on the path: the 405 needs no real id
             if names and not case.meta.is_negative_at(ParameterLocation.PATH):
-                pool = {n: ids["spare_dataset_id"] if case.method.upper() == "DELETE" else ids[n] for n in names}
+                pool = {n: ids[f"spare_{n}"] if case.method.upper() == "DELETE" else ids[n] for n in names}
                 case.path_parameters = {**case.path_parameters, **{n: v[i % len(v)] for n, v in pool.items()}}
                 if case.headers and "Idempotency-Key" in case.headers:  # else one key for many bodies: all 422
                     case.headers = {**case.headers, "Idempotency-Key": f"fuzz-{i}"}
@@ -286,7 +293,13 @@ def test_fuzz_openapi(prod_env: Settings) -> None:
     assert {label for label in calls if not label.startswith("stateful ")} == {op.label for op in operations}
     assert total >= 1000, f"only {total} generated requests"
     # the id-taking operations were reached with ids that exist, not only with random ones
-    for label in ("GET /items/{item_id}", "GET /jobs/{job_id}", "GET /models/{model_id}/export", "GET /predict"):
+    for label in (
+        "GET /items/{item_id}",
+        "GET /jobs/{job_id}",
+        "GET /models/{model_id}/export",
+        "GET /predict",
+        "GET /webhooks/{webhook_id}/deliveries",
+    ):
         assert statuses[(label, 200)] > 0, label
     # the stateful phase followed links: operations that take an id got one from an earlier response
     for label in ("GET /datasets/{dataset_id}", "GET /items/{item_id}", "GET /jobs/{job_id}"):

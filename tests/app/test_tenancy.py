@@ -27,7 +27,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import select, text
 
 from app.db import session_scope
-from app.models import ApiKey, Dataset, Item, Job, JobEvent, Model
+from app.models import ApiKey, Dataset, Item, Job, JobEvent, Model, Webhook, WebhookDelivery
 from app.services.api_keys import create_api_key
 from tests.app.conftest import Api, image_bytes, jsonl
 from tests.app.model_fixtures import BLUE, GREEN, RED, store_model
@@ -98,6 +98,8 @@ def build_world(api: Api, onnx: bytes) -> dict:
         {"file": "blue.png", "candidates": ["lynx", "dog"]},
     ]
     tag = uuid.uuid4().hex[:6]
+    hook = api.post("/webhooks", json={"url": "https://93.184.215.14/hook"})  # public: allowed by default
+    assert hook.status_code == 201, hook.text
     r = api.upload("/datasets", rows, {"red.png": RED, "green.png": GREEN, "blue.png": BLUE}, name=f"private-{tag}")
     assert r.status_code == 201, r.text
     ds = r.json()
@@ -113,6 +115,7 @@ def build_world(api: Api, onnx: bytes) -> dict:
         "job_key": f"key-{tag}",
         "model_id": model_id,
         "owner_id": _owner_id(ds["id"]),
+        "webhook_id": hook.json()["id"],
     }
 
 
@@ -141,6 +144,16 @@ def owner_state(owner_id: str) -> dict:
             "events": [_row(e) for e in session.scalars(select(JobEvent).where(JobEvent.job_id.in_(job_ids)))],
             "models": [_row(m) for m in session.scalars(select(Model).where(Model.owner_id == owner_id))],
             "keys": [_row(k) for k in session.scalars(select(ApiKey).where(ApiKey.owner_id == owner_id))],
+            "webhooks": [_row(w) for w in session.scalars(select(Webhook).where(Webhook.owner_id == owner_id))],
+            "deliveries": [
+                _row(d)
+                for d in session.scalars(
+                    select(WebhookDelivery)
+                    .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+                    .where(Webhook.owner_id == owner_id)
+                    .order_by(WebhookDelivery.id)
+                )
+            ],
         }
 
 
@@ -260,6 +273,11 @@ ATTACKS: dict[tuple[str, str], list[tuple[str, Attack]]] = {
             lambda a, v, m: a.post(f"/label-studio/{v['dataset_id']}/webhook", json={"action": "START_TRAINING"}),
         ),
     ],
+    ("GET", "/webhooks/{webhook_id}"): [("read", lambda a, v, m: a.get(f"/webhooks/{v['webhook_id']}"))],
+    ("DELETE", "/webhooks/{webhook_id}"): [("delete", lambda a, v, m: a.delete(f"/webhooks/{v['webhook_id']}"))],
+    ("GET", "/webhooks/{webhook_id}/deliveries"): [
+        ("delivery log", lambda a, v, m: a.get(f"/webhooks/{v['webhook_id']}/deliveries"))
+    ],
 }
 
 
@@ -314,6 +332,7 @@ def test_another_owner_gets_404_on_every_route_and_changes_nothing(
     assert victim["dataset_id"] not in attacker.get("/datasets").text
     assert victim["model_id"] not in attacker.get("/models").text
     assert victim["job_id"] not in attacker.get("/jobs").text
+    assert victim["webhook_id"] not in attacker.get("/webhooks").text
     assert _api_view(victim_api, victim) == victim_view
 
 
@@ -327,6 +346,8 @@ def _api_view(api: Api, ids: dict) -> dict:
         f"/jobs/{ids['job_id']}",
         f"/jobs/{ids['job_id']}/events",
         f"/models/{ids['model_id']}",
+        f"/webhooks/{ids['webhook_id']}",
+        f"/webhooks/{ids['webhook_id']}/deliveries",
     ]
     view = {}
     for url in urls:

@@ -258,11 +258,11 @@ def test_patch_items_records_the_keys_name(alice: Api) -> None:
     api = Api(client=alice.client, key=key, settings=alice.settings)
     ds = _dataset(api, n=1)
     item = _items(ds["id"])[0]
-    r = api.patch(f"/items/{item.id}", json={"label": "dog"})
+    r = api.patch(f"/items/{item.id}", json={"label": "lynx"})
     assert r.status_code == 200, r.text
     with session_scope() as session:
         rev = session.scalars(select(ItemReview).where(ItemReview.item_id == item.id)).one()
-        assert (rev.reviewer, rev.action, rev.label, rev.previous_label) == ("Linus", "assign", "dog", None)
+        assert (rev.reviewer, rev.action, rev.label, rev.previous_label) == ("Linus", "assign", "lynx", None)
 
 
 def test_thumbnails_are_small_cached_and_revalidated(web: TestClient, alice: Api) -> None:
