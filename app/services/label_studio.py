@@ -263,8 +263,8 @@ def webhook(
     """(status, body): an annotation becomes the matching item's reviewer tag; START_TRAINING starts a job."""
     dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
     action = body.get("action")
-    if not isinstance(action, str):
-        raise _invalid("action", "action: the event's name (a string) is required")
+    if not isinstance(action, str) or not action:
+        raise _invalid("action", "action: the event's name (a non-empty string) is required")
     for key in ("annotation", "task", "project"):
         if key in body and not isinstance(body[key], dict):
             raise _invalid(key, f"{key}: must be an object")

@@ -32,13 +32,19 @@ PREDICT_PROBLEMS = problems(
 )
 
 
-def _body(properties: dict[str, Any], description: str) -> dict[str, Any]:
+def _body(properties: dict[str, Any], description: str, required: list[str], **extra: Any) -> dict[str, Any]:
     """A JSON-object request body as Label Studio sends it (other keys are allowed and ignored)."""
-    schema = {"type": "object", "description": description, "properties": properties}
+    schema = {"type": "object", "description": description, "properties": properties, "required": required, **extra}
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
-_CONFIG = {"type": "string", "description": "The project's labeling config (XML) with a <Choices> on an <Image>."}
+_CONFIG = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": ls_service.MAX_LABEL_CONFIG,
+    "description": "The project's labeling config (XML) with a <Choices> on an <Image>.",
+}
+_ANNOTATION_EVENTS = ["ANNOTATION_CREATED", "ANNOTATION_UPDATED"]
 SETUP_BODY = _body(
     {
         "project": {"type": "string", "description": "<project id>.<created timestamp>"},
@@ -48,24 +54,41 @@ SETUP_BODY = _body(
         "extra_params": {"description": "Ignored."},
     },
     "Label Studio's /setup request.",
+    ["schema"],
 )
 PREDICT_BODY = _body(
     {
-        "tasks": {"type": "array", "items": {"type": "object"}, "description": "Label Studio tasks (`data.image`)."},
+        "tasks": {
+            "type": "array",
+            "items": {"type": "object"},
+            "minItems": 1,
+            "maxItems": ls_service.MAX_TASKS,
+            "description": "Label Studio tasks (`data.image`).",
+        },
         "label_config": _CONFIG,
         "project": {"type": "string"},
         "params": {"description": "Ignored."},
     },
     "Label Studio's /predict request.",
+    ["tasks", "label_config"],
 )
 WEBHOOK_BODY = _body(
     {
-        "action": {"type": "string", "description": "ANNOTATION_CREATED, ANNOTATION_UPDATED, START_TRAINING, ..."},
+        "action": {
+            "type": "string",
+            "minLength": 1,
+            "description": "ANNOTATION_CREATED, ANNOTATION_UPDATED, START_TRAINING, ...",
+        },
         "annotation": {"type": "object"},
         "task": {"type": "object"},
         "project": {"type": "object"},
     },
-    "A Label Studio webhook event.",
+    "A Label Studio webhook event (an annotation event carries the annotation and its task).",
+    ["action"],
+    anyOf=[
+        {"properties": {"action": {"not": {"enum": _ANNOTATION_EVENTS}}}},
+        {"required": ["annotation", "task"]},
+    ],
 )
 
 
