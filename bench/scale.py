@@ -106,15 +106,18 @@ def _get_ok(client, url: str, **params) -> dict:
     return res.json()
 
 
-def _deep_cursor(client, url: str, total: int, params: dict, page_max: int) -> str | None:
-    """Walk the listing in pages of ``page_max`` and return the cursor at ~90% of ``total`` items."""
+def _deep_cursor(client, url: str, total: int, params: dict, page_max: int) -> str:
+    """Walk the listing and return a cursor at ~90% of its ``total`` items (a page of items follows it)."""
+    step = max(1, min(page_max, total // 10))  # at most ~10% per page, so the walk stops before the end
     seen, cursor = 0, None
-    while seen < 0.9 * total:
-        page = _get_ok(client, url, limit=page_max, **params, **({"cursor": cursor} if cursor else {}))
-        seen += len(page["data"])
-        cursor = page.get("next_cursor")
-        if not cursor:
+    while seen + step <= 0.9 * total or cursor is None:
+        page = _get_ok(client, url, limit=step, **params, **({"cursor": cursor} if cursor else {}))
+        if not page.get("next_cursor"):
             break
+        seen += len(page["data"])
+        cursor = page["next_cursor"]
+    if cursor is None:
+        raise RuntimeError(f"{url} {params}: fewer than two pages of {step} items; no deep cursor")
     return cursor
 
 

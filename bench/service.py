@@ -539,7 +539,7 @@ def run_service_bench(cfg: ServiceBenchConfig, out: Callable[[str], None] = prin
     from app.job_defaults import resolve_job_params
     from app.schemas import JobCreate
 
-    params = {"epochs": cfg.epochs, "views": cfg.views, "seed": cfg.seed}
+    params = {"epochs": cfg.epochs, "views": cfg.views, "seed": cfg.seed, "device": "auto"}  # any worker
     job_params = resolve_job_params(JobCreate(**params).model_dump(), items=len(images), classes=len(classes))
     blob_dir = work / "direct-images"
     blob_dir.mkdir()

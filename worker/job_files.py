@@ -41,13 +41,13 @@ def retry_storage(fn: Callable[[], T], *, what: str, patience: float, first_dela
             result = fn()
         except StorageUnavailable as exc:
             failures += 1
-            if time.monotonic() + delay > deadline:
+            if time.monotonic() >= deadline:
                 raise StorageUnavailable(
                     f"{what}: the object store did not answer for {patience:.0f} s ({failures} tries): {exc}"
                 ) from exc
             if failures == 1:
                 log.warning("%s: object store unavailable, retrying for up to %.0f s: %s", what, patience, exc)
-            time.sleep(delay)
+            time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))  # the last try at the deadline
             delay = min(delay * 2, 5.0)
         else:
             if failures:

@@ -358,8 +358,11 @@ async def thumbnail(
 
 @router.get("/models", response_class=HTMLResponse)
 def models_page(request: Request, user: UserDep, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
-    models = models_service.list_models(session=session, owner=user.owner, settings=settings)
-    return _render(request, "models.html", user, models=list(reversed(models)))
+    limit = settings.page_limit_max
+    page = models_service.list_models(
+        session=session, owner=user.owner, settings=settings, cursor=None, limit=limit, dataset_id=None
+    )
+    return _render(request, "models.html", user, models=list(reversed(page.data)))  # newest first
 
 
 @router.get("/models/{model_id}/export")

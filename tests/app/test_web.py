@@ -383,7 +383,7 @@ def test_quality_report_shows_on_the_job_and_the_datasets_list(web: TestClient, 
     assert "87.5 %" in web.get("/ui/datasets").text
     page = web.get(f"/ui/jobs/{job_id}").text
     assert "Quality report" in page and "87.5 %" in page and "held-out agreement" in page
-    assert web.get(f"/ui/api/jobs/{job_id}").json()["job"]["metrics"]["quality"]["estimated_accuracy"] == 0.875
+    assert web.get(f"/ui/api/jobs/{job_id}").json()["job"]["quality"]["estimated_accuracy"] == 0.875
 
 
 def test_bulk_assign_is_all_or_nothing(web: TestClient, alice: Api, bob: Api) -> None:
@@ -452,3 +452,19 @@ def test_every_web_route_with_an_id_is_404_for_another_owner(
             failures.append(f"{method} {path}: {r.status_code} for another owner")
     assert not failures, "\n".join(failures)
     assert len(_items(ds["id"])) == 2 and alice.get(f"/jobs/{job['id']}").json()["status"] == "queued"
+
+
+def test_models_page_lists_models_newest_first_with_their_export(web: TestClient, alice: Api) -> None:
+    from tests.app.model_fixtures import channel_classifier_onnx, store_model
+
+    ds = _dataset(alice, n=1)
+    assert alice.post(f"/datasets/{ds['id']}/jobs", json={"method": "zero_shot"}).status_code == 202
+    older = store_model(ds["id"], channel_classifier_onnx())
+    newer = store_model(ds["id"], channel_classifier_onnx())
+    sign_in(web, alice.key)
+    page = web.get("/ui/models")
+    assert page.status_code == 200, page.text
+    assert page.text.index(f"/ui/models/{newer}/export") < page.text.index(f"/ui/models/{older}/export")
+    export = web.get(f"/ui/models/{newer}/export")
+    assert export.status_code == 200 and export.headers["content-type"] == "application/zip"
+    assert export.content[:2] == b"PK"

@@ -204,6 +204,26 @@ class WorkerProcess(TagsiftProcess):
         super().__init__(log_path, env, "worker", "--pool", pool, "--concurrency", "1", *args)
 
 
+@pytest.fixture(autouse=True)
+def _no_unfinished_jobs_of_earlier_tests(request: pytest.FixtureRequest) -> None:
+    """Earlier tests' unfinished jobs in this run's PostgreSQL database are settled (cancelled) before a test that
+    uses it: a worker's reaper re-sends every stale job of its database, as it must in a deployment, so a test's
+    worker would otherwise spend its time on jobs other tests left queued or running."""
+    if "postgres_url" not in request.fixturenames:
+        return
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(request.getfixturevalue("postgres_url"))
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE jobs SET status = 'cancelled', cancel_requested = true, lease_owner = NULL,"
+                " lease_expires_at = NULL, finished_at = now() WHERE status IN ('queued', 'running')"
+            )
+        )
+    engine.dispose()
+
+
 @pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start real worker processes with the test's TAGSIFT_* environment (plus overrides); stopped at the end."""
