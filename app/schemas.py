@@ -1,5 +1,8 @@
 """Pydantic I/O schemas, one family per resource: ``XCreate`` / ``XUpdate`` (input), ``XRead`` / ``XList`` (output).
 
+(Over 400 lines: every request and response shape of the API in one file, with the JSON-schema patterns they share,
+is what the OpenAPI document, the fuzz test and tests/test_contracts.py read; split it by resource when it grows.)
+
 :class:`JobCreate` holds the job parameters that do not depend on the method (batch 32, momentum 0.9, 16 context
 tokens, seed 1, ...); ``method="auto"`` and the per-method loss, epochs and lr left null are resolved by
 ``app/job_defaults.py`` when the job is created. The stored job ``params`` are the resolved values: every value

@@ -1,5 +1,8 @@
 """Blob storage: images, model artifacts, checkpoints and the feature cache, behind one interface.
 
+(Over 400 lines: both backends, their one key layout, the bounded download cache and the start-up checks stay
+side by side so that the two backends cannot drift apart; a split into ``app/storage/`` by backend is the next cut.)
+
 ``TAGSIFT_STORAGE_URL`` picks the backend (:func:`open_storage`):
 
 - ``file://<dir>`` (the default, ``file://<data_dir>``): :class:`LocalBlobStore`, plain files under ``<dir>``;
