@@ -73,8 +73,9 @@ def test_duplicate_delivery_runs_once(prod_env, start_worker):
         enqueue(TRAIN_TASK, job_id)  # e.g. a redelivery plus a reaper re-enqueue
     worker = start_worker()
     wait_status(job_id, ("succeeded",), timeout=120)
-    # the two extra messages are consumed and return quietly
-    wait_for(lambda: worker.log().count("not run (finished)") == 2, 30, "the duplicates to be consumed")
+    # the two extra messages are consumed and return quietly (the reaper may add one more while the worker starts:
+    # a queued job older than TAGSIFT_JOB_REQUEUE_AFTER_SECONDS is re-sent, and that copy returns quietly too)
+    wait_for(lambda: worker.log().count("not run (finished)") >= 2, 30, "the duplicates to be consumed")
     job = get_job(job_id)
     assert job.attempt == 1 and model_count(job_id) == 1
     assert len(events(job_id, "attempt")) == 1
