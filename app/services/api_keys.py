@@ -38,15 +38,6 @@ def create_api_key(*, session: Session, owner_name: str, name: str | None = None
     return key
 
 
-def owner_for_key(*, session: Session, key: str) -> Owner | None:
-    """The owner of an unrevoked key, or None."""
-    return session.scalar(
-        select(Owner)
-        .join(ApiKey, ApiKey.owner_id == Owner.id)
-        .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
-    )
-
-
 def key_for_secret(*, session: Session, key: str) -> ApiKey | None:
     """The unrevoked key row for the plaintext ``key`` (with its owner loaded), or None."""
     return session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
