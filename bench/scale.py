@@ -13,8 +13,8 @@ For each size (default 1,000, 10,000 and 100,000 items) it makes a fresh dataset
 - **delete**: ``DELETE /datasets/{id}`` seconds.
 
 No job runs (encoding 10^5 images is not what this measures): after the upload the bench writes a model-like
-state straight into the database (a label, a uniform random margin, ``needs_review`` for margins under the
-review margin), so the review queue holds ~20% of the items, as after a job.
+state straight into the database (a label, a uniform random margin, ``needs_review`` on the items whose margin
+falls in the lowest ``REVIEW_SHARE``), so the review queue holds ~20% of the items, as it might after a job.
 
 The last line is exactly ``scale items=A..B upload_rate_ratio=R list_p99_ratio=R review_p99_ratio=R
 export_rss_ratio=R``, each the figure at the largest size over the figure at the smallest (list and review: the
@@ -36,6 +36,7 @@ from pathlib import Path
 from bench.service import ServiceOptions, _http_ok, _Service, free_port, percentile, service_env
 
 CLASSES = [f"class{i:02d}" for i in range(10)]
+REVIEW_SHARE = 0.2  # margins are uniform in [0, 1): needs_review for margin < 0.2 is ~20% of the items
 FORMATS = ("json", "jsonl", "csv")
 
 
@@ -121,7 +122,7 @@ def _deep_cursor(client, url: str, total: int, params: dict, page_max: int) -> s
     return cursor
 
 
-def fake_model_state(database_url: str, dataset_id: str, review_margin: float, seed: int) -> int:
+def fake_model_state(database_url: str, dataset_id: str, review_share: float, seed: int) -> int:
     """A label, a random margin and ``needs_review`` on every item, as a job would leave them; returns how many
     need review."""
     from sqlalchemy import create_engine, text
@@ -138,7 +139,7 @@ def fake_model_state(database_url: str, dataset_id: str, review_margin: float, s
         )
         conn.execute(
             text("UPDATE items SET needs_review = (margin < :m) WHERE dataset_id = :d"),
-            {"d": dataset_id, "m": review_margin},
+            {"d": dataset_id, "m": review_share},
         )
         n = conn.execute(
             text("SELECT count(*) FROM items WHERE dataset_id = :d AND needs_review"), {"d": dataset_id}
@@ -178,7 +179,7 @@ def measure_size(client, service: _Service, cfg: ScaleBenchConfig, database_url:
     stored = _get_ok(client, f"/datasets/{dataset_id}")["item_count"]
     if stored != n:
         raise RuntimeError(f"the dataset holds {stored} items after uploading {n}")
-    review_n = fake_model_state(database_url, dataset_id, 0.2, cfg.seed)
+    review_n = fake_model_state(database_url, dataset_id, REVIEW_SHARE, cfg.seed)
     out(f"  {n} items uploaded in {upload_s:.1f} s; {review_n} need review")
 
     items_url = f"/datasets/{dataset_id}/items"
