@@ -175,7 +175,7 @@ def measure(backbone, cfg: GpuBenchConfig, precision: str, images: list[bytes], 
 def format_figures(f: GpuFigures) -> str:
     return (
         f"{f.backbone} {f.precision}: encode {f.encode_images_per_s:.1f} images/s (tower alone"
-        f" {f.raw_images_per_s:.1f}), train {f.epoch_s:.2f} s/epoch, predict ONNX Runtime"
+        f" {f.raw_images_per_s:.1f}), train {f.epoch_s:.4f} s/epoch, predict ONNX Runtime"
         f" {f.predict_ort_images_per_s:.1f} images/s ({'+'.join(f.ort_providers)}), torch"
         f" {f.predict_torch_images_per_s:.1f} images/s"
     )
