@@ -23,7 +23,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -31,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.service import ServiceOptions, _Service, free_port, percentile, service_env
+from bench.service import ServiceOptions, _Service, free_port, percentile, service_env, stopped_after
 
 CLASSES = ["red", "green", "blue"]
 OPERATIONS = ("create_dataset", "upload", "list_items", "get_dataset", "labels", "create_job", "get_job")
@@ -273,7 +272,7 @@ def run_load_bench(cfg: LoadBenchConfig, out: Callable[[str], None] = print) -> 
         f" request timeout {cfg.request_timeout:.0f} s"
     )
     service = _Service(_service_env(cfg, data_dir, backbone), work, free_port())
-    try:
+    with stopped_after(service, work, keep=cfg.keep, out=out):
         key = service.up(owner="load", api_workers=cfg.api_workers)
         out(f"service up: API {service.base_url}, worker ready, data dir {data_dir}")
 
@@ -305,9 +304,3 @@ def run_load_bench(cfg: LoadBenchConfig, out: Callable[[str], None] = print) -> 
         for message in result.errors:
             out(f"error: {message}")
         return result
-    finally:
-        service.stop()
-        if cfg.keep:
-            out(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)

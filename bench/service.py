@@ -39,7 +39,7 @@ import threading
 import time
 import uuid
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -505,6 +505,19 @@ def load_images(cfg: ServiceBenchConfig):
     return classes, names, images, candidates
 
 
+@contextlib.contextmanager
+def stopped_after(service: _Service, work: Path, *, keep: bool, out: Callable[[str], None]) -> Iterator[_Service]:
+    """Stops the service's processes at the end (errors included), then removes ``work``, or prints it with --keep."""
+    try:
+        yield service
+    finally:
+        service.stop()
+        if keep:
+            out(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def run_service_bench(cfg: ServiceBenchConfig, out: Callable[[str], None] = print) -> ServiceBenchResult:
     import httpx
 
@@ -549,7 +562,7 @@ def run_service_bench(cfg: ServiceBenchConfig, out: Callable[[str], None] = prin
         paths.append(blob_dir / name)
     shas = [hashlib.sha256(data).hexdigest() for data in images]
     service = _Service(env, work, free_port())
-    try:
+    with stopped_after(service, work, keep=cfg.keep, out=out):
         key = service.up(owner="bench", api_workers=cfg.api_workers)
         out(f"service up: API {service.base_url}, worker ready, data dir {data_dir}")
 
@@ -685,9 +698,3 @@ def run_service_bench(cfg: ServiceBenchConfig, out: Callable[[str], None] = prin
         out(f"predict ratio: {result.predict_ratio:.1f}% of the raw throughput (target >= 80%)")
         out(result.summary())
         return result
-    finally:
-        service.stop()
-        if cfg.keep:
-            out(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from app.api.errors import PayloadTooLarge, problem_response
+from app.asgi import HTTPMiddleware
 from app.config import get_settings
 
 
-class BodyLimitMiddleware:
+class BodyLimitMiddleware(HTTPMiddleware):
     """Refuse bodies over the limit: at once by ``Content-Length``, else when the streamed bytes pass it."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = get_settings().max_request_bytes
         for name, value in scope.get("headers", []):
             if name == b"content-length":

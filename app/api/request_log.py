@@ -11,25 +11,20 @@ import logging
 import time
 
 from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from app import logs
+from app.asgi import HTTPMiddleware
 
 log = logging.getLogger("app.access")
 
 HEADER = "X-Request-ID"
 
 
-class RequestLogMiddleware:
+class RequestLogMiddleware(HTTPMiddleware):
     """Outermost middleware: sets the request id, adds it to the response, logs the request once it is answered."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         incoming = None
         for name, value in scope.get("headers", []):
             if name == b"x-request-id":

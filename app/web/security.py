@@ -15,9 +15,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from app.api.errors import ApiError
+from app.asgi import HTTPMiddleware
 from app.config import get_settings
 from app.db import get_sessionmaker
 from app.services import web_sessions
@@ -40,16 +41,10 @@ HEADERS = [
 ]
 
 
-class SecurityHeadersMiddleware:
+class SecurityHeadersMiddleware(HTTPMiddleware):
     """Adds :data:`HEADERS` to every HTTP response (pure ASGI: streaming responses pass through untouched)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
