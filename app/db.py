@@ -63,6 +63,16 @@ def session_scope() -> Iterator[Session]:
         session.close()
 
 
+def in_session(fn, /, **kwargs):
+    """``fn(session=..., **kwargs)`` with a session of its own, opened and closed in the calling thread: the one
+    blocking call an async handler hands to the thread pool (``run_in_threadpool(in_session, fn, ...)``)."""
+    session = get_sessionmaker()()
+    try:
+        return fn(session=session, **kwargs)
+    finally:
+        session.close()
+
+
 def reset_caches() -> None:
     """Forget the cached settings, engine and sessionmaker (tests that change the environment)."""
     if get_engine.cache_info().currsize:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from app.api.deps import SessionDep, SettingsDep, StorageDep
 from app.api.errors import FieldError, InvalidInput
-from app.db import get_sessionmaker
+from app.db import in_session
 from app.models import Item
 from app.services import datasets as datasets_service
 from app.services import items as items_service
@@ -35,21 +35,13 @@ def item_state(item: Item) -> dict:
     }
 
 
-def _in_session(fn, /, **kwargs):
-    session = get_sessionmaker()()
-    try:
-        return fn(session=session, **kwargs)
-    finally:
-        session.close()
-
-
 @router.post("/datasets", status_code=201)
 async def create_dataset(request: Request, user: CsrfUserDep, storage: StorageDep, settings: SettingsDep) -> dict:
     """The upload form: the same multipart fields, validation and per-item errors as ``POST /datasets``."""
     require_multipart(request)
     raw = await read_multipart(request, settings)
     created = await run_in_threadpool(
-        _in_session,
+        in_session,
         datasets_service.create_dataset_from_upload,
         storage=storage,
         owner=user.owner,
@@ -66,7 +58,7 @@ async def add_items(
     require_multipart(request)
     raw = await read_multipart(request, settings)
     added = await run_in_threadpool(
-        _in_session,
+        in_session,
         datasets_service.add_items,
         storage=storage,
         owner=user.owner,
@@ -127,7 +119,7 @@ async def predict(request: Request, user: CsrfUserDep, storage: StorageDep, sett
     """Try a model on dropped images (the same form and answer as ``POST /predict``)."""
     raw = await read_predict_form(request, settings)
     result = await run_in_threadpool(
-        _in_session,
+        in_session,
         models_service.predict_images,
         storage=storage,
         owner=user.owner,

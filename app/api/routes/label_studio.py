@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from app.api.deps import BasicOrBearerOwnerDep, SettingsDep, StorageDep
 from app.api.errors import FieldError, InvalidInput
 from app.api.openapi import BODY, COMMON, problems
-from app.api.routes.predict import _in_session
+from app.db import in_session
 from app.services import label_studio as ls_service
 
 router = APIRouter(prefix="/label-studio/{dataset_id}", tags=["label-studio"], responses=COMMON)
@@ -110,14 +110,14 @@ JsonBody = Annotated[dict[str, Any], Depends(_json_object)]
 @router.get("/health", responses=NOT_FOUND)
 async def health(dataset_id: str, owner: BasicOrBearerOwnerDep) -> dict:
     """Label Studio's health check: `{"status": "UP", "model_class", "model_version"}`."""
-    return await run_in_threadpool(_in_session, ls_service.health, owner=owner, dataset_id=dataset_id)
+    return await run_in_threadpool(in_session, ls_service.health, owner=owner, dataset_id=dataset_id)
 
 
 @router.post("/setup", responses={**NOT_FOUND, **BODY}, openapi_extra={"requestBody": SETUP_BODY})
 async def setup(dataset_id: str, owner: BasicOrBearerOwnerDep, settings: SettingsDep, body: JsonBody) -> dict:
     """Label Studio's setup: checks the project's labeling config; `model_version` is the dataset's newest model."""
     return await run_in_threadpool(
-        _in_session, ls_service.setup, owner=owner, dataset_id=dataset_id, body=body, settings=settings
+        in_session, ls_service.setup, owner=owner, dataset_id=dataset_id, body=body, settings=settings
     )
 
 
@@ -127,7 +127,7 @@ async def predict(
 ) -> dict:
     """`{"tasks": [...]}` -> `{"results": [...]}`: one prediction per task, in order (the top choice and its score)."""
     return await run_in_threadpool(
-        _in_session,
+        in_session,
         ls_service.predict,
         storage=storage,
         owner=owner,
@@ -152,7 +152,7 @@ async def webhook(
 ) -> JSONResponse:
     """Project events: ANNOTATION_CREATED/UPDATED (one choice) -> the item's reviewer tag; START_TRAINING -> a job."""
     status, payload = await run_in_threadpool(
-        _in_session,
+        in_session,
         ls_service.webhook,
         owner=owner,
         reviewer=request.state.reviewer,  # the API key's id and name (app.api.deps.owner_for)

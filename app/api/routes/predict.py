@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from app.api.deps import OwnerDep, SettingsDep, StorageDep
 from app.api.errors import FieldError, InvalidInput
 from app.api.openapi import BODY, COMMON, IMAGE_TYPES, UPLOAD, problems
-from app.db import get_sessionmaker
+from app.db import in_session
 from app.schemas import PredictResponse
 from app.services import models as models_service
 from app.uploads import RawPredict, read_predict_form
@@ -63,15 +63,6 @@ async def _predict_form(request: Request, settings: SettingsDep) -> RawPredict:
     return await read_predict_form(request, settings)
 
 
-def _in_session(fn, /, **kwargs):
-    """Run a service function with a session of its own (opened and closed in the calling thread)."""
-    session = get_sessionmaker()()
-    try:
-        return fn(session=session, **kwargs)
-    finally:
-        session.close()
-
-
 # The handlers are async and do their blocking part (database, decode, ONNX Runtime) in ONE thread-pool call:
 # a sync handler with a session dependency costs three thread hops per request, a noticeable share of a
 # few-millisecond prediction.
@@ -89,7 +80,7 @@ async def predict_item(
 ) -> PredictResponse:
     """Predict a stored item's tag with a model (by default among the item's candidates)."""
     return await run_in_threadpool(
-        _in_session,
+        in_session,
         models_service.predict_item,
         storage=storage,
         owner=owner,
@@ -125,7 +116,7 @@ async def predict_images(
                 "top_k: an integer from 1 to 1000", errors=[FieldError(field="top_k", message="1 to 1000")]
             )
     return await run_in_threadpool(
-        _in_session,
+        in_session,
         models_service.predict_images,
         storage=storage,
         owner=owner,
