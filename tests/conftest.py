@@ -97,12 +97,8 @@ def s3_server() -> Iterator:
     """One real S3 server (SeaweedFS ``weed mini``) for the test run; tests that stop it use ``own_s3``."""
     from tests.s3 import SeaweedS3
 
-    server = SeaweedS3()
-    try:
-        server.start()
+    with services.started(SeaweedS3()) as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
@@ -110,12 +106,8 @@ def own_s3() -> Iterator:
     """A started S3 server of this test's own, which the test may stop and start (ports and data kept)."""
     from tests.s3 import SeaweedS3
 
-    server = SeaweedS3()
-    try:
-        server.start()
+    with services.started(SeaweedS3()) as server:
         yield server
-    finally:
-        server.close()
 
 
 def s3_settings(monkeypatch: pytest.MonkeyPatch, server, bucket: str | None = None) -> dict[str, str]:

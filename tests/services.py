@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +32,16 @@ MISSING_REDIS = (
     "Install the Debian package 'redis-server' (apt-get install redis-server), "
     "or point TAGSIFT_TEST_REDIS_URL at a running server."
 )
+
+
+@contextmanager
+def started(server):
+    """``server.start()``, yield it, ``server.close()`` whatever happens: the body of every own-server fixture."""
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
 
 
 def free_port() -> int:

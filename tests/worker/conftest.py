@@ -362,12 +362,8 @@ class RestartablePostgres:
 @pytest.fixture
 def own_redis() -> Iterator[RestartableRedis]:
     """A started Redis of this test's own, which the test may stop and start (port kept)."""
-    server = RestartableRedis()
-    try:
-        server.start()
+    with services.started(RestartableRedis()) as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
@@ -375,13 +371,9 @@ def own_postgres() -> Iterator[RestartablePostgres]:
     """A started PostgreSQL cluster of this test's own, migrated to head, which the test may stop and start."""
     from app.db import upgrade_database
 
-    server = RestartablePostgres()
-    try:
-        server.start()
+    with services.started(RestartablePostgres()) as server:
         upgrade_database(server.url)
         yield server
-    finally:
-        server.close()
 
 
 class ApiServer(TagsiftProcess):
