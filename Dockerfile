@@ -20,14 +20,18 @@ RUN groupadd --system --gid 10001 tagsift \
     && chown tagsift:tagsift /data /models
 WORKDIR /app
 
-FROM base AS api
-COPY docker/requirements-api.txt /tmp/requirements-api.txt
-RUN pip install --no-cache-dir -r /tmp/requirements-api.txt
+# The service's source, once for every target: bench/, tests/ and docs/ stay out of the images.
+FROM base AS source
 COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY worker ./worker
 COPY ml ./ml
 COPY migrations ./migrations
+
+FROM base AS api
+COPY docker/requirements-api.txt /tmp/requirements-api.txt
+RUN pip install --no-cache-dir -r /tmp/requirements-api.txt
+COPY --from=source /app /app
 RUN pip install --no-cache-dir --no-deps .
 USER 10001:10001
 EXPOSE 8000
@@ -41,11 +45,7 @@ FROM base AS worker
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 COPY docker/requirements-api.txt docker/requirements-worker.txt /tmp/
 RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" -r /tmp/requirements-worker.txt
-COPY pyproject.toml README.md alembic.ini ./
-COPY app ./app
-COPY worker ./worker
-COPY ml ./ml
-COPY migrations ./migrations
+COPY --from=source /app /app
 RUN pip install --no-cache-dir --no-deps .
 USER 10001:10001
 ENV TAGSIFT_DEVICE=cpu \
@@ -61,11 +61,7 @@ FROM base AS worker-gpu
 COPY docker/requirements-api.txt docker/requirements-worker.txt /tmp/
 RUN pip install --no-cache-dir -r /tmp/requirements-worker.txt \
     && python -c "import torch; assert torch.version.cuda, 'torch is a CPU build'; print(torch.__version__, torch.version.cuda)"
-COPY pyproject.toml README.md alembic.ini ./
-COPY app ./app
-COPY worker ./worker
-COPY ml ./ml
-COPY migrations ./migrations
+COPY --from=source /app /app
 RUN pip install --no-cache-dir --no-deps .
 USER 10001:10001
 ENV TAGSIFT_DEVICE=cuda \

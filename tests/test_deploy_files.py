@@ -99,7 +99,7 @@ def test_the_gpu_target_installs_cuda_torch_with_its_dependencies() -> None:
     from PyPI with them (no CPU index, no --no-deps) and fails the build if torch has no CUDA (docs/deploy.md)."""
     gpu = _stage((ROOT / "Dockerfile").read_text(encoding="utf-8"), "worker-gpu")
     assert gpu.startswith(" AS worker-gpu") and "FROM worker " not in gpu
-    assert "--no-deps" not in gpu.split("COPY app")[0]  # only the project itself is installed without deps
+    assert "--no-deps" not in gpu.split("COPY --from=source")[0]  # only the project itself is installed without deps
     assert "requirements-worker.txt" in gpu and "TORCH_INDEX_URL" not in gpu and "whl/cpu" not in gpu
     assert "torch.version.cuda" in gpu
     reqs = (ROOT / "docker" / "requirements-worker.txt").read_text().splitlines()
