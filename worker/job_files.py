@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 from app.storage import S3_PARALLEL, BlobStore, StorageUnavailable
+from worker.retry import with_backoff
 
 log = logging.getLogger("worker.training")
 
@@ -34,25 +34,17 @@ def retry_storage(fn: Callable[[], T], *, what: str, patience: float, first_dela
     """``fn()``, retried with backoff (doubling up to 5 s) while the object store does not answer; raises
     :class:`StorageUnavailable` naming ``what`` once ``patience`` seconds have passed. Other errors (a missing blob,
     refused credentials) at once."""
-    deadline = time.monotonic() + patience
-    delay, failures = first_delay, 0
-    while True:
-        try:
-            result = fn()
-        except StorageUnavailable as exc:
-            failures += 1
-            if time.monotonic() >= deadline:
-                raise StorageUnavailable(
-                    f"{what}: the object store did not answer for {patience:.0f} s ({failures} tries): {exc}"
-                ) from exc
-            if failures == 1:
-                log.warning("%s: object store unavailable, retrying for up to %.0f s: %s", what, patience, exc)
-            time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))  # the last try at the deadline
-            delay = min(delay * 2, 5.0)
-        else:
-            if failures:
-                log.warning("%s: object store back after %d failed tries", what, failures)
-            return result
+    return with_backoff(
+        fn,
+        what=what,
+        resource="object store",
+        patience=patience,
+        first_delay=first_delay,
+        transient=lambda exc: isinstance(exc, StorageUnavailable),
+        give_up=lambda failures, exc: StorageUnavailable(
+            f"{what}: the object store did not answer for {patience:.0f} s ({failures} tries): {exc}"
+        ),
+    )
 
 
 class JobFiles:

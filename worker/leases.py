@@ -34,7 +34,6 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from app.dbclock import db_now
 from app.models import Job, JobEvent
 from app.queue import job_device
 from app.services.webhooks import emit_job_event
+from worker.retry import first_line, with_backoff
 
 log = logging.getLogger(__name__)
 
@@ -105,32 +105,18 @@ def retry_db(fn: Callable[[], T], *, what: str, patience: float, first_delay: fl
     Each call of ``fn`` must be one whole transaction (a ``session_scope``), so that a retry repeats all of it. Raises
     :class:`DatabaseUnavailable` once ``patience`` seconds have passed; any other error at once.
     """
-    deadline = time.monotonic() + patience
-    delay, failures = first_delay, 0
-    while True:
-        try:
-            result = fn()
-        except Exception as exc:
-            if not is_transient_db_error(exc):
-                raise
-            failures += 1
-            if time.monotonic() + delay > deadline:
-                raise DatabaseUnavailable(
-                    f"{what}: the database was unreachable for {patience:.0f}s ({failures} tries): "
-                    f"{type(exc.orig if isinstance(exc, DBAPIError) else exc).__name__}"
-                ) from exc
-            if failures == 1:
-                log.warning("%s: database unavailable, retrying for up to %.0fs: %s", what, patience, _first_line(exc))
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-        else:
-            if failures:
-                log.warning("%s: database back after %d failed tries", what, failures)
-            return result
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    return with_backoff(
+        fn,
+        what=what,
+        resource="database",
+        patience=patience,
+        first_delay=first_delay,
+        transient=is_transient_db_error,
+        give_up=lambda failures, exc: DatabaseUnavailable(
+            f"{what}: the database was unreachable for {patience:.0f}s ({failures} tries): "
+            f"{type(exc.orig if isinstance(exc, DBAPIError) else exc).__name__}"
+        ),
+    )
 
 
 def add_event(session: Session, job_id: str, kind: str, **data) -> None:
@@ -293,7 +279,7 @@ class Heartbeat:
                 if not is_transient_db_error(exc):
                     log.exception("job %s: heartbeat failed", self.job_id)
                 elif not failing:
-                    log.warning("job %s: heartbeat: database unavailable: %s", self.job_id, _first_line(exc))
+                    log.warning("job %s: heartbeat: database unavailable: %s", self.job_id, first_line(exc))
                 failing = True
 
 
@@ -384,9 +370,9 @@ class Reaper:
                 self.tick()
             except Exception as exc:
                 if is_transient_db_error(exc):
-                    log.warning("reaper pass skipped, database unavailable: %s", _first_line(exc))
+                    log.warning("reaper pass skipped, database unavailable: %s", first_line(exc))
                 elif isinstance(exc, KombuOperationalError | ConnectionError):  # the job stays queued: next pass
-                    log.warning("reaper pass cut short, broker unavailable: %s", _first_line(exc))
+                    log.warning("reaper pass cut short, broker unavailable: %s", first_line(exc))
                 else:
                     log.exception("reaper pass failed")
             if self._stop.wait(self.interval):
