@@ -10,7 +10,10 @@ For each size (default 1,000, 10,000 and 100,000 items) it makes a fresh dataset
   and at a deep cursor (reached by walking the listing to ~90% of its length);
 - **export**: ``GET /datasets/{id}/labels`` as json, jsonl and csv: seconds, and the API process's peak RSS during
   it (``VmHWM`` after resetting it through ``/proc/<pid>/clear_refs``; Linux, as root or as the process's user);
-- **delete**: ``DELETE /datasets/{id}`` seconds.
+- **delete**: ``DELETE /datasets/{id}`` seconds;
+- with ``--explain``: PostgreSQL's ``EXPLAIN ANALYZE`` of the queries behind the list and review pages (the page at
+  the first page and at the deep cursor, and the ``total`` count), as the API builds them
+  (``app.services.items``), with the indexes they use.
 
 No job runs (encoding 10^5 images is not what this measures): after the upload the bench writes a model-like
 state straight into the database (a label, a uniform random margin, ``needs_review`` on the items whose margin
@@ -48,6 +51,7 @@ class ScaleBenchConfig(ServiceOptions):
     page_limit: int = 100  # items per list/review page
     seed: int = 1
     cache_dir: Path = Path("var/models")  # unused by the API-only service, but its settings need one
+    explain: bool = False  # print EXPLAIN ANALYZE of the list and review queries at each size
 
 
 @dataclass
@@ -149,6 +153,43 @@ def fake_model_state(database_url: str, dataset_id: str, review_share: float, se
     return int(n)
 
 
+def explain_plans(database_url: str, dataset_id: str, limit: int, cursors: dict[str, str]) -> list[str]:
+    """``EXPLAIN ANALYZE`` of the list and review pages' queries, built by ``app.services.items`` exactly as a
+    request builds them (same statements, same bound parameters); ``cursors`` holds the deep ``list`` and
+    ``review`` cursors."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from app.services.items import count_statement, cursor_position, page_statement
+
+    queries = [
+        ("list first page", None, "upload", None),
+        ("list deep cursor", None, "upload", cursors["list"]),
+        ("list total", None, "upload", "count"),
+        ("review first page", True, "margin", None),
+        ("review deep cursor", True, "margin", cursors["review"]),
+        ("review total", True, "margin", "count"),
+    ]
+    engine = create_engine(database_url)
+    out = []
+    try:
+        with Session(engine) as session:
+            for title, needs_review, order, cursor in queries:
+                if cursor == "count":
+                    stmt = count_statement(dataset_id, needs_review=needs_review)
+                else:
+                    after = cursor_position(session, dataset_id, order, cursor) if cursor else None
+                    stmt = page_statement(dataset_id, needs_review=needs_review, order=order, after=after)
+                    stmt = stmt.limit(limit + 1)
+                compiled = stmt.compile(dialect=engine.dialect)
+                plan = session.connection().exec_driver_sql(f"EXPLAIN ANALYZE {compiled}", compiled.params).scalars()
+                out.append(f"  plan {title}: {' '.join(str(compiled).split())}  {compiled.params}")
+                out += [f"    {line}" for line in plan]
+    finally:
+        engine.dispose()
+    return out
+
+
 def _upload(client, dataset_id: str, n: int, batch: int, seed: int) -> float:
     rng = random.Random(seed)
     started = time.perf_counter()
@@ -197,6 +238,9 @@ def measure_size(client, service: _Service, cfg: ScaleBenchConfig, database_url:
     review_deep = _latencies(
         lambda: _get_ok(client, items_url, limit=cfg.page_limit, cursor=deep_r, **review), cfg.samples
     )
+    if cfg.explain:
+        for line in explain_plans(database_url, dataset_id, cfg.page_limit, {"list": deep, "review": deep_r}):
+            out(line)
 
     pid = service.pid("api")
     rss_before = _rss_mb(pid, "VmRSS")
