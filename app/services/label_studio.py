@@ -335,6 +335,7 @@ def export_tasks(
     dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
     if not from_name.strip() or not to_name.strip():
         raise _invalid("from_name", "from_name, to_name: the Choices and Image names of the Label Studio project")
+    session.commit()  # the request's connection goes back to the pool: the rows stream from a snapshot of their own
     stmt = select(
         Item.seq, Item.id, Item.file, Item.candidates, Item.label, Item.label_source, Item.model_id, Item.confidence
     ).where(Item.dataset_id == dataset.id)

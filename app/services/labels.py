@@ -92,6 +92,7 @@ def export_labels(*, session: Session, owner: Owner, dataset_id: str, fmt: Label
     ``|`` like the upload format."""
     dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
     dataset_id, classes = dataset.id, list(dataset.classes)
+    session.commit()  # the request's connection goes back to the pool: the rows stream from a snapshot of their own
 
     def body(snapshot: Session, produced_by: list[dict]) -> Iterator[str]:
         pages = (list(map(_row, rows)) for rows in item_pages(snapshot, _ROWS.where(Item.dataset_id == dataset_id)))
