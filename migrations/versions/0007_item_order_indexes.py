@@ -6,6 +6,9 @@ cursor's ``(key, seq)``. These expression indexes hold exactly that key, so a pa
 order at any depth, with no sort of the dataset. They replace ``(dataset_id, margin)``, which the coalesced order
 never used.
 
+On PostgreSQL ``CREATE INDEX`` blocks writes to ``items`` while it builds the three indexes: run the
+migration while no upload or job writes.
+
 Revision ID: 0007
 Revises: 0006
 """
