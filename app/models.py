@@ -19,6 +19,8 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
+    literal_column,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -31,6 +33,17 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+#: The sort key of an item without a score (margin or confidence null): after every real score (they lie in [0, 1]).
+#: A literal in the SQL, never a bound parameter: the order indexes below are on this exact expression, and a
+#: database uses an expression index only for a query that spells the expression the same way.
+NO_SCORE = literal_column("2.0")
+
+
+def score_key(column):
+    """``coalesce(column, 2.0)``: the sort key of the margin and confidence orders (unscored items last)."""
+    return func.coalesce(column, NO_SCORE)
 
 
 def utcnow() -> datetime:
@@ -116,7 +129,6 @@ class Item(Base):
     __tablename__ = "items"
     __table_args__ = (
         UniqueConstraint("dataset_id", "sha256"),
-        Index("ix_items_dataset_margin", "dataset_id", "margin"),
         Index("ix_items_dataset_seq", "dataset_id", "seq"),  # list pages in upload order
     )
 
@@ -142,6 +154,13 @@ class Item(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     dataset: Mapped[Dataset] = relationship(back_populates="items")
+
+
+# Keyset pages in score order (``app.services.items``, ``app.services.review_queue``): an index range scan from the
+# cursor on, in index order, at any depth (no sort of the dataset); the review queue filters on needs_review first.
+Index("ix_items_margin_order", Item.dataset_id, score_key(Item.margin), Item.seq)
+Index("ix_items_review_margin", Item.dataset_id, Item.needs_review, score_key(Item.margin), Item.seq)
+Index("ix_items_review_confidence", Item.dataset_id, Item.needs_review, score_key(Item.confidence), Item.seq)
 
 
 class ItemReview(Base):

@@ -275,6 +275,9 @@ def bench_scale(
     broker_url: BrokerUrl = "",
     cache_dir: CacheDir = None,
     keep: Keep = False,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Print EXPLAIN ANALYZE of the list and review queries at each size.")
+    ] = False,
 ) -> None:
     """Upload, item, list, review, export and delete figures at growing dataset sizes on PostgreSQL."""
     from bench.scale import ScaleBenchConfig, run_scale_bench
@@ -286,6 +289,7 @@ def bench_scale(
         cache_dir=_data_paths(None, cache_dir)[1],
         broker_url=broker_url,
         keep=keep,
+        explain=explain,
     )
     run_scale_bench(cfg, admin_url=database_url, out=typer.echo)
 

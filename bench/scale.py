@@ -10,11 +10,16 @@ For each size (default 1,000, 10,000 and 100,000 items) it makes a fresh dataset
   and at a deep cursor (reached by walking the listing to ~90% of its length);
 - **export**: ``GET /datasets/{id}/labels`` as json, jsonl and csv: seconds, and the API process's peak RSS during
   it (``VmHWM`` after resetting it through ``/proc/<pid>/clear_refs``; Linux, as root or as the process's user);
-- **delete**: ``DELETE /datasets/{id}`` seconds.
+- **delete**: ``DELETE /datasets/{id}`` seconds;
+- with ``--explain``: PostgreSQL's ``EXPLAIN ANALYZE`` of the queries behind the list and review pages (the page at
+  the first page and at the deep cursor, and the ``total`` count), as the API builds them
+  (``app.services.items``), with the indexes they use.
 
 No job runs (encoding 10^5 images is not what this measures): after the upload the bench writes a model-like
 state straight into the database (a label, a uniform random margin, ``needs_review`` on the items whose margin
-falls in the lowest ``REVIEW_SHARE``), so the review queue holds ~20% of the items, as it might after a job.
+falls in the lowest ``REVIEW_SHARE``), so the review queue holds ~20% of the items, as it might after a job, then
+``VACUUM ANALYZE items`` (what autovacuum does a minute after such a bulk update; done at once so that it does not
+run at a random moment during the measurements).
 
 The last line is exactly ``scale items=A..B upload_rate_ratio=R list_p99_ratio=R review_p99_ratio=R
 export_rss_ratio=R``, each the figure at the largest size over the figure at the smallest (list and review: the
@@ -48,6 +53,7 @@ class ScaleBenchConfig(ServiceOptions):
     page_limit: int = 100  # items per list/review page
     seed: int = 1
     cache_dir: Path = Path("var/models")  # unused by the API-only service, but its settings need one
+    explain: bool = False  # print EXPLAIN ANALYZE of the list and review queries at each size
 
 
 @dataclass
@@ -144,9 +150,49 @@ def fake_model_state(database_url: str, dataset_id: str, review_share: float, se
         n = conn.execute(
             text("SELECT count(*) FROM items WHERE dataset_id = :d AND needs_review"), {"d": dataset_id}
         ).scalar_one()
-        conn.execute(text("ANALYZE items"))
+    # the table as autovacuum leaves it a minute after a job's bulk update (visibility map set, statistics fresh),
+    # now rather than at a random moment during the measurements
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE items"))
     engine.dispose()
     return int(n)
+
+
+def explain_plans(database_url: str, dataset_id: str, limit: int, cursors: dict[str, str]) -> list[str]:
+    """``EXPLAIN ANALYZE`` of the list and review pages' queries, built by ``app.services.items`` exactly as a
+    request builds them (same statements, same bound parameters); ``cursors`` holds the deep ``list`` and
+    ``review`` cursors."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from app.services.items import count_statement, cursor_position, page_statement
+
+    queries = [
+        ("list first page", None, "upload", None),
+        ("list deep cursor", None, "upload", cursors["list"]),
+        ("list total", None, "upload", "count"),
+        ("review first page", True, "margin", None),
+        ("review deep cursor", True, "margin", cursors["review"]),
+        ("review total", True, "margin", "count"),
+    ]
+    engine = create_engine(database_url)
+    out = []
+    try:
+        with Session(engine) as session:
+            for title, needs_review, order, cursor in queries:
+                if cursor == "count":
+                    stmt = count_statement(dataset_id, needs_review=needs_review)
+                else:
+                    after = cursor_position(session, dataset_id, order, cursor) if cursor else None
+                    stmt = page_statement(dataset_id, needs_review=needs_review, order=order, after=after)
+                    stmt = stmt.limit(limit + 1)
+                compiled = stmt.compile(dialect=engine.dialect)
+                plan = session.connection().exec_driver_sql(f"EXPLAIN ANALYZE {compiled}", compiled.params).scalars()
+                out.append(f"  plan {title}: {' '.join(str(compiled).split())}  {compiled.params}")
+                out += [f"    {line}" for line in plan]
+    finally:
+        engine.dispose()
+    return out
 
 
 def _upload(client, dataset_id: str, n: int, batch: int, seed: int) -> float:
@@ -197,6 +243,9 @@ def measure_size(client, service: _Service, cfg: ScaleBenchConfig, database_url:
     review_deep = _latencies(
         lambda: _get_ok(client, items_url, limit=cfg.page_limit, cursor=deep_r, **review), cfg.samples
     )
+    if cfg.explain:
+        for line in explain_plans(database_url, dataset_id, cfg.page_limit, {"list": deep, "review": deep_r}):
+            out(line)
 
     pid = service.pid("api")
     rss_before = _rss_mb(pid, "VmRSS")

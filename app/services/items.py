@@ -25,12 +25,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import BigInteger, Float, Select, func, literal, select, tuple_
 from sqlalchemy.orm import Session
 
 from app.api.errors import Conflict, FieldError, InvalidInput, NotFound
 from app.config import Settings, get_settings
-from app.models import Dataset, Item, ItemReview, Owner, utcnow
+from app.models import Dataset, Item, ItemReview, Owner, score_key, utcnow
 from app.schemas import ItemList, ItemRead, ItemUpdate
 from app.services.checks import shorten
 from app.services.datasets import get_dataset
@@ -39,7 +39,6 @@ from app.services.webhooks import emit
 from app.storage import BlobStore
 
 ItemOrder = Literal["upload", "margin"]
-_NO_MARGIN = 2.0  # sorts after every real margin (margins lie in [0, 1])
 MAX_SEQ = 2**63 - 1  # items.seq is a signed 64-bit integer: a larger cursor key is refused, not sent to the driver
 
 
@@ -77,6 +76,53 @@ def _decode_cursor(cursor: str) -> int:
     return int(cursor)
 
 
+def page_statement(
+    dataset_id: str, *, needs_review: bool | None, order: ItemOrder, after: int | tuple[float, int] | None
+) -> Select:
+    """A page's query before its LIMIT: the dataset's items (``needs_review`` filters the review queue) in
+    ``order``, after the position ``after`` (None: from the start; upload order: a seq; margin order: the cursor
+    item's ``(key, seq)``).
+
+    Margin order sorts by ``coalesce(margin, 2.0), seq`` and continues with the row value ``(key, seq) > (k, s)``:
+    both spell the expression of the ``ix_items_margin_order`` / ``ix_items_review_margin`` indexes, so a page is a
+    range scan of one of them from the cursor on, in index order, at any depth (``docs/bench-scale.md`` shows the
+    plans)."""
+    stmt = select(Item).where(Item.dataset_id == dataset_id)
+    if needs_review is not None:
+        stmt = stmt.where(Item.needs_review == needs_review)
+    if order == "margin":
+        key = score_key(Item.margin)
+        if after is not None:
+            k, s = after  # bound with the columns' types: a seq above 2^31 is a BIGINT, not an INTEGER
+            stmt = stmt.where(tuple_(key, Item.seq) > tuple_(literal(k, Float), literal(s, BigInteger)))
+        return stmt.order_by(key, Item.seq)
+    if after is not None:
+        stmt = stmt.where(Item.seq > after)
+    return stmt.order_by(Item.seq)
+
+
+def count_statement(dataset_id: str, *, needs_review: bool | None) -> Select:
+    """The ``total`` of a listing: how many of the dataset's items match the filter (over every page)."""
+    stmt = select(func.count()).select_from(Item).where(Item.dataset_id == dataset_id)
+    return stmt if needs_review is None else stmt.where(Item.needs_review == needs_review)
+
+
+def cursor_position(session: Session, dataset_id: str, order: ItemOrder, cursor: str) -> int | tuple[float, int]:
+    """The position a cursor names: its seq (upload order), or the cursor item's current ``(key, seq)`` in margin
+    order (404 naming ``cursor`` when the dataset has no item at that seq)."""
+    s = _decode_cursor(cursor)
+    if order != "margin":
+        return s
+    k = session.scalar(select(score_key(Item.margin)).where(Item.dataset_id == dataset_id, Item.seq == s))
+    if k is None:
+        raise NotFound(
+            f"cursor: dataset {dataset_id} has no item at position {s} to continue the margin order after",
+            code="cursor_not_found",
+            errors=[FieldError(field="cursor", message="cursor: no item at this position")],
+        )
+    return float(k), s
+
+
 def list_items(
     *,
     session: Session,
@@ -90,27 +136,9 @@ def list_items(
 ) -> ItemList:
     """One page of the dataset's items; ``needs_review`` filters the review queue."""
     dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
-    stmt = select(Item).where(Item.dataset_id == dataset.id)
-    if needs_review is not None:
-        stmt = stmt.where(Item.needs_review == needs_review)
-    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    if order == "margin":
-        key = func.coalesce(Item.margin, _NO_MARGIN)
-        if cursor:
-            s = _decode_cursor(cursor)
-            k = session.scalar(select(key).where(Item.dataset_id == dataset.id, Item.seq == s))
-            if k is None:
-                raise NotFound(
-                    f"cursor: dataset {dataset.id} has no item at position {s} to continue the margin order after",
-                    code="cursor_not_found",
-                    errors=[FieldError(field="cursor", message="cursor: no item at this position")],
-                )
-            stmt = stmt.where(or_(key > k, and_(key == k, Item.seq > s)))
-        stmt = stmt.order_by(key, Item.seq)
-    else:
-        if cursor:
-            stmt = stmt.where(Item.seq > _decode_cursor(cursor))
-        stmt = stmt.order_by(Item.seq)
+    total = session.scalar(count_statement(dataset.id, needs_review=needs_review)) or 0
+    after = cursor_position(session, dataset.id, order, cursor) if cursor else None
+    stmt = page_statement(dataset.id, needs_review=needs_review, order=order, after=after)
     items = list(session.scalars(stmt.limit(limit + 1)))
     next_cursor = None
     if len(items) > limit:

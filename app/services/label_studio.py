@@ -22,10 +22,11 @@ import logging
 import posixpath
 import threading
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from PIL import Image
-from sqlalchemy import or_, select
+from sqlalchemy import Row, or_, select
 from sqlalchemy.orm import Session
 
 from app.api.errors import Conflict, FieldErrors, InvalidInput
@@ -40,6 +41,7 @@ from app.services.datasets import get_dataset
 from app.services.items import Reviewer, apply_decision, image_url
 from app.services.label_studio_images import FetchError, fetch_image, same_origin
 from app.services.models import _loaded
+from app.services.streaming import item_pages, stream_in_snapshot
 from app.storage import BlobStore
 from app.uploads.label_studio import image_names
 
@@ -325,32 +327,47 @@ def webhook(
 
 def export_tasks(
     *, session: Session, owner: Owner, dataset_id: str, settings: Settings, from_name: str, to_name: str
-) -> str:
-    """The dataset as Label Studio tasks (JSON), in upload order: a model's tag as a prediction (``model_version``
-    the model id, ``score`` its confidence), a reviewer's tag as an annotation, no tag as a bare task. The image is
-    ``data.image`` (the item's image URL), for a project whose ``<Image value="$image">``."""
+) -> Iterator[str]:
+    """The dataset as Label Studio tasks (a JSON list), in upload order, streamed in constant memory
+    (``app.services.streaming``; a 404 or 422 is answered before streaming starts): a model's tag as a prediction
+    (``model_version`` the model id, ``score`` its confidence), a reviewer's tag as an annotation, no tag as a bare
+    task. The image is ``data.image`` (the item's image URL), for a project whose ``<Image value="$image">``."""
     dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
     if not from_name.strip() or not to_name.strip():
         raise _invalid("from_name", "from_name, to_name: the Choices and Image names of the Label Studio project")
-    tasks = []
-    for item in session.scalars(select(Item).where(Item.dataset_id == dataset.id).order_by(Item.seq)):
-        task: dict = {
-            "data": {
-                "image": image_url(item.id, settings),
-                "tagsift_item_id": item.id,
-                "file": item.file,
-                "candidates": item.candidates,
-            }
+    session.commit()  # the request's connection goes back to the pool: the rows stream from a snapshot of their own
+    stmt = select(
+        Item.seq, Item.id, Item.file, Item.candidates, Item.label, Item.label_source, Item.model_id, Item.confidence
+    ).where(Item.dataset_id == dataset.id)
+
+    def body(snapshot: Session, _: None) -> Iterator[str]:
+        # json.dumps of the whole list, in pieces: "[", the tasks with ", " between them, "]"
+        sep = "["
+        for rows in item_pages(snapshot, stmt):
+            yield sep + ", ".join(json.dumps(_task(row, settings, from_name, to_name)) for row in rows)
+            sep = ", "
+        yield "[]" if sep == "[" else "]"
+
+    return stream_in_snapshot(lambda _: None, body)[1]
+
+
+def _task(item: Row, settings: Settings, from_name: str, to_name: str) -> dict:
+    task: dict = {
+        "data": {
+            "image": image_url(item.id, settings),
+            "tagsift_item_id": item.id,
+            "file": item.file,
+            "candidates": item.candidates,
         }
-        if item.label is not None and item.label_source == "reviewer":
-            task["annotations"] = [{"result": [_region(from_name, to_name, item.label)]}]
-        elif item.label is not None:
-            task["predictions"] = [
-                {
-                    "model_version": item.model_id or "tagsift",
-                    "score": item.confidence,
-                    "result": [_region(from_name, to_name, item.label, score=item.confidence)],
-                }
-            ]
-        tasks.append(task)
-    return json.dumps(tasks)
+    }
+    if item.label is not None and item.label_source == "reviewer":
+        task["annotations"] = [{"result": [_region(from_name, to_name, item.label)]}]
+    elif item.label is not None:
+        task["predictions"] = [
+            {
+                "model_version": item.model_id or "tagsift",
+                "score": item.confidence,
+                "result": [_region(from_name, to_name, item.label, score=item.confidence)],
+            }
+        ]
+    return task

@@ -8,6 +8,9 @@ newest of them; every format carries that newest pair in the ``Tagsift-Model-Id`
 JSON and JSONL carry every value verbatim. CSV is for spreadsheets: a text cell (file name, tag, candidates) that
 starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading ``'`` so that a spreadsheet shows
 it instead of evaluating it as a formula (OWASP "CSV injection"); tags and file names come from uploaders.
+
+Every format is streamed in constant memory (``app.services.streaming``): the rows are read a page at a time from
+one snapshot of the database and sent as they are read; the bytes are those of the whole export built at once.
 """
 
 from __future__ import annotations
@@ -15,16 +18,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
 from app.models import Item, Model, Owner
 from app.services.datasets import get_dataset
+from app.services.streaming import item_pages, stream_in_snapshot
 
 LabelFormat = Literal["json", "jsonl", "csv", "label-studio"]  # label-studio: app.services.label_studio
 MEDIA_TYPES = {"json": "application/json", "jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
@@ -45,68 +48,103 @@ CSV_COLUMNS = (
 
 @dataclass
 class LabelsExport:
-    body: str
+    chunks: Iterator[str]  # the body, streamed: one database page of rows at a time (app.services.streaming)
     media_type: str
     model_id: str | None  # the newest model whose tags the export holds
     job_id: str | None  # its training job
 
 
-def _row(item: Item, job_id: str | None) -> dict:
+# the model that tagged an item is the owner's (the worker writes it); its job comes from the models table
+_ROWS = select(
+    Item.seq,
+    Item.id,
+    Item.file,
+    Item.sha256,
+    Item.label,
+    Item.confidence,
+    Item.margin,
+    Item.label_source,
+    Item.needs_review,
+    Item.candidates,
+    Item.model_id,
+    Model.job_id,
+).outerjoin(Model, Model.id == Item.model_id)
+
+
+def _row(row: Row) -> dict:
     return {
-        "id": item.id,
-        "file": item.file,
-        "sha256": item.sha256,
-        "label": item.label,
-        "confidence": item.confidence,
-        "margin": item.margin,
-        "label_source": item.label_source,
-        "needs_review": bool(item.needs_review),
-        "candidates": item.candidates,
-        "model_id": item.model_id,
-        "job_id": job_id,
+        "id": row.id,
+        "file": row.file,
+        "sha256": row.sha256,
+        "label": row.label,
+        "confidence": row.confidence,
+        "margin": row.margin,
+        "label_source": row.label_source,
+        "needs_review": bool(row.needs_review),
+        "candidates": row.candidates,
+        "model_id": row.model_id,
+        "job_id": row.job_id,
     }
 
 
 def export_labels(*, session: Session, owner: Owner, dataset_id: str, fmt: LabelFormat) -> LabelsExport:
-    """The labels in upload order. CSV joins candidates with ``|`` like the upload format."""
+    """The labels in upload order, streamed (a 404 is answered before streaming starts). CSV joins candidates with
+    ``|`` like the upload format."""
     dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
-    # the model that tagged an item is the owner's (the worker writes it); its job comes from the models table
-    stmt = (
-        select(Item, Model.job_id)
-        .outerjoin(Model, Model.id == Item.model_id)
-        .where(Item.dataset_id == dataset.id)
-        .order_by(Item.seq)
+    dataset_id, classes = dataset.id, list(dataset.classes)
+    session.commit()  # the request's connection goes back to the pool: the rows stream from a snapshot of their own
+
+    def body(snapshot: Session, produced_by: list[dict]) -> Iterator[str]:
+        pages = (list(map(_row, rows)) for rows in item_pages(snapshot, _ROWS.where(Item.dataset_id == dataset_id)))
+        if fmt == "json":
+            return _json_chunks(dataset_id, classes, produced_by, pages)
+        if fmt == "jsonl":
+            return ("".join(json.dumps(r) + "\n" for r in rows) for rows in pages)
+        return _csv_chunks(pages)
+
+    produced_by, chunks = stream_in_snapshot(lambda snapshot: _produced_by(snapshot, dataset_id), body)
+    newest = _newest(produced_by)
+    return LabelsExport(chunks, MEDIA_TYPES[fmt], newest["model_id"], newest["job_id"])
+
+
+def _newest(produced_by: list[dict]) -> dict:
+    return produced_by[-1] if produced_by else {"model_id": None, "job_id": None}
+
+
+def _json_chunks(
+    dataset_id: str, classes: list[str], produced_by: list[dict], pages: Iterator[list[dict]]
+) -> Iterator[str]:
+    """``json.dumps`` of the whole export, in pieces: the head up to ``"items": [``, the rows with ``, `` between
+    them (json's default separators), then ``]}``."""
+    newest = _newest(produced_by)
+    head = json.dumps(
+        {
+            "dataset_id": dataset_id,
+            "classes": classes,
+            "model_id": newest["model_id"],
+            "job_id": newest["job_id"],
+            "produced_by": produced_by,
+            "items": [],
+        }
     )
-    rows = [_row(item, job_id) for item, job_id in session.execute(stmt)]
-    produced_by = _produced_by(session, rows)
-    newest = produced_by[-1] if produced_by else {"model_id": None, "job_id": None}
-    if fmt == "json":
-        body = json.dumps(
-            {
-                "dataset_id": dataset.id,
-                "classes": dataset.classes,
-                "model_id": newest["model_id"],
-                "job_id": newest["job_id"],
-                "produced_by": produced_by,
-                "items": rows,
-            }
-        )
-    elif fmt == "jsonl":
-        body = "".join(json.dumps(r) + "\n" for r in rows)
-    else:
-        body = "".join(_csv_lines(rows))
-    return LabelsExport(body, MEDIA_TYPES[fmt], newest["model_id"], newest["job_id"])
+    yield head[: -len("]}")]
+    sep = ""
+    for rows in pages:
+        yield sep + ", ".join(json.dumps(r) for r in rows)
+        sep = ", "
+    yield "]}"
 
 
-def _produced_by(session: Session, rows: list[dict]) -> list[dict]:
-    """Every model whose tags are in ``rows``, oldest first: model id, job id, and how many tags it set."""
-    counts = Counter(r["model_id"] for r in rows if r["model_id"] is not None and r["label_source"] == "model")
-    if not counts:
-        return []
-    models = session.execute(
-        select(Model.id, Model.job_id).where(Model.id.in_(list(counts))).order_by(Model.created_at, Model.id)
+def _produced_by(session: Session, dataset_id: str) -> list[dict]:
+    """Every model whose tags the dataset holds, oldest first: model id, job id, and how many tags it set."""
+    rows = session.execute(
+        select(Model.id, Model.job_id, func.count())
+        .join(Item, Item.model_id == Model.id)
+        .where(Item.dataset_id == dataset_id, Item.label_source == "model")
+        .group_by(Model.id, Model.job_id, Model.created_at)
+        .order_by(Model.created_at, Model.id)
     ).all()
-    return [{"model_id": m, "job_id": j, "labels": counts[m]} for m, j in models]
+    return [{"model_id": m, "job_id": j, "labels": int(n)} for m, j, n in rows]
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -117,24 +155,28 @@ def csv_safe(text: str) -> str:
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
-def _csv_lines(rows: list[dict]) -> Iterator[str]:
+def _csv_chunks(pages: Iterator[list[dict]]) -> Iterator[str]:
+    """The header line, then one chunk of lines per page (the csv writer keeps no state between rows)."""
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for r in rows:
-        writer.writerow(
-            [
-                r["id"],
-                csv_safe(r["file"]),
-                r["sha256"],
-                csv_safe(r["label"] or ""),
-                "" if r["confidence"] is None else repr(r["confidence"]),
-                "" if r["margin"] is None else repr(r["margin"]),
-                r["label_source"] or "",
-                "true" if r["needs_review"] else "false",
-                csv_safe("|".join(r["candidates"])),
-                r["model_id"] or "",
-                r["job_id"] or "",
-            ]
-        )
+    csv.writer(buf, lineterminator="\n").writerow(CSV_COLUMNS)
     yield buf.getvalue()
+    for rows in pages:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        for r in rows:
+            writer.writerow(
+                [
+                    r["id"],
+                    csv_safe(r["file"]),
+                    r["sha256"],
+                    csv_safe(r["label"] or ""),
+                    "" if r["confidence"] is None else repr(r["confidence"]),
+                    "" if r["margin"] is None else repr(r["margin"]),
+                    r["label_source"] or "",
+                    "true" if r["needs_review"] else "false",
+                    csv_safe("|".join(r["candidates"])),
+                    r["model_id"] or "",
+                    r["job_id"] or "",
+                ]
+            )
+        yield buf.getvalue()

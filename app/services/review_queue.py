@@ -10,11 +10,10 @@ from typing import Literal
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from app.models import Dataset, Item, Job, Model, Owner
+from app.models import Dataset, Item, Job, Model, Owner, score_key
 from app.services.datasets import get_dataset
 
 ReviewSort = Literal["margin", "confidence"]
-_NO_SCORE = 2.0  # unlabelled items (margin / confidence null) sort last
 
 
 @dataclass
@@ -107,7 +106,7 @@ def review_items(
     dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
     stmt = select(Item).where(Item.dataset_id == dataset.id)
     if flt.needs_review is not None:
-        stmt = stmt.where(Item.needs_review.is_(flt.needs_review))
+        stmt = stmt.where(Item.needs_review == flt.needs_review)
     if flt.tag:
         stmt = stmt.where(Item.label == flt.tag)
     if flt.source == "none":
@@ -117,8 +116,10 @@ def review_items(
     if flt.model_id:
         stmt = stmt.where(Item.model_id == flt.model_id)
     total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    key = Item.confidence if flt.sort == "confidence" else Item.margin
-    items = list(session.scalars(stmt.order_by(func.coalesce(key, _NO_SCORE), Item.seq).offset(offset).limit(limit)))
+    # the order of the ix_items_review_margin / ix_items_review_confidence indexes (app.models): never a sort of the
+    # dataset, though a page number (OFFSET) still walks the rows before its page in index order
+    key = score_key(Item.confidence if flt.sort == "confidence" else Item.margin)
+    items = list(session.scalars(stmt.order_by(key, Item.seq).offset(offset).limit(limit)))
     return dataset, items, total
 
 

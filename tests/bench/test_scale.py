@@ -1,7 +1,8 @@
 """`tagsift bench scale` in small: a real subprocess that starts its own API on a PostgreSQL database it creates.
 
-Two tiny sizes: every figure is printed for each, the dataset holds exactly the uploaded items, the bench's
-database is dropped afterwards, and the last line has the exact summary format with the ratios it computed.
+Two tiny sizes: every figure is printed for each (and, with ``--explain``, the query plans of the list and review
+pages), the dataset holds exactly the uploaded items, the bench's database is dropped afterwards, and the last line
+has the exact summary format with the ratios it computed.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def test_bench_scale_postgres(pg_admin_url) -> None:
     before = _bench_databases(admin)
     proc = subprocess.run(
         [str(TAGSIFT), "bench", "scale", "--sizes", "60,150", "--samples", "5", "--upload-batch", "40",
-         "--database-url", admin],
+         "--database-url", admin, "--explain"],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     out = proc.stdout
@@ -51,6 +52,16 @@ def test_bench_scale_postgres(pg_admin_url) -> None:
     assert len(re.findall(r"deep cursor p50 +[\d.]+ p99 +[\d.]+ ms", out)) == 4, out
     for fmt in ("json", "jsonl", "csv"):
         assert len(re.findall(rf"^  export {fmt}: [\d.]+ MB in [\d.]+ s, peak RSS \d+ MB$", out, re.MULTILINE)) == 2
+    for title in (
+        "list first page",
+        "list deep cursor",
+        "list total",
+        "review first page",
+        "review deep cursor",
+        "review total",
+    ):
+        assert len(re.findall(rf"^  plan {title}: SELECT ", out, re.MULTILINE)) == 2, (title, out)
+    assert len(re.findall(r"^    Execution Time: [\d.]+ ms$", out, re.MULTILINE)) == 12, out
     last = out.strip().splitlines()[-1]
     summary = SUMMARY.match(last)
     assert summary, last

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
@@ -266,12 +267,13 @@ def export_labels(
     Studio tasks to import, a model's tag as a prediction, a reviewer's as an annotation (docs/integrations.md)."""
     ext = {"json": "json", "jsonl": "jsonl", "csv": "csv", "label-studio": "label-studio.json"}[format]
     headers = {"Content-Disposition": f'attachment; filename="labels-{dataset_id}.{ext}"'}
+    # streamed in constant memory (app.services.streaming); a bad id or parameter is answered before any byte
     if format == "label-studio":
-        body = label_studio_service.export_tasks(
+        chunks = label_studio_service.export_tasks(
             session=session, owner=owner, dataset_id=dataset_id, settings=settings, from_name=from_name, to_name=to_name
         )
-        return Response(body, media_type="application/json", headers=headers)
+        return StreamingResponse(chunks, media_type="application/json", headers=headers)
     export = labels_service.export_labels(session=session, owner=owner, dataset_id=dataset_id, fmt=format)
     if export.model_id:
         headers |= {"Tagsift-Model-Id": export.model_id, "Tagsift-Job-Id": export.job_id or ""}
-    return Response(export.body, media_type=export.media_type, headers=headers)
+    return StreamingResponse(export.chunks, media_type=export.media_type, headers=headers)
