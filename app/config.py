@@ -123,7 +123,14 @@ class Settings(BaseSettings):
     page_limit_max: int = Field(1000, description="Largest `limit` accepted by list endpoints.")
 
     # --- predict (ONNX Runtime in the API process) ----------------------------------------------
-    predict_cache_size: int = Field(4, description="ONNX Runtime sessions kept in memory (LRU, one per model).")
+    predict_cache_size: int = Field(
+        4,
+        description="ONNX Runtime sessions kept in memory (LRU): one per image tower, shared by every model of its"
+        " backbone (one per model for models stored before towers were shared).",
+    )
+    predict_head_cache_size: int = Field(
+        256, description="Models whose head, classes and preprocessing /predict keeps in memory (LRU)."
+    )
     predict_threads: int = Field(0, description="ONNX Runtime intra-op threads per session; 0: its default.")
     predict_spinning: bool = Field(
         False,

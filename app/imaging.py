@@ -70,6 +70,15 @@ PREPROCESS_STEPS = {
 }
 
 
+#: How the card says to run the export: one model.onnx, or the shared tower and the model's head.
+MODEL_RUN = "Then run `model.onnx` (input `image`, output `logits`: (batch, classes) in the order of `classes.json`)"
+TOWER_RUN = (
+    "Then run `tower.onnx` (input `image`, output `features`: (batch, dim), unit length) and apply the head in "
+    "`head.npz`: `logits = features @ (logit_scale * class_features).T + bias` ((batch, classes) in the order of "
+    "`classes.json`; the export with `?merged=true` has both in one `model.onnx`)"
+)
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """The deployed model's ``preprocess.json`` (``ml.backbone.PreprocessConfig.to_dict()``)."""
@@ -113,8 +122,9 @@ class PreprocessConfig:
             **PREPROCESS_STEPS,
         }
 
-    def markdown(self) -> str:
-        """The model card's "Preprocessing" section: the same steps with this model's values."""
+    def markdown(self, *, tower: bool = False) -> str:
+        """The model card's "Preprocessing" section: the same steps with this model's values, then how to run the
+        export's files (``tower``: the backbone's tower.onnx and the model's head.npz, else one model.onnx)."""
         values = (
             f"image_size {self.image_size}, interpolation {self.interpolation}, "
             f"mean {list(self.mean)}, std {list(self.std)}"
@@ -123,8 +133,8 @@ class PreprocessConfig:
         return (
             "## Preprocessing\n\n"
             f"As stated in `preprocess.json` ({values}):\n\n{steps}\n\n"
-            "Then run `model.onnx` (input `image`, output `logits`: (batch, classes) in the order of "
-            "`classes.json`); scores are the softmax of the logits. `predict.py` does all of it:\n\n"
+            f"{TOWER_RUN if tower else MODEL_RUN}; scores are the softmax of the logits. "
+            "`predict.py` does all of it:\n\n"
             "```\npip install onnxruntime numpy pillow\npython predict.py photo.jpg other.png\n```\n"
         )
 

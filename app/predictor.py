@@ -1,9 +1,17 @@
-"""Predictions in the API process: the exported ONNX classifier run by ONNX Runtime (CPU), no torch.
+"""Predictions in the API process: ONNX Runtime (CPU) and NumPy, no torch.
 
-A :class:`LoadedModel` holds one ``onnxruntime.InferenceSession`` with the model's ``classes.json`` and
-``preprocess.json``. Sessions are cached per model id in a small LRU (``settings.predict_cache_size``; models are
-immutable, so the cache never goes stale); ``InferenceSession.run`` is thread-safe, so the threadpool that runs
-the sync routes shares them. ``settings.predict_threads`` sets the intra-op threads of each session.
+A model is one of two layouts (``app.towers.layout``): a shared image tower and this model's head (``tower.onnx`` +
+``head.npz``: the tower's session gives unit-length features, :class:`app.towers.Head` turns them into logits), or
+one ``model.onnx`` (image -> logits; models stored before towers were shared). Either way a :class:`LoadedModel`
+holds the model's ``classes.json``, ``preprocess.json`` and head, and runs its ONNX file through a
+:class:`OnnxSession` that :class:`ModelCache` keeps **per blob**: every model of a backbone shares one session of
+its tower.
+
+Two LRUs, both safe to share between threads (``InferenceSession.run`` is thread-safe, so the threadpool that runs
+the sync routes shares the sessions): sessions by blob sha (``settings.predict_cache_size``: each holds a tower or a
+whole model, hundreds of MB for a ViT) and loaded models by model id (``settings.predict_head_cache_size``: a head
+is K x D floats). Models and blobs are immutable, so neither cache goes stale. ``settings.predict_threads`` sets the
+intra-op threads of each session.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,8 +28,9 @@ import onnxruntime as ort
 from app.config import Settings
 from app.imaging import PreprocessConfig, preprocess
 from app.storage import BlobStore, StorageError
+from app.towers import LAYOUTS, Head, layout
 
-REQUIRED_ARTIFACTS = ("model.onnx", "classes.json", "preprocess.json")
+REQUIRED_ARTIFACTS = ("classes.json", "preprocess.json")
 
 
 class ModelUnavailable(RuntimeError):
@@ -29,21 +38,41 @@ class ModelUnavailable(RuntimeError):
 
 
 @dataclass
-class LoadedModel:
-    model_id: str
+class OnnxSession:
+    """One ONNX Runtime session of blob ``sha`` (a tower or a whole model), shared by every model that uses it."""
+
+    sha: str
     session: ort.InferenceSession
-    classes: list[str]
-    preprocess: PreprocessConfig
     input_name: str
     output_name: str
 
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        (out,) = self.session.run([self.output_name], {self.input_name: batch})
+        return np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
+
+
+@dataclass
+class LoadedModel:
+    model_id: str
+    classes: list[str]
+    preprocess: PreprocessConfig
+    onnx_sha: str  # the blob its session runs: tower.onnx, or model.onnx
+    head: Head | None  # None: model.onnx gives the logits itself
+    session_of: Callable[[], OnnxSession]  # the cache's shared session of onnx_sha (loaded again if evicted)
+
     def logits(self, images: Sequence, *, batch_size: int) -> np.ndarray:
         """(N, K) logits for PIL images, preprocessed exactly like the torch eval transform."""
+        session = self.session_of()
         out = []
         for i in range(0, len(images), batch_size):
             batch = np.stack([preprocess(img, self.preprocess) for img in images[i : i + batch_size]])  # (B,3,S,S)
-            (logits,) = self.session.run([self.output_name], {self.input_name: batch})
-            out.append(np.asarray(logits, dtype=np.float32).reshape(len(batch), -1))  # (B, K)
+            result = session.run(batch)
+            if self.head is not None:
+                try:
+                    result = self.head.logits(result)
+                except ValueError as exc:
+                    raise ModelUnavailable(f"model {self.model_id}: {exc}") from None
+            out.append(result)  # (B, K)
         result = np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
         if result.shape[1] != len(self.classes):
             raise ModelUnavailable(
@@ -52,33 +81,87 @@ class LoadedModel:
         return result
 
 
+class _LRU:
+    """An LRU by key, bounded by ``limit()`` at each insert (callers hold the cache's lock)."""
+
+    def __init__(self) -> None:
+        self.items: OrderedDict = OrderedDict()
+
+    def get(self, key):
+        value = self.items.get(key)
+        if value is not None:
+            self.items.move_to_end(key)
+        return value
+
+    def put(self, key, value, limit: int) -> None:
+        self.items[key] = value
+        self.items.move_to_end(key)
+        while len(self.items) > max(1, limit):
+            self.items.popitem(last=False)
+
+
 class ModelCache:
-    """An LRU of :class:`LoadedModel` by model id, safe to share between threads."""
+    """Loaded models by model id and their ONNX Runtime sessions by blob sha (see the module docstring)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._model_lru = _LRU()
+        self._session_lru = _LRU()
+        self._loading: dict[str, threading.Lock] = {}  # one load per blob at a time: no second copy of a tower
+
+    @property
+    def _models(self) -> OrderedDict[str, LoadedModel]:
+        return self._model_lru.items
+
+    @property
+    def sessions(self) -> OrderedDict[str, OnnxSession]:
+        """The sessions held now, by blob sha (least recently used first)."""
+        return self._session_lru.items
 
     def get(self, *, model_id: str, artifacts: dict[str, str], storage: BlobStore, settings: Settings) -> LoadedModel:
         with self._lock:
-            loaded = self._models.get(model_id)
-            if loaded is not None:
-                self._models.move_to_end(model_id)
-                return loaded
-        loaded = load_model(model_id=model_id, artifacts=artifacts, storage=storage, settings=settings)
+            loaded = self._model_lru.get(model_id)
+        if loaded is not None:
+            return loaded
+        loaded = load_model(model_id=model_id, artifacts=artifacts, storage=storage, settings=settings, cache=self)
+        session = loaded.session_of()  # a broken ONNX file answers now (409), not at the first image
+        dims = session.session.get_outputs()[0].shape
+        if loaded.head is not None and isinstance(dims[-1], int) and dims[-1] != loaded.head.dim:
+            raise ModelUnavailable(
+                f"model {model_id}: the tower gives {dims[-1]} features, head.npz takes {loaded.head.dim}"
+            )
         with self._lock:
-            self._models[model_id] = loaded
-            self._models.move_to_end(model_id)
-            while len(self._models) > max(1, settings.predict_cache_size):
-                self._models.popitem(last=False)
+            self._model_lru.put(model_id, loaded, settings.predict_head_cache_size)
         return loaded
+
+    def session(self, sha: str, *, what: str, storage: BlobStore, settings: Settings) -> OnnxSession:
+        """The shared session of blob ``sha``, created on first use (``what`` names the file in errors)."""
+        with self._lock:
+            found = self._session_lru.get(sha)
+            if found is not None:
+                return found
+            loading = self._loading.setdefault(sha, threading.Lock())
+        with loading:
+            with self._lock:
+                found = self._session_lru.get(sha)
+            if found is not None:
+                return found
+            try:
+                created = _open_session(sha, what=what, storage=storage, settings=settings)
+                with self._lock:
+                    self._session_lru.put(sha, created, settings.predict_cache_size)
+            finally:
+                with self._lock:
+                    self._loading.pop(sha, None)
+            return created
 
     def clear(self) -> None:
         with self._lock:
-            self._models.clear()
+            self._model_lru.items.clear()
+            self._session_lru.items.clear()
 
     def __len__(self) -> int:
-        return len(self._models)
+        return len(self._model_lru.items)
 
 
 def session_options(*, threads: int, spinning: bool) -> ort.SessionOptions:
@@ -90,34 +173,58 @@ def session_options(*, threads: int, spinning: bool) -> ort.SessionOptions:
     return options
 
 
-def load_model(*, model_id: str, artifacts: dict[str, str], storage: BlobStore, settings: Settings) -> LoadedModel:
+def _open_session(sha: str, *, what: str, storage: BlobStore, settings: Settings) -> OnnxSession:
+    try:
+        options = session_options(threads=settings.predict_threads, spinning=settings.predict_spinning)
+        # the store's own file when it is on this disk, else the bytes (an object store: nothing is written here;
+        # the LRU of sessions is this process's cache)
+        local = storage.path_if_local(sha)
+        onnx = str(local) if local is not None else storage.get(sha)
+        session = ort.InferenceSession(onnx, sess_options=options, providers=["CPUExecutionProvider"])
+    except FileNotFoundError as exc:
+        raise ModelUnavailable(f"{what}: an artifact blob is missing from storage ({exc})") from None
+    except StorageError:  # the store is down: a 503, not a broken model
+        raise
+    except Exception as exc:  # ONNX Runtime's own errors (InvalidGraph, InvalidProtobuf, ...)
+        raise ModelUnavailable(f"{what}: unreadable ONNX file ({exc})") from None
+    return OnnxSession(
+        sha=sha, session=session, input_name=session.get_inputs()[0].name, output_name=session.get_outputs()[0].name
+    )
+
+
+def load_model(
+    *, model_id: str, artifacts: dict[str, str], storage: BlobStore, settings: Settings, cache: ModelCache | None = None
+) -> LoadedModel:
+    """The model's classes, preprocessing and head; its session comes from ``cache`` (the process-wide one)."""
+    kind = layout(artifacts)
     missing = [name for name in REQUIRED_ARTIFACTS if name not in artifacts]
+    if kind is None:
+        missing.append(" or ".join(" + ".join(names) for names in LAYOUTS.values()))
     if missing:
         raise ModelUnavailable(f"model {model_id} has no {', '.join(missing)} artifact")
+    onnx_name = LAYOUTS[kind][0]
     try:
         classes = json.loads(storage.get(artifacts["classes.json"]))
         pre = PreprocessConfig.from_dict(json.loads(storage.get(artifacts["preprocess.json"])))
-        options = session_options(threads=settings.predict_threads, spinning=settings.predict_spinning)
-        # the store's own file when it is on this disk, else the bytes (an object store: nothing is written here;
-        # the LRU of sessions above is this process's cache)
-        local = storage.path_if_local(artifacts["model.onnx"])
-        onnx = str(local) if local is not None else storage.get(artifacts["model.onnx"])
-        session = ort.InferenceSession(onnx, sess_options=options, providers=["CPUExecutionProvider"])
+        head = Head.from_npz(storage.get(artifacts["head.npz"])) if kind == "tower" else None
     except FileNotFoundError as exc:
         raise ModelUnavailable(f"model {model_id}: an artifact blob is missing from storage ({exc})") from None
     except StorageError:  # the store is down: a 503, not a broken model
         raise
-    except Exception as exc:  # bad JSON, bad preprocess.json, ONNX Runtime's own errors (InvalidGraph, ...)
+    except Exception as exc:  # bad JSON, bad preprocess.json, a bad head.npz
         raise ModelUnavailable(f"model {model_id}: unreadable artifacts ({exc})") from None
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         raise ModelUnavailable(f"model {model_id}: classes.json is not a list of names")
+    if head is not None and head.classes != len(classes):
+        raise ModelUnavailable(f"model {model_id}: head.npz has {head.classes} classes, classes.json {len(classes)}")
+    cache = cache or _cache
+    sha = artifacts[onnx_name]
+
+    def session_of() -> OnnxSession:
+        return cache.session(sha, what=f"model {model_id}: {onnx_name}", storage=storage, settings=settings)
+
     return LoadedModel(
-        model_id=model_id,
-        session=session,
-        classes=classes,
-        preprocess=pre,
-        input_name=session.get_inputs()[0].name,
-        output_name=session.get_outputs()[0].name,
+        model_id=model_id, classes=classes, preprocess=pre, onnx_sha=sha, head=head, session_of=session_of
     )
 
 
@@ -125,7 +232,7 @@ _cache = ModelCache()
 
 
 def get_model_cache() -> ModelCache:
-    """The process-wide session cache."""
+    """The process-wide cache of models and sessions."""
     return _cache
 
 

@@ -316,6 +316,24 @@ def bench_gpu(
     run_gpu_bench(cfg, out=typer.echo)
 
 
+@bench.command("tower")
+def bench_tower(
+    backbone: Annotated[str, typer.Option("--backbone", help="Backbone spec, or 'reference'.")] = "reference",
+    models: Annotated[int, typer.Option("--models", help="Models of the backbone stored and loaded.")] = 10,
+    classes: Annotated[int, typer.Option("--classes", help="Classes of each model.")] = 10,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the models' class matrices.")] = 1,
+    cache_dir: CacheDir = None,
+) -> None:
+    """Bytes stored per additional model and /predict memory with N models of one backbone: a shared image tower
+    against one model.onnx per model."""
+    from bench.tower import TowerBenchConfig, run_tower_bench
+
+    cfg = TowerBenchConfig(
+        backbone=backbone, cache_dir=_data_paths(None, cache_dir)[1], models=models, classes=classes, seed=seed
+    )
+    run_tower_bench(cfg, out=typer.echo)
+
+
 @bench.command("ui")
 def bench_ui(
     items: Annotated[int, typer.Option(help="Items on the review page.")] = 200,

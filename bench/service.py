@@ -13,9 +13,9 @@ and Redis; a ``tagsift serve`` process on a free loopback port and a ``tagsift w
    are compared.
 3. **predict**: ``POST /predict`` with one image per request from N concurrent clients (one thread and one
    keep-alive ``http.client`` connection each, bodies encoded in advance) against ONNX Runtime called directly on
-   the job's exported ``model.onnx`` (same ``app.imaging`` decode and preprocessing, same images, batch size 1,
-   same number of threads, same session options), in alternating rounds -> requests/s (median of the rounds),
-   ratio, p50/p99 latency, CPU ms per request.
+   the job's model exported as one ``model.onnx`` (``?merged=true``: tower and head; same ``app.imaging`` decode
+   and preprocessing, same images, batch size 1, same number of threads, same session options), in alternating
+   rounds -> requests/s (median of the rounds), ratio, p50/p99 latency, CPU ms per request.
 
 Everything is loopback only; every loop is bounded; the processes it started are stopped at the end (their process
 groups), and the temp data dir removed. Printed last: one ``upload_images_per_s=... train_overhead=...%`` line.
@@ -626,7 +626,7 @@ def run_service_bench(cfg: ServiceBenchConfig, out: Callable[[str], None] = prin
 
             # 3. predict: the API against ONNX Runtime called directly on the exported model
             model_id = job["model_id"]
-            res = client.get(f"/models/{model_id}/export")
+            res = client.get(f"/models/{model_id}/export", params={"merged": "true"})  # one model.onnx
             res.raise_for_status()
             model_dir = work / "model"
             with zipfile.ZipFile(io.BytesIO(res.content)) as zf:

@@ -15,8 +15,10 @@
 6. **calibration and labels**: a temperature fitted on the held-out items (or on the candidate sets), then labels
    for every item restricted to its own (unpruned) candidates with calibrated confidences, and the job's quality
    report (``ml/quality.py``: held-out accuracy with its interval, expected accuracy, per-epoch losses and churn).
-7. **export**: the ONNX classifier (the temperature folded into its logits, so /predict's scores are calibrated
-   too) and its side files into ``export_dir`` (``ml.export.export_classifier``).
+7. **export**: the model's head (class matrix, bias and logit scale, the temperature folded into them, so /predict's
+   scores are calibrated too) and its side files into ``export_dir`` (``ml.export.export_head``). The image tower
+   is the backbone's, shared by all its models: the caller stores it once (``ml.export.export_tower``, keyed by
+   ``ml.export.tower_address``).
 
 It knows nothing of rows, settings or storage: the caller passes paths, callbacks and folders.
 """
@@ -130,7 +132,7 @@ class JobResult:
     labels: list[int]  # class index per item
     confidence: list[float]
     margin: list[float]
-    files: dict[str, Path]  # exported files by name (model.onnx, classes.json, ...), inside export_dir
+    files: dict[str, Path]  # exported files by name (head.npz, classes.json, preprocess.json), inside export_dir
     history: list[EpochMetrics]
     train_items: int
     train_seconds: float
@@ -154,7 +156,7 @@ def run_job(
     Raises ``InvalidCandidates`` for sets that cannot be trained on and ``TrainingCancelled`` on a cancel.
     """
     from ml.ensemble import deployed_classifier
-    from ml.export import export_classifier
+    from ml.export import export_head
     from ml.quality import calibrate, choose_holdout, quality_report
     from ml.train import candidate_probabilities, candidates_to_mask, class_logits, disambiguate
 
@@ -246,8 +248,13 @@ def run_job(
 
     cb.stage("exporting", {})
     bias = None if deployed.bias is None else deployed.bias / t
-    files = export_classifier(
-        backbone, deployed.class_features, deployed.logit_scale / t, spec.classes, export_dir, class_bias=bias
+    files = export_head(
+        deployed.class_features,
+        deployed.logit_scale / t,
+        spec.classes,
+        backbone.preprocess_cfg,
+        export_dir,
+        class_bias=bias,
     )
     return JobResult(
         labels=[int(x) for x in labels],

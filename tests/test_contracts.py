@@ -114,3 +114,26 @@ def test_the_api_accepts_a_prompt_template_exactly_when_ml_does(template: str) -
         dataset_ok = False
     assert job_ok == dataset_ok == ml_ok, (template, job_ok, dataset_ok, ml_ok)
     assert (api.template_problem(template) is None) == ml_ok
+
+
+def test_the_head_and_tower_ml_writes_are_what_app_reads(tmp_path) -> None:
+    """head.npz's arrays and the tower's output name (ml.export writes them, app.towers reads them)."""
+    import numpy as np
+    import torch
+
+    from app import towers
+    from app.imaging import PREPROCESS_STEPS
+    from ml import export
+
+    assert towers.HEAD_ARRAYS == export.HEAD_ARRAYS
+    assert towers.TOWER_OUTPUT == export.TOWER_OUTPUT and PREPROCESS_STEPS["input"] == export.TOWER_INPUT
+    assert PREPROCESS_STEPS["output"] == towers.MERGED_OUTPUT
+    c, b = torch.randn(4, 6, generator=torch.Generator().manual_seed(0)), torch.tensor([0.5, 0.0, -1.0, 2.0])
+    pre = MlPreprocess(8, (0.1,) * 3, (0.2,) * 3)
+    paths = export.export_head(c, 7.5, ["a", "b", "c", "d"], pre, tmp_path, class_bias=b)
+    head = towers.Head.from_npz(paths["head"].read_bytes())
+    f = torch.nn.functional.normalize(torch.randn(3, 6), dim=1)
+    assert np.allclose(head.logits(f.numpy()), (7.5 * f @ c.T + b).numpy(), atol=1e-5)
+    first = paths["head"].read_bytes()
+    export.export_head(c, 7.5, ["a", "b", "c", "d"], pre, tmp_path, class_bias=b)
+    assert paths["head"].read_bytes() == first  # the same head gives the same bytes: stored once

@@ -110,7 +110,7 @@ def test_cifar10_reference_backbone_end_to_end(api, cifar10_path, reference_buil
     res = client.get(f"/models/{job['model_id']}/export")
     assert res.status_code == 200, res.text
     with zipfile.ZipFile(io.BytesIO(res.content)) as zf:
-        assert {"model.onnx", "classes.json", "preprocess.json", "model_card.md"} <= set(zf.namelist())
+        assert {"tower.onnx", "head.npz", "classes.json", "preprocess.json", "model_card.md"} <= set(zf.namelist())
         assert json.loads(zf.read("classes.json")) == classes
         assert "not CLIP" in zf.read("model_card.md").decode()
 

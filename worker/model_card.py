@@ -1,4 +1,4 @@
-"""The Markdown model card stored next to a job's ONNX classifier."""
+"""The Markdown model card stored next to a job's head and the image tower it runs on."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def quality_lines(quality: dict | None) -> list[str]:
 
 
 def model_card(job, cfg, metrics: dict, model_id: str) -> str:
-    """A short Markdown model card stored next to the ONNX classifier."""
+    """A short Markdown model card stored next to the head and its tower."""
     reference = get_settings().backbone.strip() == REFERENCE_BACKBONE
     caveat = (
         "**Caveat:** this model uses the offline *reference* backbone (EfficientNet-Lite0 image tower + MiniLM text "
@@ -71,8 +71,12 @@ def model_card(job, cfg, metrics: dict, model_id: str) -> str:
         "",
         caveat,
         "",
-        "Files: `model.onnx` (input `image`: float32 (B, 3, S, S) preprocessed as in `preprocess.json`; output "
-        "`logits`: (B, K) in the order of `classes.json`).",
+        "Files: `tower.onnx`, the backbone's image tower, shared by every model of that backbone (input `image`: "
+        "float32 (B, 3, S, S) preprocessed as in `preprocess.json`; output `features`: (B, D), unit length; "
+        "`tower.json` says what it is), and this model's head `head.npz` (`class_features` (K, D), `bias` (K,), "
+        "`logit_scale`): `logits = features @ (logit_scale * class_features).T + bias`, (B, K) in the order of "
+        "`classes.json`. The export with `?merged=true` has both in one `model.onnx` (input `image`, output "
+        "`logits`).",
         "",
     ]
     return "\n".join(lines)

@@ -8,9 +8,10 @@ no SQL beyond loading and saving rows. Its steps, each a stage in ``Job.progress
 2. **loading_backbone**: ``worker.runtime.get_backbone`` (cached per process; device chosen here, in the child).
 3. **encoding**, **training**, **labelling**, **exporting**: ``ml.pipeline.run_job`` makes every ML decision (shots,
    views, kNN pruning, fit with a checkpoint at ``jobs/<job_id>/ckpt.pt`` in the blob store so a re-run, here or
-   on another machine, resumes, the handcrafted mix, disambiguation, ONNX export); this module turns its callbacks
-   into progress and events (one ``epoch`` event per epoch, a ``checkpoint`` event when a stale checkpoint is
-   dropped) and puts the exported files and a model card (``worker.model_card``) into the BlobStore. Images,
+   on another machine, resumes, the handcrafted mix, disambiguation, the head's export); this module turns its
+   callbacks into progress and events (one ``epoch`` event per epoch, a ``checkpoint`` event when a stale checkpoint
+   is dropped) and puts the model's head, side files and a model card (``worker.model_card``) into the BlobStore, with
+   the backbone's image tower only when its content address is not stored yet (``worker.model_store``). Images,
    checkpoint and features reach ``ml`` as local files through ``worker.job_files`` (downloaded from an object
    store into this machine's bounded cache; the checkpoint and new features are uploaded as they are written).
 7. **save**, one transaction fenced on our lease: items (never those a reviewer labelled), the ``Model`` row (one
@@ -52,7 +53,7 @@ from app.services.webhooks import emit_job_event
 from app.storage import StorageError, get_storage
 from ml.errors import BackboneLoadError, InvalidCandidates, TrainingCancelled
 from ml.weights import WeightsMissing
-from worker import runtime
+from worker import model_store, runtime
 from worker.job_files import JobFiles, retry_storage
 from worker.job_rows import JobInput, JobInputError, label_rows, load_input, save_result
 from worker.job_run import STAGES, JobRun, LeaseLost
@@ -268,9 +269,7 @@ def _train(claim: Claim, run: JobRun, files: JobFiles) -> str:
         card = model_card(job, cfg, metrics, model_id).encode()
 
         def store_model() -> dict[str, str]:  # content-addressed: a retry or a re-run stores nothing twice
-            stored = {name: storage.put_file(path) for name, path in result.files.items()}
-            stored["model_card.md"] = storage.put(card)
-            return stored
+            return model_store.store_model(storage, backbone, result.files, card, Path(tmp) / "tower")
 
         # every file is stored before the Model row exists: an outage here leaves no half-written model
         artifacts = retry_storage(store_model, what=f"job {claim.job_id}: storing the model", patience=files.patience)

@@ -5,7 +5,9 @@
     python predict.py --model path/to/unzipped --candidates '["cat", "lynx"]' --top-k 2 photo.jpg
 
 One JSON line per image on stdout: {"file", "label", "score", "top_k": [{"label", "score"}, ...]}. The steps are
-the ones preprocess.json states (RGB first, shortest side resized, centre crop, /255, mean/std, softmax).
+the ones preprocess.json states (RGB first, shortest side resized, centre crop, /255, mean/std, softmax). The
+model is model.onnx (image -> logits), or the backbone's tower.onnx (image -> features) and the head in head.npz:
+logits = features @ (logit_scale * class_features).T + bias.
 """
 
 import argparse
@@ -45,12 +47,19 @@ def main() -> None:
     args = parser.parse_args()
     cfg = json.loads((args.model / "preprocess.json").read_text())
     classes = json.loads((args.model / "classes.json").read_text())
-    session = ort.InferenceSession(str(args.model / "model.onnx"), providers=["CPUExecutionProvider"])
+    one = (args.model / "model.onnx").exists()
+    onnx = args.model / ("model.onnx" if one else "tower.onnx")
+    session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    output = cfg["output"] if one else session.get_outputs()[0].name
+    if not one:
+        with np.load(args.model / "head.npz", allow_pickle=False) as h:
+            weight, bias = (np.float32(h["logit_scale"]) * h["class_features"]).T, h["bias"]
     allowed = sorted({classes.index(c) for c in json.loads(args.candidates)}) if args.candidates else None
     for path in args.images:
         with Image.open(path) as img:
             x = preprocess(img, cfg)[None]
-        logits = session.run([cfg["output"]], {cfg["input"]: x})[0][0]
+        out = session.run([output], {cfg["input"]: x})[0]
+        logits = (out if one else out @ weight + bias)[0]
         idx = np.arange(len(classes)) if allowed is None else np.asarray(allowed)
         z = np.exp(logits[idx].astype(np.float64) - logits[idx].max())
         p = z / z.sum()

@@ -30,11 +30,23 @@ from app.services.items import get_item
 from app.services.lookup import get_owned
 from app.services.pages import keyset_page
 from app.storage import BlobStore
+from app.towers import LAYOUTS, Head, layout, merged_suffix
 from app.ttl_cache import TTLCache
 
-EXPORT_ORDER = ("model.onnx", "classes.json", "preprocess.json", "model_card.md")
+#: Zip order: the ONNX file(s) first, then the head and side files (anything else stored follows, by name).
+EXPORT_ORDER = (
+    "model.onnx",
+    "tower.onnx",
+    "tower.json",
+    "head.npz",
+    "classes.json",
+    "preprocess.json",
+    "model_card.md",
+)
 #: Written by the export itself, not stored: the whole preprocessing in preprocess.json and the card, and predict.py.
 EXPORT_EXTRA = ("model.json", "predict.py")
+#: Left out of a merged export: model.onnx holds the tower and the head.
+MERGED_AWAY = ("tower.onnx", "tower.json", "head.npz")
 
 
 def get_model(*, session: Session, owner: Owner, model_id: str) -> Model:
@@ -73,34 +85,48 @@ def list_models(
     return ModelList(data=[model_read(m, settings) for m in page.rows], next_cursor=page.next_cursor, total=page.total)
 
 
-def export_model(*, session: Session, storage: BlobStore, owner: Owner, model_id: str, settings: Settings) -> str:
-    """A temporary zip (the caller deletes it): the ONNX classifier, classes.json, preprocess.json, model_card.md,
-    model.json (this model's metadata) and predict.py. Written to a file, not memory: a ViT image encoder is
-    hundreds of MB.
+def export_model(
+    *, session: Session, storage: BlobStore, owner: Owner, model_id: str, settings: Settings, merged: bool = False
+) -> str:
+    """A temporary zip (the caller deletes it): the model's ONNX file(s), classes.json, preprocess.json,
+    model_card.md, model.json (this model's metadata) and predict.py. Written to a file, not memory: a ViT image
+    tower is hundreds of MB.
+
+    A model on a shared tower (``app.towers``) exports tower.onnx, tower.json and head.npz; with ``merged`` the
+    tower and the head become one model.onnx (image -> logits: the tower's bytes streamed, then the head's nodes,
+    ``app.towers.merged_suffix``). A model stored as one model.onnx exports it as it is (``merged`` changes nothing).
 
     The zip describes itself: preprocess.json is rewritten in full (every step, :meth:`PreprocessConfig.to_dict`,
     also for models stored before it said them), the card gets a "Preprocessing" section with the same steps, and
-    predict.py (``app/export_kit``) reproduces /predict's scores with onnxruntime, NumPy and Pillow only."""
+    predict.py (``app/export_kit``) reproduces /predict's scores with onnxruntime, NumPy and Pillow only, for
+    either layout."""
     model = get_model(session=session, owner=owner, model_id=model_id)
     artifacts = dict(model.artifacts or {})
-    missing = [name for name in EXPORT_ORDER[:3] if name not in artifacts or not storage.exists(artifacts[name])]
+    kind = layout(artifacts) or "model"
+    needed = ("classes.json", "preprocess.json", *LAYOUTS[kind])
+    missing = [name for name in needed if name not in artifacts or not storage.exists(artifacts[name])]
     if missing:
         raise Conflict(
             f"model {model.id}: artifacts missing from storage: {', '.join(missing)}", code="model_incomplete"
         )
+    merge = merged and kind == "tower"
     try:
         pre = PreprocessConfig.from_dict(json.loads(storage.get(artifacts["preprocess.json"])))
     except (ValueError, KeyError, TypeError) as exc:
         raise Conflict(f"model {model.id}: unreadable preprocess.json ({exc})", code="model_incomplete") from None
+    suffix = merged_suffix(_head(model, storage.get(artifacts["head.npz"]))) if merge else b""
     card = storage.get(artifacts["model_card.md"]).decode() if "model_card.md" in artifacts else _fallback_card(model)
     if "## Preprocessing" not in card:
-        card = card.rstrip("\n") + "\n\n" + pre.markdown()
+        card = card.rstrip("\n") + "\n\n" + pre.markdown(tower=kind == "tower" and not merge)
     written = {
         "preprocess.json": json.dumps(pre.to_dict(), indent=1) + "\n",
         "model_card.md": card,
         "model.json": json.dumps(model_read(model, settings).model_dump(mode="json"), indent=2),
         "predict.py": predict_script(),
     }
+    if merge:
+        artifacts = {name: sha for name, sha in artifacts.items() if name not in MERGED_AWAY}
+        artifacts["model.onnx"] = model.artifacts["tower.onnx"]  # streamed, then the head's nodes appended
     tmp_dir = settings.data_dir / "tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
     fd, path = tempfile.mkstemp(dir=tmp_dir, prefix="export-", suffix=".zip")
@@ -120,10 +146,26 @@ def export_model(*, session: Session, storage: BlobStore, owner: Owner, model_id
                 with storage.open(artifacts[name]) as src, zf.open(info, "w", force_zip64=True) as dst:
                     while chunk := src.read(1 << 20):
                         dst.write(chunk)
+                    if merge and name == "model.onnx":
+                        dst.write(suffix)
     except BaseException:
         os.unlink(path)
         raise
     return path
+
+
+def _head(model: Model, data: bytes) -> Head:
+    """The model's head, checked against its classes (409 when it is not a head or not this model's)."""
+    try:
+        head = Head.from_npz(data)
+    except ValueError as exc:
+        raise Conflict(f"model {model.id}: unreadable head.npz ({exc})", code="model_incomplete") from None
+    if head.classes != len(model.classes):
+        raise Conflict(
+            f"model {model.id}: head.npz has {head.classes} classes, the model {len(model.classes)}",
+            code="model_incomplete",
+        )
+    return head
 
 
 def _fallback_card(model: Model) -> str:

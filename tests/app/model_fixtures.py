@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import tempfile
 from functools import lru_cache
+from pathlib import Path
 
 import open_clip
 import torch
@@ -62,18 +64,86 @@ def channel_classifier_onnx() -> bytes:
     return buf.getvalue()
 
 
-def store_model(dataset_id: str, onnx: bytes, *, image_size: int = 32) -> str:
-    """A Model row (and its succeeded Job) with its artifacts in the BlobStore, owned by the owner of the dataset's
-    jobs (the dataset needs one job)."""
-    storage = get_storage()
+def _preprocess_json(image_size: int) -> bytes:
     pre = {"image_size": image_size, "mean": list(MEAN), "std": list(STD), "interpolation": "bicubic"}
     pre["resize_mode"] = "shortest"
+    return json.dumps(pre).encode()
+
+
+def store_model(dataset_id: str, onnx: bytes, *, image_size: int = 32) -> str:
+    """A Model row (and its succeeded Job) with its artifacts in the BlobStore, owned by the owner of the dataset's
+    jobs (the dataset needs one job): one model.onnx, the layout of models stored before towers were shared."""
+    storage = get_storage()
     artifacts = {
         "model.onnx": storage.put(onnx),
         "classes.json": storage.put(json.dumps(CLASSES).encode()),
-        "preprocess.json": storage.put(json.dumps(pre).encode()),
+        "preprocess.json": storage.put(_preprocess_json(image_size)),
         "model_card.md": storage.put(b"# tiny channel classifier\n"),
     }
+    return _model_row(dataset_id, artifacts)
+
+
+# --- models on a shared tower (tower.onnx + head.npz), as the worker stores them now ---------------------------
+
+
+class ChannelMean(torch.nn.Module):
+    """A tower's visual part for the tests: the mean of each preprocessed channel, (B, 3, S, S) -> (B, 3)."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return image.mean(dim=(2, 3))
+
+
+@lru_cache(maxsize=1)
+def channel_tower_onnx() -> bytes:
+    """``ml.export.ImageTower(ChannelMean())`` (unit-length channel means, output "features") as ONNX bytes."""
+    from ml.export import TOWER_OUTPUT, ImageTower, export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tower.onnx"
+        export_onnx(ImageTower(ChannelMean()).eval(), 32, path, TOWER_OUTPUT)
+        return path.read_bytes()
+
+
+def channel_head(seed: int) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """(class_features (3, 3), logit scale, bias (3,)): a red image is most a cat, green a lynx, blue a dog, plus
+    seeded noise (so that models differ)."""
+    gen = torch.Generator().manual_seed(seed)
+    c = torch.nn.functional.normalize(torch.eye(3) + 0.3 * torch.rand(3, 3, generator=gen), dim=1)
+    return c, 5.0 + seed, 0.2 * torch.randn(3, generator=gen)
+
+
+def one_file_onnx(class_features: torch.Tensor, logit_scale: float, bias: torch.Tensor) -> bytes:
+    """The same classifier as one model.onnx (``ml.export.ImageClassifier``): what the worker stored before."""
+    from ml.export import ImageClassifier, export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(ImageClassifier(ChannelMean(), class_features, logit_scale, bias).eval(), 32, path, "logits")
+        return path.read_bytes()
+
+
+def store_tower_model(dataset_id: str, head: tuple[torch.Tensor, float, torch.Tensor], *, tower: bytes) -> str:
+    """A Model row whose artifacts are the shared ``tower`` and this ``head`` (``ml.export.export_head``'s
+    head.npz), as ``worker.model_store`` leaves them."""
+    from ml.export import head_arrays, write_npz
+
+    storage = get_storage()
+    with tempfile.TemporaryDirectory() as tmp:
+        write_npz(Path(tmp) / "head.npz", head_arrays(head[0], head[1], head[2]))
+        head_npz = (Path(tmp) / "head.npz").read_bytes()
+    tower_sha = storage.put(tower)
+    artifacts = {
+        "tower.onnx": tower_sha,
+        "tower.json": storage.put(json.dumps({"onnx_sha256": tower_sha, "output": "features"}).encode()),
+        "head.npz": storage.put(head_npz),
+        "classes.json": storage.put(json.dumps(CLASSES).encode()),
+        "preprocess.json": storage.put(_preprocess_json(32)),
+        "model_card.md": storage.put(b"# tiny channel classifier\n"),
+    }
+    return _model_row(dataset_id, artifacts)
+
+
+def _model_row(dataset_id: str, artifacts: dict[str, str]) -> str:
     with session_scope() as session:
         owner_id = session.scalar(select(Job.owner_id).where(Job.dataset_id == dataset_id).limit(1))
         job = Job(owner_id=owner_id, dataset_id=dataset_id, status="succeeded", params={"method": "coop"})

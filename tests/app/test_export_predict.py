@@ -1,6 +1,7 @@
 """The export describes itself (issue 16, item 7): preprocess.json and the model card state every preprocessing
 step, and the zip's predict.py, run as a user would (a subprocess, onnxruntime + NumPy + Pillow only), gives the
-scores of POST /predict on square and non-square images of every colour mode."""
+scores of POST /predict on square and non-square images of every colour mode, for every layout of the export (one
+model.onnx, a shared tower + head, and the merged model.onnx)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,15 @@ from PIL import Image
 
 from app.imaging import PREPROCESS_STEPS
 from tests.app.conftest import Api
-from tests.app.model_fixtures import CLASSES, MEAN, STD, store_model
+from tests.app.model_fixtures import (
+    CLASSES,
+    MEAN,
+    STD,
+    channel_head,
+    channel_tower_onnx,
+    store_model,
+    store_tower_model,
+)
 from tests.app.test_fuzz import _drop_queue
 
 
@@ -40,18 +49,25 @@ IMAGES = [
 ]
 
 
-@pytest.fixture
-def export_dir(alice: Api, onnx_bytes: bytes, tmp_path: Path) -> tuple[str, Path]:
+@pytest.fixture(params=["model.onnx", "tower+head", "merged"])
+def export_dir(request, alice: Api, onnx_bytes: bytes, tmp_path: Path) -> tuple[str, Path]:
+    """Every layout an export can have: a model stored as one model.onnx (before towers were shared), a model on a
+    shared tower (tower.onnx + head.npz), and that model exported with ?merged=true (one model.onnx)."""
     ds = alice.make_dataset(3)
     try:
         assert alice.post(f"/datasets/{ds['id']}/jobs", json={}).status_code == 202  # the dataset's owner
     finally:
         _drop_queue(alice.settings.broker_url, alice.settings.queue)
-    model_id = store_model(ds["id"], onnx_bytes)
-    r = alice.get(f"/models/{model_id}/export")
+    if request.param == "model.onnx":
+        model_id = store_model(ds["id"], onnx_bytes)
+    else:
+        model_id = store_tower_model(ds["id"], channel_head(1), tower=channel_tower_onnx())
+    r = alice.get(f"/models/{model_id}/export", params={"merged": "true"} if request.param == "merged" else {})
     assert r.status_code == 200, r.text
     out = tmp_path / "export"
     zipfile.ZipFile(io.BytesIO(r.content)).extractall(out)
+    assert (out / "model.onnx").exists() == (request.param != "tower+head")
+    assert (out / "head.npz").exists() == (out / "tower.onnx").exists() == (request.param == "tower+head")
     return model_id, out
 
 

@@ -98,7 +98,7 @@ CHECKS = [
     positive_data_acceptance_beyond_content,
 ]
 EXAMPLES_PER_OPERATION = 40
-STATEFUL_EXAMPLES = 160
+STATEFUL_EXAMPLES = 200
 TAGS = CLASSES
 
 

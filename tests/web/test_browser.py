@@ -226,7 +226,7 @@ def test_annotator_walkthrough(browser, stack, cifar10_path, shots_dir, tmp_path
     with page.expect_download() as dl:
         page.get_by_role("link", name="Download the export (ONNX zip)").first.click()
     with zipfile.ZipFile(io.BytesIO(Path(dl.value.path()).read_bytes())) as zf:
-        assert "model.onnx" in zf.namelist() and json.loads(zf.read("classes.json")) == classes
+        assert {"tower.onnx", "head.npz"} <= set(zf.namelist()) and json.loads(zf.read("classes.json")) == classes
     page.locator("input[type=file][name=image]").first.set_input_files(str(images[0]))
     page.get_by_role("button", name="Predict").first.click()
     page.locator("[data-prediction] li").first.wait_for()

@@ -1,5 +1,5 @@
 """A linear-probe job with the benchmark's beyond-the-paper defaults: kNN-pruned candidate sets and the handcrafted
-classifier mixed in at inference, through a real worker process; the exported ONNX model is the mixed classifier."""
+classifier mixed in at inference, through a real worker process; the exported tower + head is the mixed classifier."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from app.imaging import PreprocessConfig, open_image, preprocess
 from app.models import Item, Model
 from app.queue import TRAIN_TASK, enqueue
 from app.storage import get_storage
+from app.towers import Head
 from tests.worker.conftest import make_dataset, make_job, wait_status
 
 pytestmark = pytest.mark.integration
@@ -39,10 +40,11 @@ def test_linear_probe_job_with_knn_vote_and_handcrafted_mix(prod_env, start_work
     storage = get_storage()
     classes = json.loads(storage.get(model.artifacts["classes.json"]))
     cfg = PreprocessConfig.from_dict(json.loads(storage.get(model.artifacts["preprocess.json"])))
-    sess = ort.InferenceSession(str(storage.local_path(model.artifacts["model.onnx"])))
+    sess = ort.InferenceSession(str(storage.local_path(model.artifacts["tower.onnx"])))
+    head = Head.from_npz(storage.get(model.artifacts["head.npz"]))
     # the stored labels are the exported (mixed) classifier's argmax over each item's own candidates
     for item in items:
         x = preprocess(open_image(storage.get(item.sha256)), cfg)[None].astype(np.float32)
-        logits = sess.run(["logits"], {"image": x})[0][0]
+        logits = head.logits(sess.run(["features"], {"image": x})[0])[0]
         allowed = [classes.index(c) for c in item.candidates]
         assert classes[max(allowed, key=lambda k: logits[k])] == item.label

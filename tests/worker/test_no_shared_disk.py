@@ -166,7 +166,7 @@ def test_a_job_killed_on_one_worker_resumes_on_another_and_the_api_serves_the_mo
         r = client.get(f"/models/{model_id}/export")
         assert r.status_code == 200, r.text
         with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
-            assert {"model.onnx", "classes.json", "preprocess.json", "model_card.md"} <= set(zf.namelist())
+            assert {"tower.onnx", "head.npz", "classes.json", "preprocess.json", "model_card.md"} <= set(zf.namelist())
             assert json.loads(zf.read("classes.json")) == CLASSES
     finally:
         api.stop()

@@ -50,7 +50,9 @@ def test_job_runs_to_success_and_writes_everything(prod_env, start_worker):
 
     model = _model(job_id)
     assert model.id == job.model_id and model.classes == ["red", "green", "blue"] and model.method == "coop"
-    assert set(model.artifacts) == {"model.onnx", "classes.json", "preprocess.json", "model_card.md"}
+    assert set(model.artifacts) == {"tower.onnx", "tower.json", "head.npz", "classes.json", "preprocess.json"} | {
+        "model_card.md"
+    }
     storage = get_storage()
     assert json.loads(storage.get(model.artifacts["classes.json"])) == ["red", "green", "blue"]
     card = storage.get(model.artifacts["model_card.md"]).decode()
@@ -139,3 +141,6 @@ def test_embedded_default_sqlite_broker(embedded_env, start_worker):
         assert job.status == "succeeded", (job.error_message, worker.log()[-3000:])
         assert model_count(job_id) == 1
     assert any("enqueued again" in e.data["reason"] for e in events(lost, "requeue"))
+    # two models of one backbone: one tower, stored by the first job and found by its address by the second
+    towers = {_model(job_id).artifacts["tower.onnx"] for job_id in (sent, lost)}
+    assert len(towers) == 1 and len(list((embedded_env.data_dir / "towers").glob("*.json"))) == 1

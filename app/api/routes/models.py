@@ -53,12 +53,24 @@ def get_model(model_id: str, owner: OwnerDep, session: SessionDep, settings: Set
     responses={**PROBLEMS, 200: {"description": "zip", "content": {"application/zip": {}}}},
 )
 def export_model(
-    model_id: str, owner: OwnerDep, session: SessionDep, storage: StorageDep, settings: SettingsDep
+    model_id: str,
+    owner: OwnerDep,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    merged: Annotated[
+        bool,
+        Query(
+            description="One model.onnx (image -> logits) instead of the backbone's tower.onnx and the model's"
+            " head.npz; models stored before towers were shared have one model.onnx either way."
+        ),
+    ] = False,
 ) -> FileResponse:
-    """A zip with model.onnx, classes.json, preprocess.json (every preprocessing step), model_card.md,
-    model.json and predict.py (scores like /predict with onnxruntime, NumPy and Pillow only)."""
+    """A zip that runs on its own: the image tower (tower.onnx, tower.json) and this model's head (head.npz), or
+    with `merged=true` one model.onnx; classes.json, preprocess.json (every preprocessing step), model_card.md,
+    model.json and predict.py (scores like /predict with onnxruntime, NumPy and Pillow only, for either layout)."""
     path = models_service.export_model(
-        session=session, storage=storage, owner=owner, model_id=model_id, settings=settings
+        session=session, storage=storage, owner=owner, model_id=model_id, settings=settings, merged=merged
     )
     return FileResponse(
         path,
