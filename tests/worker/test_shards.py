@@ -98,7 +98,7 @@ def test_two_workers_share_a_jobs_shards_and_the_features_equal_one_workers(prod
     slow = tiny_backbone(prod_env.data_dir, SLOW_IMAGE_CLIP, "slow-image")
     owner, first_ds, _ = make_dataset(n)
     _, second_ds, _ = make_dataset(n, owner_id=owner)  # the same images and candidate sets
-    first, second = make_job(owner, first_ds, **PARAMS), make_job(owner, second_ds, **PARAMS)
+    first = make_job(owner, first_ds, **PARAMS)  # the second job is made later: a worker's reaper sends queued jobs
 
     one = start_worker(TAGSIFT_BACKBONE=slow, **ONE_THREAD)
     enqueue(TRAIN_TASK, first)
@@ -114,6 +114,7 @@ def test_two_workers_share_a_jobs_shards_and_the_features_equal_one_workers(prod
     shutil.rmtree(prod_env.data_dir / "features")  # cold again: the second job encodes the same images anew
     other = start_worker(TAGSIFT_BACKBONE=slow, **ONE_THREAD)
     _started(other)
+    second = make_job(owner, second_ds, **PARAMS)
     enqueue(TRAIN_TASK, second)
     job = wait_status(second, FINISHED, timeout=240)
     assert job.status == "succeeded", (job.error_message, one.log()[-3000:], other.log()[-3000:])
