@@ -180,6 +180,23 @@ class Settings(BaseSettings):
     train_views: int = Field(
         2, description="Feature views per image for training (1 = eval transform only; more = augmented views)."
     )
+    encode_shard_images: int = Field(
+        128,
+        ge=0,
+        description="Images per encoding shard: a job with more images to encode than this splits them into shards"
+        " that every free worker of the job's queue encodes (the job's own worker too), then trains on the merged"
+        " features (docs/architecture.md, Encoding over workers); 0: the job's worker encodes them all itself.",
+    )
+    encode_batch_size: int = Field(
+        64, ge=1, le=4096, description="Images per call of the image encoder while a job encodes its images."
+    )
+    decode_threads: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="Threads per job that read, decode and preprocess the next batches of images while the image"
+        " encoder runs on one; 0: decode in the encoder's thread, between its calls.",
+    )
 
     # --- webhooks (docs/integrations.md) ----------------------------------------------------------
     webhook_allowed_hosts: str = Field(

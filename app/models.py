@@ -245,6 +245,33 @@ class JobEvent(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class EncodeShard(Base):
+    """A share of a job's images to encode, claimed by any free worker of the job's queue (``worker.shards``).
+
+    Rows of one attempt of a job: planned by the job's runner, claimed with a lease like a job (``lease_owner``,
+    ``lease_expires_at`` on the database's clock), ``done`` once its features are in the store's feature cache.
+    Deleted when the job ends (and with the job)."""
+
+    __tablename__ = "encode_shards"
+    __table_args__ = (UniqueConstraint("job_id", "seq"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)  # the job's attempt that planned it
+    seq: Mapped[int] = mapped_column(Integer)
+    backbone_id: Mapped[str] = mapped_column(String(500))  # the feature cache key: only such a worker may encode it
+    views: Mapped[int] = mapped_column(Integer)  # views 0..views-1 of each image
+    seed: Mapped[int] = mapped_column(Integer)  # seed of the augmented views
+    shas: Mapped[list[str]] = mapped_column(JSON)  # sha256 of each image, in the job's item order
+    images: Mapped[int] = mapped_column(Integer)  # len(shas), for progress without reading the lists
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|running|done
+    runs: Mapped[int] = mapped_column(Integer, default=0)  # claims so far (> 1: a worker was lost or gave it back)
+    lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)  # "<host>:<pid>:<uuid>"
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    encoded_by: Mapped[str | None] = mapped_column(String(200), default=None)  # the runner that finished it
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Model(Base):
     """A trained classifier: class text features + backbone, exported as ONNX, stored content-addressed."""
 

@@ -10,6 +10,8 @@ from app import embedded_broker
 from app.config import Settings, get_settings
 
 TRAIN_TASK = "tagsift.train"
+#: A worker's call for help with a job's encoding shards (sent by workers only: ``worker.shards``).
+ENCODE_TASK = "tagsift.encode"
 
 
 def celery_config(settings: Settings) -> dict:

@@ -393,3 +393,46 @@ def bench_review(
     )
     typer.echo((out_dir / "review.md").read_text())
     typer.echo(f"{len(report['runs'])} simulations; files in {out_dir}")
+
+
+@bench.command("encode")
+def bench_encode(
+    images: Annotated[int, typer.Option("--images", help="Images of the timed dataset.")] = 2000,
+    raw_images: Annotated[
+        int, typer.Option("--raw-images", help="Images of the raw backbone rate (pre-decoded, this process).")
+    ] = 256,
+    threads: Annotated[int, typer.Option("--threads", help="torch threads of each worker and of the raw rate.")] = 1,
+    shard_images: Annotated[
+        int | None, typer.Option("--shard-images", help="Images per shard (default TAGSIFT_ENCODE_SHARD_IMAGES).")
+    ] = None,
+    generated: Annotated[
+        bool, typer.Option("--generated", help="Generated 32x32 JPEG images instead of CIFAR-10 photos.")
+    ] = False,
+    backbone: Annotated[str, typer.Option("--backbone", help="Backbone spec, or 'reference'.")] = "reference",
+    api_workers: ApiWorkers = 1,
+    database_url: DatabaseUrl = "",
+    broker_url: BrokerUrl = "",
+    cifar10_path: Cifar10Path = None,
+    cache_dir: CacheDir = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N (workers and raw rate).")] = "cpu",
+    keep: Keep = False,
+) -> None:
+    """A dataset's encoding on one worker and on two sharing its shards, and the backbone's raw rate."""
+    from bench.encode import EncodeBenchConfig, run_encode_bench
+
+    cifar, models = _data_paths(cifar10_path, cache_dir)
+    cfg = EncodeBenchConfig(
+        cache_dir=models,
+        cifar10_path=None if generated else cifar,
+        backbone=backbone,
+        images=images,
+        raw_images=raw_images,
+        threads=threads,
+        shard_images=shard_images,
+        device=device,
+        api_workers=api_workers,
+        database_url=database_url,
+        broker_url=broker_url,
+        keep=keep,
+    )
+    run_encode_bench(cfg, out=typer.echo)

@@ -14,7 +14,10 @@ import io
 import math
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +118,44 @@ def _view_pixels(backbone: Backbone, img: Image.Image, sha: str, view: int, seed
     return augment(img, backbone.preprocess_cfg, random.Random(f"{seed}:{sha}:{view}"))
 
 
+def _pixels(backbone: Backbone, images, sha_list: list[str], chunk: list[tuple[int, int]], seed: int, names=None):
+    """Read, decode and preprocess one batch of (item, view) pairs: the (b, 3, S, S) input of one model call."""
+    decoded: dict[int, Image.Image] = {}
+    pixels = []
+    for i, v in chunk:
+        if i not in decoded:
+            data = _read(images[i])
+            try:
+                decoded[i] = _decode(data)
+            except Exception as e:  # any decoder error: name the item
+                name = names[i] if names is not None else f"item {i}"
+                raise ValueError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from e
+        pixels.append(_view_pixels(backbone, decoded[i], sha_list[i], v, seed))
+    return torch.stack(pixels)
+
+
+def _prepared(prepare: Callable[[list], torch.Tensor], chunks: list[list], workers: int) -> Iterator:
+    """(chunk, pixels) in order. ``workers`` > 0: a pool of that many threads prepares the next ``workers + 1``
+    batches while the caller runs the model on this one (Pillow and torch release the GIL while they decode, resize
+    and normalise), so decoding overlaps the model instead of adding to it; 0: each batch in the caller's thread."""
+    if workers <= 0:
+        for chunk in chunks:
+            yield chunk, prepare(chunk)
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
+    try:
+        upcoming = iter(chunks)
+        ahead = deque((c, pool.submit(prepare, c)) for c in islice(upcoming, workers + 1))
+        while ahead:
+            chunk, future = ahead.popleft()
+            following = next(upcoming, None)
+            if following is not None:
+                ahead.append((following, pool.submit(prepare, following)))
+            yield chunk, future.result()
+    finally:  # a cancel or an error: batches not started are dropped, at most `workers` finish in the background
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def encode_images(
     backbone: Backbone,
     images: Sequence[str | Path | bytes],
@@ -124,13 +165,18 @@ def encode_images(
     cache: FeatureCache | None = None,
     batch_size: int = 64,
     seed: int = 0,
+    decode_workers: int = 0,
+    names: Sequence[str] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """(views, N, D) float32 CPU image features, NOT normalised (see module doc for views and caching).
 
     Images whose every requested view is cached are neither read (when `shas` is given), decoded nor encoded.
-    `should_cancel()` True -> `TrainingCancelled` between batches; `on_progress(done, total)` counts views.
+    `decode_workers` threads read, decode and preprocess the next batches while the model runs (0: in this thread);
+    the features are the same either way. An image that cannot be decoded is a ValueError naming it (`names[i]`,
+    default "item i"). `should_cancel()` True -> `TrainingCancelled` between batches; `on_progress(done, total)`
+    counts views.
     """
     assert views >= 1, f"views must be >= 1, got {views}"
     assert batch_size >= 1, f"batch_size must be >= 1, got {batch_size}"
@@ -154,26 +200,20 @@ def encode_images(
     if on_progress is not None:
         on_progress(done, total)
 
-    for start in range(0, len(pending), batch_size):
-        if should_cancel is not None and should_cancel():
-            raise TrainingCancelled("image encoding cancelled")
-        chunk = pending[start : start + batch_size]
-        decoded: dict[int, Image.Image] = {}
-        pixels = []
-        for i, v in chunk:
-            if i not in decoded:
-                data = _read(images[i])
-                try:
-                    decoded[i] = _decode(data)
-                except Exception as e:  # any decoder error: name the item
-                    raise ValueError(f"item {i}: cannot decode image ({type(e).__name__}: {e})") from e
-            pixels.append(_view_pixels(backbone, decoded[i], sha_list[i], v, seed))
-        feats = backbone.encode_image(torch.stack(pixels)).cpu()  # [b, D]
-        for (i, v), f in zip(chunk, feats, strict=True):
-            out[v, i] = f
-            if cache is not None:
-                cache.put(backbone.id, sha_list[i], v, f, seed)
-        done += len(chunk)
-        if on_progress is not None:
-            on_progress(done, total)
+    chunks = [pending[start : start + batch_size] for start in range(0, len(pending), batch_size)]
+    batches = _prepared(lambda chunk: _pixels(backbone, images, sha_list, chunk, seed, names), chunks, decode_workers)
+    try:
+        for chunk, pixels in batches:
+            if should_cancel is not None and should_cancel():
+                raise TrainingCancelled("image encoding cancelled")
+            feats = backbone.encode_image(pixels).cpu()  # [b, D]
+            for (i, v), f in zip(chunk, feats, strict=True):
+                out[v, i] = f
+                if cache is not None:
+                    cache.put(backbone.id, sha_list[i], v, f, seed)
+            done += len(chunk)
+            if on_progress is not None:
+                on_progress(done, total)
+    finally:
+        batches.close()
     return out

@@ -7,7 +7,8 @@
    ``shots`` keeps at most that many training items per class (:func:`select_training_items`).
 2. **encoding**: ``views`` feature views of the training items (view 0 clean, the others augmented; raised to the
    number of distinct views the loss takes per step, PiCO 2, PLCR 3, when ``views`` > 1: :func:`encoded_views`) and
-   the clean view of every item, through the on-disk :class:`ml.features.FeatureCache` (a re-run encodes nothing).
+   the clean view of every item, through the on-disk :class:`ml.features.FeatureCache` (a re-run encodes nothing);
+   the caller may fill the cache first by other means (``callbacks.encode_elsewhere``: the worker's shards).
 3. **candidate pruning** (``knn_vote``): neighbour voting on the training candidate sets (``ml/knn_vote.py``).
 4. **fit** (``ml.train.fit``) with an epoch checkpoint, so a re-run resumes; a checkpoint written for other data or
    another config is discarded (``callbacks.checkpoint_discarded``) and training restarts from epoch 1.
@@ -118,13 +119,17 @@ def _ignore(*_args, **_kwargs) -> None:
 class Callbacks:
     """How a job reports and is stopped. ``stage(name, data)`` opens a stage; ``progress(stage, done)`` reports
     0..1 within it; ``epoch(metrics)`` after each epoch; ``checkpoint_discarded(detail)`` when a stale checkpoint
-    is dropped; ``should_cancel()`` is polled between batches and steps."""
+    is dropped; ``should_cancel()`` is polled between batches and steps. ``encode_elsewhere(needs)`` is called once
+    before the encoding with ``(sha256, views)`` of every image the job needs features of (views ``0..views-1``), in
+    item order: the caller may put those features into the cache by other means (the worker spreads them over its
+    free workers, ``worker.shards``); whatever is still missing afterwards is encoded here."""
 
     stage: Callable[[str, dict], None] = _ignore
     progress: Callable[[str, float], None] = _ignore
     epoch: Callable[[EpochMetrics], None] = _ignore
     checkpoint_discarded: Callable[[str], None] = _ignore
     should_cancel: Callable[[], bool] = lambda: False
+    encode_elsewhere: Callable[[list[tuple[str, int]]], None] = _ignore
 
 
 @dataclasses.dataclass
@@ -150,8 +155,11 @@ def run_job(
     checkpoint_path: Path,
     export_dir: Path,
     callbacks: Callbacks | None = None,
+    batch_size: int = 64,
+    decode_workers: int = 0,
 ) -> JobResult:
-    """Train on ``spec`` and label every item (see the module docstring).
+    """Train on ``spec`` and label every item (see the module docstring). ``batch_size`` images per model call and
+    ``decode_workers`` threads decoding ahead of it (``ml.features.encode_images``) while encoding.
 
     Raises ``InvalidCandidates`` for sets that cannot be trained on and ``TrainingCancelled`` on a cancel.
     """
@@ -189,7 +197,7 @@ def run_job(
     cb.stage(
         "encoding", {"items": len(spec.images), "train_items": len(train_idx), "views": spec.views, "device": device}
     )
-    train_feats, eval_feats = _encode(backbone, spec, train_idx, cache, cb)
+    train_feats, eval_feats = _encode(backbone, spec, train_idx, cache, cb, batch_size, decode_workers)
 
     train_mask = mask[torch.tensor(train_idx, dtype=torch.long)]
     knn = None
@@ -270,11 +278,24 @@ def run_job(
     )
 
 
-def _encode(backbone: Backbone, spec: JobSpec, train_idx: list[int], cache, cb: Callbacks):
+def feature_needs(shas: Sequence[str], train_idx: list[int], views: int) -> list[tuple[str, int]]:
+    """``(sha256, views)`` of every image whose features a job needs, in item order, each image once: ``views``
+    for a training item, the clean view only for the others."""
+    train = set(train_idx)
+    needs: dict[str, int] = {}
+    for i, sha in enumerate(shas):
+        needs[sha] = max(needs.get(sha, 0), views if i in train else 1)
+    return list(needs.items())
+
+
+def _encode(
+    backbone: Backbone, spec: JobSpec, train_idx: list[int], cache, cb: Callbacks, batch_size: int, decode_workers: int
+):
     """(V, n_train, D) training views and (N, D) clean features of every item; one pass when all items train."""
     from ml.features import encode_images
 
     n = len(spec.images)
+    cb.encode_elsewhere(feature_needs(spec.shas, train_idx, spec.views))
     all_train = len(train_idx) == n
     total = n * (spec.views if all_train else 1) + (0 if all_train else len(train_idx) * spec.views)
     done_before = 0
@@ -282,7 +303,14 @@ def _encode(backbone: Backbone, spec: JobSpec, train_idx: list[int], cache, cb: 
     def on_encode(done: int, _n: int) -> None:
         cb.progress("encoding", (done_before + done) / max(total, 1))
 
-    common = dict(cache=cache, seed=spec.config.seed, should_cancel=cb.should_cancel, on_progress=on_encode)
+    common = dict(
+        cache=cache,
+        seed=spec.config.seed,
+        batch_size=batch_size,
+        decode_workers=decode_workers,
+        should_cancel=cb.should_cancel,
+        on_progress=on_encode,
+    )
     if all_train:
         feats = encode_images(backbone, list(spec.images), shas=list(spec.shas), views=spec.views, **common)
         train_feats, eval_feats = feats, feats[0]

@@ -23,7 +23,7 @@ from celery import Celery
 from celery.signals import setup_logging, worker_process_init, worker_ready, worker_shutting_down
 
 from app.config import apply_model_cache_environment, get_settings
-from app.queue import TRAIN_TASK, celery_config, job_device
+from app.queue import ENCODE_TASK, TRAIN_TASK, celery_config, job_device
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,14 @@ def enqueue_train(job_id: str, device: str = "auto") -> None:
     """Send ``tagsift.train`` for ``job_id`` (the row is committed already) to the queue of the job's ``device``:
     a GPU job goes back to the GPU queue whichever worker re-sends it (the reaper runs on every worker)."""
     celery_app.send_task(TRAIN_TASK, args=[job_id], queue=get_settings().queue_for(job_device({"device": device})))
+
+
+def enqueue_encode(job_id: str, device: str = "auto", count: int = 1) -> None:
+    """Send ``count`` ``tagsift.encode`` messages for ``job_id`` to the queue of the job's ``device``: each asks one
+    free worker to encode the job's pending shards (``worker.shards``)."""
+    queue = get_settings().queue_for(job_device({"device": device}))
+    for _ in range(count):
+        celery_app.send_task(ENCODE_TASK, args=[job_id], queue=queue)
 
 
 @worker_ready.connect

@@ -4,11 +4,14 @@
 redelivered if the child process running it dies. That is safe because the run is idempotent: it claims the job
 row atomically first (a duplicate delivery of a finished or live job returns quietly) and resumes from the last
 epoch checkpoint. It never retries through Celery: errors are recorded on the job row (``worker.training``).
+
+``tagsift.encode`` asks a free worker to help a running job with its encoding shards (``worker.shards``); the
+shard rows decide who encodes what, so a duplicate or a late message only finds nothing left to do.
 """
 
 from __future__ import annotations
 
-from app.queue import TRAIN_TASK
+from app.queue import ENCODE_TASK, TRAIN_TASK
 from worker.celery_app import celery_app
 
 
@@ -18,3 +21,11 @@ def train(job_id: str) -> str:
     from worker.training import run_train_job  # torch and ml load in the process that runs the task
 
     return run_train_job(job_id)
+
+
+@celery_app.task(name=ENCODE_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True, max_retries=0)
+def encode(job_id: str) -> str:
+    """Encode pending shards of job ``job_id`` until none is left (``worker.shards``); returns what it did."""
+    from worker.shards import run_encode_task
+
+    return run_encode_task(job_id)

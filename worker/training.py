@@ -13,7 +13,9 @@ no SQL beyond loading and saving rows. Its steps, each a stage in ``Job.progress
    is dropped) and puts the model's head, side files and a model card (``worker.model_card``) into the BlobStore, with
    the backbone's image tower only when its content address is not stored yet (``worker.model_store``). Images,
    checkpoint and features reach ``ml`` as local files through ``worker.job_files`` (downloaded from an object
-   store into this machine's bounded cache; the checkpoint and new features are uploaded as they are written).
+   store into this machine's bounded cache; the checkpoint and new features are uploaded as they are written). The
+   encoding is split into shards that every free worker of the job's queue encodes with this one
+   (``worker.shards``); training then reads the merged features from the feature cache.
 7. **save**, one transaction fenced on our lease: items (never those a reviewer labelled), the ``Model`` row (one
    per job: ``job_id`` is unique) and the job ``succeeded`` with its metrics.
 
@@ -69,6 +71,8 @@ from worker.leases import (
     retry_db,
 )
 from worker.model_card import model_card
+from worker.shard_rows import forget as forget_shards
+from worker.shards import Spread
 from worker.weights import weights_remedy
 
 log = logging.getLogger(__name__)
@@ -174,7 +178,16 @@ def _run_claimed(claim: Claim, run: JobRun) -> str:
         files.release()
     if outcome in ("succeeded", "failed", "cancelled"):
         files.remove()
+        _forget_shards(claim.job_id)
     return outcome
+
+
+def _forget_shards(job_id: str) -> None:
+    """The job is over: its shard rows go (helpers still at work see it and stop)."""
+    try:
+        forget_shards(job_id)
+    except Exception as exc:  # leftover rows are only clutter: a re-run replaces them, deleting the job drops them
+        log.warning("job %s: could not remove its shard rows: %s", job_id, exc)
 
 
 def _database_gone(run: JobRun, exc: BaseException) -> str:
@@ -249,6 +262,17 @@ def _train(claim: Claim, run: JobRun, files: JobFiles) -> str:
     )
     model_id = new_id()
     cache = files.feature_cache(backbone.id, spec.shas, spec.views, cfg.seed)
+    callbacks = _callbacks(run, files)
+    callbacks.encode_elsewhere = Spread(  # the encoding in shards over every free worker (worker.shards)
+        run,
+        files,
+        cache,
+        backbone,
+        paths=dict(zip(spec.shas, spec.images, strict=True)),
+        attempt=claim.attempt,
+        seed=cfg.seed,
+        device=job_device(params),
+    )
     with tempfile.TemporaryDirectory(prefix="tagsift-export-") as tmp:
         try:
             result = run_job(
@@ -258,7 +282,9 @@ def _train(claim: Claim, run: JobRun, files: JobFiles) -> str:
                 cache=cache,
                 checkpoint_path=files.checkpoint(),
                 export_dir=Path(tmp),
-                callbacks=_callbacks(run, files),
+                callbacks=callbacks,
+                batch_size=settings.encode_batch_size,
+                decode_workers=settings.decode_threads,
             )
         except InvalidCandidates as exc:
             raise JobInputError(f"invalid candidate sets: {exc}") from exc

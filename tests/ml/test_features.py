@@ -66,3 +66,43 @@ def test_cancel_between_batches(tiny_native):
 def test_bad_image_is_named(tiny_native):
     with pytest.raises(ValueError, match="item 1: cannot decode image"):
         encode_images(tiny_native, [_png(0), b"not an image"])
+
+
+def test_a_decode_pool_gives_the_same_features_as_decoding_in_line(tiny_native, tmp_path):
+    """Threads decoding the next batches while the model runs: the same features, in the same places, the cache
+    written the same, progress counted the same."""
+    images = [_png(40 + i, size=(40 + i, 30)) for i in range(11)]
+    inline = encode_images(tiny_native, images, views=2, batch_size=3, seed=5, decode_workers=0)
+    for workers in (1, 3):
+        cache = FeatureCache(tmp_path / f"cache-{workers}")
+        progress: list[tuple[int, int]] = []
+        pooled = encode_images(
+            tiny_native,
+            images,
+            views=2,
+            batch_size=3,
+            seed=5,
+            decode_workers=workers,
+            cache=cache,
+            on_progress=lambda d, t, seen=progress: seen.append((d, t)),
+        )
+        assert torch.equal(pooled, inline)
+        assert progress == [(0, 22), *[(min(k * 3, 22), 22) for k in range(1, 9)]]
+        cached = encode_images(tiny_native, images, views=2, cache=cache, seed=5, decode_workers=workers)
+        assert torch.equal(cached, inline)
+
+
+def test_a_decode_pool_names_a_bad_image_and_stops_on_cancel(tiny_native):
+    with pytest.raises(ValueError, match="item 4: cannot decode image"):
+        encode_images(tiny_native, [_png(i) for i in range(4)] + [b"not an image"], batch_size=2, decode_workers=2)
+    calls = []
+
+    def cancel_after_two() -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(TrainingCancelled):
+        encode_images(
+            tiny_native, [_png(i) for i in range(12)], batch_size=2, decode_workers=2, should_cancel=cancel_after_two
+        )
+    assert len(calls) == 3  # checked before each model call: two batches encoded, the third not
