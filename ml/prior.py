@@ -3,9 +3,10 @@
 What the aligned head (``ml/aligned_head.py``, method ``aligned_head``) builds on:
 
 * :func:`calibrate_prior`: a temperature T and a per-class bias b for the zero-shot logits z̃ = s·<f̂, t̃_k>, fitted
-  by maximising the candidate likelihood  Σ_i log Σ_{k∈S_i} softmax(z̃_i / T + b)_k.  The true tag is always a
-  candidate and the other candidates carry no information about the image, so this is the prior's likelihood of
-  what the annotators said: a prior that is often right gets a small T (sharp), a useless prior a large T (flat).
+  by maximising the candidate likelihood  Σ_i log Σ_{k∈S_i} softmax(z̃_i / T + b)_k  − ‖b‖² (MAP, a Gaussian prior
+  on b: with few items or uninformative sets the bias stays near zero). The true tag is always a candidate and the
+  other candidates carry no information about the image, so this is the prior's likelihood of what the annotators
+  said: a prior that is often right gets a small T (sharp), a useless prior a large T (flat).
 * :func:`prior_trust`: how often the prior's top tag lies in the candidate set, against chance (the mean |S|/K):
   ρ = (hit − chance) / (1 − chance), clipped to [0, 1]. Under uniform candidate sets (each wrong tag joins with
   probability q) hit = A + q(1 − A) and chance = (1 + q(K − 1))/K, so ρ = (A − 1/K)/(1 − 1/K) whatever q: the
@@ -26,15 +27,30 @@ T_RANGE = (0.05, 1000.0)
 
 @torch.no_grad()
 def prior_trust(hand_logits: torch.Tensor, mask: torch.Tensor) -> dict:
-    """{hit, chance, trust}: the share of items whose prior top tag is a candidate, the chance share (mean |S|/K),
-    and ρ = (hit − chance)/(1 − chance) clipped to [0, 1] (0 when every set holds every tag)."""
+    """{hit, chance, estimate}: the share of items whose prior top tag is a candidate, the chance share (mean |S|/K)
+    and ρ̂ = (hit − chance)/(1 − chance) clipped to [0, 1] (0 when every set holds every tag)."""
     y = mask.bool()
-    k = y.shape[1]
+    n, k = y.shape
     top = hand_logits.argmax(dim=1)
-    hit = float(y[torch.arange(len(y)), top].float().mean())
+    hit = float(y[torch.arange(n), top].float().mean())
     chance = float(y.float().sum(dim=1).mean()) / k
-    trust = 0.0 if chance >= 1.0 - 1e-9 else min(1.0, max(0.0, (hit - chance) / (1.0 - chance)))
-    return {"hit": hit, "chance": chance, "trust": trust}
+    estimate = 0.0 if chance >= 1.0 - 1e-9 else min(1.0, max(0.0, (hit - chance) / (1.0 - chance)))
+    return {"hit": hit, "chance": chance, "estimate": estimate}
+
+
+@torch.no_grad()
+def prior_evidence(hand_logits: torch.Tensor, mask: torch.Tensor, t: float, bias: torch.Tensor) -> dict:
+    """{evidence, shrink}: the likelihood-ratio statistic of the calibrated prior against knowing nothing,
+    LR = 2 Σ_i [log Σ_{k∈S_i} softmax(z̃_i / T + b)_k − log(|S_i| / K)], and the share of the prior the data
+    supports, shrink = max(0, 1 − (K + 1)/LR) (James-Stein: a prior that fits nothing but the K + 1 fitted numbers'
+    noise has E[LR] ≈ K + 1 and is shrunk to nothing; a strong one keeps nearly all its weight)."""
+    y = mask.bool().cpu()
+    logits = hand_logits.float().cpu() / t + bias.float().cpu()
+    ll = torch.logsumexp(logits.masked_fill(~y, float("-inf")), 1) - torch.logsumexp(logits, 1)
+    base = torch.log(y.sum(dim=1).float() / y.shape[1])
+    lr = max(0.0, 2.0 * float((ll - base).sum()))
+    k = y.shape[1]
+    return {"evidence": lr, "shrink": max(0.0, 1.0 - (k + 1) / lr) if lr > 0 else 0.0}
 
 
 def calibrate_prior(hand_logits: torch.Tensor, mask: torch.Tensor, iters: int = 100) -> tuple[float, torch.Tensor]:
@@ -49,6 +65,7 @@ def calibrate_prior(hand_logits: torch.Tensor, mask: torch.Tensor, iters: int = 
     if not bool(informative.any()):
         return T_RANGE[1], torch.zeros(k)
     z, y = z[informative], y[informative]
+    n = len(z)
     log_t = torch.zeros(1, requires_grad=True)
     b = torch.zeros(k, requires_grad=True)
     opt = torch.optim.LBFGS([log_t, b], lr=0.5, max_iter=iters, line_search_fn="strong_wolfe")
@@ -58,7 +75,7 @@ def calibrate_prior(hand_logits: torch.Tensor, mask: torch.Tensor, iters: int = 
         opt.zero_grad()
         logits = z / log_t.clamp(lo, hi).exp() + (b - b.mean())
         loss = (torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~y, float("-inf")), 1)).mean()
-        loss = loss + 1e-4 * (b * b).sum()  # keeps b finite for a tag that is in every informative set
+        loss = loss + (b * b).sum() / n  # MAP: a Gaussian prior on b against n items' mean log-likelihood
         loss.backward()
         return loss
 

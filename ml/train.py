@@ -551,15 +551,17 @@ def fit(
 def _read_prior(model: Classifier, hand, feats0, mask, *, calibrate: bool, device) -> dict:
     """What the training items' candidate sets say of the handcrafted prior (ml.prior); for the aligned head also
     its calibration (T, class bias) and the head built from it."""
-    from ml.prior import calibrate_prior, prior_trust
+    from ml.prior import calibrate_prior, prior_evidence, prior_trust
 
     with torch.no_grad():
         hand_logits = model.logit_scale * feats0 @ hand.T  # [N, K]
     prior = prior_trust(hand_logits.cpu(), mask)
-    if calibrate:
-        t, bias = calibrate_prior(hand_logits, mask)
-        model.set_prior((model.logit_scale / t) * hand, bias.to(device), device)
-        prior["temperature"] = t
+    t, bias = calibrate_prior(hand_logits, mask)
+    prior.update(temperature=t, **prior_evidence(hand_logits, mask, t, bias))
+    prior["trust"] = prior["estimate"] * prior["shrink"]  # what the candidate sets support of the prior
+    if calibrate:  # the head's anchor: the calibrated prior, shrunk as far as the candidate sets fail to support it
+        g = prior["shrink"]
+        model.set_prior(g * (model.logit_scale / t) * hand, g * bias.to(device), device)
     return prior
 
 

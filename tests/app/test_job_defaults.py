@@ -18,7 +18,7 @@ def test_auto_is_the_aligned_head_at_every_size(items: int) -> None:
     d = METHOD_DEFAULTS[AUTO_METHOD]
     assert AUTO_METHOD == "aligned_head" and p["method"] == "aligned_head" and p["requested_method"] == "auto"
     assert {k: p[k] for k in d} == d
-    assert p["mix"] == "trust" and p["graph_weight"] > 0 and p["prior_strength"] > 0
+    assert p["mix"] == "trust" and p["prior_strength"] > 0 and p["loss"] == "rc"
 
 
 def test_rc_only_defaults_are_left_out_with_another_loss_and_refusals_name_the_field() -> None:

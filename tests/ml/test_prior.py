@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ml.data import partialize, partialize_instance
-from ml.prior import T_RANGE, calibrate_prior, graph_purity, knn_graph, prior_trust, propagate
+from ml.prior import T_RANGE, calibrate_prior, graph_purity, knn_graph, prior_evidence, prior_trust, propagate
 
 K = 10
 
@@ -31,12 +31,12 @@ def test_trust_is_the_chance_corrected_accuracy_whatever_q(q, accuracy):
     mask = partialize(labels, K, q, seed=2)
     got = prior_trust(z, mask)
     real = float((z.argmax(1) == labels).float().mean())
-    assert abs(got["trust"] - max(0.0, (real - 1 / K) / (1 - 1 / K))) < 0.03, (got, real)
+    assert abs(got["estimate"] - max(0.0, (real - 1 / K) / (1 - 1 / K))) < 0.03, (got, real)
     assert abs(got["chance"] - (1 + q * (K - 1)) / K) < 0.01
 
 
 def test_trust_is_zero_when_the_sets_say_nothing():
-    assert prior_trust(torch.randn(100, K), torch.ones(100, K, dtype=torch.bool))["trust"] == 0.0
+    assert prior_trust(torch.randn(100, K), torch.ones(100, K, dtype=torch.bool))["estimate"] == 0.0
 
 
 def test_calibration_sharpens_a_good_prior_and_flattens_a_useless_one():
@@ -53,6 +53,24 @@ def test_calibration_sharpens_a_good_prior_and_flattens_a_useless_one():
     skewed[:, 3] += 20
     _, b = calibrate_prior(skewed, mask)
     assert int(b.argmin()) == 3
+
+
+@pytest.mark.parametrize("n", [160, 2000])
+def test_evidence_keeps_a_real_prior_and_shrinks_a_useless_one_to_nothing(n):
+    labels = torch.arange(n) % K
+    for q in (0.3, 0.7):
+        mask = partialize(labels, K, q, seed=11)
+        real = _prior_logits(labels, 0.6, seed=12)
+        useless = torch.randn(n, K, generator=torch.Generator().manual_seed(13))
+        got = {}
+        for name, z in (("real", real), ("useless", useless)):
+            t, b = calibrate_prior(z, mask)
+            got[name] = prior_evidence(z, mask, t, b)
+        assert got["useless"]["shrink"] < 0.3, (n, q, got)
+        if n == 160 and q == 0.7:  # 160 items with 7.3 of 10 tags each: little evidence either way
+            assert got["real"]["evidence"] > got["useless"]["evidence"], got
+        else:
+            assert got["real"]["shrink"] > 0.7, (n, q, got)
 
 
 def test_graph_purity_reads_the_neighbours_agreement_from_candidate_sets():

@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 
 from app.config import Settings
 from app.db import session_scope
-from app.job_defaults import resolve_job_params
+from app.job_defaults import METHOD_DEFAULTS, resolve_job_params
 from app.main import create_app
 from app.models import Item, Job, Model
 from app.queue import TRAIN_TASK, enqueue
@@ -66,7 +66,7 @@ def test_the_default_job_runs_end_to_end(prod_env, start_worker):
     job = wait_status(job_id, ("succeeded", "failed", "cancelled"), timeout=240)
     assert job.status == "succeeded", (job.error_code, job.error_message, worker.log()[-3000:])
     assert job.params["method"] == "aligned_head" and job.params["loss"] == "rc"
-    assert job.params["mix"] == "trust" and job.params["graph_weight"] > 0 and job.params["prior_strength"] > 0
+    assert {k: job.params[k] for k in METHOD_DEFAULTS["aligned_head"]} == METHOD_DEFAULTS["aligned_head"]
     assert job.params["views"] is None  # the server's default was used
     encoding = next(e.data for e in events(job_id, "stage") if e.data["stage"] == "encoding")
     assert encoding["views"] == 2  # one clean + one augmented view
