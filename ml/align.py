@@ -20,8 +20,9 @@ def mix_alpha(mode: str, alpha: float, epoch: int, epochs: int, trust: float | N
 
     none -> 0 (CoOpPLL code);  constant -> alpha;  ramp -> alpha · epoch / (epochs - 1), linear from 0 at the first
     epoch to alpha at the last (GUESS of the paper's "dynamic" mixing, method.md 6.1);  trust -> 1 - trust, read
-    from the data (``ml.prior.prior_trust``: the prior's chance-corrected hit rate on the candidate sets), so a
-    prior the candidate sets contradict hands the teacher to the learned posterior.
+    from the data (``ml.train``: the prior's chance-corrected hit rate on the candidate sets times the share of the
+    prior they support, ``ml.prior``), so a prior the candidate sets do not support hands the teacher to the
+    learned posterior.
     """
     if mode == "none":
         return 0.0

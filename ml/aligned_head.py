@@ -5,9 +5,10 @@ and is held near it, trained with a PLL loss and the paper's alignment target.
            `---------´     `----------´
            the prior       the residual (zero at start, weight decay toward zero)
 
-* the prior: P = (s / T) · t̃ (the handcrafted class text features t̃, CLIP's logit scale s) and c the class bias,
-  with (T, c) fitted on the training items' candidate sets (``ml.prior.calibrate_prior``, no true labels). So the
-  head starts as the calibrated zero-shot classifier, and a prior that the candidate sets contradict starts flat.
+* the prior: P = g · (s / T) · t̃ (the handcrafted class text features t̃, CLIP's logit scale s) and c = g · b,
+  with (T, b) fitted on the training items' candidate sets (``ml.prior.calibrate_prior``, no true labels) and g the
+  share of the prior they support (``ml.prior.prior_evidence``: 1 - (K + 1)/LR, at least 0). So the head starts
+  as the calibrated zero-shot classifier, and a prior that the candidate sets do not support starts at zero.
 * the residual: BatchNorm(affine=False) + Linear(no bias) as the linear probe (method.md 2.4), initialised at zero.
   Weight decay pulls it toward zero, i.e. the head toward the prior. With ``prior_strength`` λ the decay is λ / N
   for N training items: the MAP reading of a Gaussian prior on Δ, so the data moves the head further from the
@@ -16,8 +17,8 @@ and is held near it, trained with a PLL loss and the paper's alignment target.
   lr·λ/N > 2).
 * training (``ml.train.fit``): L = L_PLL(z) + L_align(z, q) · sg(L_PLL)/sg(L_align) with the paper's teacher
   q = normalise(Y ⊙ ((1 − a)·softmax(prior logits) + a·sg(softmax(z)))), a from ``mix`` ("trust": a = 1 − ρ,
-  ρ = ``ml.prior.prior_trust``); with RC and ``graph_weight`` > 0 the confidences are propagated over the
-  training items' feature graph (``ml.prior``).
+  ρ = ρ̂ · g, ρ̂ from ``ml.prior.prior_trust``); with RC and ``graph_weight`` > 0 the confidences are propagated over
+  the training items' feature graph (``ml.prior``).
 
 For deployment the eval-mode head folds into one class matrix and bias on f̂ (``folded``), like the linear probe.
 """
