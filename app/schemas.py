@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
-METHODS = ("prompt_alignment", "coop", "zero_shot", "linear_probe")
+METHODS = ("prompt_alignment", "coop", "zero_shot", "linear_probe", "aligned_head")
 LOSSES = ("naive", "cc", "rc", "lws", "cavl", "plcr", "pico")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -227,8 +227,8 @@ class JobCreate(_Input):
     null = every item. Reviewed items always count as certain (a single candidate: the reviewer's tag).
     """
 
-    method: Literal["auto", "prompt_alignment", "coop", "zero_shot", "linear_probe"] = Field(
-        "auto", description="auto: the best measured method for the dataset's size (app/job_defaults.py)."
+    method: Literal["auto", "prompt_alignment", "coop", "zero_shot", "linear_probe", "aligned_head"] = Field(
+        "auto", description="auto: the best measured method (app/job_defaults.py)."
     )
     loss: Literal["naive", "cc", "rc", "lws", "cavl", "plcr", "pico"] | None = Field(
         None, description="PLL loss; null: the best measured one for the method."
@@ -244,8 +244,26 @@ class JobCreate(_Input):
     ctx_init: str = Field("", max_length=200, description='"" = random init; else an init phrase ("a photo of a").')
     class_token_position: Literal["end", "middle", "front"] = "end"
     csc: bool = Field(False, description="Class-specific context.")
-    mix: Literal["none", "constant", "ramp"] = "none"
+    mix: Literal["none", "constant", "ramp", "trust"] | None = Field(
+        None,
+        description="Alignment teacher: the handcrafted posterior ('none'), mixed with the learned one at mix_alpha"
+        " ('constant'), ramped up to it ('ramp'), or at 1 - the prior's trust read from the candidate sets ('trust');"
+        " null: the method's default.",
+    )
     mix_alpha: float = Field(0.5, ge=0, le=1)
+    prior_strength: float | None = Field(
+        None,
+        ge=0,
+        le=1e6,
+        description="aligned_head: weight decay of the head's residual = prior_strength / items; null: the default.",
+    )
+    graph_k: JsonInt = Field(10, ge=1, le=200, description="Neighbours per item in the feature graph (graph_weight).")
+    graph_weight: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="Weight of the neighbours in RC's confidence updates (rc loss only); 0: no graph; null: default.",
+    )
     templates: list[Annotated[str, WithJsonSchema(TEMPLATE_SCHEMA)]] | None = Field(
         None,
         min_length=1,

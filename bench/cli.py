@@ -102,6 +102,17 @@ def bench_reproduce(
     report_only: Annotated[bool, typer.Option("--report-only", help="Only (re-evaluate and) report.")] = False,
     report: Annotated[Path, typer.Option("--report", help="Markdown report to write.")] = Path("docs/results.md"),
     threads: Annotated[int, typer.Option("--threads", help="torch CPU threads (0: torch default).")] = 0,
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="cifar10, or digits (scikit-learn's; its large regime is the whole pool).")
+    ] = "cifar10",
+    candidates: Annotated[
+        str,
+        typer.Option(
+            "--candidates",
+            help="uniform (each wrong tag joins with probability q) or instance (confusable tags join more often,"
+            " same expected set size; drawn from a confuser model trained on a disjoint split).",
+        ),
+    ] = "uniform",
 ) -> None:
     """Reproduce arXiv 2407.07638 on CIFAR-10 with the reference backbone (effnetlite0-minilm); see docs/results.md."""
     import subprocess as sp
@@ -126,7 +137,17 @@ def bench_reproduce(
         if not test_cached_only:
             data = None
         else:  # fill in test accuracies of cells evaluated on fewer images, from the feature cache only
-            data = R.load_bench_data(cifar, models, feats, seeds=[], regime="both", test_cached_only=True, log=log)
+            data = R.load_bench_data(
+                cifar,
+                models,
+                feats,
+                seeds=[],
+                regime="both",
+                test_cached_only=True,
+                dataset=dataset,
+                protocol=candidates,
+                log=log,
+            )
             R.reevaluate(out_dir, data.test, log)
             R.posthoc_ensembles(out_dir, data, log)
         R.write_report(out_dir, report, png)
@@ -162,6 +183,8 @@ def bench_reproduce(
         regime=cfg.regime,
         quick=quick,
         test_cached_only=test_cached_only,
+        dataset=dataset,
+        protocol=candidates,
         log=log,
     )
     R.run_grid(data, cfg, log)
@@ -171,6 +194,30 @@ def bench_reproduce(
         report if not quick else out_dir / "results.md",
         png if not quick else out_dir / "results-accuracy-vs-q.png",
     )
+
+
+@bench.command("method-report")
+def bench_method_report(
+    run: Annotated[
+        list[str],
+        typer.Option("--run", help="TITLE=FOLDER: a `tagsift bench reproduce --out` folder; repeat for each run."),
+    ],
+    default: Annotated[str, typer.Option("--default", help="The method `auto` stands for (a reproduce method name).")],
+    report: Annotated[Path, typer.Option("--report", help="Markdown file whose method-report block is rewritten.")] = (
+        Path("docs/results.md")
+    ),
+) -> None:
+    """The choice of the default method on validation, and the default against the baselines (docs/results.md)."""
+    from bench.method_report import write_method_report
+
+    runs = []
+    for item in run:
+        title, sep, folder = item.rpartition("=")
+        if not sep or not title:
+            raise typer.BadParameter(f"--run {item!r}: expected TITLE=FOLDER")
+        runs.append((title, Path(folder)))
+    write_method_report(runs, default, report)
+    typer.echo(f"wrote {report}")
 
 
 @bench.command("service")

@@ -41,6 +41,9 @@ class MethodSpec:
     knn: bool = False  # prune candidate sets by neighbourhood voting first (ml.knn_vote)
     group: str = "paper"  # "paper" | "beyond"
     label: str = ""
+    extra: tuple[tuple[str, object], ...] = ()  # further TrainConfig fields (aligned head: mix, graph, ...)
+    epochs: int | None = None  # None: the grid's epochs for the method's kind
+    lr: float | None = None  # None: 0.002 for prompts, the validated LP lr for heads
 
     @property
     def prompt(self) -> bool:
@@ -79,8 +82,72 @@ def method_table() -> dict[str, MethodSpec]:
             group="beyond",
             label="PA + RC, 8-template ensemble teacher",
         ),
+        MethodSpec(
+            "lp-rc-g",
+            "linear_probe",
+            "rc",
+            group="method",
+            label="LP + RC, graph 0.5",
+            extra=(("graph_weight", 0.5),),
+        ),
     ]
     return {s.name: s for s in specs}
+
+
+#: Aligned-head configurations (issue 12 item 4) are named, not listed:
+#: "ah-<teacher>[-g<w>][-k<k>]-p<s>-lr<lr>[-e<epochs>][-ens][-knn]". Teacher "a0" = the calibrated prior (the
+#: paper's a = 0), "trust" = a = 1 - trust (ml.prior), "self" = a = 1 (the head's own posterior: RC on the
+#: prior-initialised head); g = graph weight (RC confidences propagated over the kNN feature graph, k neighbours),
+#: p = prior strength, e = epochs, ens = the 8-template prior, knn = candidate sets pruned by neighbour voting first.
+AH_EPOCHS = 50
+_TEACHERS = {"a0": (("mix", "none"),), "trust": (("mix", "trust"),), "self": (("mix", "constant"), ("mix_alpha", 1.0))}
+
+
+def aligned_head_spec(name: str) -> MethodSpec | None:
+    """The MethodSpec an "ah-..." name stands for (see above), or None when the name does not parse."""
+    from ml.prompts import ENSEMBLE_TEMPLATES
+
+    parts = name.split("-")
+    if len(parts) < 4 or parts[0] != "ah" or parts[1] not in _TEACHERS:
+        return None
+    fields = {"g": 0.0, "k": 10.0, "p": None, "lr": None, "e": float(AH_EPOCHS)}
+    ens = knn = False
+    for part in parts[2:]:
+        if part in ("ens", "knn"):
+            ens, knn = ens or part == "ens", knn or part == "knn"
+            continue
+        key = "lr" if part.startswith("lr") else part[:1]
+        if key not in fields:
+            return None
+        try:
+            fields[key] = float(part[len(key) :])
+        except ValueError:
+            return None
+    if fields["p"] is None or fields["lr"] is None:
+        return None
+    extra = (*_TEACHERS[parts[1]], ("graph_weight", fields["g"]), ("graph_k", int(fields["k"])))
+    return MethodSpec(
+        name,
+        "aligned_head",
+        "rc",
+        templates=ENSEMBLE_TEMPLATES if ens else None,
+        knn=knn,
+        group="method",
+        label=f"aligned head ({name})",
+        extra=(*extra, ("prior_strength", fields["p"])),
+        epochs=int(fields["e"]),
+        lr=fields["lr"],
+    )
+
+
+def lookup(names: Sequence[str] | None) -> dict[str, MethodSpec]:
+    """method_table() plus the aligned-head configurations named in ``names``."""
+    table = method_table()
+    for name in names or ():
+        spec = aligned_head_spec(name) if name not in table else None
+        if spec is not None:
+            table[name] = spec
+    return table
 
 
 QUICK_METHODS = ("zs", "lp-rc", "coop-rc", "pa-rc", "knn-pa-rc")
@@ -95,6 +162,19 @@ class BenchData:
     val: Split
     test: Split | None
     large: Callable[[], Split] | None = None
+    dataset: str = "cifar10"
+    protocol: str = "uniform"  # candidate sets: "uniform" (ml.data.partialize) | "instance" (partialize_instance)
+    templates: tuple[str, ...] | None = None  # the dataset's handcrafted template (None: the default)
+    confusion: Callable[[Split], torch.Tensor] | None = None  # instance protocol: (N, K) confuser posteriors
+    confuser_split: Callable[[], Split] | None = None  # the split the confuser learns from (true labels)
+
+    def candidates(self, split: Split, q: float, seed: int) -> torch.Tensor:
+        """(N, K) candidate sets of ``split`` under this bench's protocol (seeded)."""
+        from ml.data import partialize, partialize_instance
+
+        if self.protocol == "instance" and q > 0:
+            return partialize_instance(split.labels, self.confusion(split), q, seed)
+        return partialize(split.labels, len(self.classnames), q, seed)
 
 
 @dataclass
@@ -140,14 +220,13 @@ def hand_features(backbone, classnames: Sequence[str], templates: Sequence[str] 
 
 def select_lp_lr(data: BenchData, cfg: GridConfig, log: Callable[[str], None]) -> float:
     """The official LP recipe picks the LR on seed 1 (method.md 2.4); here on the validation split, LP + RC, q=0.3."""
-    from ml.data import partialize
     from ml.train import TrainConfig, fit
 
     path = cfg.out_dir / "lp_lr.json"
     if path.is_file():
         return float(json.loads(path.read_text())["lr"])
     train = data.fewshot(1)
-    mask = partialize(train.labels, len(data.classnames), 0.3, 1)
+    mask = data.candidates(train, 0.3, 1)
     scores = {}
     for lr in LP_LR_GRID:
         res = fit(
@@ -171,7 +250,6 @@ KNN_GRID = ((5, 0.5), (5, 0.75), (10, 0.5), (10, 0.75))
 def select_knn(data: BenchData, cfg: GridConfig, lp_lr: float, log: Callable[[str], None]) -> tuple[int, float]:
     """(k, tau) of the neighbourhood-vote pruning, chosen on the validation split with LP + RC (seed 1, q 0.3 and
     0.7, mean validation accuracy); cached in <out>/knn.json. Sets cfg.knn_k / cfg.knn_tau."""
-    from ml.data import partialize
     from ml.knn_vote import prune_candidates
     from ml.train import TrainConfig, fit
 
@@ -184,7 +262,7 @@ def select_knn(data: BenchData, cfg: GridConfig, lp_lr: float, log: Callable[[st
         for k, tau in KNN_GRID:
             accs = []
             for q in (0.3, 0.7):
-                mask = prune_candidates(train.features[0], partialize(train.labels, len(data.classnames), q, 1), k, tau)
+                mask = prune_candidates(train.features[0], data.candidates(train, q, 1), k, tau)
                 tc = TrainConfig(method="linear_probe", loss="rc", epochs=cfg.lp_epochs, lr=lp_lr, seed=1)
                 res = fit(data.backbone, train.features, mask, data.classnames, tc)
                 accs.append(
@@ -211,15 +289,14 @@ def run_cell(
     hand: torch.Tensor,
 ) -> dict:
     """Train and evaluate one cell; returns the record (also written to disk)."""
-    from ml.data import partialize
     from ml.knn_vote import prune_candidates
     from ml.train import TrainConfig, fit
 
     train = data.fewshot(seed) if regime == "fewshot" else data.large()
-    k = len(data.classnames)
     q_eff = 0.0 if spec.supervised else q
-    mask = partialize(train.labels, k, q_eff, seed)
+    mask = data.candidates(train, q_eff, seed)
     record: dict = {"regime": regime, "method": spec.name, "q": q_eff, "seed": seed, "n_train": len(train.labels)}
+    record.update(dataset=data.dataset, protocol=data.protocol)
     record["mean_set_size"] = float(mask.float().sum(1).mean())
     if spec.knn:
         pruned = prune_candidates(train.features[0], mask, cfg.knn_k, cfg.knn_tau)
@@ -230,9 +307,8 @@ def run_cell(
             "true_label_kept": float(pruned[torch.arange(len(mask)), train.labels].float().mean()),
         }
         mask = pruned
-    epochs = (
-        cfg.lp_epochs if spec.method == "linear_probe" else (cfg.epochs if regime == "fewshot" else cfg.large_epochs)
-    )
+    head = spec.method in ("linear_probe", "aligned_head")
+    epochs = spec.epochs or (cfg.lp_epochs if head else (cfg.epochs if regime == "fewshot" else cfg.large_epochs))
     tc = TrainConfig(
         method=spec.method,
         loss=spec.loss,
@@ -240,19 +316,22 @@ def run_cell(
         seed=seed,
         mix=spec.mix,
         mix_alpha=MIX_ALPHA,
-        lr=lp_lr if spec.method == "linear_probe" else 0.002,
+        lr=spec.lr or (lp_lr if head else 0.002),
     )
-    if spec.templates:
-        tc.templates = tuple(spec.templates)
+    for key, value in spec.extra:
+        setattr(tc, key, value)
+    if spec.templates or data.templates:
+        tc.templates = tuple(spec.templates or data.templates)
     t0 = time.perf_counter()
     res = fit(data.backbone, train.features, mask, data.classnames, tc)
     record["wall_s"] = time.perf_counter() - t0
+    record["prior"] = res.prior
     record["epochs"] = 0 if spec.method == "zero_shot" else epochs
     record["config"] = asdict(tc)
     # disambiguation: labels of the training items within their *original* candidate sets' pruned version
     record["disamb_acc"] = _accuracy(res.labels, train.labels)
     cls, scale, bias = res.class_features, res.logit_scale, res.class_bias
-    val_mask = partialize(data.val.labels, k, q_eff, 1000 + seed)
+    val_mask = data.candidates(data.val, q_eff, 1000 + seed)
     record["val_acc"] = _eval(data.val.features[0], cls, scale, bias, data.val.labels)
     record["val_disamb_acc"] = _eval(data.val.features[0], cls, scale, bias, data.val.labels, val_mask)
     classifier = {"class_features": cls, "logit_scale": scale, "bias": bias, "ens": {}}
@@ -312,7 +391,6 @@ def reevaluate(out_dir: Path, test: Split, log: Callable[[str], None] = print) -
 def posthoc_ensembles(out_dir: Path, data: BenchData, log: Callable[[str], None] = print) -> int:
     """Inference ensemble with the 8-template handcrafted classifier ("ens8", beyond the paper), from the saved
     classifiers of the prompt cells: (1 - b) z + b z~8 for b in ENS_BETAS; validation, disambiguation, test."""
-    from ml.data import partialize
     from ml.knn_vote import prune_candidates
     from ml.prompts import ENSEMBLE_TEMPLATES
 
@@ -322,14 +400,14 @@ def posthoc_ensembles(out_dir: Path, data: BenchData, log: Callable[[str], None]
     n = 0
     for js in sorted((Path(out_dir) / "cells").glob("*.json")):
         rec = json.loads(js.read_text())
-        spec = table.get(rec["method"])
+        spec = table.get(rec["method"]) or aligned_head_spec(rec["method"])
         if spec is None or spec.method == "zero_shot" or (rec["regime"] == "large" and data.large is None):
             continue
         if rec.get("ens8_test_n", -1) >= n_test:
             continue
         clf = torch.load(js.with_suffix(".pt"), weights_only=False)
         train = data.fewshot(rec["seed"]) if rec["regime"] == "fewshot" else data.large()
-        mask = partialize(train.labels, len(data.classnames), rec["q"], rec["seed"])
+        mask = data.candidates(train, rec["q"], rec["seed"])
         if spec.knn:
             mask = prune_candidates(train.features[0], mask, rec["knn"]["k"], rec["knn"]["tau"])
         scale, bias = clf["logit_scale"], clf["bias"]
@@ -354,7 +432,7 @@ def posthoc_ensembles(out_dir: Path, data: BenchData, log: Callable[[str], None]
 
 def plan(cfg: GridConfig, regime: str) -> list[tuple[str, float, int]]:
     """(method, q, seed) in run order: cheap methods first, q 0.3, 0.7, 0.1, 0.5, seeds in pairs (tables early)."""
-    table = method_table()
+    table = lookup(cfg.methods)
     if regime == "large":
         names = [m for m in (cfg.methods or LARGE_METHODS) if m in table]
         qs, seeds = list(cfg.large_qs), list(cfg.large_seeds)
@@ -380,13 +458,13 @@ def plan(cfg: GridConfig, regime: str) -> list[tuple[str, float, int]]:
 
 def run_grid(data: BenchData, cfg: GridConfig, log: Callable[[str], None] = print) -> list[dict]:
     """Run every planned cell not already on disk (when resume); returns the new records."""
-    table = method_table()
+    table = lookup(cfg.methods)
     regimes = ["fewshot", "large"] if cfg.regime == "both" else [cfg.regime]
     lp_lr = select_lp_lr(data, cfg, log)
     log(f"linear-probe lr (chosen on validation): {lp_lr:g}")
-    if any(method_table()[m].knn for m in (cfg.methods or method_table()) if m in method_table()):
+    if any(table[m].knn for m in (cfg.methods or table) if m in table):
         log(f"kNN pruning (chosen on validation): k={select_knn(data, cfg, lp_lr, log)}")
-    hand = hand_features(data.backbone, data.classnames)
+    hand = hand_features(data.backbone, data.classnames, data.templates)
     records = []
     for regime in regimes:
         if regime == "large" and data.large is None:
@@ -658,15 +736,35 @@ def load_bench_data(
     regime: str,
     quick: bool = False,
     test_cached_only: bool = False,
+    dataset: str = "cifar10",
+    protocol: str = "uniform",
     log: Callable[[str], None] = print,
 ) -> BenchData:
-    """Load the reference backbone and CIFAR-10, encode (or read from the cache) every split the grid needs."""
-    from bench import data as D
-    from ml.backbone import load_backbone
-    from ml.data import load_cifar10
+    """Load the reference backbone and the dataset, encode (or read from the cache) every split the grid needs.
 
+    ``dataset``: "cifar10" or "digits" (scikit-learn's, bench.data); ``protocol``: "uniform" or "instance"
+    candidate sets (the instance protocol's confuser is a linear probe trained with true labels on a disjoint split).
+    """
+    from ml.backbone import load_backbone
+
+    if dataset not in ("cifar10", "digits") or protocol not in ("uniform", "instance"):
+        raise ValueError(f"dataset {dataset!r} / protocol {protocol!r}: expected cifar10|digits, uniform|instance")
     backbone = load_backbone("reference", cache_dir=model_cache_dir)
     log(f"backbone {backbone.id}")
+    if dataset == "digits":
+        data = _digits_data(backbone, feature_dir, log)
+    else:
+        data = _cifar10_data(backbone, cifar10_path, feature_dir, regime, quick, test_cached_only, log)
+    data.protocol = protocol
+    if protocol == "instance":
+        data.confusion = _confuser(backbone, data, data.confuser_split(), log)
+    return data
+
+
+def _cifar10_data(backbone, cifar10_path, feature_dir, regime: str, quick: bool, test_cached_only: bool, log):
+    from bench import data as D
+    from ml.data import load_cifar10
+
     train = load_cifar10(cifar10_path, "train")
     test = load_cifar10(cifar10_path, "test")
     views = 1 + D.FEWSHOT_AUG_VIEWS
@@ -701,4 +799,61 @@ def load_bench_data(
                 )
             return large_memo[0]
 
-    return BenchData(backbone, tuple(train.classnames), fewshot, val, test_split, large)
+    data = BenchData(backbone, tuple(train.classnames), fewshot, val, test_split, large)
+    data.confuser_split = lambda: D.encode_rows(backbone, train, D.confuser_rows(train.labels), 1, feature_dir, log)
+    return data
+
+
+def _digits_data(backbone, feature_dir, log) -> BenchData:
+    """scikit-learn's digits (bench.data): few-shot 16 per class and "large" = the whole training pool. One (clean)
+    view per image, no augmented views (the CPU budget of the run that measured it; docs/results.md)."""
+    from bench import data as D
+    from ml.data import few_shot_indices
+
+    digits = D.load_digits_set()
+    splits = D.digits_splits(digits.labels)
+    pool = splits["pool"]
+    views = 1
+    memo: dict = {}
+
+    def fewshot(seed: int) -> Split:
+        if seed not in memo:
+            rows = pool[few_shot_indices(digits.labels[pool], D.FEWSHOT_SHOTS, seed)]
+            memo[seed] = D.encode_rows(backbone, digits, rows, views, feature_dir, log)
+        return memo[seed]
+
+    def large() -> Split:
+        if "large" not in memo:
+            memo["large"] = D.encode_rows(backbone, digits, pool, 1, feature_dir, log)
+        return memo["large"]
+
+    val = D.encode_rows(backbone, digits, splits["val"], 1, feature_dir, log)
+    test = D.encode_rows(backbone, digits, splits["test"], 1, feature_dir, log)
+    data = BenchData(backbone, digits.classnames, fewshot, val, test, large, "digits", templates=(D.DIGITS_TEMPLATE,))
+    data.confuser_split = lambda: D.encode_rows(backbone, digits, splits["confuser"], 1, feature_dir, log)
+    return data
+
+
+def _confuser(backbone, data: BenchData, split: Split, log) -> Callable[[Split], torch.Tensor]:
+    """The instance protocol's confuser: a linear probe trained with the true labels of a split disjoint from every
+    other (100 epochs, lr 25, seed 0); returns split -> its (N, K) class posteriors on view 0."""
+    import torch.nn.functional as F
+
+    from ml.train import TrainConfig, class_logits, fit
+
+    k = len(data.classnames)
+    onehot = F.one_hot(split.labels, k).bool()
+    res = fit(
+        backbone,
+        split.features,
+        onehot,
+        data.classnames,
+        TrainConfig(method="linear_probe", lr=25.0, epochs=100, seed=0),
+    )
+    acc = _eval(data.val.features[0], res.class_features, res.logit_scale, res.class_bias, data.val.labels)
+    log(f"confuser: linear probe on {len(split.labels)} true labels, validation accuracy {acc:.3f}")
+
+    def confusion(s: Split) -> torch.Tensor:
+        return torch.softmax(class_logits(s.features[0], res.class_features, res.logit_scale, res.class_bias), dim=1)
+
+    return confusion

@@ -12,17 +12,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-MIX_MODES = ("none", "constant", "ramp")
+MIX_MODES = ("none", "constant", "ramp", "trust")
 
 
-def mix_alpha(mode: str, alpha: float, epoch: int, epochs: int) -> float:
+def mix_alpha(mode: str, alpha: float, epoch: int, epochs: int, trust: float | None = None) -> float:
     """Weight a_t of the learned posterior in the teacher at 0-based `epoch`.
 
     none -> 0 (CoOpPLL code);  constant -> alpha;  ramp -> alpha · epoch / (epochs - 1), linear from 0 at the first
-    epoch to alpha at the last (GUESS of the paper's "dynamic" mixing, method.md 6.1).
+    epoch to alpha at the last (GUESS of the paper's "dynamic" mixing, method.md 6.1);  trust -> 1 - trust, read
+    from the data (``ml.train``: the prior's chance-corrected hit rate on the candidate sets times the share of the
+    prior they support, ``ml.prior``), so a prior the candidate sets do not support hands the teacher to the
+    learned posterior.
     """
     if mode == "none":
         return 0.0
+    if mode == "trust":
+        assert trust is not None, "mix 'trust' needs the prior's trust (ml.prior.prior_trust)"
+        return float(1.0 - trust)
     if mode == "constant":
         return float(alpha)
     if mode == "ramp":

@@ -158,3 +158,35 @@ def partialize(labels: torch.Tensor, num_classes: int, q: float, seed: int) -> t
     mask = u < q
     mask[torch.arange(labels.numel()), labels] = True
     return mask
+
+
+def partialize_instance(labels: torch.Tensor, confusion: torch.Tensor, q: float, seed: int) -> torch.Tensor:
+    """(N, K) bool instance-dependent candidate sets: tags that are easy to confuse with the true one join more often.
+
+    ``confusion`` (N, K) is each item's class posterior from a model trained on other items (docs/results.md, the
+    instance-dependent protocol). Wrong tag j of item i joins with probability P_ij = min(1, λ_i w_ij), where w_i is
+    the posterior over the wrong tags (renormalised, + 1e-6 so that every tag can join) and λ_i is chosen so that
+    Σ_j P_ij = q (K - 1): the same expected set size as :func:`partialize` at rate q, spread by confusability
+    instead of uniformly. The true tag is always in. Seeded like :func:`partialize`.
+    """
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    n, k = confusion.shape
+    if labels.shape != (n,):
+        raise ValueError(f"labels: shape {tuple(labels.shape)} != ({n},)")
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q must be in [0, 1], got {q}")
+    rows = torch.arange(n)
+    w = confusion.float().clamp_min(0) + 1e-6
+    w[rows, labels] = 0.0
+    w = w / w.sum(dim=1, keepdim=True)
+    target = q * (k - 1)
+    lo, hi = torch.zeros(n), torch.full((n,), float(k) / 1e-9)
+    for _ in range(100):  # bisection for λ_i: Σ_j min(1, λ w_ij) is increasing in λ
+        mid = (lo + hi) / 2
+        over = (mid[:, None] * w).clamp(max=1.0).sum(dim=1) > target
+        hi = torch.where(over, mid, hi)
+        lo = torch.where(over, lo, mid)
+    p = (lo[:, None] * w).clamp(max=1.0)
+    mask = torch.rand(n, k, generator=_generator(seed)) < p
+    mask[rows, labels] = True
+    return mask

@@ -25,13 +25,13 @@ from torch import nn
 from ml.errors import TrainingCancelled
 from ml.files import atomic_path
 
-METHODS = ("prompt_alignment", "coop", "zero_shot", "linear_probe")
+METHODS = ("prompt_alignment", "coop", "zero_shot", "linear_probe", "aligned_head")
 CHECKPOINT_VERSION = 1
 
 
 @dataclass
 class TrainConfig:
-    method: str = "prompt_alignment"  # "prompt_alignment" | "coop" | "zero_shot" | "linear_probe"
+    method: str = "prompt_alignment"  # "prompt_alignment" | "coop" | "zero_shot" | "linear_probe" | "aligned_head"
     loss: str = "rc"  # "naive" | "cc" | "rc" | "lws" | "cavl" | "plcr" | "pico"
     epochs: int = 50  # passes over the training items (cosine LR over this many epochs)
     batch_size: int = 32  # items per SGD step
@@ -43,8 +43,11 @@ class TrainConfig:
     class_token_position: str = "end"  # "end" | "middle" | "front"
     csc: bool = False  # class-specific context
     templates: tuple[str, ...] = ("a photo of a {}.",)  # handcrafted prompt(s); >1 = ensemble
-    mix: str = "none"  # alignment teacher: "none" (code, a=0) | "constant" | "ramp"
+    mix: str = "none"  # alignment teacher: "none" (code, a=0) | "constant" | "ramp" | "trust" (a = 1 - prior trust)
     mix_alpha: float = 0.5  # a for "constant"; final a for "ramp"
+    prior_strength: float = 0.0  # aligned head: residual weight decay = prior_strength / N (0: weight_decay as is)
+    graph_k: int = 10  # neighbours per item in the training items' feature graph (graph_weight > 0)
+    graph_weight: float = 0.0  # RC confidences propagated over the feature graph with this weight (0: no graph)
     seed: int = 1  # seeds context init, item order and view sampling
     precision: str = "fp32"  # "fp32" | "amp" (CUDA only; on CPU training runs in fp32)
 
@@ -70,8 +73,9 @@ class TrainResult:
     class_features: torch.Tensor  # (K, D) L2-normalised class text features to deploy (linear probe: folded head)
     logit_scale: float
     history: list[EpochMetrics]
-    class_bias: torch.Tensor | None = None  # (K,) logit bias; only the linear probe has one (pass it to export)
+    class_bias: torch.Tensor | None = None  # (K,) logit bias; linear probe and aligned head (pass it to export)
     method: str = "prompt_alignment"  # the method that produced this result
+    prior: dict | None = None  # what the data says of the handcrafted prior (ml.prior: hit, chance, trust, T)
 
 
 # --- input validation --------------------------------------------------------------------------------------------
@@ -137,6 +141,14 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"epochs and batch_size must be >= 1, got {cfg.epochs}, {cfg.batch_size}")
     if not 0.0 <= cfg.mix_alpha <= 1.0:
         raise ValueError(f"mix_alpha must be in [0, 1], got {cfg.mix_alpha}")
+    if cfg.prior_strength < 0:
+        raise ValueError(f"prior_strength must be >= 0, got {cfg.prior_strength}")
+    if not 0.0 <= cfg.graph_weight < 1.0:
+        raise ValueError(f"graph_weight must be in [0, 1), got {cfg.graph_weight}")
+    if cfg.graph_k < 1:
+        raise ValueError(f"graph_k must be >= 1, got {cfg.graph_k}")
+    if cfg.graph_weight > 0 and cfg.loss.lower() not in ("rc", "proden"):
+        raise ValueError(f"graph_weight: the feature graph propagates RC's confidences; loss {cfg.loss!r} has none")
 
 
 # --- inference ---------------------------------------------------------------------------------------------------
@@ -205,6 +217,8 @@ class Classifier(nn.Module):
         self.logit_scale = float(backbone.model.logit_scale.exp().item())  # s, not trained
         if cfg.method == "linear_probe":
             self.probe = LinearProbe(backbone.embed_dim, len(classnames), seed=cfg.seed).to(device)
+        elif cfg.method == "aligned_head":  # the head itself is built by set_prior, from the calibrated prior
+            self.text_encoder = TextEncoder(backbone.model)
         else:
             self.text_encoder = TextEncoder(backbone.model)
             pl_cfg = PromptLearnerConfig(
@@ -216,8 +230,18 @@ class Classifier(nn.Module):
             )
             self.prompt_learner = PromptLearner(pl_cfg, classnames, self.text_encoder, backbone.tokenizer, device)
 
+    @property
+    def has_head(self) -> bool:
+        return self.method in ("linear_probe", "aligned_head")
+
+    def set_prior(self, prior_rows: torch.Tensor, prior_bias: torch.Tensor, device: torch.device) -> None:
+        """Aligned head: build the head from the calibrated handcrafted classifier (ml/aligned_head.py)."""
+        from ml.aligned_head import AlignedHead
+
+        self.probe = AlignedHead(prior_rows, prior_bias).to(device)
+
     def learner(self) -> nn.Module:
-        return self.probe if self.method == "linear_probe" else self.prompt_learner
+        return self.probe if self.has_head else self.prompt_learner
 
     def class_features(self) -> torch.Tensor:
         """(K, D) normalised learned class text features (prompt methods): one text pass.
@@ -242,7 +266,7 @@ class Classifier(nn.Module):
         step's forward (`update_stats`); the other views and the after-step forward normalise with their batch
         statistics without touching the running ones.
         """
-        if self.method == "linear_probe":
+        if self.has_head:
             return [self.probe(f, update_stats=update_stats and j == 0) for j, f in enumerate(feats)]
         t = self.class_features()  # [K, D]
         return [self.logit_scale * f @ t.T for f in feats]
@@ -250,7 +274,7 @@ class Classifier(nn.Module):
     @torch.no_grad()
     def deployable(self) -> tuple[torch.Tensor, float, torch.Tensor | None]:
         """(class matrix, logit scale, bias) such that logits = scale · normalise(f) C^T + bias."""
-        if self.method == "linear_probe":
+        if self.has_head:
             a, b = self.probe.folded()
             return a.cpu(), 1.0, b.cpu()
         return self.class_features().cpu(), self.logit_scale, None
@@ -276,9 +300,12 @@ def step_loss(
     batch.logits = [z.float() for z in model.logits(batch.features)]
     loss = loss_fn(batch)
     batch.pll_loss = loss.detach()
-    if method == "prompt_alignment":
-        assert hand is not None, "prompt alignment needs the handcrafted class features"
-        hand_logits = model.logit_scale * batch.features[0] @ hand.T  # z̃ on the PLL loss's view
+    if method in ("prompt_alignment", "aligned_head"):
+        if method == "aligned_head":  # the head's own calibrated prior (ml/aligned_head.py)
+            hand_logits = model.probe.prior_logits(batch.features[0])
+        else:
+            assert hand is not None, "prompt alignment needs the handcrafted class features"
+            hand_logits = model.logit_scale * batch.features[0] @ hand.T  # z̃ on the PLL loss's view
         q = teacher(hand_logits, batch.mask, batch.logits[0], alpha)
         al = align_loss(batch.logits[0], q)
         batch.align_loss = al.detach()
@@ -384,18 +411,21 @@ def fit(
         val_feats = F.normalize((vf[0] if vf.dim() == 3 else vf).float(), dim=-1).to(device)
 
     model = Classifier(backbone, classnames, config, device)
-    hand = None
-    if config.method in ("prompt_alignment", "zero_shot"):
+    hand = prior = None
+    if config.method in ("prompt_alignment", "zero_shot", "aligned_head"):
         hand = handcrafted_class_features(  # t̃: once per run, no grad
             model.text_encoder, backbone.tokenizer, classnames, config.templates, device
         )  # [K, D]
+        prior = _read_prior(model, hand, feats[0], mask, calibrate=config.method == "aligned_head", device=device)
 
     def result(class_feats: torch.Tensor, scale: float, bias: torch.Tensor | None, history: list) -> TrainResult:
         labels, conf, margin = disambiguate(feats[0], class_feats, scale, mask, bias)
-        return TrainResult(labels, conf, margin, class_feats.cpu(), scale, history, bias, config.method)
+        return TrainResult(labels, conf, margin, class_feats.cpu(), scale, history, bias, config.method, prior)
 
     if config.method == "zero_shot":
         return result(hand, model.logit_scale, None, [])
+    if config.mix == "trust" and prior is None:
+        raise ValueError(f"mix 'trust': method {config.method!r} has no handcrafted prior to trust")
 
     loss_fn = build_loss(config.loss, mask, epochs=config.epochs, feature_dim=d, seed=config.seed).to(device)
     if 1 < v_total < loss_fn.n_views:
@@ -404,7 +434,11 @@ def fit(
             f"(encode at least {loss_fn.n_views}, see views_needed)"
         )
     params = [p for p in model.learner().parameters() if p.requires_grad] + loss_fn.trainable_parameters()
-    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    # aligned head: the residual's decay is prior_strength / n (MAP: a fixed Gaussian prior on it against n items'
+    # mean loss), applied as a proximal step after each update (stable at any strength, unlike lr * decay > 2 in SGD)
+    prox = config.prior_strength / n if config.method == "aligned_head" and config.prior_strength > 0 else 0.0
+    decay = 0.0 if prox else config.weight_decay
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     # fp16 autocast needs loss scaling (small gradients underflow in fp16); disabled, the scaler is a pass-through
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -428,11 +462,13 @@ def fit(
         start_epoch = int(state["epoch"])
         history = [EpochMetrics(**h) for h in state["history"]]
         prev_labels = state.get("labels")
+    if config.graph_weight > 0:  # transductive: RC's confidences propagate over the training items' feature graph
+        _attach_graph(model, loss_fn, feats[0], mask_f, config, init=start_epoch == 0, prior=prior)
 
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         loss_fn.set_epoch(epoch)
-        alpha = mix_alpha(config.mix, config.mix_alpha, epoch, config.epochs)
+        alpha = mix_alpha(config.mix, config.mix_alpha, epoch, config.epochs, prior and prior["trust"])
         batches, view_idx = _epoch_plan(config.seed, epoch, n, v_total, loss_fn.n_views, config.batch_size)
         view_idx = view_idx.to(device)
         model.learner().train()
@@ -450,6 +486,9 @@ def fit(
             scaler.scale(loss).backward()
             scaler.step(optimizer)  # skipped when the scaled gradients overflowed (then the scale shrinks)
             scaler.update()
+            if prox:  # argmin_w ||w - w'||² / (2 lr) + prox ||w||² / 2
+                with torch.no_grad():
+                    model.probe.fc.weight.div_(1.0 + optimizer.param_groups[0]["lr"] * prox)
             if loss_fn.needs_after_step:  # fresh forward of the same batch after the step (RC, LWS); its text
                 with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):  # pass, with grad,
                     z = model.logits([f_views[0]], update_stats=False)[0]  # is reused by the next step
@@ -507,3 +546,35 @@ def fit(
     model.learner().eval()
     class_feats, scale, bias = model.deployable()
     return result(class_feats, scale, bias, history)
+
+
+def _read_prior(model: Classifier, hand, feats0, mask, *, calibrate: bool, device) -> dict:
+    """What the training items' candidate sets say of the handcrafted prior (ml.prior); for the aligned head also
+    its calibration (T, class bias) and the head built from it."""
+    from ml.prior import calibrate_prior, prior_evidence, prior_trust
+
+    with torch.no_grad():
+        hand_logits = model.logit_scale * feats0 @ hand.T  # [N, K]
+    prior = prior_trust(hand_logits.cpu(), mask)
+    t, bias = calibrate_prior(hand_logits, mask)
+    prior.update(temperature=t, **prior_evidence(hand_logits, mask, t, bias))
+    prior["trust"] = prior["estimate"] * prior["shrink"]  # what the candidate sets support of the prior
+    if calibrate:  # the head's anchor: the calibrated prior, shrunk as far as the candidate sets fail to support it
+        g = prior["shrink"]
+        model.set_prior(g * (model.logit_scale / t) * hand, g * bias.to(device), device)
+    return prior
+
+
+@torch.no_grad()
+def _attach_graph(model: Classifier, loss_fn, feats0, mask_f, config: TrainConfig, *, init: bool, prior=None) -> None:
+    """The training items' kNN graph for RC's confidence updates; on a fresh run the confidences start as the
+    propagated prior (aligned head) or the propagated uniform sets (ml.prior.propagate)."""
+    from ml.prior import graph_purity, knn_graph, propagate
+
+    neighbours = knn_graph(feats0, config.graph_k)
+    loss_fn.set_graph(neighbours, config.graph_weight)
+    if prior is not None:
+        prior["graph_purity"] = graph_purity(mask_f.cpu(), neighbours.cpu())
+    if init:
+        start = F.softmax(model.probe.prior_logits(feats0), dim=1) if config.method == "aligned_head" else mask_f
+        loss_fn.confidence.copy_(propagate(start, mask_f, neighbours, config.graph_weight))

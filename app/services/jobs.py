@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from app import queue
 from app.api.errors import Conflict, FieldError, InvalidInput
 from app.config import Settings
-from app.job_defaults import resolve_job_params
+from app.job_defaults import param_problems, resolve_job_params
 from app.models import Item, Job, JobEvent, Owner, utcnow
 from app.schemas import (
     FINISHED_STATUSES,
@@ -94,6 +94,11 @@ def create_job(
     if len(dataset.classes) < 2:
         raise Conflict(f"dataset {dataset.id} needs at least 2 classes to train", code="too_few_classes")
     params = resolve_job_params(params, items=n_items, classes=len(dataset.classes))
+    problems = param_problems(params)
+    if problems:
+        raise InvalidInput(
+            "; ".join(f"{f}: {m}" for f, m in problems), errors=[FieldError(field=f, message=m) for f, m in problems]
+        )
     params["device"] = job_in.device or settings.job_device
     job = Job(
         owner_id=owner.id,

@@ -20,7 +20,7 @@ from starlette.background import BackgroundTask
 from app.api.deps import SessionDep, SettingsDep, StorageDep
 from app.api.errors import ApiError
 from app.db import get_sessionmaker
-from app.job_defaults import AUTO_LINEAR_PROBE_MIN_ITEMS_PER_CLASS, METHOD_DEFAULTS
+from app.job_defaults import AUTO_METHOD, METHOD_DEFAULTS
 from app.schemas import JobCreate
 from app.services import datasets as datasets_service
 from app.services import items as items_service
@@ -59,8 +59,7 @@ REVIEW_PAGE = 200
 
 #: One line per job option, shown beside its field.
 JOB_HELP = {
-    "method": "auto: the linear probe from "
-    f"{AUTO_LINEAR_PROBE_MIN_ITEMS_PER_CLASS} items per class, prompt alignment below (the best measured on each).",
+    "method": f"auto: {AUTO_METHOD.replace('_', ' ')} at every dataset size (the best measured on validation).",
     "loss": "How the candidate sets are learned from; empty: the method's measured best.",
     "epochs": "Passes over the training items; empty: the method's default.",
     "lr": "Learning rate; empty: the method's default.",
@@ -70,7 +69,7 @@ JOB_HELP = {
 }
 _INT_FIELDS = {"epochs", "batch_size", "shots", "seed", "n_ctx"}
 _FLOAT_FIELDS = {"lr", "momentum", "weight_decay", "mix_alpha"}
-METHODS = ["auto", "prompt_alignment", "coop", "linear_probe", "zero_shot"]
+METHODS = ["auto", "aligned_head", "prompt_alignment", "coop", "linear_probe", "zero_shot"]
 LOSSES = ["", "rc", "cc", "pico", "cavl", "lws", "plcr", "naive"]
 
 

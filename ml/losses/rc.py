@@ -20,6 +20,14 @@ class RCLoss(PLLLoss):
     def __init__(self, candidates: torch.Tensor, *, epochs: int, feature_dim: int, seed: int = 0):
         super().__init__(candidates, epochs=epochs, feature_dim=feature_dim, seed=seed)
         self.register_buffer("confidence", uniform_confidence(candidates))  # (N, K)
+        self.neighbours: torch.Tensor | None = None  # (N, k) training-item graph (set_graph); not state: rebuilt
+        self.graph_weight = 0.0
+
+    def set_graph(self, neighbours: torch.Tensor, weight: float) -> None:
+        """Propagate over a feature graph: after each step c_i <- normalise(Y_i ⊙ ((1 - w) p_i + w mean_j c_j)),
+        j over item i's neighbours (ml.prior; transductive label propagation inside RC's update)."""
+        self.neighbours = neighbours.to(self.confidence.device)
+        self.graph_weight = float(weight)
 
     def forward(self, batch: PLLBatch) -> torch.Tensor:
         logp = F.log_softmax(batch.logits[0], dim=1)
@@ -27,4 +35,8 @@ class RCLoss(PLLLoss):
 
     @torch.no_grad()
     def after_step(self, logits: torch.Tensor, batch: PLLBatch) -> None:
-        self.confidence[batch.index] = renormalise(F.softmax(logits, dim=1), batch.mask)
+        p = F.softmax(logits, dim=1)
+        if self.neighbours is not None and self.graph_weight > 0 and self.neighbours.shape[1]:
+            around = self.confidence[self.neighbours[batch.index]].mean(dim=1)  # [B, K]
+            p = (1 - self.graph_weight) * renormalise(p, batch.mask) + self.graph_weight * around
+        self.confidence[batch.index] = renormalise(p, batch.mask)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.job_defaults import AUTO_LINEAR_PROBE_MIN_ITEMS_PER_CLASS, METHOD_DEFAULTS, resolve_job_params
+from app.job_defaults import AUTO_METHOD, METHOD_DEFAULTS, param_problems, resolve_job_params
 from app.schemas import JobCreate
 
 
@@ -12,17 +12,22 @@ def _resolve(body: dict, items: int, classes: int = 10) -> dict:
     return resolve_job_params(JobCreate(**body).model_dump(), items=items, classes=classes)
 
 
-def test_auto_trains_prompts_on_few_items_per_class() -> None:
-    p = _resolve({}, items=10 * 16)
-    assert (p["method"], p["loss"], p["epochs"], p["lr"]) == ("prompt_alignment", "pico", 10, 0.002)
-    assert p["requested_method"] == "auto" and p["mix"] == "none"
+@pytest.mark.parametrize("items", [2, 10 * 16, 10 * 99, 10 * 100, 10 * 500, 10**6])
+def test_auto_is_the_aligned_head_at_every_size(items: int) -> None:
+    p = _resolve({}, items=items)
+    d = METHOD_DEFAULTS[AUTO_METHOD]
+    assert AUTO_METHOD == "aligned_head" and p["method"] == "aligned_head" and p["requested_method"] == "auto"
+    assert {k: p[k] for k in d} == d
+    assert p["mix"] == "trust" and p["prior_strength"] > 0 and p["loss"] == "rc"
 
 
-def test_auto_trains_the_linear_probe_on_many_items_per_class() -> None:
-    p = _resolve({}, items=10 * AUTO_LINEAR_PROBE_MIN_ITEMS_PER_CLASS)
-    assert (p["method"], p["loss"], p["epochs"], p["lr"]) == ("linear_probe", "rc", 100, 25.0)
-    assert (p["knn_vote"], p["knn_k"], p["knn_tau"], p["handcrafted_mix"]) == (True, 10, 0.5, 0.5)
-    assert _resolve({}, items=10 * AUTO_LINEAR_PROBE_MIN_ITEMS_PER_CLASS - 1)["method"] == "prompt_alignment"
+def test_rc_only_defaults_are_left_out_with_another_loss_and_refusals_name_the_field() -> None:
+    p = _resolve({"loss": "cc"}, items=5000)
+    assert p["method"] == "aligned_head" and p["graph_weight"] is None and param_problems(p) == []
+    bad = _resolve({"loss": "cc", "graph_weight": 0.5}, items=5000)
+    assert [f for f, _ in param_problems(bad)] == ["graph_weight"]
+    assert [f for f, _ in param_problems(_resolve({"method": "coop", "mix": "trust"}, items=50))] == ["mix"]
+    assert param_problems(_resolve({"method": "prompt_alignment", "mix": "trust"}, items=50)) == []
 
 
 @pytest.mark.parametrize("method", sorted(METHOD_DEFAULTS))
@@ -41,10 +46,10 @@ def test_the_jobs_route_describes_the_real_defaults() -> None:
 
     op = create_app().openapi()["paths"]["/datasets/{dataset_id}/jobs"]["post"]
     text = op["description"]
-    assert f"at least {AUTO_LINEAR_PROBE_MIN_ITEMS_PER_CLASS} items per class" in text
+    assert f"method `auto` trains `{AUTO_METHOD}` at every dataset size" in text
     for method, d in METHOD_DEFAULTS.items():
         assert f"`{method}`: {d['loss']} loss, {d['epochs']} epochs, lr {d['lr']:g}" in text, method
     # nothing else in the operation's text claims a default of its own
-    assert "50 epochs" not in text + op.get("summary", "")
+    assert (text + op.get("summary", "")).count(" epochs") == len(METHOD_DEFAULTS)
     resolved = _resolve({}, items=10 * 16)
     assert f"`{resolved['method']}`: {resolved['loss']} loss, {resolved['epochs']} epochs" in text

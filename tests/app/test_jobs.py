@@ -6,6 +6,7 @@ import redis
 from sqlalchemy import update
 
 from app.db import session_scope
+from app.job_defaults import METHOD_DEFAULTS
 from app.models import Job
 from tests.app.conftest import Api
 
@@ -23,10 +24,11 @@ def test_create_job_with_defaults_is_queued_and_enqueued(alice: Api) -> None:
     assert r.headers["location"] == f"/jobs/{job['id']}"
     request_id = r.headers["x-request-id"]  # made by the API: the client sent none
     assert job["status"] == "queued" and job["type"] == "train" and job["dataset_id"] == ds["id"]
-    # method "auto" on a small dataset: prompt alignment with its best validated loss (app/job_defaults.py)
-    assert job["params"]["method"] == "prompt_alignment" and job["params"]["requested_method"] == "auto"
-    assert job["params"]["loss"] == "pico"
-    assert job["params"]["epochs"] == 3 and job["params"]["batch_size"] == 32 and job["params"]["lr"] == 0.002
+    # method "auto": the aligned head with its validated defaults (app/job_defaults.py)
+    assert job["params"]["method"] == "aligned_head" and job["params"]["requested_method"] == "auto"
+    assert job["params"]["loss"] == "rc" and job["params"]["mix"] == "trust"
+    assert job["params"]["epochs"] == 3 and job["params"]["batch_size"] == 32
+    assert job["params"]["lr"] == METHOD_DEFAULTS["aligned_head"]["lr"]
     assert job["params"]["n_ctx"] == 16 and job["params"]["seed"] == 1 and job["params"]["shots"] is None
     assert job["progress"] == {"stage": "queued", "epoch": 0, "epochs": 3, "fraction": 0.0}
     assert job["error"] is None and job["model_id"] is None and job["attempt"] == 0
@@ -58,6 +60,9 @@ def test_job_params_are_validated_naming_the_field(alice: Api) -> None:
         ({"shots": 0}, "shots"),
         ({"templates": ["no slot"]}, "templates"),
         ({"epoch": 3}, "epoch"),
+        ({"graph_weight": 1.0}, "graph_weight"),
+        ({"loss": "cc", "graph_weight": 0.5}, "graph_weight"),  # the graph propagates RC's confidences only
+        ({"method": "coop", "mix": "trust"}, "mix"),  # CoOp has no handcrafted teacher to trust
     ]:
         r = alice.post(url, json=body)
         assert r.status_code == 422, body

@@ -27,7 +27,7 @@ def _setting(dim: int, n: int = 60, q: float = 0.5, seed: int = 0) -> ReviewSett
 def test_simulation_bookkeeping_and_orders(tiny_native):
     setting = _setting(tiny_native.embed_dim)
     params = default_params(60, len(CLASSNAMES), epochs=2, n_ctx=4)
-    assert params["method"] == "prompt_alignment"  # 12 items per class: auto picks prompt alignment
+    assert params["method"] == "aligned_head"  # auto: the aligned head at every size
     report = run(tiny_native, setting, budgets=(0.1, 0.2), max_share=0.2, params=params, log=lambda _m: None)
     assert {(r["order"], r["budget"]) for r in report["runs"]} == {(o, b) for o in ORDERS for b in (0.1, 0.2)}
     for r in report["runs"]:
@@ -69,7 +69,7 @@ def test_the_cifar10_command_path(tiny_configs, cifar10_path, tmp_path):  # noqa
         command="tagsift bench review --per-class 3 --budgets 0.1 --max-share 0.1",
         log=lambda _m: None,
     )
-    assert report["items"] == 30 and report["views"] == 2 and report["params"]["method"] == "prompt_alignment"
+    assert report["items"] == 30 and report["views"] == 2 and report["params"]["method"] == "aligned_head"
     saved = json.loads((tmp_path / "out" / "review.json").read_text())
     assert saved["runs"] == report["runs"] and len(saved["runs"]) == len(ORDERS)
     assert (tmp_path / "out" / "review.png").stat().st_size > 1000

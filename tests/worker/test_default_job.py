@@ -1,6 +1,7 @@
 """The job a user gets with no parameters: default views (TAGSIFT_TRAIN_VIEWS unset), method ``auto`` resolved as the
-API resolves it (prompt alignment + PiCO on a small dataset), run by a real worker process end to end; and the
-quality report it carries on ``GET /jobs/{id}`` and in the model card, with and without held-out certain items."""
+API resolves it (the aligned head at every size), run by a real worker process end to end; the default of an explicit
+``prompt_alignment`` (PiCO on two distinct views); and the quality report a job carries on ``GET /jobs/{id}`` and in
+the model card, with and without held-out certain items."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from sqlalchemy import select, update
 
 from app.config import Settings
 from app.db import session_scope
-from app.job_defaults import resolve_job_params
+from app.job_defaults import METHOD_DEFAULTS, resolve_job_params
 from app.main import create_app
 from app.models import Item, Job, Model
 from app.queue import TRAIN_TASK, enqueue
@@ -64,10 +65,11 @@ def test_the_default_job_runs_end_to_end(prod_env, start_worker):
     enqueue(TRAIN_TASK, job_id)
     job = wait_status(job_id, ("succeeded", "failed", "cancelled"), timeout=240)
     assert job.status == "succeeded", (job.error_code, job.error_message, worker.log()[-3000:])
-    assert job.params["method"] == "prompt_alignment" and job.params["loss"] == "pico"
+    assert job.params["method"] == "aligned_head" and job.params["loss"] == "rc"
+    assert {k: job.params[k] for k in METHOD_DEFAULTS["aligned_head"]} == METHOD_DEFAULTS["aligned_head"]
     assert job.params["views"] is None  # the server's default was used
     encoding = next(e.data for e in events(job_id, "stage") if e.data["stage"] == "encoding")
-    assert encoding["views"] == 2  # one clean + one augmented view: PiCO's weak and strong are distinct views
+    assert encoding["views"] == 2  # one clean + one augmented view
     epochs = [e.data for e in events(job_id, "epoch")]
     assert [e["epoch"] for e in epochs] == list(range(1, job.params["epochs"] + 1))
     items = _items(ds)
@@ -85,12 +87,26 @@ def test_the_default_job_runs_end_to_end(prod_env, start_worker):
     assert quality["estimated_accuracy"] == pytest.approx(mean_conf, abs=1e-3)
     per_epoch = quality["epochs"]
     assert [e["epoch"] for e in per_epoch] == [e["epoch"] for e in epochs]
-    assert all(e["pll_loss"] > 0 and e["align_loss"] > 0 for e in per_epoch)  # prompt alignment: both terms
+    assert all(e["pll_loss"] > 0 and e["align_loss"] > 0 for e in per_epoch)  # aligned head: both terms
     assert per_epoch[0]["label_churn"] is None and all(0 <= e["label_churn"] <= 1 for e in per_epoch[1:])
     review = got["metrics"]["review_confidence"]
     assert all(it.needs_review == (it.confidence < review) for it in items)
     assert quality["needs_review"] == sum(it.needs_review for it in items)
     assert "Label quality" in _card(job_id) and "Estimated share of correct labels" in _card(job_id)
+
+
+def test_explicit_prompt_alignment_gets_pico_on_distinct_views(prod_env, start_worker):
+    """The default of ``method="prompt_alignment"`` (PiCO, its measured best), with the server's default views."""
+    owner, ds, _ = make_dataset(12)
+    job_id = _default_job(owner, ds, 12, method="prompt_alignment", epochs=2)
+    worker = start_worker(TAGSIFT_TRAIN_VIEWS=None, TAGSIFT_JOB_LEASE_SECONDS="60")
+    enqueue(TRAIN_TASK, job_id)
+    job = wait_status(job_id, ("succeeded", "failed", "cancelled"), timeout=240)
+    assert job.status == "succeeded", (job.error_code, job.error_message, worker.log()[-3000:])
+    assert job.params["method"] == "prompt_alignment" and job.params["loss"] == "pico"
+    encoding = next(e.data for e in events(job_id, "stage") if e.data["stage"] == "encoding")
+    assert encoding["views"] == 2  # one clean + one augmented view: PiCO's weak and strong are distinct views
+    assert all(it.label in it.candidates for it in _items(ds))
 
 
 def test_quality_report_with_held_out_certain_items(prod_env, start_worker):
