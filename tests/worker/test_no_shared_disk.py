@@ -116,7 +116,7 @@ def test_a_job_killed_on_one_worker_resumes_on_another_and_the_api_serves_the_mo
     try:
         client = _client(api)
         dataset = _upload(client, 24)
-        r = client.post(f"/datasets/{dataset['id']}/jobs", json=PARAMS)
+        r = client.post(f"/datasets/{dataset['id']}/jobs", json=PARAMS, headers={"X-Request-ID": "nsd-1"})
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
 
@@ -135,6 +135,16 @@ def test_a_job_killed_on_one_worker_resumes_on_another_and_the_api_serves_the_mo
         assert job.attempt == 2 and model_count(job_id) == 1
         runners = [e.data["runner"] for e in events(job_id, "attempt")]
         assert len(runners) == 2 and runners[0] != runners[1]
+        # the request id of the POST reaches both attempts' events and every line worker 2 logged for the job, and
+        # the API process (tagsift serve, its own logging configuration) logged the job and the request under it
+        assert [e.data["request_id"] for e in events(job_id, "attempt")] == ["nsd-1", "nsd-1"]
+        job_lines = [line for line in worker2.log().splitlines() if f"job_id={job_id}]" in line]
+        assert job_lines and all("[request_id=nsd-1 " in line for line in job_lines), job_lines[:5]
+        api_lines = [line for line in api_host.log.read_text().splitlines() if "[request_id=nsd-1 " in line]
+        assert any(f" app.services.jobs [request_id=nsd-1 job_id=-] job {job_id} " in line for line in api_lines)
+        access = [line for line in api_lines if " app.access " in line]
+        assert len(access) == 1, api_lines
+        assert f"method=POST path=/datasets/{dataset['id']}/jobs status=202" in access[0]
         # attempt 2 resumed from the stored checkpoint: its training stage says so, and its first epoch follows the
         # last one worker 1 finished (worker 2 never saw worker 1's disk)
         training = [e.data for e in events(job_id, "stage") if e.data["stage"] == "training"]
@@ -210,6 +220,11 @@ def test_the_object_store_down_during_a_job_fails_it_clearly_without_a_model(
         assert labels and all(label is None for label in labels)  # no labels from a model that was not stored
         # the epochs whose checkpoint could not be stored say so
         assert any("checkpoint_not_stored" in e.data for e in events(job_id, "epoch"))
+        # back up, the store holds nothing of a model: no image tower was named (a model's files are content
+        # addressed blobs that only a model row refers to, and there is none)
+        own_s3.start()
+        bucket, prefix = storage["TAGSIFT_STORAGE_URL"][len("s3://") :].split("/", 1)
+        assert own_s3.keys(bucket, f"{prefix}/towers/") == []
     finally:
         api.stop()
         worker.stop()

@@ -40,6 +40,24 @@ def test_offline_load_of_absent_weights_says_where_they_come_from(tmp_path: Path
     assert not open_clip_cache(tmp_path).exists()  # nothing was attempted
 
 
+@pytest.mark.parametrize("offline", [False, True])
+def test_a_worker_keeps_hugging_face_downloads_under_the_model_cache(tmp_path: Path, offline: bool) -> None:
+    """What a worker process sets before anything imports huggingface_hub (worker.celery_app): HF_HOME under
+    TAGSIFT_MODEL_CACHE_DIR, so open_clip's text towers and tokenizers land there too, and the hub offline with
+    TAGSIFT_OFFLINE; the library itself reads those values."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TAGSIFT_", "HF_"))}
+    env.update(TAGSIFT_DATA_DIR=str(tmp_path / "var"), TAGSIFT_MODEL_CACHE_DIR=str(tmp_path / "models"))
+    if offline:
+        env["TAGSIFT_OFFLINE"] = "true"
+    code = (
+        "import os, worker.celery_app; import huggingface_hub.constants as c; "
+        "print(os.environ['HF_HOME'], c.HF_HOME, c.HF_HUB_OFFLINE, os.environ.get('HF_HUB_OFFLINE', '-'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    home = str(tmp_path / "models" / "huggingface")
+    assert out.stdout.split() == [home, home, str(offline), "1" if offline else "-"], out.stderr[-2000:]
+
+
 def test_offline_job_with_absent_weights_fails_naming_the_commands(prod_env, start_worker) -> None:
     owner, ds, _ = make_dataset(3)
     job_id = make_job(owner, ds, epochs=1)
