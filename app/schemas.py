@@ -352,7 +352,8 @@ class JobEventRead(_Output):
 class JobEventList(BaseModel):
     data: list[JobEventRead]
     next_after: int | None = Field(description="Pass as `after` to read newer events (the last id returned).")
-    has_more: bool
+    has_more: bool = Field(description="Whether events after this page exist now (a running job adds more).")
+    total: int = Field(description="How many events the job has, over every page (`after` does not change it).")
 
 
 # --- models and predictions -------------------------------------------------------------------------------

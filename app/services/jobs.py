@@ -41,7 +41,7 @@ from app.schemas import (
 from app.services.datasets import get_dataset
 from app.services.job_views import job_read
 from app.services.lookup import get_owned
-from app.services.pages import keyset_page
+from app.services.pages import count_rows, keyset_page
 from app.services.webhooks import emit_job_event
 
 log = logging.getLogger(__name__)
@@ -186,9 +186,11 @@ def list_jobs(
 
 
 def list_events(*, session: Session, owner: Owner, job_id: str, after: int | None, limit: int) -> JobEventList:
-    """Events in order, after the id ``after`` (exclusive)."""
+    """Events in order, after the id ``after`` (exclusive); ``total`` counts all the job's events (``after`` is the
+    cursor, as in ``app.services.pages``: it does not change the total)."""
     job = get_job(session=session, owner=owner, job_id=job_id)
     stmt = select(JobEvent).where(JobEvent.job_id == job.id)
+    total = count_rows(session, stmt)
     if after is not None:
         stmt = stmt.where(JobEvent.id > after)
     events = list(session.scalars(stmt.order_by(JobEvent.id).limit(limit + 1)))
@@ -198,6 +200,7 @@ def list_events(*, session: Session, owner: Owner, job_id: str, after: int | Non
         data=[JobEventRead.model_validate(e) for e in events],
         next_after=events[-1].id if events else after,
         has_more=has_more,
+        total=total,
     )
 
 

@@ -51,9 +51,15 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         ) from None
 
 
+def count_rows(session: Session, stmt: Select) -> int:
+    """The ``total`` of a list: how many rows ``stmt`` (the list's ``select`` with its filters, before any cursor)
+    matches, over every page."""
+    return session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery())) or 0
+
+
 def keyset_page(session: Session, stmt: Select, model: Any, *, cursor: str | None, limit: int) -> Page:
     """One page of ``stmt`` (a ``select(model)`` with its filters) in ``(created_at, id)`` order."""
-    total = session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery())) or 0
+    total = count_rows(session, stmt)
     if cursor:
         created_at, row_id = decode_cursor(cursor)
         stmt = stmt.where(or_(model.created_at > created_at, and_(model.created_at == created_at, model.id > row_id)))

@@ -10,7 +10,10 @@ The rules, each with a test in ``tests/app/test_label_studio_import.py``:
 * images are the uploaded files (``images`` or the ``archive``), matched to ``data.image`` by file name:
   the last path segment of ``data.image`` (of ``?d=`` for local-files URLs), URL-decoded; Label Studio's upload
   prefix (eight hex digits and a dash, ``1a2b3c4d-cat.jpg``) may be kept or dropped in the sent file's name.
-  ``data.image`` is never fetched. Two sent files that both match, or a task whose image was not sent, are errors;
+  ``data.image`` is never fetched. Two sent files that both match (``a/cat.jpg`` and ``b/cat.jpg``, or
+  ``1a2b3c4d-cat.jpg`` and ``cat.jpg``), or a task whose image was not sent, are errors. A file matched only
+  without the prefix goes to a task that names it exactly, when one does (``cat.jpg`` to the task of ``cat.jpg``,
+  not to the task of ``1a2b3c4d-cat.jpg``);
 * candidates: the union of the choices of every annotation that was not cancelled (``was_cancelled``), so several
   choices in one annotation and annotators who disagree all become candidates. Only ``choices`` results count
   (other result types are ignored), and they must all come from one ``Choices`` control (``from_name``);
@@ -20,8 +23,8 @@ The rules, each with a test in ``tests/app/test_label_studio_import.py``:
   need review); a *skipped* task (every annotation cancelled) is not imported, and its image may be sent or not;
 * a ``ground_truth`` annotation with a single choice becomes the item's ``label`` (a certain tag);
 * classes: the dataset's (adding items; ``classes`` in the form appends new ones), the form's ``classes``, or,
-  for a new dataset without ``classes``, every choice of the export in sorted order. A choice outside the classes
-  is an error naming the task and the field.
+  for a new dataset without ``classes``, every choice read (not a cancelled annotation's) in sorted order. A choice
+  outside the classes is an error naming the task and the field.
 
 Every problem is reported at once (``FieldErrors``, field = the path inside the task, item = ``task <id>``), and a
 single problem stores nothing.
@@ -64,6 +67,7 @@ class LabelStudioManifest:
     classes: list[str] | None  # inferred (sorted) when no classes were known
     skipped: list[str] = field(default_factory=list)  # "task <id>" of the skipped tasks
     skipped_files: list[str] = field(default_factory=list)  # their sent images (left out, not an error)
+    reported_files: list[str] = field(default_factory=list)  # sent files already named in a task's error
 
 
 def image_names(ref: str) -> list[str]:
@@ -140,6 +144,7 @@ def parse_label_studio(
     known_set = set(known)
     order = {c: i for i, c in enumerate(known)}
 
+    exact = {names[0] for t in parsed if (names := image_names(t.image))}  # the names tasks give in full
     used: dict[str, str] = {}  # sent file -> task that took it
     for t in parsed:
         for choice, path in t.all_choices:
@@ -155,13 +160,13 @@ def parse_label_studio(
                     message=f"{t.name}: {path}: {shorten(choice)!r} is not one of the classes "
                     f"({shorten(', '.join(known), 200) or 'none'}); send it in `classes` to add it",
                 )
-        file, problem = _match_file(t, by_name)
+        file, problem, ambiguous = _match_file(t, by_name, exact)
         if t.skipped:
             out.skipped.append(t.name)
-            if file is not None:
-                out.skipped_files.append(file)
+            out.skipped_files.extend([file] if file is not None else ambiguous)
             continue
         if problem is not None:
+            out.reported_files.extend(ambiguous)
             errors.add(field="data.image", item=t.name, message=f"{t.name}: data.image {problem}")
             continue
         assert file is not None
@@ -315,19 +320,22 @@ def _choices(
     return out
 
 
-def _match_file(t: _Task, by_name: dict[str, list[str]]) -> tuple[str | None, str | None]:
-    """(the sent file for the task's ``data.image``, or why none): by its name, then without the upload prefix."""
+def _match_file(t: _Task, by_name: dict[str, list[str]], exact: set[str]) -> tuple[str | None, str | None, list[str]]:
+    """(the sent file for the task's ``data.image``, or why none, and the files that matched when several did).
+
+    A file matches by the name ``data.image`` gives, or by that name without Label Studio's upload prefix unless
+    another task gives that shorter name in full (``exact``): then it is that task's file."""
     names = image_names(t.image)
-    for name in names:
-        found = by_name.get(name, [])
-        if len(found) == 1:
-            return found[0], None
-        if len(found) > 1:
-            return None, (
-                f"{shorten(t.image, 200)!r}: several sent files are named {name!r} "
-                f"({', '.join(shorten(f, 100) for f in found[:5])})"
-            )
+    found: list[str] = []
+    for i, name in enumerate(names):
+        if i > 0 and name in exact:
+            continue
+        found.extend(f for f in by_name.get(name, []) if f not in found)
+    if len(found) == 1:
+        return found[0], None, []
+    if found:
+        shown = ", ".join(shorten(f, 100) for f in found[:5]) + (", ..." if len(found) > 5 else "")
+        return None, f"{shorten(t.image, 200)!r}: several sent files match it ({shown}); send one", found
     shown = " or ".join(repr(n) for n in names) or "(no file name)"
-    return None, (
-        f"{shorten(t.image, 200)!r}: the image was not sent (send a file named {shown}; tagsift never fetches URLs)"
-    )
+    why = f"{shorten(t.image, 200)!r}: the image was not sent (send a file named {shown}; tagsift never fetches URLs)"
+    return None, why, []

@@ -88,9 +88,10 @@ def validate_upload(
         rows, skipped = export.rows, export.skipped
         if known is None and export.classes:
             given_classes = export.classes
-        # a skipped task's image may be sent: it is left out, not "uploaded but not in the manifest"
-        skipped_files = set(export.skipped_files)
-        files = [(n, d) for n, d in files if n not in skipped_files]
+        # a skipped task's image may be sent: it is left out, not "uploaded but not in the manifest"; nor is a file
+        # that a task's error already names (several files matching one data.image)
+        left_out = set(export.skipped_files) | set(export.reported_files)
+        files = [(n, d) for n, d in files if n not in left_out]
     elif raw.manifest is not None:
         fmt = raw.manifest_format if raw.manifest_format in ("jsonl", "csv") else None
         rows = _parse_manifest(raw.manifest, raw.manifest_name, settings=settings, errors=errors, fmt=fmt)

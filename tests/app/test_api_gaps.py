@@ -125,6 +125,37 @@ def test_items_page_with_the_total_of_the_filter(alice: Api) -> None:
     assert _walk(alice, url, 2, needs_review="false", order="margin")[1:] == ([3, 3], 2)
 
 
+def test_job_events_page_with_the_total_of_the_job(alice: Api, bob: Api) -> None:
+    from app.models import JobEvent
+
+    ds = alice.make_dataset(2)
+    try:
+        job = alice.post(f"/datasets/{ds['id']}/jobs", json={"method": "zero_shot"}).json()
+        other = alice.post(f"/datasets/{ds['id']}/jobs", json={"method": "zero_shot", "epochs": 2}).json()
+    finally:
+        _drop_queue(alice.settings.broker_url, alice.settings.queue)
+    with session_scope() as session:
+        for epoch in range(1, 5):
+            session.add(JobEvent(job_id=job["id"], kind="epoch", data={"epoch": epoch, "epochs": 4}))
+        session.add(JobEvent(job_id=other["id"], kind="epoch", data={"epoch": 1, "epochs": 2}))  # not job's
+    url = f"/jobs/{job['id']}/events"
+    pages, after = [], None
+    while True:  # read as a poller does: `after` = the last page's next_after, while has_more
+        page = alice.get(url, params={"limit": 2, **({"after": after} if after is not None else {})}).json()
+        pages.append(page)
+        after = page["next_after"]
+        if not page["has_more"]:
+            break
+    kinds = [e["kind"] for p in pages for e in p["data"]]
+    assert kinds == ["stage", "epoch", "epoch", "epoch", "epoch"]  # the queued stage, then the four epochs
+    assert [p["total"] for p in pages] == [5, 5, 5] and [len(p["data"]) for p in pages] == [2, 2, 1]
+    # an empty page after the last event: the same total (after is a cursor, not a filter)
+    tail = alice.get(url, params={"after": after}).json()
+    assert tail == {"data": [], "next_after": after, "has_more": False, "total": 5}
+    assert alice.get(f"/jobs/{other['id']}/events").json()["total"] == 2  # its stage and its epoch
+    assert bob.get(url).status_code == 404
+
+
 def test_labels_exports_name_the_model_and_the_job(alice: Api) -> None:
     ds = alice.make_dataset(3)
     try:

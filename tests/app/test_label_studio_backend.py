@@ -67,19 +67,24 @@ def test_health_setup_and_auth(alice: Api, bob: Api, backend: dict) -> None:
     assert r.status_code == 422 and "share no class" in r.json()["detail"]
 
 
-def test_predict_one_result_per_task_in_order(alice: Api, backend: dict) -> None:
+def test_predict_one_result_per_task_in_order(alice: Api, backend: dict, tagsift_env) -> None:
     url, model_id = backend["url"], backend["model_id"]
+    # two images per ONNX Runtime call: five tasks are three batches (the last one short), so the answers must keep
+    # the tasks' order across batches; no order of batches or of the whole list but the right one gives these
+    assert tagsift_env(predict_batch_size=2).predict_batch_size == 2
     tasks = [
         task(7, "/data/upload/3/0a1b2c3d-blue.png"),  # the item photos/blue.png, by name without the prefix
         task(8, "/data/upload/3/4e5f6a7b-red.png"),
-        task(9, "green.png"),
+        task(9, "green.png"),  # batch 2
+        task(10, "photos/blue.png"),
+        task(11, "/data/upload/3/5c6d7e8f-green.png"),  # batch 3
     ]
     r = alice.client.post(
         f"{url}/predict", json={"tasks": tasks, "label_config": LABEL_CONFIG}, headers=basic(alice.key)
     )
     assert r.status_code == 200, r.text
     results = r.json()["results"]
-    assert [x["result"][0]["value"]["choices"] for x in results] == [["dog"], ["cat"], ["lynx"]]
+    assert [x["result"][0]["value"]["choices"] for x in results] == [["dog"], ["cat"], ["lynx"], ["dog"], ["lynx"]]
     for x in results:
         assert x["model_version"] == model_id and 0.5 < x["score"] <= 1
         region = x["result"][0]

@@ -203,3 +203,102 @@ def test_image_names(ref: str, names: list[str]) -> None:
     from app.uploads.label_studio import image_names
 
     assert image_names(ref) == names
+
+
+def _candidates(api: Api, response) -> dict[str, list[str]]:
+    assert response.status_code == 201, response.text
+    return {f: it["candidates"] for f, it in _items(api, response.json()["id"]).items()}
+
+
+def test_results_that_are_not_choices_are_ignored(alice: Api) -> None:
+    baseline = _candidates(alice, _post(alice, "/datasets", EXPORT, _images(), name="plain"))
+    export = copy.deepcopy(EXPORT)
+    # a rectangle (Label Studio's RectangleLabels region, as its export writes it) next to task 1's and task 3's
+    # choices, with labels that are no class (zebra) and one that is (dog); a text area; and on task 6 (nobody
+    # annotated) a prediction object holding only a rectangle
+    rect = {
+        "original_width": 16,
+        "original_height": 12,
+        "image_rotation": 0,
+        "value": {"x": 12.5, "y": 25.0, "width": 50.0, "height": 41.7, "rotation": 0, "rectanglelabels": ["zebra"]},
+        "id": "Xk3v9QaB1z",
+        "from_name": "label",
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "origin": "manual",
+    }
+    text = {"value": {"text": ["a dog?"]}, "id": "t1", "from_name": "notes", "to_name": "image", "type": "textarea"}
+    export[0]["annotations"][0]["result"].append(rect)
+    export[2]["annotations"][1]["result"].insert(0, {**rect, "value": {**rect["value"], "rectanglelabels": ["dog"]}})
+    export[2]["annotations"][0]["result"].append(text)
+    export[5]["predictions"] = [{**PREDICTION, "result": [rect]}]
+    r = _post(alice, "/datasets", export, _images(), name="with-regions")
+    assert _candidates(alice, r) == baseline  # the same candidates as without the regions
+    assert baseline["img0.png"] == ["cat"] and baseline["img5.png"] == ["cat", "dog", "lynx"]
+    assert r.json()["classes"] == ["cat", "dog", "lynx"]  # "zebra" (a rectangle's label) is no class
+    # ... also when the classes are given: a rectangle's label outside them is not an error
+    r = _post(alice, "/datasets", export, _images(), name="given", classes=json.dumps(["cat", "dog", "lynx"]))
+    assert _candidates(alice, r) == baseline
+
+
+def test_a_cancelled_annotation_next_to_a_usable_one_is_ignored(alice: Api) -> None:
+    export = copy.deepcopy(EXPORT)
+    cancelled = copy.deepcopy(EXPORT[3]["annotations"][0])  # task 4's real skip (was_cancelled: true)
+    assert cancelled["was_cancelled"] is True
+    choice = copy.deepcopy(EXPORT[0]["annotations"][0]["result"][0])
+    # task 1: a usable "cat", then a cancelled annotation that had picked "zebra" (no class) and "dog"
+    export[0]["annotations"].append({**cancelled, "result": [{**choice, "value": {"choices": ["zebra", "dog"]}}]})
+    # task 4: its cancelled annotation, and another annotator's usable "lynx" after it
+    export[3]["annotations"].append(
+        {**copy.deepcopy(EXPORT[0]["annotations"][0]), "id": 9, "result": [{**choice, "value": {"choices": ["lynx"]}}]}
+    )
+    r = _post(alice, "/datasets", export, _images(), name="cancelled")
+    assert r.status_code == 201, r.text
+    assert r.json()["skipped"] == [] and r.json()["added"] == 6  # task 4 is not skipped any more
+    assert r.json()["classes"] == ["cat", "dog", "lynx"]  # nothing read from a cancelled annotation
+    items = _items(alice, r.json()["id"])
+    assert items["img0.png"]["candidates"] == ["cat"]
+    assert items["img3.png"]["candidates"] == ["lynx"]
+
+
+@pytest.mark.parametrize(
+    ("images", "archive"),
+    [
+        # Label Studio's prefixed copy and the original name, both sent: both match task 1's data.image
+        ({"a59aaddb-img0.png": image_bytes(200), "img0.png": image_bytes(201)}, False),
+        # two folders of a zip holding a file of the same name
+        ({"a/img0.png": image_bytes(200), "b/img0.png": image_bytes(201)}, True),
+    ],
+    ids=["prefixed-and-original", "same-name-two-folders"],
+)
+def test_two_sent_files_matching_one_task_is_one_422(alice: Api, images: dict[str, bytes], archive: bool) -> None:
+    others = {n: b for n, b in _images().items() if n != "img0.png"}
+    classes = json.dumps(["cat", "dog", "lynx"])
+    if archive:
+        members = {"manifest.json": json.dumps(EXPORT).encode()} | others | images
+        r = alice.post(
+            "/datasets",
+            data={"name": "two", "classes": classes},
+            files=[("archive", ("ls.zip", zip_bytes(members), "application/zip"))],
+        )
+    else:
+        r = _post(alice, "/datasets", EXPORT, others | images, name="two", classes=classes)
+    assert r.status_code == 422, r.text
+    errors = r.json()["errors"]
+    assert [(e["field"], e["item"]) for e in errors] == [("data.image", "task 1")], errors
+    assert "several sent files match" in errors[0]["message"]
+    assert all(name in errors[0]["message"] for name in images)
+    assert alice.get("/datasets").json()["data"] == []  # nothing stored
+
+
+def test_a_file_named_in_full_by_one_task_is_not_another_tasks_unprefixed_match(alice: Api) -> None:
+    # task 1 names a59aaddb-img0.png; task 6 now names img0.png in full: both files sent, each goes to its task
+    export = copy.deepcopy(EXPORT)
+    export[5]["data"]["image"] = "/data/upload/1/img0.png"
+    images = {n: b for n, b in _images().items() if n not in ("img0.png", "img5.png")}
+    images |= {"a59aaddb-img0.png": image_bytes(200), "img0.png": image_bytes(201)}
+    r = _post(alice, "/datasets", export, images, name="exact")
+    assert r.status_code == 201, r.text
+    items = _items(alice, r.json()["id"])
+    assert items["a59aaddb-img0.png"]["candidates"] == ["cat"]  # task 1
+    assert items["img0.png"]["candidates"] == ["cat", "dog", "lynx"]  # task 6 (no annotation)
