@@ -6,9 +6,10 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 
 from app.services.api_keys import hash_key
 
@@ -42,3 +43,44 @@ def test_create_api_key_prints_a_key_stored_only_as_its_hash(postgres_url: str) 
     engine.dispose()
     assert [r[0] for r in rows] == [hash_key(key)]
     assert key not in str(rows)
+
+
+def test_create_api_key_with_a_name_stores_it_and_the_key_signs_reviews(prod_env) -> None:
+    """``create-api-key --owner T --name P``: the key row is named P, and the printed key opens the API as T, its
+    reviews signed P."""
+    from fastapi.testclient import TestClient
+
+    from app.db import session_scope
+    from app.main import create_app
+    from app.models import ApiKey, ItemReview
+    from app.services.api_keys import key_for_secret
+    from tests.app.conftest import image_bytes, jsonl
+
+    owner = f"cli-team-{uuid.uuid4().hex[:8]}"
+    out = _run("create-api-key", "--owner", owner, "--name", "Pat Reviewer", env=dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    key = out.stdout.strip().splitlines()[-1]
+    with session_scope() as session:
+        row = key_for_secret(session=session, key=key)
+        assert row is not None and (row.name, row.owner.name, row.prefix) == ("Pat Reviewer", owner, key[:12])
+        key_id = row.id
+        assert session.scalars(select(ApiKey).where(ApiKey.owner_id == row.owner_id)).all() == [row]
+    auth = {"Authorization": f"Bearer {key}"}
+    with TestClient(create_app()) as client:
+        assert client.get("/datasets", headers={"Authorization": "Bearer tsk_not-a-key"}).status_code == 401
+        manifest = jsonl([{"file": "a.png", "candidates": ["cat", "dog"]}])
+        made = client.post(
+            "/datasets",
+            data={"name": "by Pat"},
+            files=[("manifest", ("m.jsonl", manifest, "application/x-ndjson")), ("images", ("a.png", image_bytes(5)))],
+            headers=auth,
+        )
+        assert made.status_code == 201, made.text
+        assert [d["name"] for d in client.get("/datasets", headers=auth).json()["data"]] == ["by Pat"]
+        item_id = client.get(f"/datasets/{made.json()['id']}/items", headers=auth).json()["data"][0]["id"]
+        assert client.patch(f"/items/{item_id}", json={"label": "dog"}, headers=auth).status_code == 200
+    with session_scope() as session:
+        review = session.scalars(select(ItemReview).where(ItemReview.item_id == item_id)).one()
+        assert (review.reviewer, review.api_key_id, review.label) == ("Pat Reviewer", key_id, "dog")
+    too_long = _run("create-api-key", "--owner", owner, "--name", "n" * 201, env=dict(os.environ))
+    assert too_long.returncode != 0 and "name" in too_long.stderr

@@ -468,3 +468,86 @@ def test_models_page_lists_models_newest_first_with_their_export(web: TestClient
     export = web.get(f"/ui/models/{newer}/export")
     assert export.status_code == 200 and export.headers["content-type"] == "application/zip"
     assert export.content[:2] == b"PK"
+
+
+# (file, candidates, model tag or None, model "1"/"2", its probabilities, confidence, margin, needs review): the
+# scores are the probabilities' top one and top-minus-second, chosen so that the margin and confidence orders differ
+# (items 0 and 1 swap) and so that items 2 and 5 tie on both (upload order breaks the tie).
+REVIEW_ROWS = [
+    ("r0.png", ["cat", "dog", "lynx"], "cat", "1", {"cat": 0.50, "dog": 0.46, "lynx": 0.04}, 0.50, 0.04, True),
+    ("r1.png", ["lynx", "cat", "dog"], "lynx", "2", {"lynx": 0.40, "cat": 0.30, "dog": 0.30}, 0.40, 0.10, True),
+    ("r2.png", ["dog", "cat"], "dog", "1", {"dog": 0.60, "cat": 0.40}, 0.60, 0.20, True),
+    ("r3.png", ["cat", "dog", "lynx"], "cat", "2", {"cat": 0.34, "dog": 0.33, "lynx": 0.33}, 0.34, 0.01, True),
+    ("r4.png", ["dog", "cat"], "dog", "1", {"dog": 0.97, "cat": 0.03}, 0.97, 0.94, False),
+    ("r5.png", ["cat", "lynx"], "cat", "1", {"cat": 0.60, "lynx": 0.40}, 0.60, 0.20, True),
+    ("r6.png", ["lynx", "dog"], "lynx", "2", {"lynx": 0.55, "dog": 0.45}, 0.55, 0.10, True),  # a reviewer: dog
+    ("r7.png", ["cat", "dog"], "cat", "2", {"cat": 0.70, "dog": 0.30}, 0.70, 0.40, True),  # a reviewer accepts
+    ("r8.png", ["dog", "lynx"], None, None, None, None, None, False),  # no job tagged it yet
+]
+
+
+def test_review_grid_filters_and_sorts(web: TestClient, alice: Api, onnx_bytes: bytes) -> None:
+    """Every filter and sort the review page offers, each checked for exactly which items come back in what order."""
+    from tests.app.model_fixtures import store_model
+
+    rows = [{"file": f, "candidates": c} for f, c, *_ in REVIEW_ROWS]
+    images = {f: image_bytes(300 + k, size=(40, 30)) for k, (f, *_) in enumerate(REVIEW_ROWS)}
+    r = alice.upload("/datasets", rows, images, name="filters", classes=["cat", "lynx", "dog"])
+    assert r.status_code == 201, r.text
+    ds = r.json()["id"]
+    assert alice.post(f"/datasets/{ds}/jobs", json={"method": "zero_shot"}).status_code == 202
+    models = {"1": store_model(ds, onnx_bytes), "2": store_model(ds, onnx_bytes)}
+    with session_scope() as session:
+        for item in session.scalars(select(Item).where(Item.dataset_id == ds)):
+            _, _, tag, m, probs, conf, margin, needs = next(row for row in REVIEW_ROWS if row[0] == item.file)
+            item.label, item.probs, item.confidence, item.margin, item.needs_review = tag, probs, conf, margin, needs
+            item.label_source, item.model_id = ("model", models[m]) if tag else (None, None)
+    ids = [i.id for i in _items(ds)]  # ids[k] is REVIEW_ROWS[k]
+    csrf = sign_in(web, alice.key)
+    h = {"X-CSRF-Token": csrf}
+    assert web.post(
+        "/ui/api/review", json={"items": [ids[6]], "action": "assign", "label": "dog"}, headers=h
+    ).is_success
+    assert web.post("/ui/api/review", json={"items": [ids[7]], "action": "accept"}, headers=h).is_success
+
+    def grid(**query: str) -> list[int]:
+        page = web.get(f"/ui/datasets/{ds}/review", params=query)
+        assert page.status_code == 200, (query, page.text[:500])
+        shown = re.findall(r'<li class="card[^"]*"[^>]*\sdata-id="([0-9a-f]{32})"', page.text)
+        total = int(re.search(r"showing (\d+) of (\d+)", page.text).group(2))
+        assert total == len(shown), query
+        return [ids.index(i) for i in shown]
+
+    # the default: what needs review, the most doubtful (smallest margin) first
+    assert grid() == grid(needs_review="yes", sort="margin") == [3, 0, 1, 2, 5]
+    assert grid(sort="confidence") == [3, 1, 0, 2, 5]
+    # decided items (a reviewer's tag is certain: confidence and margin 1) after the confident model tag, untagged last
+    assert grid(needs_review="no") == [4, 6, 7, 8]
+    assert grid(needs_review="all") == [3, 0, 1, 2, 5, 4, 6, 7, 8]
+    assert grid(needs_review="all", sort="confidence") == [3, 1, 0, 2, 5, 4, 6, 7, 8]
+    # tag: the item's current tag (the reviewer's where one decided)
+    assert grid(needs_review="all", tag="cat") == [3, 0, 5, 7]
+    assert grid(needs_review="all", tag="dog") == [2, 4, 6]
+    assert grid(tag="dog") == [2]
+    assert grid(needs_review="all", tag="lynx", sort="confidence") == [1]
+    # who tagged it
+    assert grid(needs_review="all", source="model") == [3, 0, 1, 2, 5, 4]
+    assert grid(needs_review="all", source="reviewer") == [6, 7]
+    assert grid(needs_review="all", source="none") == [8]
+    assert grid(source="reviewer") == []
+    # the model whose tag the item carries (a reviewer's decision replaced model 2's tag on items 6 and 7)
+    assert grid(needs_review="all", model=models["1"]) == [0, 2, 5, 4]
+    assert grid(needs_review="all", model=models["2"], sort="confidence") == [3, 1]
+    assert grid(needs_review="all", model="0" * 32) == []
+    # filters combine
+    assert grid(needs_review="all", tag="cat", model=models["1"], sort="confidence") == [0, 5]
+    assert grid(tag="cat", source="model", model=models["2"]) == [3]
+    # the page offers these choices, and shows the ones applied
+    page = web.get(f"/ui/datasets/{ds}/review", params={"tag": "dog", "model": models["2"], "sort": "confidence"}).text
+    for m in models.values():
+        assert f'<option value="{m}"' in page
+    assert f'<option value="{models["2"]}" selected>' in page
+    assert '<option value="dog" selected>' in page and '<option value="confidence" selected>' in page
+    assert "Nothing matches these filters" in web.get(f"/ui/datasets/{ds}/review", params={"source": "reviewer"}).text
+    for bad in ({"sort": "random"}, {"needs_review": "maybe"}, {"source": "anyone"}):
+        assert web.get(f"/ui/datasets/{ds}/review", params=bad).status_code == 422, bad

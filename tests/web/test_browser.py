@@ -29,12 +29,15 @@ from tests.ml.reference_fixtures import (  # noqa: F401 - pytest fixtures
     reference_cache_dir,
 )
 from tests.web.conftest import named_key, open_site, sign_in
+from tests.web.test_browser_upload import DROP
+from tests.web.test_browser_upload import _file as drop_file
 from tests.worker.conftest import FAST_LEASES, ApiServer, WorkerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 PER_CLASS = 3
 CANDIDATES = 3
+MOVES = {"Space": 1, "ArrowRight": 1, "j": 1, "ArrowLeft": -1, "k": -1}  # keys that move the focus, by how much
 
 
 def _cifar_files(archive: Path, folder: Path) -> tuple[list[str], Path, list[Path], dict[str, str]]:
@@ -166,27 +169,40 @@ def test_annotator_walkthrough(browser, stack, cifar10_path, shots_dir, tmp_path
     def press(k: str) -> None:
         nonlocal decisions
         page.keyboard.press(k)
-        if k not in ("Space", "ArrowRight", "ArrowLeft"):
+        if k not in MOVES:
             decisions += 1
             page.locator(f"body[data-decisions='{decisions}']").wait_for()
 
-    plan = ["1", "a", "2", "1", "a", "UNDO", "3", "Space", "a", "1", "2", "a", "1"]
+    def focused_on(i: int) -> None:
+        """The focused card (one) is item ``i`` and the focus panel shows its file."""
+        page.locator(f".grid .card.focused[data-id='{ids[i]}']").wait_for()
+        assert page.locator(".grid .card.focused").count() == 1
+        assert page.locator("[data-focus-file]").inner_text() == cards.nth(i).locator(".file").inner_text()
+
+    # arrows (and j/k) move the focus without deciding; they come back to the item they left before the next key,
+    # so the decisions land on the same items as without them (Space skips one: ids[5])
+    plan = ["ArrowLeft", "1", "a", "ArrowRight", "ArrowRight", "ArrowLeft", "j", "k", "ArrowLeft", "2", "1", "a"]
+    plan += ["UNDO", "3", "Space", "a", "1", "2", "a", "1"]
     i = 0
+    focused_on(0)
     for step in plan:
+        if step in MOVES:
+            press(step)
+            i = max(0, i + MOVES[step])  # ArrowLeft on the first item stays there
+            focused_on(i)
+            continue
         if step == "UNDO":
             press("u")
             i -= 1
             expected.pop(ids[i])
             assert label(i) == _item(ids[i]).label and _item(ids[i]).label_source == "model"
-            continue
-        if step == "Space":
-            press("Space")
-            i += 1
+            focused_on(i)  # the undone item has the focus again
             continue
         tag = label(i) if step == "a" else chips(i)[int(step) - 1]
         expected[ids[i]] = tag
         press(step)
         i += 1
+        focused_on(i)  # auto-advance
     assert len(expected) == 10
     for item_id, tag in expected.items():
         row = _item(item_id)
@@ -232,6 +248,21 @@ def test_annotator_walkthrough(browser, stack, cifar10_path, shots_dir, tmp_path
     page.locator("[data-prediction] li").first.wait_for()
     assert any(c in page.locator("[data-prediction]").first.inner_text() for c in classes)
     site.shot("models")
+    # then drop another photo on the drop zone instead: it replaces the chosen file, and only it is predicted
+    dropped = images[1]
+    page.evaluate(DROP, [[drop_file(dropped.name, dropped.read_bytes(), "image/jpeg")]])
+    assert page.locator("[data-picked]").first.inner_text() == f"Chosen: image: {dropped.name}"
+    page.get_by_role("button", name="Predict").first.click()
+    page.locator("[data-prediction] p", has_text=dropped.name).wait_for()
+    lines = page.locator("[data-prediction] p").all_inner_texts()
+    assert len(lines) == 1 and lines[0].split(": ")[1] in classes, lines
+    assert page.locator("[data-prediction] li").count() == 5  # the top five of the ten classes
+    # and a file picked after the drop replaces the dropped one
+    page.locator("input[type=file][name=image]").first.set_input_files(str(images[2]))
+    assert page.locator("[data-picked]").first.inner_text() == f"Chosen: image: {images[2].name}"
+    page.get_by_role("button", name="Predict").first.click()
+    page.locator("[data-prediction] p", has_text=images[2].name).wait_for()
+    assert len(page.locator("[data-prediction] p").all_inner_texts()) == 1
 
     # --- datasets list, API docs (offline) ---
     page.get_by_role("link", name="Datasets").click()

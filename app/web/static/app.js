@@ -76,16 +76,23 @@ function setupDrop(form) {
     var i = input(name);
     return i && i.files ? i.files.length : 0;
   }
+  // A field that holds one file (image, archive, manifest) keeps the latest choice, dropped or picked: a drop
+  // clears the field's file input, a file picked in the input forgets the dropped one (else both were sent).
+  function replace(name, f) {
+    dropped[name] = f;
+    var i = input(name);
+    if (i) i.value = "";
+  }
   function take(files) {
     for (var k = 0; k < files.length; k++) {
       var f = files[k];
       var n = f.name.toLowerCase();
       if (input("image")) {
-        dropped.image = f;
+        replace("image", f);
       } else if (n.endsWith(".zip")) {
-        dropped.archive = f;
+        replace("archive", f);
       } else if (n.endsWith(".jsonl") || n.endsWith(".csv") || n.endsWith(".json") || n.endsWith(".txt")) {
-        dropped.manifest = f;
+        replace("manifest", f);
       } else {
         dropped.images.push(f);
       }
@@ -124,7 +131,11 @@ function setupDrop(form) {
       if (first) first.click();
     }
   });
-  form.addEventListener("change", describe);
+  form.addEventListener("change", function (e) {
+    var t = e.target;
+    if (t && t.type === "file" && t.name !== "images" && t.files && t.files.length) dropped[t.name] = null;
+    describe();
+  });
 }
 
 // Every file under a dropped entry (a folder is read recursively; hidden files are left out).
