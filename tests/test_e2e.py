@@ -86,7 +86,7 @@ def test_cifar10_reference_backbone_end_to_end(api, cifar10_path, reference_buil
         res = client.post(f"/datasets/{dataset['id']}/jobs", json=params)
         assert res.status_code == 202, res.text
         job = res.json()
-        deadline = time.monotonic() + 200
+        deadline = time.monotonic() + 400  # a deadline, not a speed goal: a loaded 2-core machine took over 200 s
         while job["status"] not in ("succeeded", "failed", "cancelled") and time.monotonic() < deadline:
             time.sleep(1)
             job = client.get(f"/jobs/{job['id']}").json()
