@@ -123,6 +123,12 @@ def s3_settings(monkeypatch: pytest.MonkeyPatch, server, bucket: str | None = No
     return values
 
 
+def s3_location(values: dict[str, str]) -> tuple[str, str]:
+    """(bucket, prefix) of the TAGSIFT_STORAGE_URL that :func:`s3_settings` returned."""
+    bucket, prefix = values["TAGSIFT_STORAGE_URL"].removeprefix("s3://").split("/", 1)
+    return bucket, prefix
+
+
 @pytest.fixture
 def s3_env(monkeypatch: pytest.MonkeyPatch, tagsift_env, s3_server) -> dict[str, str]:
     """``tagsift_env`` with the blob store in a bucket of its own on the session's S3 server."""

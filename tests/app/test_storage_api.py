@@ -13,7 +13,7 @@ from app.db import session_scope
 from app.main import create_app
 from app.models import Dataset, Item
 from tests.app.conftest import Api, _key, image_bytes
-from tests.conftest import s3_settings
+from tests.conftest import s3_location, s3_settings
 
 
 def _counts() -> tuple[int, int]:
@@ -29,7 +29,7 @@ def _files(folder: Path) -> list[Path]:
 
 def test_uploads_go_to_the_object_store_and_a_store_outage_is_a_503_with_nothing_stored(prod_env, own_s3, monkeypatch):
     env = s3_settings(monkeypatch, own_s3)
-    bucket, prefix = env["TAGSIFT_STORAGE_URL"][5:].split("/", 1)
+    bucket, prefix = s3_location(env)
     with TestClient(create_app(), raise_server_exceptions=False) as client:
         api = Api(client=client, key=_key("s3"), settings=prod_env)
         ds = api.make_dataset(3)

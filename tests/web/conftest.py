@@ -6,6 +6,7 @@ Screenshots go to ``$TAGSIFT_UI_SCREENSHOTS`` when set (``docs/ui/`` for the doc
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import uuid
@@ -89,6 +90,23 @@ def shots_dir(tmp_path: Path) -> Path:
     folder = Path(os.environ.get("TAGSIFT_UI_SCREENSHOTS") or tmp_path / "shots")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+#: Drops ``files`` (each made by :func:`drop_file`) on the page's drop zone, as a user dragging them from the desktop.
+DROP = """([files]) => {
+  const dt = new DataTransfer();
+  for (const f of files) {
+    const bytes = Uint8Array.from(atob(f.b64), c => c.charCodeAt(0));
+    dt.items.add(new File([bytes], f.name, {type: f.type}));
+  }
+  const zone = document.querySelector('[data-drop]');
+  zone.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+}"""
+
+
+def drop_file(name: str, data: bytes, media: str) -> dict:
+    """A file for :data:`DROP`: its name, bytes (base64) and media type."""
+    return {"name": name, "b64": base64.b64encode(data).decode(), "type": media}
 
 
 def named_key(name: str) -> str:

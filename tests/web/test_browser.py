@@ -28,9 +28,7 @@ from tests.ml.reference_fixtures import (  # noqa: F401 - pytest fixtures
     reference_build,
     reference_cache_dir,
 )
-from tests.web.conftest import named_key, open_site, sign_in
-from tests.web.test_browser_upload import DROP
-from tests.web.test_browser_upload import _file as drop_file
+from tests.web.conftest import DROP, drop_file, named_key, open_site, sign_in
 from tests.worker.conftest import FAST_LEASES, ApiServer, WorkerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

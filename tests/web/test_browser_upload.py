@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from pathlib import Path
@@ -10,23 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.app.conftest import image_bytes, zip_bytes
-from tests.web.conftest import named_key, open_site, sign_in
+from tests.web.conftest import DROP, drop_file, named_key, open_site, sign_in
 
 pytestmark = [pytest.mark.integration]
-
-DROP = """([files]) => {
-  const dt = new DataTransfer();
-  for (const f of files) {
-    const bytes = Uint8Array.from(atob(f.b64), c => c.charCodeAt(0));
-    dt.items.add(new File([bytes], f.name, {type: f.type}));
-  }
-  const zone = document.querySelector('[data-drop]');
-  zone.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
-}"""
-
-
-def _file(name: str, data: bytes, media: str) -> dict:
-    return {"name": name, "b64": base64.b64encode(data).decode(), "type": media}
 
 
 def _create_by_drop(site, name: str, files: list[dict]) -> str:
@@ -44,11 +29,11 @@ def test_dropped_images_with_manifest_and_dropped_zip_make_datasets(browser, ser
     sign_in(site, named_key("Dropper"))
     rows = [{"file": f"d{i}.png", "candidates": ["cat", "dog"]} for i in range(3)]
     manifest = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    images = [_file(f"d{i}.png", image_bytes(700 + i), "image/png") for i in range(3)]
-    assert _create_by_drop(site, "dropped files", [_file("manifest.jsonl", manifest, "text/plain"), *images]) == "3"
+    images = [drop_file(f"d{i}.png", image_bytes(700 + i), "image/png") for i in range(3)]
+    assert _create_by_drop(site, "dropped files", [drop_file("manifest.jsonl", manifest, "text/plain"), *images]) == "3"
     members = {f"z{i}.png": image_bytes(800 + i) for i in range(4)}
     members["manifest.jsonl"] = "".join(
         json.dumps({"file": f"z{i}.png", "candidates": ["cat", "lynx"]}) + "\n" for i in range(4)
     ).encode()
-    assert _create_by_drop(site, "dropped zip", [_file("set.zip", zip_bytes(members), "application/zip")]) == "4"
+    assert _create_by_drop(site, "dropped zip", [drop_file("set.zip", zip_bytes(members), "application/zip")]) == "4"
     assert site.offsite == []

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from app.db import session_scope
 from app.models import Item, Owner
 from app.services.api_keys import create_api_key
-from tests.conftest import s3_settings
+from tests.conftest import s3_location, s3_settings
 from tests.worker.conftest import (
     CLASSES,
     FAST_LEASES,
@@ -107,7 +107,7 @@ def test_a_job_killed_on_one_worker_resumes_on_another_and_the_api_serves_the_mo
     tagsift_env(database_url=postgres_url, broker_url=redis_url)  # this test reads the job rows
     env = _cluster_env(postgres_url, redis_url, storage)
     env["TAGSIFT_JOB_LEASE_SECONDS"] = "8"  # worker 2's run must keep its lease on a loaded machine
-    bucket, prefix = storage["TAGSIFT_STORAGE_URL"][len("s3://") :].split("/", 1)
+    bucket, prefix = s3_location(storage)
     api_host, host1, host2 = (Host(tmp_path, name, env) for name in ("api", "worker1", "worker2"))
     del api_host.env["TAGSIFT_BACKBONE"]
     api = ApiServer(api_host.log, api_host.env)
@@ -223,7 +223,7 @@ def test_the_object_store_down_during_a_job_fails_it_clearly_without_a_model(
         # back up, the store holds nothing of a model: no image tower was named (a model's files are content
         # addressed blobs that only a model row refers to, and there is none)
         own_s3.start()
-        bucket, prefix = storage["TAGSIFT_STORAGE_URL"][len("s3://") :].split("/", 1)
+        bucket, prefix = s3_location(storage)
         assert own_s3.keys(bucket, f"{prefix}/towers/") == []
     finally:
         api.stop()
