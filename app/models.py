@@ -133,8 +133,10 @@ class Item(Base):
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
-    seq: Mapped[int] = mapped_column(BigInteger, index=True)  # upload order within the dataset (cursor key)
+    # dataset_id and seq have no index of their own: every query on them names the dataset, and
+    # ix_items_dataset_seq (dataset_id first) serves it, the cascade delete from datasets included
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(BigInteger)  # upload order within the dataset (cursor key)
     file: Mapped[str] = mapped_column(String(500))  # the uploaded file name, for display only, never a path
     sha256: Mapped[str] = mapped_column(String(64), index=True)  # content address of the image blob
     width: Mapped[int] = mapped_column(Integer)

@@ -51,3 +51,57 @@ def test_tagsift_migrate_command_applies_to_configured_database(tmp_path) -> Non
     engine = create_engine(f"sqlite:///{tmp_path / 'var' / 'tagsift.db'}")
     assert {"datasets", "items", "jobs", "models"} <= set(inspect(engine).get_table_names())
     engine.dispose()
+
+
+def test_sqlite_0009_drops_and_restores_the_redundant_item_indexes_keeping_rows(tmp_path) -> None:
+    """0009 drops two item indexes the (dataset_id, seq) one serves; its downgrade builds them again, and the rows
+    and the expression indexes of 0007 stay as they were both ways."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from app.db import migrations_dir
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    upgrade_database(url, "0008")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO owners (id, name, created_at) VALUES ('o', 'o', '2026-01-01')"))
+        conn.execute(
+            text(
+                "INSERT INTO datasets (id, owner_id, name, classes, created_at, updated_at) "
+                "VALUES ('d', 'o', 'd', '[\"a\", \"b\"]', '2026-01-01', '2026-01-01')"
+            )
+        )
+        for seq in (1, 2):
+            conn.execute(
+                text(
+                    "INSERT INTO items (id, dataset_id, seq, file, sha256, width, height, candidates, needs_review, "
+                    "created_at, updated_at) VALUES (:id, 'd', :seq, 'f.png', :sha, 8, 8, '[\"a\", \"b\"]', 0, "
+                    "'2026-01-01', '2026-01-01')"
+                ),
+                {"id": f"i{seq}", "seq": seq, "sha": f"{seq:064x}"},
+            )
+
+    def indexes() -> set[str]:
+        with engine.connect() as conn:
+            return set(
+                conn.execute(text("SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='items'")).scalars()
+            )
+
+    def rows() -> list:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT id, seq FROM items ORDER BY seq")).all()
+
+    before = indexes()
+    assert {"ix_items_seq", "ix_items_dataset_id", "ix_items_margin_order"} <= before
+    upgrade_database(url)
+    assert indexes() == before - {"ix_items_seq", "ix_items_dataset_id"}
+    assert rows() == [("i1", 1), ("i2", 2)]
+    cfg = Config()
+    cfg.set_main_option("script_location", migrations_dir())
+    cfg.attributes["database_url"] = url
+    command.downgrade(cfg, "0008")
+    assert indexes() == before
+    assert rows() == [("i1", 1), ("i2", 2)]
+    engine.dispose()

@@ -51,6 +51,26 @@ def dataset_id(request) -> str:
                     "needs_review": margin is not None and margin < 0.5,  # a queue too long to sort for one page
                 }
             )
+        # other datasets' items around it, as in any shared deployment: the plan must not hinge on whether this
+        # dataset happens to be most of the table (other tests' datasets come and go in the same database)
+        for _ in range(2):
+            other = Dataset(owner_id=owner.id, name="neighbour", classes=["a", "b"])
+            session.add(other)
+            session.flush()
+            session.execute(
+                insert(Item),
+                [
+                    {
+                        **row,
+                        "id": uuid.uuid4().hex,
+                        "dataset_id": other.id,
+                        "margin": None,
+                        "confidence": None,
+                        "needs_review": False,
+                    }
+                    for row in rows
+                ],
+            )
         session.execute(insert(Item), rows)
         dataset_id = dataset.id
     with get_engine().begin() as conn:
