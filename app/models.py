@@ -184,6 +184,9 @@ class ItemReview(Base):
     previous_model_id: Mapped[str | None] = mapped_column(String(32), default=None)  # model that proposed it
     previous_candidates: Mapped[list[str]] = mapped_column(JSON)
     undone: Mapped[bool] = mapped_column(Boolean, default=False)  # a later "undo" restored the previous state
+    # where a decision made outside tagsift came from, so that withdrawing it there undoes it here:
+    # "label-studio:annotation:<id>" (app.services.label_studio)
+    source_ref: Mapped[str | None] = mapped_column(String(200), default=None, index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

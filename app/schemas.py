@@ -52,6 +52,9 @@ TAG_SCHEMA = {
     "maxLength": 200,
     "pattern": f"^[^{_CONTROL}{_SPACE}](?:[^{_CONTROL}]*[^{_CONTROL}{_SPACE}])?$",
 }
+#: An outside id (a Label Studio annotation's, as a string): 1 to 64 characters (``checks.plausible_id``), none a
+#: control character.
+OUTSIDE_ID_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": f"^[^{_CONTROL}]+$"}
 #: A name: no control characters, and something besides spaces.
 NAME_PATTERN = f"^[^{_CONTROL}]*[^{_CONTROL}{_SPACE}][^{_CONTROL}]*$"
 #: A dataset's prompt template: blank (none), or text with exactly one "{}" (ml's rule, as TEMPLATE_SCHEMA) and no

@@ -6,7 +6,8 @@ red image is a cat, green a lynx, blue a dog) is connected as the project's ML b
 Studio asks for predictions, including a task whose image tagsift must read from Label Studio with the token
 ``/setup`` gave it; an annotation made in Label Studio reaches tagsift through the webhook as a reviewer tag;
 "Start Training" starts a tagsift job; the labels exported with ``format=label-studio`` import into a new project
-with their predictions. Label Studio missing is a failure, never a skip (``scripts/install-label-studio.sh``).
+with their predictions; the annotation deleted in Label Studio undoes its tag in tagsift. Label Studio missing is a
+failure, never a skip (``scripts/install-label-studio.sh``).
 """
 
 from __future__ import annotations
@@ -179,6 +180,16 @@ def test_label_studio_import_backend_webhook_and_export(label_studio: LabelStudi
         preds = ls.api("GET", "/api/predictions", params={"project": second["id"]}).json()
         assert sorted(choices(p["result"])[0] for p in preds) == ["cat", "dog"]
         assert {p["model_version"] for p in preds} == {model_id} and {p["score"] for p in preds} == {0.75}
+
+        # --- the annotation deleted in Label Studio: its tag in tagsift is undone --------------------------------
+        (annotation,) = ls.api("GET", f"/api/tasks/{by_file['green.png']}/annotations").json()
+        ls.api("DELETE", f"/api/annotations/{annotation['id']}")
+        green = wait(
+            lambda: (i := tagsift.get(f"/items/{items['green.png']['id']}").json())["label_source"] != "reviewer" and i,
+            30,
+            "the deletion to reach tagsift",
+        )
+        assert green["label"] is None and green["candidates"] == ["cat", "dog", "lynx"]  # as before the annotation
     except BaseException:
         print("--- label-studio log ---\n" + ls.log())
         print("--- tagsift log ---\n" + api.log()[-6000:])

@@ -21,6 +21,7 @@ event for the owner's webhooks, written in the same transaction (``app.services.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -181,7 +182,9 @@ def _check_label(item: Item, label: str, *, add_to_candidates: bool) -> str:
     return label
 
 
-def _record(session: Session, item: Item, reviewer: Reviewer, action: str, label: str | None) -> ItemReview:
+def _record(
+    session: Session, item: Item, reviewer: Reviewer, action: str, label: str | None, source_ref: str | None = None
+) -> ItemReview:
     review = ItemReview(
         item_id=item.id,
         api_key_id=reviewer.api_key_id,
@@ -196,6 +199,7 @@ def _record(session: Session, item: Item, reviewer: Reviewer, action: str, label
         previous_model_id=item.model_id,
         previous_candidates=list(item.candidates),
         undone=False,
+        source_ref=source_ref,
         created_at=utcnow(),
     )
     session.add(review)
@@ -210,9 +214,11 @@ def apply_decision(
     label: str | None,
     *,
     add_to_candidates: bool = False,
+    source_ref: str | None = None,
 ) -> None:
     """The one write of a reviewer's tag, with its history row; the caller commits. ``accept`` takes the model's
-    tag (409 when there is none yet); ``assign`` checks ``label`` (:func:`_check_label`)."""
+    tag (409 when there is none yet); ``assign`` checks ``label`` (:func:`_check_label`). ``source_ref`` names the
+    outside decision it came from (see :func:`withdraw_source`)."""
     if action == "accept":
         if item.label is None:
             raise Conflict(f"item {item.id}: no tag to accept yet (no job has labelled it)", code="nothing_to_accept")
@@ -220,7 +226,7 @@ def apply_decision(
     else:
         label = _check_label(item, label or "", add_to_candidates=add_to_candidates)
     previous = {"label": item.label, "label_source": item.label_source}
-    _record(session, item, reviewer, action, label)
+    _record(session, item, reviewer, action, label, source_ref)
     if label not in item.candidates:
         item.candidates = [*item.candidates, label]
     item.label = label
@@ -295,31 +301,72 @@ def review_item(
     return item_read(item, settings)
 
 
+def _standing(session: Session, item: Item) -> list[ItemReview]:
+    """The item's decisions that no undo has reverted, newest first."""
+    return list(
+        session.scalars(
+            select(ItemReview)
+            .where(ItemReview.item_id == item.id, ItemReview.action != "undo", ItemReview.undone.is_(False))
+            .order_by(ItemReview.id.desc())
+        )
+    )
+
+
+def _restore(session: Session, item: Item, reviewer: Reviewer, undone: list[ItemReview]) -> None:
+    """Revert ``undone`` (the item's newest standing decisions, newest first): the item goes back to what the oldest
+    of them replaced, with one "undo" in the history; the caller commits."""
+    first = undone[-1]
+    previous = {"label": item.label, "label_source": item.label_source}
+    _record(session, item, reviewer, "undo", first.previous_label)
+    for review in undone:
+        review.undone = True
+    item.label = first.previous_label
+    item.label_source = first.previous_source
+    item.confidence = first.previous_confidence
+    item.margin = first.previous_margin
+    item.needs_review = first.previous_needs_review
+    item.model_id = first.previous_model_id
+    item.candidates = list(first.previous_candidates)
+    item.updated_at = utcnow()
+    _emit_reviewed(session, item, previous, "undo", reviewer)
+
+
 def undo_last(*, session: Session, owner: Owner, item_id: str, reviewer: Reviewer) -> Item:
     """Undo the item's latest decision that is not undone yet: restore what it replaced; 409 if there is none."""
     item = get_owned(session, Item, item_id, owner=owner, what="item", lock=True)
-    last = session.scalar(
-        select(ItemReview)
-        .where(ItemReview.item_id == item.id, ItemReview.action != "undo", ItemReview.undone.is_(False))
-        .order_by(ItemReview.id.desc())
-        .limit(1)
-    )
-    if last is None:
+    standing = _standing(session, item)
+    if not standing:
         raise Conflict(f"item {item.id}: no decision to undo", code="nothing_to_undo")
-    previous = {"label": item.label, "label_source": item.label_source}
-    _record(session, item, reviewer, "undo", last.previous_label)
-    last.undone = True
-    item.label = last.previous_label
-    item.label_source = last.previous_source
-    item.confidence = last.previous_confidence
-    item.margin = last.previous_margin
-    item.needs_review = last.previous_needs_review
-    item.model_id = last.previous_model_id
-    item.candidates = list(last.previous_candidates)
-    item.updated_at = utcnow()
-    _emit_reviewed(session, item, previous, "undo", reviewer)
+    _restore(session, item, reviewer, standing[:1])
     session.commit()
     return item
+
+
+def withdraw_source(*, session: Session, dataset_id: str, source_ref: str, reviewer: Reviewer) -> dict[str, bool]:
+    """An outside decision was withdrawn (a Label Studio annotation deleted): undo what it set on the dataset's items.
+
+    Per item where ``source_ref`` made a standing decision: when the item's newest standing decisions all came from
+    it (the annotation, then its updates), the item goes back to what the first of them replaced; a decision made
+    since by anyone else stands. {item id: undone}; the caller commits."""
+    item_ids = session.scalars(
+        select(ItemReview.item_id)
+        .join(Item, Item.id == ItemReview.item_id)
+        .where(
+            Item.dataset_id == dataset_id,
+            ItemReview.source_ref == source_ref,
+            ItemReview.action != "undo",
+            ItemReview.undone.is_(False),
+        )
+        .distinct()
+    ).all()
+    outcome: dict[str, bool] = {}
+    for item_id in sorted(item_ids):  # one lock order for concurrent withdrawals
+        item = session.scalar(select(Item).where(Item.id == item_id).with_for_update())
+        run = list(itertools.takewhile(lambda r: r.source_ref == source_ref, _standing(session, item)))
+        if run:
+            _restore(session, item, reviewer, run)
+        outcome[item_id] = bool(run)
+    return outcome
 
 
 def item_history(*, session: Session, owner: Owner, item_id: str) -> list[ItemReview]:

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from app.db import session_scope
-from app.models import Item, Job
+from app.models import Item, ItemReview, Job
 from tests.app.conftest import Api
 from tests.app.model_fixtures import BLUE, GREEN, RED, store_model
 from tests.label_studio import LABEL_CONFIG
@@ -153,6 +153,78 @@ def test_webhook_annotation_becomes_reviewer_label_and_training_starts(alice: Ap
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert job.dataset_id == ds["id"] and job.status == "queued"
+
+
+def test_deleted_annotations_undo_their_tags_unless_decided_since(alice: Api, bob: Api, backend: dict) -> None:
+    """ANNOTATIONS_DELETED (Label Studio sends the deleted annotations' ids only): the tags those annotations set
+    go back to what they replaced (the model's tag, or none), updates included; a tag decided since stands."""
+    url, ds, model_id = backend["url"], backend["dataset"], backend["model_id"]
+    project = {"id": 3, "label_config": LABEL_CONFIG}
+    items = {i["file"]: i for i in alice.get(f"/datasets/{ds['id']}/items").json()["data"]}
+    red, green, blue = (items[f]["id"] for f in ("red.png", "green.png", "photos/blue.png"))
+    with session_scope() as session:  # what a job leaves: a model's tag on green and blue
+        for item_id, label in ((green, "cat"), (blue, "dog")):
+            item = session.get(Item, item_id)
+            item.label, item.label_source, item.model_id = label, "model", model_id
+            item.confidence, item.margin, item.needs_review = 0.55, 0.1, True
+    before = {i: alice.get(f"/items/{i}").json() for i in (red, green, blue)}
+
+    def annotate(action: str, annotation_id: int, image: str, choice: str) -> None:
+        result = [{"from_name": "choice", "to_name": "image", "type": "choices", "value": {"choices": [choice]}}]
+        body = {"action": action, "annotation": {"id": annotation_id, "result": result}, "task": task(8, image)}
+        r = alice.post(f"{url}/webhook", json={**body, "project": project})
+        assert r.status_code == 201, r.text
+
+    def deleted(*ids) -> dict:
+        body = {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": i} for i in ids], "project": project}
+        return alice.post(f"{url}/webhook", json=body)
+
+    annotate("ANNOTATION_CREATED", 11, "red.png", "lynx")
+    annotate("ANNOTATION_UPDATED", 11, "red.png", "dog")  # widens red's candidates
+    annotate("ANNOTATION_CREATED", 12, "green.png", "lynx")
+    annotate("ANNOTATION_CREATED", 13, "blue.png", "cat")
+    assert alice.patch(f"/items/{green}", json={"label": "cat"}).status_code == 200  # decided again, in tagsift
+
+    # malformed deletions name the field and the entry, and change nothing
+    r = alice.post(f"{url}/webhook", json={"action": "ANNOTATIONS_DELETED", "project": project})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "annotations", r.text
+    r = alice.post(f"{url}/webhook", json={"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 11}, {"x": 1}]})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "annotations[1].id", r.text
+    r = alice.post(f"{url}/webhook", json={"action": "TASKS_DELETED", "annotations": 3})  # whatever the action
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "annotations", r.text
+    assert alice.get(f"/items/{red}").json()["label"] == "dog"
+    # another owner's dataset is not found
+    assert (
+        bob.client.post(
+            f"{url}/webhook",
+            json={"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 11}]},
+            headers=basic(bob.key),
+        ).status_code
+        == 404
+    )
+
+    r = deleted(11.0, 12, "13", 99)  # JSON numbers and string ids name the same annotations
+    assert r.status_code == 200 and r.json()["status"] == "ok", r.text
+    assert sorted(r.json()["result"]["undone"]) == sorted([red, blue]) and r.json()["result"]["kept"] == [green]
+    fields = ("label", "label_source", "confidence", "margin", "needs_review", "candidates", "probs")
+    for item_id in (red, blue):  # back to exactly what the annotation replaced, through its update
+        now = alice.get(f"/items/{item_id}").json()
+        assert {f: now[f] for f in fields} == {f: before[item_id][f] for f in fields}, item_id
+    assert before[red]["label"] is None and before[blue]["label_source"] == "model"
+    now = alice.get(f"/items/{green}").json()
+    assert now["label"] == "cat" and now["label_source"] == "reviewer"  # the later decision stands
+    with session_scope() as session:
+        assert session.get(Item, blue).model_id == model_id  # the model that proposed the restored tag
+        reviews = session.scalars(select(ItemReview).where(ItemReview.item_id == red).order_by(ItemReview.id)).all()
+        assert [(r.action, r.undone, r.source_ref) for r in reviews] == [
+            ("assign", True, "label-studio:annotation:11"),
+            ("assign", True, "label-studio:annotation:11"),
+            ("undo", False, None),
+        ]
+        assert reviews[-1].reviewer.endswith("(Label Studio)")
+
+    again = deleted(11)  # Label Studio retries a delivery: nothing left to undo
+    assert again.status_code == 200 and again.json()["status"] == "ignored", again.text
 
 
 def test_export_label_studio_tasks(alice: Api, backend: dict) -> None:

@@ -18,6 +18,7 @@ from app.api.deps import BasicOrBearerOwnerDep, SettingsDep, StorageDep
 from app.api.errors import FieldError, InvalidInput
 from app.api.openapi import BODY, COMMON, problems
 from app.db import in_session
+from app.schemas import OUTSIDE_ID_SCHEMA
 from app.services import label_studio as ls_service
 
 router = APIRouter(prefix="/label-studio/{dataset_id}", tags=["label-studio"], responses=COMMON)
@@ -77,17 +78,35 @@ WEBHOOK_BODY = _body(
         "action": {
             "type": "string",
             "minLength": 1,
-            "description": "ANNOTATION_CREATED, ANNOTATION_UPDATED, START_TRAINING, ...",
+            "description": "ANNOTATION_CREATED, ANNOTATION_UPDATED, ANNOTATIONS_DELETED, START_TRAINING, ...",
         },
         "annotation": {"type": "object"},
+        "annotations": {
+            "type": "array",
+            "description": "ANNOTATIONS_DELETED: the deleted annotations, by id",
+            "items": {
+                "type": "object",
+                "required": ["id"],
+                "properties": {
+                    "id": {
+                        "anyOf": [
+                            {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
+                            OUTSIDE_ID_SCHEMA,
+                        ]
+                    }
+                },
+            },
+        },
         "task": {"type": "object"},
         "project": {"type": "object"},
     },
-    "A Label Studio webhook event (an annotation event carries the annotation and its task).",
+    "A Label Studio webhook event (an annotation event carries the annotation and its task; a deletion, the ids of"
+    " the deleted annotations).",
     ["action"],
     anyOf=[
-        {"properties": {"action": {"not": {"enum": _ANNOTATION_EVENTS}}}},
-        {"required": ["annotation", "task"]},
+        {"properties": {"action": {"not": {"enum": [*_ANNOTATION_EVENTS, "ANNOTATIONS_DELETED"]}}}},
+        {"properties": {"action": {"enum": _ANNOTATION_EVENTS}}, "required": ["annotation", "task"]},
+        {"properties": {"action": {"enum": ["ANNOTATIONS_DELETED"]}}, "required": ["annotations"]},
     ],
 )
 
@@ -143,14 +162,18 @@ async def predict(
     responses={
         **problems({404: "no such dataset (or another owner's)", 409: "START_TRAINING: the dataset cannot train"}),
         **BODY,
-        200: {"description": "an event tagsift does not use (ignored, with the reason)"},
+        200: {
+            "description": "annotations deleted (the items whose tags were undone, and those kept because decided"
+            " since), or an event tagsift does not use (ignored, with the reason)"
+        },
     },
     openapi_extra={"requestBody": WEBHOOK_BODY},
 )
 async def webhook(
     dataset_id: str, request: Request, owner: BasicOrBearerOwnerDep, settings: SettingsDep, body: JsonBody
 ) -> JSONResponse:
-    """Project events: ANNOTATION_CREATED/UPDATED (one choice) -> the item's reviewer tag; START_TRAINING -> a job."""
+    """Project events: ANNOTATION_CREATED/UPDATED (one choice) -> the item's reviewer tag; ANNOTATIONS_DELETED -> the
+    tags those annotations set are undone (unless decided again since); START_TRAINING -> a job."""
     status, payload = await run_in_threadpool(
         in_session,
         ls_service.webhook,
