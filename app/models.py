@@ -133,8 +133,8 @@ class Item(Base):
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    # dataset_id and seq have no index of their own: every query on them names the dataset, and
-    # ix_items_dataset_seq (dataset_id first) serves it, the cascade delete from datasets included
+    # dataset_id, seq and needs_review have no index of their own: every query on them names the dataset, and
+    # ix_items_dataset_seq or a review index (dataset_id first) serves it, the cascade delete from datasets included
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
     seq: Mapped[int] = mapped_column(BigInteger)  # upload order within the dataset (cursor key)
     file: Mapped[str] = mapped_column(String(500))  # the uploaded file name, for display only, never a path
@@ -149,7 +149,7 @@ class Item(Base):
     confidence: Mapped[float | None] = mapped_column(Float, default=None)
     margin: Mapped[float | None] = mapped_column(Float, default=None)
     label_source: Mapped[str | None] = mapped_column(String(16), default=None)  # "model" | "reviewer"
-    needs_review: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    needs_review: Mapped[bool] = mapped_column(Boolean, default=False)  # in the review indexes, after dataset_id
     model_id: Mapped[str | None] = mapped_column(String(32), default=None)  # model that set ``label``
     probs: Mapped[dict | None] = mapped_column(JSON, default=None)  # candidate -> the model's probability
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -54,8 +54,8 @@ def test_tagsift_migrate_command_applies_to_configured_database(tmp_path) -> Non
 
 
 def test_sqlite_0009_drops_and_restores_the_redundant_item_indexes_keeping_rows(tmp_path) -> None:
-    """0009 drops two item indexes the (dataset_id, seq) one serves; its downgrade builds them again, and the rows
-    and the expression indexes of 0007 stay as they were both ways."""
+    """0009 drops three item indexes that the (dataset_id, ...) ones serve; its downgrade builds them again, and the
+    rows and the expression indexes of 0007 stay as they were both ways."""
     from alembic import command
     from alembic.config import Config
     from sqlalchemy import text
@@ -94,9 +94,10 @@ def test_sqlite_0009_drops_and_restores_the_redundant_item_indexes_keeping_rows(
             return conn.execute(text("SELECT id, seq FROM items ORDER BY seq")).all()
 
     before = indexes()
-    assert {"ix_items_seq", "ix_items_dataset_id", "ix_items_margin_order"} <= before
+    dropped = {"ix_items_seq", "ix_items_dataset_id", "ix_items_needs_review"}
+    assert dropped | {"ix_items_margin_order", "ix_items_review_margin"} <= before
     upgrade_database(url)
-    assert indexes() == before - {"ix_items_seq", "ix_items_dataset_id"}
+    assert indexes() == before - dropped
     assert rows() == [("i1", 1), ("i2", 2)]
     cfg = Config()
     cfg.set_main_option("script_location", migrations_dir())

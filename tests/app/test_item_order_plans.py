@@ -51,8 +51,9 @@ def dataset_id(request) -> str:
                     "needs_review": margin is not None and margin < 0.5,  # a queue too long to sort for one page
                 }
             )
-        # other datasets' items around it, as in any shared deployment: the plan must not hinge on whether this
-        # dataset happens to be most of the table (other tests' datasets come and go in the same database)
+        # two other datasets' items around it, as in any shared deployment, with the same spread of margins and
+        # review flags: the plan must not hinge on whether this dataset happens to be most of the table (other
+        # tests' datasets come and go in the same database)
         for _ in range(2):
             other = Dataset(owner_id=owner.id, name="neighbour", classes=["a", "b"])
             session.add(other)
@@ -60,14 +61,7 @@ def dataset_id(request) -> str:
             session.execute(
                 insert(Item),
                 [
-                    {
-                        **row,
-                        "id": uuid.uuid4().hex,
-                        "dataset_id": other.id,
-                        "margin": None,
-                        "confidence": None,
-                        "needs_review": False,
-                    }
+                    {**row, "id": uuid.uuid4().hex, "dataset_id": other.id}  # the same spread of keys
                     for row in rows
                 ],
             )

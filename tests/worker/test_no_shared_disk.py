@@ -42,7 +42,9 @@ from tests.worker.conftest import (
 pytestmark = pytest.mark.integration
 
 FINISHED = ("succeeded", "failed", "cancelled")
-PARAMS = {"method": "coop", "loss": "rc", "epochs": 6, "batch_size": 2, "lr": 0.01, "n_ctx": 4, "seed": 7, "views": 2}
+# 40 epochs of 12 steps: on an idle machine an epoch of this tiny model takes a fraction of a second, and worker 1
+# must still be training when the test, polling every 20 ms, kills it after epoch 2 (6 epochs were all done once)
+PARAMS = {"method": "coop", "loss": "rc", "epochs": 40, "batch_size": 2, "lr": 0.01, "n_ctx": 4, "seed": 7, "views": 2}
 
 
 class Host:
@@ -121,7 +123,12 @@ def test_a_job_killed_on_one_worker_resumes_on_another_and_the_api_serves_the_mo
         job_id = r.json()["id"]
 
         # worker 1 trains; after epoch 2 its checkpoint is in the bucket (stored before the epoch is reported)
-        wait_for(lambda: [e for e in events(job_id, "epoch") if e.data["epoch"] >= 2], 180, "epoch 2 on worker 1")
+        wait_for(
+            lambda: [e for e in events(job_id, "epoch") if e.data["epoch"] >= 2],
+            180,
+            "epoch 2 on worker 1",
+            interval=0.02,
+        )
         ckpt_key = f"{prefix}/jobs/{job_id}/ckpt.pt"
         assert ckpt_key in s3_server.keys(bucket, f"{prefix}/jobs/")
         worker1.kill()  # SIGKILL, the whole process group: nothing is cleaned up or acknowledged
