@@ -15,8 +15,9 @@ false, and later jobs treat it as a single-candidate item.
 Every reviewer decision (assign a tag, accept the model's tag, undo; from the API, the web app or Label Studio)
 goes through :func:`apply_decision` (:func:`decide` for the API and the web app) or :func:`undo_last`, which write
 one ``item_reviews`` row with who, when, the previous tag, its source and the model that proposed it; an undo
-restores the state that row saved. Each decision and each undo is an ``item.reviewed``
-event for the owner's webhooks, written in the same transaction (``app.services.webhooks``).
+restores the state that row saved. A decision that came from outside (a Label Studio annotation) names it in
+``source_ref``, and :func:`withdraw_source` undoes it when it is withdrawn there. Each decision and each undo is
+an ``item.reviewed`` event for the owner's webhooks, written in the same transaction (``app.services.webhooks``).
 """
 
 from __future__ import annotations
