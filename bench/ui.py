@@ -93,6 +93,7 @@ def run_ui_bench(
 
     from app.models import Item, ItemReview
     from app.services.api_keys import create_api_key
+    from app.services.datasets import refresh_review_count
 
     with session_scope() as session:
         key = create_api_key(session=session, owner_name="bench-ui", name="Bench")
@@ -132,6 +133,8 @@ def run_ui_bench(
                 item.label = max(probs, key=probs.get)
                 item.label_source, item.model_id, item.probs = "model", "0" * 32, probs
                 item.confidence, item.margin, item.needs_review = ranked[0], ranked[0] - ranked[1], True
+            session.flush()
+            refresh_review_count(session, dataset_id)  # what a job's save does after its bulk write
 
         url = f"{base}/ui/datasets/{dataset_id}/review?needs_review=all"
         ready: list[float] = []

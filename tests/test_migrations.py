@@ -55,7 +55,8 @@ def test_tagsift_migrate_command_applies_to_configured_database(tmp_path) -> Non
 
 def test_sqlite_0009_drops_and_restores_the_redundant_item_indexes_keeping_rows(tmp_path) -> None:
     """0009 drops three item indexes that the (dataset_id, ...) ones serve; its downgrade builds them again, and the
-    rows and the expression indexes of 0007 stay as they were both ways."""
+    rows and the expression indexes of 0007 stay as they were both ways (the downgrades of 0010 and 0011 drop their
+    columns in place: a SQLite table rebuild of datasets would cascade to its items)."""
     from alembic import command
     from alembic.config import Config
     from sqlalchemy import text
@@ -99,6 +100,8 @@ def test_sqlite_0009_drops_and_restores_the_redundant_item_indexes_keeping_rows(
     upgrade_database(url)
     assert indexes() == before - dropped
     assert rows() == [("i1", 1), ("i2", 2)]
+    with engine.connect() as conn:  # 0011 filled the dataset's counts from the items already stored
+        assert conn.execute(text("SELECT item_count, review_count FROM datasets")).all() == [(2, 0)]
     cfg = Config()
     cfg.set_main_option("script_location", migrations_dir())
     cfg.attributes["database_url"] = url

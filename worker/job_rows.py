@@ -12,6 +12,7 @@ from sqlalchemy import bindparam, or_, select, update
 from app.db import session_scope
 from app.dbclock import db_now
 from app.models import Dataset, Item, Job, Model
+from app.services.datasets import lock_dataset, refresh_review_count
 from app.services.webhooks import emit_job_event
 from worker.job_run import JobRun, LeaseLost
 from worker.leases import add_event, utcnow
@@ -92,6 +93,9 @@ def save_result(run: JobRun, job: JobInput, cfg, backbone_id: str, model_id: str
 
     def save_once() -> None:
         with session_scope() as session:
+            # the dataset's row first (as a reviewer's decision or a dataset delete takes it): the review count
+            # written below stays exact, and the locks come in one order
+            lock_dataset(session, job.dataset_id)
             run._fenced_update(
                 session,
                 status="succeeded",
@@ -133,6 +137,7 @@ def save_result(run: JobRun, job: JobInput, cfg, backbone_id: str, model_id: str
                     )
                 )
                 session.connection().execute(stmt, rows)
+                refresh_review_count(session, job.dataset_id)
             add_event(session, job.job_id, "stage", stage="succeeded", model_id=model_id)
             emit_job_event(session, job.job_id, "job.succeeded")
 

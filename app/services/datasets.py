@@ -39,17 +39,38 @@ def get_dataset(*, session: Session, owner: Owner, dataset_id: str, lock: bool =
     return get_owned(session, Dataset, dataset_id, owner=owner, what="dataset", lock=lock)
 
 
-def _item_count(session: Session, dataset_id: str) -> int:
-    return session.scalar(select(func.count()).select_from(Item).where(Item.dataset_id == dataset_id)) or 0
+def lock_dataset(session: Session, dataset_id: str) -> None:
+    """Take the dataset row's lock (PostgreSQL; SQLite serialises its writers anyway). Every write that changes the
+    dataset's items counts or review flags takes it first, before any item row: its counts stay exact and the
+    locks are always taken in one order (dataset, then items)."""
+    session.execute(select(Dataset.id).where(Dataset.id == dataset_id).with_for_update())
 
 
-def _read(dataset: Dataset, item_count: int) -> DatasetRead:
+def refresh_review_count(session: Session, dataset_id: str) -> int:
+    """Count the dataset's items needing review into ``review_count`` (after a bulk write of review flags, a job's);
+    the caller holds the dataset's lock (:func:`lock_dataset`) and commits."""
+    n = session.scalar(
+        select(func.count()).select_from(Item).where(Item.dataset_id == dataset_id, Item.needs_review.is_(True))
+    )
+    session.execute(update(Dataset).where(Dataset.id == dataset_id).values(review_count=n or 0))
+    return n or 0
+
+
+def add_to_review_count(session: Session, dataset_id: str, delta: int) -> None:
+    """``review_count += delta`` (one item's review flag changed); the caller holds the dataset's lock."""
+    if delta:
+        session.execute(
+            update(Dataset).where(Dataset.id == dataset_id).values(review_count=Dataset.review_count + delta)
+        )
+
+
+def _read(dataset: Dataset) -> DatasetRead:
     return DatasetRead(
         id=dataset.id,
         name=dataset.name,
         classes=dataset.classes,
         prompt_template=dataset.prompt_template,
-        item_count=item_count,
+        item_count=dataset.item_count or 0,
         created_at=dataset.created_at,
     )
 
@@ -75,7 +96,7 @@ def create_empty_dataset(
     )
     session.add(dataset)
     session.commit()
-    return _read(dataset, 0)
+    return _read(dataset)
 
 
 def create_dataset_from_upload(
@@ -110,7 +131,7 @@ def create_dataset_from_upload(
     session.add(dataset)
     session.flush()
     added, duplicates = _store_items(session=session, storage=storage, dataset=dataset, batch=batch)
-    read = _read(dataset, len(added))
+    read = _read(dataset)
     return DatasetCreated(**read.model_dump(), added=len(added), duplicates=duplicates, skipped=batch.skipped)
 
 
@@ -140,7 +161,7 @@ def add_items(
         added=len(added),
         item_ids=added,
         duplicates=duplicates,
-        item_count=_item_count(session, dataset.id),
+        item_count=dataset.item_count,
         skipped=batch.skipped,
     )
 
@@ -179,6 +200,8 @@ def _store_items(
             )
         )
     session.add_all(new_items)
+    # in SQL (the row is locked, or new): the value this session loaded before taking the lock may be stale
+    dataset.item_count = Dataset.item_count + len(new_items)
     dataset.updated_at = utcnow()
     try:
         session.commit()
@@ -195,15 +218,7 @@ def list_datasets(*, session: Session, owner: Owner, cursor: str | None, limit: 
     """A page of the owner's datasets, oldest first (``app.services.pages``), with their item counts."""
     stmt = select(Dataset).where(Dataset.owner_id == owner.id)
     page = keyset_page(session, stmt, Dataset, cursor=cursor, limit=limit)
-    ids = [d.id for d in page.rows]
-    counts = dict(
-        session.execute(
-            select(Item.dataset_id, func.count()).where(Item.dataset_id.in_(ids)).group_by(Item.dataset_id)
-        ).all()
-    )
-    return DatasetList(
-        data=[_read(d, counts.get(d.id, 0)) for d in page.rows], next_cursor=page.next_cursor, total=page.total
-    )
+    return DatasetList(data=[_read(d) for d in page.rows], next_cursor=page.next_cursor, total=page.total)
 
 
 def dataset_detail(*, session: Session, owner: Owner, dataset_id: str) -> DatasetDetail:
@@ -211,19 +226,18 @@ def dataset_detail(*, session: Session, owner: Owner, dataset_id: str) -> Datase
     dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
     class_counts: Counter[str] = Counter({c: 0 for c in dataset.classes})
     label_counts: Counter[str] = Counter({c: 0 for c in dataset.classes})
-    n = labelled = reviewed = review = 0
+    labelled = reviewed = review = 0
     rows = session.execute(
         select(Item.candidates, Item.label, Item.label_source, Item.needs_review).where(Item.dataset_id == dataset.id)
     )
     for candidates, label, source, needs_review in rows:
-        n += 1
         class_counts.update(candidates)
         if label is not None:
             labelled += 1
             label_counts[label] += 1
         reviewed += source == "reviewer"
         review += bool(needs_review)
-    read = _read(dataset, n)
+    read = _read(dataset)
     return DatasetDetail(
         **read.model_dump(),
         labelled_count=labelled,

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import BigInteger, Float, Select, func, literal, select, tuple_
+from sqlalchemy import BigInteger, Float, Select, literal, select, tuple_
 from sqlalchemy.orm import Session
 
 from app.api.errors import Conflict, FieldError, InvalidInput, NotFound
@@ -35,7 +35,7 @@ from app.config import Settings, get_settings
 from app.models import Dataset, Item, ItemReview, Owner, score_key, utcnow
 from app.schemas import ItemList, ItemRead, ItemUpdate
 from app.services.checks import shorten
-from app.services.datasets import get_dataset
+from app.services.datasets import add_to_review_count, get_dataset, lock_dataset
 from app.services.lookup import get_owned
 from app.services.webhooks import emit
 from app.storage import BlobStore
@@ -103,10 +103,10 @@ def page_statement(
     return stmt.order_by(Item.seq)
 
 
-def count_statement(dataset_id: str, *, needs_review: bool | None) -> Select:
-    """The ``total`` of a listing: how many of the dataset's items match the filter (over every page)."""
-    stmt = select(func.count()).select_from(Item).where(Item.dataset_id == dataset_id)
-    return stmt if needs_review is None else stmt.where(Item.needs_review == needs_review)
+def list_total(dataset: Dataset, *, needs_review: bool | None) -> int:
+    """The ``total`` of a listing (over every page): from the dataset's counts, no count(*) of its items."""
+    items, review = dataset.item_count or 0, dataset.review_count or 0
+    return items if needs_review is None else review if needs_review else items - review
 
 
 def cursor_position(session: Session, dataset_id: str, order: ItemOrder, cursor: str) -> int | tuple[float, int]:
@@ -138,7 +138,7 @@ def list_items(
 ) -> ItemList:
     """One page of the dataset's items; ``needs_review`` filters the review queue."""
     dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
-    total = session.scalar(count_statement(dataset.id, needs_review=needs_review)) or 0
+    total = list_total(dataset, needs_review=needs_review)
     after = cursor_position(session, dataset.id, order, cursor) if cursor else None
     stmt = page_statement(dataset.id, needs_review=needs_review, order=order, after=after)
     items = list(session.scalars(stmt.limit(limit + 1)))
@@ -217,7 +217,8 @@ def apply_decision(
     add_to_candidates: bool = False,
     source_ref: str | None = None,
 ) -> None:
-    """The one write of a reviewer's tag, with its history row; the caller commits. ``accept`` takes the model's
+    """The one write of a reviewer's tag, with its history row; the caller holds the dataset's lock (then the
+    item's) and commits. ``accept`` takes the model's
     tag (409 when there is none yet); ``assign`` checks ``label`` (:func:`_check_label`). ``source_ref`` names the
     outside decision it came from (see :func:`withdraw_source`)."""
     if action == "accept":
@@ -228,6 +229,7 @@ def apply_decision(
         label = _check_label(item, label or "", add_to_candidates=add_to_candidates)
     previous = {"label": item.label, "label_source": item.label_source}
     _record(session, item, reviewer, action, label, source_ref)
+    add_to_review_count(session, item.dataset_id, -int(bool(item.needs_review)))  # the item leaves the queue
     if label not in item.candidates:
         item.candidates = [*item.candidates, label]
     item.label = label
@@ -268,6 +270,9 @@ def decide(
     if not item_ids:
         raise InvalidInput("items: no item selected", errors=[FieldError(field="items", message="items: empty")])
     unique = list(dict.fromkeys(item_ids))
+    owned = select(Item.dataset_id).join(Dataset, Dataset.id == Item.dataset_id)
+    for dataset_id in sorted(set(session.scalars(owned.where(Item.id.in_(unique), Dataset.owner_id == owner.id)))):
+        lock_dataset(session, dataset_id)  # the datasets first, then the items (app.services.datasets)
     items = list(
         session.scalars(
             select(Item)
@@ -315,10 +320,11 @@ def _standing(session: Session, item: Item) -> list[ItemReview]:
 
 def _restore(session: Session, item: Item, reviewer: Reviewer, undone: list[ItemReview]) -> None:
     """Revert ``undone`` (the item's newest standing decisions, newest first): the item goes back to what the oldest
-    of them replaced, with one "undo" in the history; the caller commits."""
+    of them replaced, with one "undo" in the history; the caller holds the dataset's lock and commits."""
     first = undone[-1]
     previous = {"label": item.label, "label_source": item.label_source}
     _record(session, item, reviewer, "undo", first.previous_label)
+    add_to_review_count(session, item.dataset_id, int(first.previous_needs_review) - int(bool(item.needs_review)))
     for review in undone:
         review.undone = True
     item.label = first.previous_label
@@ -334,7 +340,9 @@ def _restore(session: Session, item: Item, reviewer: Reviewer, undone: list[Item
 
 def undo_last(*, session: Session, owner: Owner, item_id: str, reviewer: Reviewer) -> Item:
     """Undo the item's latest decision that is not undone yet: restore what it replaced; 409 if there is none."""
-    item = get_owned(session, Item, item_id, owner=owner, what="item", lock=True)
+    item = get_owned(session, Item, item_id, owner=owner, what="item")
+    lock_dataset(session, item.dataset_id)
+    session.refresh(item, with_for_update=True)
     standing = _standing(session, item)
     if not standing:
         raise Conflict(f"item {item.id}: no decision to undo", code="nothing_to_undo")
@@ -349,6 +357,7 @@ def withdraw_source(*, session: Session, dataset_id: str, source_ref: str, revie
     Per item where ``source_ref`` made a standing decision: when the item's newest standing decisions all came from
     it (the annotation, then its updates), the item goes back to what the first of them replaced; a decision made
     since by anyone else stands. {item id: undone}; the caller commits."""
+    lock_dataset(session, dataset_id)
     item_ids = session.scalars(
         select(ItemReview.item_id)
         .join(Item, Item.id == ItemReview.item_id)

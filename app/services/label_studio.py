@@ -37,7 +37,7 @@ from app.predictor import scores
 from app.schemas import JobCreate
 from app.services import jobs as jobs_service
 from app.services.checks import plausible_id, shorten
-from app.services.datasets import get_dataset
+from app.services.datasets import get_dataset, lock_dataset
 from app.services.items import Reviewer, apply_decision, image_url, withdraw_source
 from app.services.label_studio_images import FetchError, fetch_image, same_origin
 from app.services.models import _loaded
@@ -317,9 +317,11 @@ def webhook(
     ref = data.get(control.image_key if control else "image") if isinstance(data, dict) else None
     if not isinstance(ref, str):
         raise _invalid("task.data", "task.data: the task's image is missing", item=f"task {task.get('id')}")
+    lock_dataset(session, dataset.id)  # as every decision: the dataset's row, then the item's
     item = _items_by_image(session, dataset.id, [ref]).get(ref)
     if item is None:
         return 200, {"status": "ignored", "reason": f"task {task.get('id')}'s image is not an item of this dataset"}
+    session.refresh(item, with_for_update=True)
     (label,) = choices
     # an annotator's choice in Label Studio is an explicit decision: it may widen the candidate set
     ref = _annotation_ref(annotation.get("id"))

@@ -26,5 +26,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_item_reviews_source_ref", table_name="item_reviews")
-    with op.batch_alter_table("item_reviews", schema=None) as batch_op:  # SQLite before 3.35 cannot drop a column
-        batch_op.drop_column("source_ref")
+    op.drop_column("item_reviews", "source_ref")  # ALTER TABLE ... DROP COLUMN (SQLite 3.35+), no table rebuild

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from app.db import session_scope
 from app.models import Item
+from app.services.datasets import refresh_review_count
 from tests.app.conftest import Api, image_bytes
 from tests.app.model_fixtures import channel_classifier_onnx, store_model
 from tests.app.test_fuzz import _drop_queue
@@ -119,6 +120,8 @@ def test_items_page_with_the_total_of_the_filter(alice: Api) -> None:
     with session_scope() as session:
         for item in session.scalars(select(Item).where(Item.dataset_id == ds["id"]).order_by(Item.seq).limit(2)):
             item.needs_review = True
+        session.flush()
+        refresh_review_count(session, ds["id"])  # as a job's save does
     url = f"/datasets/{ds['id']}/items"
     assert _walk(alice, url, 2)[1:] == ([5, 5, 5], 3)
     assert _walk(alice, url, 1, needs_review="true")[1:] == ([2, 2], 2)

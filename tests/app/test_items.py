@@ -6,10 +6,12 @@ import csv
 import io
 import json
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.db import session_scope
-from app.models import Item
+from app.models import Dataset, Item, Owner
+from app.services.datasets import refresh_review_count
+from app.services.items import Reviewer, decide, undo_last
 from tests.app.conftest import Api, image_bytes
 
 
@@ -23,6 +25,8 @@ def _label_like_the_worker(dataset_id: str, margins: list[float]) -> list[str]:
             item.margin = margin
             item.label_source = "model"
             item.needs_review = margin < 0.2
+        session.flush()
+        refresh_review_count(session, dataset_id)
         return [i.id for i in items]
 
 
@@ -143,3 +147,48 @@ def test_labels_export_in_three_formats(alice: Api) -> None:
     assert table[1]["label_source"] == "reviewer" and table[0]["candidates"] == "cat|lynx"
 
     assert alice.get(url, params={"format": "xml"}).status_code == 422
+
+
+def test_list_totals_are_the_datasets_counts_through_every_write(alice: Api) -> None:
+    """The item lists' totals come from the dataset's counts, not a count(*) per page: uploads, a job's labels,
+    decisions one at a time and in bulk, and undos keep them equal to the rows (and to the detail's own scan)."""
+    ds = alice.make_dataset(6)
+    url = f"/datasets/{ds['id']}/items"
+
+    def counts() -> tuple[int, int]:
+        with session_scope() as session:
+            dataset = session.get(Dataset, ds["id"])
+            rows = select(func.count()).select_from(Item).where(Item.dataset_id == ds["id"])
+            n, r = session.scalar(rows), session.scalar(rows.where(Item.needs_review.is_(True)))
+            assert (dataset.item_count, dataset.review_count) == (n, r)
+        filters = ({}, {"needs_review": "true"}, {"needs_review": "false"})
+        assert [alice.get(url, params=p).json()["total"] for p in filters] == [n, r, n - r]
+        detail = alice.get(f"/datasets/{ds['id']}").json()
+        assert (detail["item_count"], detail["needs_review_count"]) == (n, r)
+        return n, r
+
+    assert counts() == (6, 0)
+    rows = [{"file": f"more{i}.png", "candidates": ["cat", "dog"]} for i in range(3)]
+    r = alice.upload(url, rows, {f"more{i}.png": image_bytes(100 + i) for i in range(3)})
+    assert r.status_code == 201 and r.json()["item_count"] == 9, r.text
+    again = alice.upload(url, rows[:1], {"more0.png": image_bytes(100)})  # a duplicate adds nothing
+    assert again.status_code == 201 and again.json()["item_count"] == 9, again.text
+    assert counts() == (9, 0)
+
+    ids = _label_like_the_worker(ds["id"], [0.1, 0.5, 0.05, 0.9, 0.15, 0.3, 0.01, 0.6, 0.7])  # 4 below 0.2
+    assert counts() == (9, 4)
+    assert alice.patch(f"/items/{ids[0]}", json={"label": "cat"}).status_code == 200  # leaves the queue
+    assert alice.patch(f"/items/{ids[1]}", json={"label": "lynx"}).status_code == 200  # was not in it
+    assert counts() == (9, 3)
+    with session_scope() as session:
+        owner_id = session.get(Dataset, ds["id"]).owner_id
+    owner, who = Owner(id=owner_id, name="alice"), Reviewer(api_key_id=None, name="test")
+    with session_scope() as session:  # the web app's bulk decision
+        decide(
+            session=session, owner=owner, item_ids=[ids[2], ids[4], ids[3]], action="accept", label=None, reviewer=who
+        )
+    assert counts() == (9, 1)
+    with session_scope() as session:  # the web app's undo
+        undo_last(session=session, owner=owner, item_id=ids[4], reviewer=who)  # back into the queue
+        undo_last(session=session, owner=owner, item_id=ids[3], reviewer=who)  # was never in it
+    assert counts() == (9, 2)

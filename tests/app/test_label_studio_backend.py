@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from app.db import session_scope
 from app.models import Item, ItemReview, Job
+from app.services.datasets import refresh_review_count
 from tests.app.conftest import Api
 from tests.app.model_fixtures import BLUE, GREEN, RED, store_model
 from tests.label_studio import LABEL_CONFIG
@@ -167,6 +168,8 @@ def test_deleted_annotations_undo_their_tags_unless_decided_since(alice: Api, bo
             item = session.get(Item, item_id)
             item.label, item.label_source, item.model_id = label, "model", model_id
             item.confidence, item.margin, item.needs_review = 0.55, 0.1, True
+        session.flush()
+        refresh_review_count(session, ds["id"])
     before = {i: alice.get(f"/items/{i}").json() for i in (red, green, blue)}
 
     def annotate(action: str, annotation_id: int, image: str, choice: str) -> None:

@@ -23,6 +23,7 @@ from app.main import create_app
 from app.models import Dataset, Item, Job, Model
 from app.services import streaming
 from app.services.api_keys import create_api_key
+from app.services.datasets import refresh_review_count
 from app.services.items import image_url
 from app.services.labels import CSV_COLUMNS, csv_safe
 from tests.app.conftest import Api, image_bytes
@@ -184,6 +185,8 @@ def _varied_labels(dataset_id: str) -> None:
             item.needs_review = item.margin < 0.35
             if i % 5 == 4:
                 item.label_source, item.model_id, item.confidence, item.margin = "reviewer", None, 1.0, 1.0
+        session.flush()
+        refresh_review_count(session, dataset_id)
 
 
 def _get(api: Api, url: str, fmt: str) -> tuple[bytes, dict]:

@@ -17,6 +17,7 @@ from app.db import session_scope
 from app.main import create_app
 from app.models import Item, ItemReview, WebSession
 from app.services.api_keys import create_api_key
+from app.services.datasets import refresh_review_count
 from tests.app.conftest import Api, image_bytes, jsonl
 
 XSS = '<img src=x onerror="window.__xss=1">'
@@ -83,6 +84,8 @@ def _set_model_tags(dataset_id: str) -> None:
             item.label, item.label_source, item.model_id = a, "model", "m" * 32
             item.confidence, item.margin, item.needs_review = 0.55, 0.1, True
             item.probs = {a: 0.55, b: 0.45}
+        session.flush()
+        refresh_review_count(session, dataset_id)  # as the job's save does
 
 
 def test_root_and_pages_redirect_to_sign_in(web: TestClient) -> None:
@@ -502,6 +505,8 @@ def test_review_grid_filters_and_sorts(web: TestClient, alice: Api, onnx_bytes: 
             _, _, tag, m, probs, conf, margin, needs = next(row for row in REVIEW_ROWS if row[0] == item.file)
             item.label, item.probs, item.confidence, item.margin, item.needs_review = tag, probs, conf, margin, needs
             item.label_source, item.model_id = ("model", models[m]) if tag else (None, None)
+        session.flush()
+        refresh_review_count(session, ds)
     ids = [i.id for i in _items(ds)]  # ids[k] is REVIEW_ROWS[k]
     csrf = sign_in(web, alice.key)
     h = {"X-CSRF-Token": csrf}

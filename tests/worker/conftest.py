@@ -97,7 +97,7 @@ def make_dataset(
         owner = session.get(Owner, owner_id) if owner_id else Owner(name=f"owner-{new_id()[:8]}")
         session.add(owner)
         session.flush()
-        ds = Dataset(owner_id=owner.id, name="synthetic", classes=list(CLASSES))
+        ds = Dataset(owner_id=owner.id, name="synthetic", classes=list(CLASSES), item_count=n)  # as an upload
         session.add(ds)
         session.flush()
         for i in range(n):

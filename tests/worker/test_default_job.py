@@ -13,7 +13,7 @@ from app.config import Settings
 from app.db import session_scope
 from app.job_defaults import METHOD_DEFAULTS, resolve_job_params
 from app.main import create_app
-from app.models import Item, Job, Model
+from app.models import Dataset, Item, Job, Model
 from app.queue import TRAIN_TASK, enqueue
 from app.schemas import JobCreate
 from app.services.api_keys import create_api_key
@@ -92,6 +92,9 @@ def test_the_default_job_runs_end_to_end(prod_env, start_worker):
     review = got["metrics"]["review_confidence"]
     assert all(it.needs_review == (it.confidence < review) for it in items)
     assert quality["needs_review"] == sum(it.needs_review for it in items)
+    with session_scope() as session:  # the job's save keeps the dataset's counts (the item lists' totals) exact
+        dataset = session.get(Dataset, ds)
+        assert (dataset.item_count, dataset.review_count) == (12, sum(it.needs_review for it in items))
     assert "Label quality" in _card(job_id) and "Estimated share of correct labels" in _card(job_id)
 
 
