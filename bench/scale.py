@@ -13,8 +13,7 @@ For each size (default 1,000, 10,000 and 100,000 items) it makes a fresh dataset
 - **delete**: ``DELETE /datasets/{id}`` seconds;
 - with ``--explain``: PostgreSQL's ``EXPLAIN ANALYZE`` of the queries behind the list and review pages (the page at
   the first page and at the deep cursor, and the read of the dataset's row that gives every page its ``total``), as
-  the API builds them
-  (``app.services.items``), with the indexes they use.
+  the API builds them (``app.services.items``), with the indexes they use.
 
 No job runs (encoding 10^5 images is not what this measures): after the upload the bench writes a model-like
 state straight into the database (a label, a uniform random margin, ``needs_review`` on the items whose margin
