@@ -192,3 +192,63 @@ def test_list_totals_are_the_datasets_counts_through_every_write(alice: Api) -> 
         undo_last(session=session, owner=owner, item_id=ids[4], reviewer=who)  # back into the queue
         undo_last(session=session, owner=owner, item_id=ids[3], reviewer=who)  # was never in it
     assert counts() == (9, 2)
+
+
+def test_decisions_during_a_jobs_save_neither_deadlock_nor_miscount(alice: Api) -> None:
+    """Reviewers deciding while a job saves its labels (PostgreSQL, real row locks): every writer takes the
+    dataset's row before item rows, so nothing deadlocks, and the review count ends equal to the rows."""
+    import threading
+
+    from sqlalchemy import update
+
+    from app.services.datasets import lock_dataset
+
+    ds = alice.make_dataset(40)
+    ids = _label_like_the_worker(ds["id"], [0.01 * i for i in range(40)])  # 20 in the queue
+    with session_scope() as session:
+        owner = Owner(id=session.get(Dataset, ds["id"]).owner_id, name="alice")
+    errors: list[BaseException] = []
+
+    def job_saves(rounds: int) -> None:  # worker.job_rows.save_result's order: the dataset, then the items
+        try:
+            for r in range(rounds):
+                with session_scope() as session:
+                    lock_dataset(session, ds["id"])
+                    session.execute(
+                        update(Item)
+                        .where(Item.dataset_id == ds["id"], Item.label_source != "reviewer")
+                        .values(needs_review=(Item.seq % 2 == r % 2))
+                    )
+                    refresh_review_count(session, ds["id"])
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    def reviewer(chunk: list[str]) -> None:
+        try:
+            for item_id in chunk:
+                with session_scope() as session:
+                    decide(
+                        session=session,
+                        owner=owner,
+                        item_ids=[item_id],
+                        action="accept",
+                        label=None,
+                        reviewer=Reviewer(api_key_id=None, name="r"),
+                    )
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=job_saves, args=(30,))]
+    threads += [threading.Thread(target=reviewer, args=(ids[k::4],)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a writer is stuck"
+    assert not errors, errors
+    with session_scope() as session:
+        rows = select(func.count()).select_from(Item).where(Item.dataset_id == ds["id"])
+        dataset = session.get(Dataset, ds["id"])
+        assert dataset.review_count == session.scalar(rows.where(Item.needs_review.is_(True)))
+        assert session.scalar(rows.where(Item.label_source == "reviewer")) == 40  # every decision landed
+    assert alice.get(f"/datasets/{ds['id']}/items", params={"needs_review": "true"}).json()["total"] == 0
