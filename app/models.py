@@ -117,7 +117,7 @@ class Dataset(Base):
     prompt_template: Mapped[str | None] = mapped_column(Text, default=None)
     # The totals of the item lists, kept with the rows so that a page costs the same at any size (no count(*)):
     # items stored, and of them the ones needing review. Every writer holds this row's lock while it changes them
-    # (app.services.datasets: lock_dataset, refresh_review_count; app.services.items; worker.job_rows).
+    # (app.services.datasets: lock_dataset, refresh_review_count; app.services.reviews; worker.job_rows).
     item_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     review_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

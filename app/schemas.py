@@ -205,7 +205,7 @@ class ItemList(BaseModel):
 
 
 class ItemUpdate(_Input):
-    """A reviewer's tag: one of the dataset's classes (see ``services.items.review_item``)."""
+    """A reviewer's tag: one of the dataset's classes (see ``services.reviews.review_item``)."""
 
     label: str = Field(min_length=1, description="One of the dataset's classes, exactly (no surrounding whitespace).")
     add_to_candidates: bool = Field(

@@ -21,7 +21,7 @@ from app.config import Settings, get_settings
 from app.db import get_sessionmaker
 from app.models import Owner
 from app.services.api_keys import hash_key, key_for_secret, reviewer_name
-from app.services.items import Reviewer
+from app.services.reviews import Reviewer
 from app.storage import BlobStore, get_storage
 from app.ttl_cache import TTLCache
 

@@ -2,9 +2,9 @@
 
 The backend protocol is Label Studio's (``label_studio/ml/api_connector.py`` of 1.23): ``GET health``, ``POST
 setup`` (before every prediction run; answers the model version), ``POST predict`` (``{"tasks": [...]}`` to
-``{"results": [...]}``, one per task, in order) and ``POST webhook`` (the project's events). The model is the
-dataset's newest; its id is the ``model_version``, stable until a new model is trained, so Label Studio predicts
-each task once per model.
+``{"results": [...]}``, one per task, in order) and ``POST webhook`` (the project's events,
+``app.services.label_studio_webhook``). The model is the dataset's newest; its id is the ``model_version``, stable
+until a new model is trained, so Label Studio predicts each task once per model.
 
 Images: a task's image is the dataset's item of the same file name (``data.image``'s last segment, with or without
 Label Studio's upload prefix, as in the import); otherwise it is read from ``TAGSIFT_LABEL_STUDIO_URL`` (a relative
@@ -34,11 +34,9 @@ from app.config import Settings
 from app.imaging import ImageInvalid, decode_image
 from app.models import Dataset, Item, Model, Owner
 from app.predictor import scores
-from app.schemas import JobCreate
-from app.services import jobs as jobs_service
-from app.services.checks import plausible_id, shorten
-from app.services.datasets import get_dataset, lock_dataset
-from app.services.items import Reviewer, apply_decision, image_url, withdraw_source
+from app.services.checks import shorten
+from app.services.datasets import get_dataset
+from app.services.items import image_url
 from app.services.label_studio_images import FetchError, fetch_image, same_origin
 from app.services.models import _loaded
 from app.services.streaming import item_pages, stream_in_snapshot
@@ -67,20 +65,20 @@ class ChoicesControl:
 def parse_label_config(config: object, *, field: str) -> ChoicesControl:
     """The first ``Choices`` of a labeling config and its ``Image``; 422 naming ``field`` when there is none."""
     if not isinstance(config, str) or not config.strip():
-        raise _invalid(field, f"{field}: the project's labeling config is missing")
+        raise invalid(field, f"{field}: the project's labeling config is missing")
     if len(config) > MAX_LABEL_CONFIG:
-        raise _invalid(field, f"{field}: the labeling config is over {MAX_LABEL_CONFIG} characters")
+        raise invalid(field, f"{field}: the labeling config is over {MAX_LABEL_CONFIG} characters")
     try:
         root = ET.fromstring(config)
     except (ET.ParseError, ValueError) as exc:
-        raise _invalid(field, f"{field}: the labeling config is not valid XML ({exc})") from None
+        raise invalid(field, f"{field}: the labeling config is not valid XML ({exc})") from None
     control = next((el for el in root.iter("Choices")), None)
     if control is None or not control.get("name") or not control.get("toName"):
-        raise _invalid(field, f"{field}: the labeling config has no <Choices name=... toName=...> (tagsift classifies)")
+        raise invalid(field, f"{field}: the labeling config has no <Choices name=... toName=...> (tagsift classifies)")
     to_name = control.get("toName", "").split(",")[0]
     image = next((el for el in root.iter("Image") if el.get("name") == to_name), None)
     if image is None or not (image.get("value") or "").startswith("$"):
-        raise _invalid(field, f'{field}: <Choices toName={to_name!r}> does not name an <Image value="$...">')
+        raise invalid(field, f'{field}: <Choices toName={to_name!r}> does not name an <Image value="$...">')
     choices = [c.get("alias") or c.get("value") for c in control.iter("Choice")]
     return ChoicesControl(
         from_name=control.get("name", ""),
@@ -90,7 +88,7 @@ def parse_label_config(config: object, *, field: str) -> ChoicesControl:
     )
 
 
-def _invalid(field: str, message: str, item: str | None = None) -> InvalidInput:
+def invalid(field: str, message: str, item: str | None = None) -> InvalidInput:
     errors = FieldErrors()
     errors.add(field=field, message=message, item=item)
     return InvalidInput(message, errors=errors)
@@ -128,7 +126,7 @@ def setup(*, session: Session, owner: Owner, dataset_id: str, body: dict, settin
     control = parse_label_config(body.get("schema"), field="schema")
     shared = [c for c in control.choices if c in set(dataset.classes)]
     if not shared:
-        raise _invalid(
+        raise invalid(
             "schema",
             f"schema: the project's choices ({shorten(', '.join(control.choices), 200)}) share no class with dataset "
             f"{dataset.id} ({shorten(', '.join(dataset.classes), 200)})",
@@ -155,9 +153,9 @@ def predict(*, session: Session, storage: BlobStore, owner: Owner, dataset_id: s
     dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
     tasks = body.get("tasks")
     if not isinstance(tasks, list) or not tasks:
-        raise _invalid("tasks", "tasks: a non-empty list of Label Studio tasks")
+        raise invalid("tasks", "tasks: a non-empty list of Label Studio tasks")
     if len(tasks) > MAX_TASKS:
-        raise _invalid("tasks", f"tasks: {len(tasks)} tasks, over the limit of {MAX_TASKS} per request")
+        raise invalid("tasks", f"tasks: {len(tasks)} tasks, over the limit of {MAX_TASKS} per request")
     control = parse_label_config(body.get("label_config"), field="label_config")
     model = latest_model(session, dataset)
     if model is None:
@@ -170,7 +168,7 @@ def predict(*, session: Session, storage: BlobStore, owner: Owner, dataset_id: s
     index = {c: i for i, c in enumerate(loaded.classes)}
     choices = [c for c in control.choices if c in index]
     if not choices:
-        raise _invalid("label_config", f"label_config: none of the project's choices is a class of model {model.id}")
+        raise invalid("label_config", f"label_config: none of the project's choices is a class of model {model.id}")
 
     errors = FieldErrors()
     parsed: list[_Task] = []
@@ -187,7 +185,7 @@ def predict(*, session: Session, storage: BlobStore, owner: Owner, dataset_id: s
     if errors:
         raise InvalidInput("; ".join(e.message for e in errors), errors=errors)
 
-    items = _items_by_image(session, dataset.id, [t.ref for t in parsed])
+    items = items_by_image(session, dataset.id, [t.ref for t in parsed])
     token = settings.label_studio_token
     if not token:
         with _tokens_lock:
@@ -232,7 +230,7 @@ def _region(from_name: str, to_name: str, label: str, *, score: float | None = N
     return region
 
 
-def _items_by_image(session: Session, dataset_id: str, refs: list[str]) -> dict[str, Item]:
+def items_by_image(session: Session, dataset_id: str, refs: list[str]) -> dict[str, Item]:
     """ref -> the dataset's one item whose file name is the ref's (prefixed name first); ambiguous names match none."""
     names = {n for ref in refs for n in image_names(ref)}
     if not names:
@@ -259,130 +257,6 @@ def _like_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def webhook(
-    *, session: Session, owner: Owner, reviewer: Reviewer, dataset_id: str, body: dict, settings: Settings
-) -> tuple[int, dict]:
-    """(status, body): an annotation becomes the matching item's reviewer tag, and its deletion undoes that tag;
-    START_TRAINING starts a job."""
-    dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
-    action = body.get("action")
-    if not isinstance(action, str) or not action:
-        raise _invalid("action", "action: the event's name (a non-empty string) is required")
-    for key in ("annotation", "task", "project"):
-        if key in body and not isinstance(body[key], dict):
-            raise _invalid(key, f"{key}: must be an object")
-    if "annotations" in body:  # checked whatever the action, as the objects above
-        _annotation_refs(body["annotations"])
-    if action == "START_TRAINING":
-        job, _ = jobs_service.create_job(
-            session=session,
-            owner=owner,
-            dataset_id=dataset.id,
-            job_in=JobCreate(),
-            idempotency_key=None,
-            settings=settings,
-        )
-        return 201, {"status": "ok", "result": {"job_id": job.id, "job_status": job.status}}
-    # what the decisions made here for the annotation's reviewer are recorded as
-    ls_reviewer = Reviewer(api_key_id=reviewer.api_key_id, name=f"{reviewer.name} (Label Studio)")
-    if action == "ANNOTATIONS_DELETED":
-        return _annotations_deleted(session, dataset, body, ls_reviewer)
-    if action not in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
-        return 200, {"status": "ignored", "reason": f"action {shorten(str(action))!r} is not used by tagsift"}
-    annotation, task = body.get("annotation"), body.get("task")
-    if not isinstance(annotation, dict) or not isinstance(task, dict):
-        raise _invalid("annotation", "annotation, task: an annotation event carries both objects")
-    if annotation.get("was_cancelled") is True:
-        return 200, {"status": "ignored", "reason": "the annotation was cancelled (skipped)"}
-    project = body.get("project")
-    config = project.get("label_config") if isinstance(project, dict) else None
-    control = parse_label_config(config, field="project.label_config") if config else None
-    result = annotation.get("result")
-    choices: set[str] = set()
-    for region in result if isinstance(result, list) else []:
-        if not isinstance(region, dict) or region.get("type") != "choices":
-            continue
-        if control is not None and region.get("from_name") != control.from_name:
-            continue
-        value = region.get("value")
-        picked = value.get("choices") if isinstance(value, dict) else None
-        if isinstance(picked, list):
-            choices.update(c for c in picked if isinstance(c, str))
-    if len(choices) != 1:
-        return 200, {
-            "status": "ignored",
-            "reason": f"the annotation has {len(choices)} choices; a reviewer tag is exactly one",
-        }
-    data = task.get("data")
-    ref = data.get(control.image_key if control else "image") if isinstance(data, dict) else None
-    if not isinstance(ref, str):
-        raise _invalid("task.data", "task.data: the task's image is missing", item=f"task {task.get('id')}")
-    lock_dataset(session, dataset.id)  # as every decision: the dataset's row, then the item's
-    item = _items_by_image(session, dataset.id, [ref]).get(ref)
-    if item is None:
-        return 200, {"status": "ignored", "reason": f"task {task.get('id')}'s image is not an item of this dataset"}
-    session.refresh(item, with_for_update=True)
-    (label,) = choices
-    # an annotator's choice in Label Studio is an explicit decision: it may widen the candidate set
-    ref = _annotation_ref(annotation.get("id"))
-    apply_decision(session, item, ls_reviewer, "assign", label, add_to_candidates=True, source_ref=ref)
-    session.commit()
-    log.info("label-studio: task %s -> item %s reviewer label %r", task.get("id"), item.id, label)
-    return 201, {"status": "ok", "result": {"item_id": item.id, "label": label}}
-
-
-def _annotation_ref(annotation_id: object) -> str | None:
-    """The history's ``source_ref`` of a Label Studio annotation: its id, an integer (what Label Studio sends) within
-    64 bits or a string as ``plausible_id`` allows (1 to 64 characters, no control character); None for any other."""
-    if isinstance(annotation_id, bool):
-        return None
-    if isinstance(annotation_id, float) and annotation_id.is_integer():  # 12.0 is an integer to JSON Schema
-        annotation_id = int(annotation_id)
-    if isinstance(annotation_id, int):
-        if not -(2**63) <= annotation_id < 2**63:
-            return None
-    elif not isinstance(annotation_id, str) or not plausible_id(annotation_id):
-        return None
-    return f"label-studio:annotation:{annotation_id}"
-
-
-def _annotation_refs(annotations: object) -> list[str]:
-    """The ``source_ref`` of each entry of a webhook's ``annotations`` (``[{"id": N}, ...]``); 422 naming the entry."""
-    if not isinstance(annotations, list):
-        raise _invalid("annotations", 'annotations: a list of annotations by id ([{"id": ...}, ...])')
-    refs = []
-    for i, entry in enumerate(annotations):
-        ref = _annotation_ref(entry.get("id")) if isinstance(entry, dict) else None
-        if ref is None:
-            message = (
-                f"annotations[{i}].id: the annotation's id (an integer, or a string of 1 to 64 characters) is required"
-            )
-            raise _invalid(f"annotations[{i}].id", message)
-        refs.append(ref)
-    return refs
-
-
-def _annotations_deleted(session: Session, dataset: Dataset, body: dict, reviewer: Reviewer) -> tuple[int, dict]:
-    """Annotations deleted in Label Studio (``ANNOTATIONS_DELETED``: ``{"annotations": [{"id": N}, ...]}``, their ids
-    only): each tag they set here is undone, unless a later decision (in tagsift, or from another annotation)
-    replaced it (``app.services.items.withdraw_source``)."""
-    if "annotations" not in body:
-        raise _invalid("annotations", "annotations: ANNOTATIONS_DELETED names the deleted annotations")
-    refs = _annotation_refs(body["annotations"])
-    undone: list[str] = []
-    kept: list[str] = []
-    for ref in dict.fromkeys(refs):
-        for item_id, was_undone in withdraw_source(
-            session=session, dataset_id=dataset.id, source_ref=ref, reviewer=reviewer
-        ).items():
-            (undone if was_undone else kept).append(item_id)
-    session.commit()
-    if not undone and not kept:
-        return 200, {"status": "ignored", "reason": "no tag here came from the deleted annotations"}
-    log.info("label-studio: annotations deleted -> items undone %s, kept (decided since) %s", undone, kept)
-    return 200, {"status": "ok", "result": {"undone": undone, "kept": kept}}
-
-
 # --- the export -----------------------------------------------------------------------------------------------
 
 
@@ -395,7 +269,7 @@ def export_tasks(
     task. The image is ``data.image`` (the item's image URL), for a project whose ``<Image value="$image">``."""
     dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
     if not from_name.strip() or not to_name.strip():
-        raise _invalid("from_name", "from_name, to_name: the Choices and Image names of the Label Studio project")
+        raise invalid("from_name", "from_name, to_name: the Choices and Image names of the Label Studio project")
     session.commit()  # the request's connection goes back to the pool: the rows stream from a snapshot of their own
     stmt = select(
         Item.seq, Item.id, Item.file, Item.candidates, Item.label, Item.label_source, Item.model_id, Item.confidence

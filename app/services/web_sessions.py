@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.models import ApiKey, Owner, WebSession, utcnow
 from app.services.api_keys import key_for_secret, reviewer_name
-from app.services.items import Reviewer
+from app.services.reviews import Reviewer
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from app.api.errors import FieldError, InvalidInput
 from app.db import in_session
 from app.models import Item
 from app.services import datasets as datasets_service
-from app.services import items as items_service
 from app.services import jobs as jobs_service
 from app.services import models as models_service
+from app.services import reviews
 from app.uploads import read_multipart, read_predict_form, require_multipart
 from app.web.security import CsrfUserDep, UserDep
 
@@ -80,7 +80,7 @@ def review(decision: Decision, user: CsrfUserDep, session: SessionDep) -> dict:
     """Assign a tag to (or accept the model's tag of) one or more items; each decision goes to the history."""
     if decision.action == "assign" and not decision.label:
         raise InvalidInput("label: required to assign", errors=[FieldError(field="label", message="label: required")])
-    items = items_service.decide(
+    items = reviews.decide(
         session=session,
         owner=user.owner,
         item_ids=decision.items,
@@ -95,9 +95,7 @@ def review(decision: Decision, user: CsrfUserDep, session: SessionDep) -> dict:
 @router.post("/items/{item_id}/undo")
 def undo(item_id: str, user: CsrfUserDep, session: SessionDep) -> dict:
     """Undo the item's latest decision (its previous tag, source and model come back)."""
-    return item_state(
-        items_service.undo_last(session=session, owner=user.owner, item_id=item_id, reviewer=user.reviewer)
-    )
+    return item_state(reviews.undo_last(session=session, owner=user.owner, item_id=item_id, reviewer=user.reviewer))
 
 
 @router.get("/jobs/{job_id}")

@@ -26,7 +26,7 @@ from app.services import datasets as datasets_service
 from app.services import items as items_service
 from app.services import jobs as jobs_service
 from app.services import models as models_service
-from app.services import review_queue, thumbnails, web_sessions
+from app.services import review_queue, reviews, thumbnails, web_sessions
 from app.services.review_queue import ReviewFilter
 from app.web.fastpath import thumb_items, thumbnail_headers
 from app.web.security import (
@@ -310,13 +310,13 @@ def review_page(
 @router.get("/items/{item_id}", response_class=HTMLResponse)
 def item_page(request: Request, item_id: str, user: UserDep, session: SessionDep) -> HTMLResponse:
     item = items_service.get_item(session=session, owner=user.owner, item_id=item_id)
-    history = items_service.item_history(session=session, owner=user.owner, item_id=item_id)
+    history = reviews.item_history(session=session, owner=user.owner, item_id=item_id)
     return _render(request, "item.html", user, item=item, history=history)
 
 
 @router.post("/items/{item_id}/undo")
 def undo_item(item_id: str, user: CsrfUserDep, session: SessionDep) -> Response:
-    items_service.undo_last(session=session, owner=user.owner, item_id=item_id, reviewer=user.reviewer)
+    reviews.undo_last(session=session, owner=user.owner, item_id=item_id, reviewer=user.reviewer)
     return _redirect(f"/ui/items/{item_id}")
 
 

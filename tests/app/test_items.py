@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from app.db import session_scope
 from app.models import Dataset, Item, Owner
 from app.services.datasets import refresh_review_count
-from app.services.items import Reviewer, decide, undo_last
+from app.services.reviews import Reviewer, decide, undo_last
 from tests.app.conftest import Api, image_bytes
 
 

@@ -8,6 +8,7 @@ from app.api.deps import OwnerDep, ReviewerDep, SessionDep, SettingsDep, Storage
 from app.api.openapi import BODY, COMMON, problems
 from app.schemas import ItemRead, ItemUpdate
 from app.services import items as items_service
+from app.services import reviews
 
 router = APIRouter(prefix="/items", tags=["items"], responses=COMMON)
 
@@ -31,7 +32,7 @@ def review_item(
 ) -> ItemRead:
     """A reviewer sets the tag (one of the dataset's classes); the item then counts as certain. The decision is
     recorded in the item's review history with the API key's name."""
-    return items_service.review_item(
+    return reviews.review_item(
         session=session, owner=owner, item_id=item_id, item_in=item_in, settings=settings, reviewer=reviewer
     )
 

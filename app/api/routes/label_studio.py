@@ -1,5 +1,6 @@
 """Label Studio's ML backend protocol, one backend per dataset: ``/label-studio/{dataset_id}/{health,setup,predict,
-webhook}`` (see ``app.services.label_studio`` and docs/integrations.md for what to type into Label Studio).
+webhook}`` (see ``app.services.label_studio``, ``app.services.label_studio_webhook`` and docs/integrations.md for
+what to type into Label Studio).
 
 Auth: HTTP Basic with the API key as the password (Label Studio's "Basic Authentication" of a model connection),
 or ``Authorization: Bearer <key>`` (e.g. the header of the project's webhook).
@@ -20,6 +21,7 @@ from app.api.openapi import BODY, COMMON, problems
 from app.db import in_session
 from app.schemas import OUTSIDE_ID_SCHEMA
 from app.services import label_studio as ls_service
+from app.services import label_studio_webhook
 
 router = APIRouter(prefix="/label-studio/{dataset_id}", tags=["label-studio"], responses=COMMON)
 
@@ -176,7 +178,7 @@ async def webhook(
     tags those annotations set are undone (unless decided again since); START_TRAINING -> a job."""
     status, payload = await run_in_threadpool(
         in_session,
-        ls_service.webhook,
+        label_studio_webhook.webhook,
         owner=owner,
         reviewer=request.state.reviewer,  # the API key's id and name (app.api.deps.owner_for)
         dataset_id=dataset_id,
