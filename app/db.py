@@ -93,15 +93,21 @@ def migrations_dir() -> str:
     return str(Path(__file__).resolve().parent.parent / "migrations")
 
 
+def alembic_config(url: str):
+    """The Alembic configuration of tagsift's migrations against ``url``."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", migrations_dir())
+    cfg.attributes["database_url"] = url
+    return cfg
+
+
 def upgrade_database(url: str | None = None, revision: str = "head") -> None:
     """Apply Alembic migrations to ``url`` (default: the configured database)."""
     from alembic import command
-    from alembic.config import Config
 
     url = url or get_settings().database_url
     if url.startswith("sqlite"):
         get_settings().data_dir.mkdir(parents=True, exist_ok=True)
-    cfg = Config()
-    cfg.set_main_option("script_location", migrations_dir())
-    cfg.attributes["database_url"] = url
-    command.upgrade(cfg, revision)
+    command.upgrade(alembic_config(url), revision)

@@ -58,10 +58,9 @@ def test_sqlite_0009_drops_and_restores_the_redundant_item_indexes_keeping_rows(
     rows and the expression indexes of 0007 stay as they were both ways (the downgrades of 0010 and 0011 drop their
     columns in place: a SQLite table rebuild of datasets would cascade to its items)."""
     from alembic import command
-    from alembic.config import Config
     from sqlalchemy import text
 
-    from app.db import migrations_dir
+    from app.db import alembic_config
 
     url = f"sqlite:///{tmp_path / 'm.db'}"
     upgrade_database(url, "0008")
@@ -102,10 +101,7 @@ def test_sqlite_0009_drops_and_restores_the_redundant_item_indexes_keeping_rows(
     assert rows() == [("i1", 1), ("i2", 2)]
     with engine.connect() as conn:  # 0011 filled the dataset's counts from the items already stored
         assert conn.execute(text("SELECT item_count, review_count FROM datasets")).all() == [(2, 0)]
-    cfg = Config()
-    cfg.set_main_option("script_location", migrations_dir())
-    cfg.attributes["database_url"] = url
-    command.downgrade(cfg, "0008")
+    command.downgrade(alembic_config(url), "0008")
     assert indexes() == before
     assert rows() == [("i1", 1), ("i2", 2)]
     engine.dispose()

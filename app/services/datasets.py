@@ -46,14 +46,13 @@ def lock_dataset(session: Session, dataset_id: str) -> None:
     session.execute(select(Dataset.id).where(Dataset.id == dataset_id).with_for_update())
 
 
-def refresh_review_count(session: Session, dataset_id: str) -> int:
+def refresh_review_count(session: Session, dataset_id: str) -> None:
     """Count the dataset's items needing review into ``review_count`` (after a bulk write of review flags, a job's);
     the caller holds the dataset's lock (:func:`lock_dataset`) and commits."""
     n = session.scalar(
         select(func.count()).select_from(Item).where(Item.dataset_id == dataset_id, Item.needs_review.is_(True))
     )
     session.execute(update(Dataset).where(Dataset.id == dataset_id).values(review_count=n or 0))
-    return n or 0
 
 
 def add_to_review_count(session: Session, dataset_id: str, delta: int) -> None:

@@ -15,9 +15,9 @@ from app.models import Dataset, Owner
 from app.schemas import JobCreate
 from app.services import jobs as jobs_service
 from app.services.checks import plausible_id, shorten
-from app.services.datasets import get_dataset, lock_dataset
+from app.services.datasets import get_dataset
 from app.services.label_studio import invalid, items_by_image, parse_label_config
-from app.services.reviews import Reviewer, apply_decision, withdraw_source
+from app.services.reviews import Reviewer, apply_decision, lock_item, withdraw_source
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,8 @@ def webhook(
     for key in ("annotation", "task", "project"):
         if key in body and not isinstance(body[key], dict):
             raise invalid(key, f"{key}: must be an object")
-    if "annotations" in body:  # checked whatever the action, as the objects above
-        _annotation_refs(body["annotations"])
+    # checked whatever the action, as the objects above
+    deleted = _annotation_refs(body["annotations"]) if "annotations" in body else None
     if action == "START_TRAINING":
         job, _ = jobs_service.create_job(
             session=session,
@@ -49,7 +49,9 @@ def webhook(
     # what the decisions made here for the annotation's reviewer are recorded as
     ls_reviewer = Reviewer(api_key_id=reviewer.api_key_id, name=f"{reviewer.name} (Label Studio)")
     if action == "ANNOTATIONS_DELETED":
-        return _annotations_deleted(session, dataset, body, ls_reviewer)
+        if deleted is None:
+            raise invalid("annotations", "annotations: ANNOTATIONS_DELETED names the deleted annotations")
+        return _annotations_deleted(session, dataset, deleted, ls_reviewer)
     if action not in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
         return 200, {"status": "ignored", "reason": f"action {shorten(str(action))!r} is not used by tagsift"}
     annotation, task = body.get("annotation"), body.get("task")
@@ -80,15 +82,14 @@ def webhook(
     ref = data.get(control.image_key if control else "image") if isinstance(data, dict) else None
     if not isinstance(ref, str):
         raise invalid("task.data", "task.data: the task's image is missing", item=f"task {task.get('id')}")
-    lock_dataset(session, dataset.id)  # as every decision: the dataset's row, then the item's
     item = items_by_image(session, dataset.id, [ref]).get(ref)
     if item is None:
         return 200, {"status": "ignored", "reason": f"task {task.get('id')}'s image is not an item of this dataset"}
-    session.refresh(item, with_for_update=True)
+    lock_item(session, item)
     (label,) = choices
     # an annotator's choice in Label Studio is an explicit decision: it may widen the candidate set
-    ref = _annotation_ref(annotation.get("id"))
-    apply_decision(session, item, ls_reviewer, "assign", label, add_to_candidates=True, source_ref=ref)
+    source_ref = _annotation_ref(annotation.get("id"))
+    apply_decision(session, item, ls_reviewer, "assign", label, add_to_candidates=True, source_ref=source_ref)
     session.commit()
     log.info("label-studio: task %s -> item %s reviewer label %r", task.get("id"), item.id, label)
     return 201, {"status": "ok", "result": {"item_id": item.id, "label": label}}
@@ -125,13 +126,10 @@ def _annotation_refs(annotations: object) -> list[str]:
     return refs
 
 
-def _annotations_deleted(session: Session, dataset: Dataset, body: dict, reviewer: Reviewer) -> tuple[int, dict]:
+def _annotations_deleted(session: Session, dataset: Dataset, refs: list[str], reviewer: Reviewer) -> tuple[int, dict]:
     """Annotations deleted in Label Studio (``ANNOTATIONS_DELETED``: ``{"annotations": [{"id": N}, ...]}``, their ids
-    only): each tag they set here is undone, unless a later decision (in tagsift, or from another annotation)
-    replaced it (``app.services.reviews.withdraw_source``)."""
-    if "annotations" not in body:
-        raise invalid("annotations", "annotations: ANNOTATIONS_DELETED names the deleted annotations")
-    refs = _annotation_refs(body["annotations"])
+    only; ``refs`` their ``source_ref``): each tag they set here is undone, unless a later decision (in tagsift, or
+    from another annotation) replaced it (``app.services.reviews.withdraw_source``)."""
     undone: list[str] = []
     kept: list[str] = []
     for ref in dict.fromkeys(refs):

@@ -220,11 +220,16 @@ def _restore(session: Session, item: Item, reviewer: Reviewer, undone: list[Item
     _emit_reviewed(session, item, previous, "undo", reviewer)
 
 
+def lock_item(session: Session, item: Item) -> None:
+    """Lock ``item`` for a decision, as every decision does: its dataset's row first, then its own (re-read)."""
+    lock_dataset(session, item.dataset_id)
+    session.refresh(item, with_for_update=True)
+
+
 def undo_last(*, session: Session, owner: Owner, item_id: str, reviewer: Reviewer) -> Item:
     """Undo the item's latest decision that is not undone yet: restore what it replaced; 409 if there is none."""
     item = get_owned(session, Item, item_id, owner=owner, what="item")
-    lock_dataset(session, item.dataset_id)
-    session.refresh(item, with_for_update=True)
+    lock_item(session, item)
     standing = _standing(session, item)
     if not standing:
         raise Conflict(f"item {item.id}: no decision to undo", code="nothing_to_undo")
