@@ -36,6 +36,31 @@ def test_importing_the_api_loads_no_torch_open_clip_or_ml() -> None:
     assert out.stdout.strip() == "", f"app.main imported: {out.stdout.strip()}"
 
 
+def test_the_worker_loads_no_web_framework() -> None:
+    """The worker calls the services, whose errors live in app/errors.py, not in the HTTP layer: no FastAPI."""
+    code = (
+        "import sys, worker.tasks, worker.training, worker.cli\n"
+        "web = {'fastapi', 'starlette'}\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in web)\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"the worker loaded: {out.stdout.strip()}"
+
+
+def test_errors_services_and_the_upload_parser_import_no_web_framework() -> None:
+    """Only the HTTP layer (app/api, app/web, app/main.py) and the multipart reader (app/uploads/forms.py) know
+    FastAPI or Starlette; the errors, the services and the upload parser are plain Python."""
+    found = _imported_top_modules("app")
+    plain = [p for p in found if p.startswith(("app/services/", "app/uploads/")) or p == "app/errors.py"]
+    assert "app/errors.py" in plain and "app/uploads/pipeline.py" in plain  # sanity: the walk sees them
+    for path in plain:
+        if path == "app/uploads/forms.py":
+            continue
+        assert not found[path] & {"fastapi", "starlette"}, path
+
+
 def test_app_imports_nothing_of_ours_but_itself() -> None:
     for path, names in _imported_top_modules("app").items():
         assert not names & {"ml", "worker", "torch", "open_clip", "torchvision", "migrations"}, (path, names)

@@ -29,12 +29,12 @@ from PIL import Image
 from sqlalchemy import Row, or_, select
 from sqlalchemy.orm import Session
 
-from app.api.errors import Conflict, FieldErrors, InvalidInput
+from app.checks import shorten
 from app.config import Settings
+from app.errors import Conflict, FieldErrors, InvalidInput
 from app.imaging import ImageInvalid, decode_image
 from app.models import Dataset, Item, Model, Owner
 from app.predictor import scores
-from app.services.checks import shorten
 from app.services.datasets import get_dataset
 from app.services.items import image_url
 from app.services.label_studio_images import FetchError, fetch_image, same_origin

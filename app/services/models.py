@@ -18,8 +18,8 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.api.errors import Conflict, FieldError, InvalidInput, NotFound
 from app.config import Settings
+from app.errors import Conflict, FieldError, InvalidInput, NotFound
 from app.export_kit import predict_script
 from app.imaging import ImageInvalid, PreprocessConfig, decode_image, open_image
 from app.models import Model, Owner
