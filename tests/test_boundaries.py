@@ -37,9 +37,12 @@ def test_importing_the_api_loads_no_torch_open_clip_or_ml() -> None:
 
 
 def test_the_worker_loads_no_web_framework() -> None:
-    """The worker calls the services, whose errors live in app/errors.py, not in the HTTP layer: no FastAPI."""
+    """Every worker module imported: no FastAPI or Starlette (the services it calls raise app/errors.py's errors and
+    parse uploads without the HTTP layer)."""
     code = (
-        "import sys, worker.tasks, worker.training, worker.cli\n"
+        "import importlib, pkgutil, sys, worker\n"
+        "mods = [importlib.import_module('worker.' + m.name) for m in pkgutil.iter_modules(worker.__path__)]\n"
+        "assert {'worker.tasks', 'worker.training', 'worker.cli'} <= {m.__name__ for m in mods}\n"
         "web = {'fastapi', 'starlette'}\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in web)\n"
         "print(','.join(bad))\n"
