@@ -24,32 +24,33 @@ def _imported_top_modules(package: str) -> dict[str, set[str]]:
     return found
 
 
-def test_importing_the_api_loads_no_torch_open_clip_or_ml() -> None:
+def _loaded_after(imports: str, packages: set[str]) -> list[str]:
+    """The modules of ``packages`` that a fresh interpreter has loaded after running ``imports``."""
     code = (
-        "import sys, app.main\n"
-        "heavy = {'torch', 'open_clip', 'ml', 'worker', 'torchvision'}\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
-        "print(','.join(bad))\n"
+        f"import sys\n{imports}\n"
+        f"print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(packages)!r})))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "", f"app.main imported: {out.stdout.strip()}"
+    return [m for m in out.stdout.strip().split(",") if m]
+
+
+def test_importing_the_api_loads_no_torch_open_clip_or_ml() -> None:
+    loaded = _loaded_after("import app.main", {"torch", "open_clip", "ml", "worker", "torchvision"})
+    assert loaded == [], f"app.main imported: {','.join(loaded)}"
 
 
 def test_the_worker_loads_no_web_framework() -> None:
     """Every worker module imported: no FastAPI or Starlette (the services it calls raise app/errors.py's errors and
     parse uploads without the HTTP layer)."""
-    code = (
-        "import importlib, pkgutil, sys, worker\n"
+    imports = (
+        "import importlib, pkgutil, worker\n"
         "mods = [importlib.import_module('worker.' + m.name) for m in pkgutil.iter_modules(worker.__path__)]\n"
-        "assert {'worker.tasks', 'worker.training', 'worker.cli'} <= {m.__name__ for m in mods}\n"
-        "web = {'fastapi', 'starlette'}\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in web)\n"
-        "print(','.join(bad))\n"
+        "assert {'worker.tasks', 'worker.training', 'worker.cli'} <= {m.__name__ for m in mods}"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "", f"the worker loaded: {out.stdout.strip()}"
+    loaded = _loaded_after(imports, {"fastapi", "starlette"})
+    assert loaded == [], f"the worker loaded: {','.join(loaded)}"
+    assert _loaded_after("import app.main", {"fastapi"}), "the check must see FastAPI where it is loaded (sanity)"
 
 
 def test_errors_services_and_the_upload_parser_import_no_web_framework() -> None:
