@@ -29,6 +29,7 @@ class ManifestRow:
 def parse_manifest(
     data: bytes, name: str | None, *, settings: Settings, errors: FieldErrors, fmt: str | None = None
 ) -> list[ManifestRow]:
+    """The rows of a JSONL or CSV manifest (``fmt``, else by the file's name or first line), every row checked."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
