@@ -401,7 +401,7 @@ class PredictResponse(BaseModel):
 
 
 class ProblemFieldError(BaseModel):
-    """One problem with the input (``app.api.errors.FieldError``)."""
+    """One problem with the input (``app.errors.FieldError``)."""
 
     field: str = Field(description="The field: a form/JSON field, `manifest`, `images`, a query parameter, ...")
     message: str

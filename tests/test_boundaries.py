@@ -24,16 +24,45 @@ def _imported_top_modules(package: str) -> dict[str, set[str]]:
     return found
 
 
-def test_importing_the_api_loads_no_torch_open_clip_or_ml() -> None:
+def _loaded_after(imports: str, packages: set[str]) -> list[str]:
+    """The modules of ``packages`` that a fresh interpreter has loaded after running ``imports``."""
     code = (
-        "import sys, app.main\n"
-        "heavy = {'torch', 'open_clip', 'ml', 'worker', 'torchvision'}\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
-        "print(','.join(bad))\n"
+        f"import sys\n{imports}\n"
+        f"print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(packages)!r})))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "", f"app.main imported: {out.stdout.strip()}"
+    return [m for m in out.stdout.strip().split(",") if m]
+
+
+def test_importing_the_api_loads_no_torch_open_clip_or_ml() -> None:
+    loaded = _loaded_after("import app.main", {"torch", "open_clip", "ml", "worker", "torchvision"})
+    assert loaded == [], f"app.main imported: {','.join(loaded)}"
+
+
+def test_the_worker_loads_no_web_framework() -> None:
+    """Every worker module imported: no FastAPI or Starlette (the services it calls raise app/errors.py's errors and
+    parse uploads without the HTTP layer)."""
+    imports = (
+        "import importlib, pkgutil, worker\n"
+        "mods = [importlib.import_module('worker.' + m.name) for m in pkgutil.iter_modules(worker.__path__)]\n"
+        "assert {'worker.tasks', 'worker.training', 'worker.cli'} <= {m.__name__ for m in mods}"
+    )
+    loaded = _loaded_after(imports, {"fastapi", "starlette"})
+    assert loaded == [], f"the worker loaded: {','.join(loaded)}"
+    assert _loaded_after("import app.main", {"fastapi"}), "the check must see FastAPI where it is loaded (sanity)"
+
+
+def test_errors_services_and_the_upload_parser_import_no_web_framework() -> None:
+    """Only the HTTP layer (app/api, app/web, app/main.py) and the multipart reader (app/uploads/forms.py) know
+    FastAPI or Starlette; the errors, the services and the upload parser are plain Python."""
+    found = _imported_top_modules("app")
+    plain = [p for p in found if p.startswith(("app/services/", "app/uploads/")) or p == "app/errors.py"]
+    assert "app/errors.py" in plain and "app/uploads/pipeline.py" in plain  # sanity: the walk sees them
+    for path in plain:
+        if path == "app/uploads/forms.py":
+            continue
+        assert not found[path] & {"fastapi", "starlette"}, path
 
 
 def test_app_imports_nothing_of_ours_but_itself() -> None:

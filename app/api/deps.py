@@ -16,9 +16,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from app.api.errors import ApiError, Unauthorized
 from app.config import Settings, get_settings
 from app.db import get_sessionmaker
+from app.errors import ApiError, Unauthorized
 from app.models import Owner
 from app.services.api_keys import hash_key, key_for_secret, reviewer_name
 from app.services.reviews import Reviewer

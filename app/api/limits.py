@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from starlette.types import Message, Receive, Scope, Send
 
-from app.api.errors import PayloadTooLarge, problem_response
+from app.api.errors import problem_response
 from app.asgi import HTTPMiddleware
 from app.config import get_settings
+from app.errors import PayloadTooLarge
 
 
 class BodyLimitMiddleware(HTTPMiddleware):

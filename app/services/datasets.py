@@ -9,8 +9,9 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.api.errors import Conflict, FieldError, FieldErrors, InvalidInput
+from app.checks import control_char_problem
 from app.config import Settings
+from app.errors import Conflict, FieldError, FieldErrors, InvalidInput
 from app.models import Dataset, Item, Job, Owner, utcnow
 from app.schemas import (
     DatasetCreate,
@@ -22,12 +23,11 @@ from app.schemas import (
     ItemsAdded,
     template_problem,
 )
-from app.services.checks import control_char_problem
 from app.services.lookup import get_owned
 from app.services.pages import keyset_page
 from app.services.webhooks import emit_job_event
 from app.storage import BlobStore
-from app.uploads import RawUpload, ValidBatch, check_classes, validate_upload
+from app.uploads import RawUpload, ValidBatch, check_classes, parse_upload
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def create_dataset_from_upload(
         if problem:
             field_errors.append(_field(field, f"{field}: {problem}"))
     try:
-        batch = validate_upload(raw, settings=settings, dataset_classes=None, require_items=False)
+        batch = parse_upload(raw, settings=settings, dataset_classes=None, require_items=False)
     except InvalidInput as exc:
         exc.errors[:0] = field_errors
         exc.detail = "; ".join([*(e.message for e in field_errors), exc.detail])
@@ -149,7 +149,7 @@ def add_items(
     dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
     if raw.name is not None:
         raw.errors.append(_field("name", "name: not accepted when adding items (the dataset has its name)"))
-    batch = validate_upload(raw, settings=settings, dataset_classes=list(dataset.classes), require_items=True)
+    batch = parse_upload(raw, settings=settings, dataset_classes=list(dataset.classes), require_items=True)
     # Serialise uploads to one dataset (sequence numbers, duplicate check) on PostgreSQL; SQLite writes are serial.
     dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id, lock=True)
     if batch.classes != list(dataset.classes):

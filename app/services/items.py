@@ -15,11 +15,11 @@ from typing import Literal
 from sqlalchemy import BigInteger, Float, Select, literal, select, tuple_
 from sqlalchemy.orm import Session
 
-from app.api.errors import FieldError, InvalidInput, NotFound
+from app.checks import shorten
 from app.config import Settings
+from app.errors import FieldError, InvalidInput, NotFound
 from app.models import Dataset, Item, Owner, score_key
 from app.schemas import ItemList, ItemRead
-from app.services.checks import shorten
 from app.services.datasets import get_dataset
 from app.services.lookup import get_owned
 from app.storage import BlobStore

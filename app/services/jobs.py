@@ -26,8 +26,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import queue
-from app.api.errors import Conflict, FieldError, InvalidInput
 from app.config import Settings
+from app.errors import Conflict, FieldError, InvalidInput
 from app.job_defaults import param_problems, resolve_job_params
 from app.models import Item, Job, JobEvent, Owner, utcnow
 from app.schemas import (

@@ -29,16 +29,16 @@ from PIL import Image
 from sqlalchemy import Row, or_, select
 from sqlalchemy.orm import Session
 
-from app.api.errors import Conflict, FieldErrors, InvalidInput
+from app.checks import shorten
 from app.config import Settings
+from app.errors import Conflict, FieldErrors, InvalidInput
 from app.imaging import ImageInvalid, decode_image
 from app.models import Dataset, Item, Model, Owner
 from app.predictor import scores
-from app.services.checks import shorten
 from app.services.datasets import get_dataset
 from app.services.items import image_url
 from app.services.label_studio_images import FetchError, fetch_image, same_origin
-from app.services.models import _loaded
+from app.services.models import loaded_model
 from app.services.streaming import item_pages, stream_in_snapshot
 from app.storage import BlobStore
 from app.uploads.label_studio import image_names
@@ -164,7 +164,7 @@ def predict(*, session: Session, storage: BlobStore, owner: Owner, dataset_id: s
             "'Start Training' in Label Studio)",
             code="no_model",
         )
-    loaded = _loaded(model=model, storage=storage, settings=settings)
+    loaded = loaded_model(model=model, storage=storage, settings=settings)
     index = {c: i for i, c in enumerate(loaded.classes)}
     choices = [c for c in control.choices if c in index]
     if not choices:

@@ -7,8 +7,8 @@ import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
 
+from app.checks import shorten
 from app.config import Settings
-from app.services.checks import shorten
 
 FETCH_TIMEOUT = 30.0
 

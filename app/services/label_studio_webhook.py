@@ -10,11 +10,11 @@ import logging
 
 from sqlalchemy.orm import Session
 
+from app.checks import plausible_id, shorten
 from app.config import Settings
 from app.models import Dataset, Owner
 from app.schemas import JobCreate
 from app.services import jobs as jobs_service
-from app.services.checks import plausible_id, shorten
 from app.services.datasets import get_dataset
 from app.services.label_studio import invalid, items_by_image, parse_label_config
 from app.services.reviews import Reviewer, apply_decision, lock_item, withdraw_source

@@ -1,5 +1,5 @@
 """The one owner-scoped lookup of the services: a row by id, 404 for a missing id and for another owner's alike
-(ids are not disclosed), and 404 without a query for an id that cannot be one (see ``app.services.checks``)."""
+(ids are not disclosed), and 404 without a query for an id that cannot be one (see ``app.checks``)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.api.errors import NotFound
+from app.checks import plausible_id, shorten
+from app.errors import NotFound
 from app.models import Dataset, Owner
-from app.services.checks import plausible_id, shorten
 
 T = TypeVar("T")
 

@@ -18,8 +18,8 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.api.errors import Conflict, FieldError, InvalidInput, NotFound
 from app.config import Settings
+from app.errors import Conflict, FieldError, InvalidInput, NotFound
 from app.export_kit import predict_script
 from app.imaging import ImageInvalid, PreprocessConfig, decode_image, open_image
 from app.models import Model, Owner
@@ -184,7 +184,8 @@ class PredictImage:
     data: bytes
 
 
-def _loaded(*, model: Model, storage: BlobStore, settings: Settings) -> LoadedModel:
+def loaded_model(*, model: Model, storage: BlobStore, settings: Settings) -> LoadedModel:
+    """The model ready to predict, from the per-process model cache (the Label Studio backend uses it too)."""
     return _loaded_by_id(model_id=model.id, artifacts=dict(model.artifacts or {}), storage=storage, settings=settings)
 
 
@@ -252,7 +253,7 @@ def predict_item(
     """Predict a stored item's tag, by default among its candidates that the model knows."""
     model = get_model(session=session, owner=owner, model_id=model_id)
     item = get_item(session=session, owner=owner, item_id=item_id)
-    loaded = _loaded(model=model, storage=storage, settings=settings)
+    loaded = loaded_model(model=model, storage=storage, settings=settings)
     allowed = None
     if restrict_to_candidates:
         known = [c for c in item.candidates if c in set(loaded.classes)]

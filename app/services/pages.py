@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from app.api.errors import FieldError, InvalidInput
-from app.services.checks import plausible_id
+from app.checks import plausible_id
+from app.errors import FieldError, InvalidInput
 
 
 @dataclass

@@ -26,11 +26,11 @@ from typing import Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.api.errors import Conflict, FieldError, InvalidInput, NotFound
+from app.checks import shorten
 from app.config import Settings, get_settings
+from app.errors import Conflict, FieldError, InvalidInput, NotFound
 from app.models import Dataset, Item, ItemReview, Owner, utcnow
 from app.schemas import ItemRead, ItemUpdate
-from app.services.checks import shorten
 from app.services.datasets import add_to_review_count, lock_dataset
 from app.services.items import get_item, item_read
 from app.services.lookup import get_owned

@@ -23,8 +23,8 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.api.errors import FieldError, InvalidInput
 from app.config import Settings
+from app.errors import FieldError, InvalidInput
 from app.models import Job, Owner, Webhook, WebhookDelivery, new_id, utcnow
 from app.schemas import (
     WebhookAttemptRead,

@@ -24,7 +24,7 @@ Checks (all of them run; every problem is reported at once, and nothing is store
 
 File names are display names only; nothing is ever written under a name from the request (blobs are
 content-addressed), so a hostile name cannot escape the data directory. Messages quote user values shortened
-(:func:`app.services.checks.shorten`): a 10 MB tag is refused in a small answer.
+(:func:`app.checks.shorten`): a 10 MB tag is refused in a small answer.
 
 A manifest row's ``file`` matches the uploaded file (or zip member path) of the same name, or else the only
 uploaded file with that base name (a browser sends ``a.jpg`` for ``photos/a.jpg``).
@@ -33,27 +33,26 @@ uploaded file with that base name (a browser sends ``a.jpg`` for ``photos/a.jpg`
 A Label Studio JSON export is a manifest too (``manifest_format=label-studio``, or one starting with ``[``; a
 ``manifest.json`` in the zip): :mod:`~app.uploads.label_studio` turns its tasks into rows (its rules are there).
 
-Modules, by concern: :mod:`~app.uploads.forms` (multipart), :mod:`~app.uploads.manifests` (JSONL/CSV),
-:mod:`~app.uploads.label_studio` (Label Studio exports),
-:mod:`~app.uploads.archives` (zips), :mod:`~app.uploads.rules` (tags, classes, file names) and
-:mod:`~app.uploads.validation` (the whole batch). Every check reports through one collector,
-:class:`app.api.errors.FieldErrors`.
+One public parser, :func:`parse_upload` (:mod:`~app.uploads.pipeline`), in named steps: collect the files, parse
+the manifest into rows, resolve the classes, match files to rows, verify the images. Modules, by concern:
+:mod:`~app.uploads.batch` (what goes in and out), :mod:`~app.uploads.pipeline` (the steps),
+:mod:`~app.uploads.manifests` (JSONL/CSV), :mod:`~app.uploads.label_studio` (Label Studio exports),
+:mod:`~app.uploads.archives` (zips) and :mod:`~app.uploads.rules` (tags, classes, file names). Every check reports
+through one collector, :class:`app.errors.FieldErrors`. Nothing here knows a web framework except
+:mod:`~app.uploads.forms`, which reads the multipart request into a :class:`RawUpload` (routes import it from
+there; this package does not, so the services, and the worker through them, load no FastAPI).
 """
 
-from app.uploads.forms import RawPredict, RawUpload, read_multipart, read_predict_form, require_multipart
+from app.uploads.batch import BatchDuplicate, RawUpload, ValidBatch, ValidItem
+from app.uploads.pipeline import parse_upload
 from app.uploads.rules import check_classes, parse_classes
-from app.uploads.validation import BatchDuplicate, ValidBatch, ValidItem, validate_upload
 
 __all__ = [
     "BatchDuplicate",
-    "RawPredict",
     "RawUpload",
     "ValidBatch",
     "ValidItem",
     "check_classes",
     "parse_classes",
-    "read_multipart",
-    "read_predict_form",
-    "require_multipart",
-    "validate_upload",
+    "parse_upload",
 ]

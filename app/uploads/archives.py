@@ -6,16 +6,15 @@ import io
 import posixpath
 import zipfile
 
-from app.api.errors import FieldErrors
+from app.checks import shorten
 from app.config import Settings
-from app.services.checks import shorten
-from app.uploads.forms import _clean_name
-from app.uploads.rules import _DRIVE, MAX_FILE_NAME
+from app.errors import FieldErrors
+from app.uploads.rules import MAX_FILE_NAME, clean_name, is_unsafe_path
 
 MANIFEST_NAMES = ("manifest.jsonl", "manifest.csv", "manifest.json")  # .json: a Label Studio export
 
 
-def _read_archive(
+def read_archive(
     data: bytes, *, settings: Settings, errors: FieldErrors
 ) -> tuple[list[tuple[str, bytes]], tuple[bytes, str] | None]:
     """The images of a zip (and its top-level manifest, if any), checked for zip bombs and path tricks."""
@@ -40,13 +39,13 @@ def _read_archive(
             name = raw_name.replace("\\", "/")
             if info.is_dir() or name.endswith("/"):
                 continue
-            parts = name.split("/")
-            if name.startswith("/") or _DRIVE.match(name) or ".." in parts:
+            if is_unsafe_path(name):
                 shown = shorten(raw_name, MAX_FILE_NAME)
                 errors.add(field="archive", item=shown, message=f"{shown}: unsafe path in the archive")
                 continue
-            name = _clean_name(name)
-            if parts[0] == "__MACOSX" or posixpath.basename(name) in (".DS_Store", "Thumbs.db"):
+            top = name.split("/")[0]
+            name = clean_name(name)
+            if top == "__MACOSX" or posixpath.basename(name) in (".DS_Store", "Thumbs.db"):
                 continue
             if info.flag_bits & 0x1:
                 errors.add(field="archive", item=name, message=f"{name}: encrypted zip members are refused")

@@ -1,5 +1,7 @@
 """Reading multipart forms strictly: text must be UTF-8, parts have limits, unknown fields are errors; the dataset
-upload form (:func:`read_multipart`) and the ``POST /predict`` form (:func:`read_predict_form`)."""
+upload form (:func:`read_multipart`, a :class:`RawUpload` for :func:`app.uploads.parse_upload`) and the
+``POST /predict`` form (:func:`read_predict_form`). The HTTP side of the upload package: the only module of it
+that knows Starlette, so the parser itself loads no web framework."""
 
 from __future__ import annotations
 
@@ -10,27 +12,13 @@ from python_multipart.multipart import parse_options_header
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartParser
 
-from app.api.errors import ApiError, FieldError, FieldErrors, InvalidInput
+from app.checks import shorten
 from app.config import Settings
-from app.services.checks import shorten
+from app.errors import ApiError, FieldError, FieldErrors, InvalidInput
+from app.uploads.batch import RawUpload
+from app.uploads.rules import clean_name
 
 FORM_FIELDS = ("name", "classes", "prompt_template", "manifest", "manifest_format", "images", "archive")
-
-
-@dataclass
-class RawUpload:
-    """The parts of a multipart upload, read but not yet validated."""
-
-    name: str | None = None
-    classes: str | None = None
-    prompt_template: str | None = None
-    manifest: bytes | None = None
-    manifest_name: str | None = None
-    manifest_format: str | None = None  # auto (absent), jsonl, csv or label-studio (app.uploads.label_studio)
-    images: list[tuple[str, bytes]] = field(default_factory=list)
-    archive: bytes | None = None
-    archive_name: str | None = None
-    errors: FieldErrors = field(default_factory=FieldErrors)
 
 
 # --- reading the request ----------------------------------------------------------------------------------
@@ -132,7 +120,7 @@ async def read_multipart(request: Request, settings: Settings) -> RawUpload:
                 if not isinstance(value, UploadFile):
                     raw.errors.add(field="images", message="images: each part must be a file")
                     continue
-                raw.images.append((_clean_name(value.filename or ""), await value.read()))
+                raw.images.append((clean_name(value.filename or ""), await value.read()))
             elif key == "archive":
                 if raw.archive is not None:
                     raw.errors.add(field="archive", message="archive: send at most one zip")
@@ -158,14 +146,6 @@ async def _part_bytes(value: UploadFile | str) -> bytes:
 
 def _part_name(value: UploadFile | str) -> str | None:
     return shorten(str(value.filename)) if isinstance(value, UploadFile) and value.filename is not None else None
-
-
-def _clean_name(name: str) -> str:
-    """A display name: '/' separators, no leading './' or '/'. Never used as a path."""
-    name = name.replace("\\", "/").strip()
-    while name.startswith("./"):
-        name = name[2:]
-    return name.lstrip("/")
 
 
 @dataclass
@@ -208,7 +188,7 @@ async def read_predict_form(request: Request, settings: Settings) -> RawPredict:
                 errors.add(field=key, item=_part_name(value), message=f"{key}: {what} is not valid UTF-8 text")
             elif key == "image":
                 if isinstance(value, UploadFile):
-                    raw.images.append((_clean_name(value.filename or ""), await value.read()))
+                    raw.images.append((clean_name(value.filename or ""), await value.read()))
                 else:
                     errors.add(field="image", message="image: each part must be a file")
             else:

@@ -38,11 +38,11 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from app.api.errors import FieldErrors
+from app.checks import shorten
 from app.config import Settings
-from app.services.checks import shorten
-from app.uploads.manifests import _has_lone_surrogate, _Row
-from app.uploads.rules import _tag_problem
+from app.errors import FieldErrors
+from app.uploads.manifests import ManifestRow
+from app.uploads.rules import has_lone_surrogate, tag_problem
 
 #: ``manifest_format`` values of the upload form.
 MANIFEST_FORMATS = ("auto", "jsonl", "csv", "label-studio")
@@ -63,7 +63,7 @@ def is_label_studio(manifest: bytes, manifest_format: str | None) -> bool:
 
 @dataclass
 class LabelStudioManifest:
-    rows: list[_Row]
+    rows: list[ManifestRow]
     classes: list[str] | None  # inferred (sorted) when no classes were known
     skipped: list[str] = field(default_factory=list)  # "task <id>" of the skipped tasks
     skipped_files: list[str] = field(default_factory=list)  # their sent images (left out, not an error)
@@ -96,33 +96,8 @@ def parse_label_studio(
 ) -> LabelStudioManifest:
     """Rows from a Label Studio export; ``classes`` None infers them. ``file_names``: the uploaded files' names."""
     out = LabelStudioManifest(rows=[], classes=None)
-    try:
-        tasks = json.loads(data.decode("utf-8-sig"))
-    except UnicodeDecodeError as exc:
-        errors.add(field="manifest", message=f"manifest: not UTF-8 (invalid byte at offset {exc.start})")
-        return out
-    except json.JSONDecodeError as exc:
-        errors.add(
-            field="manifest",
-            line=exc.lineno,
-            message=f"manifest: not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})",
-        )
-        return out
-    if not isinstance(tasks, list):
-        errors.add(
-            field="manifest",
-            message=f"manifest: a Label Studio export is a JSON list of tasks, got {_json_type(tasks)}"
-            " (export the project as 'JSON')",
-        )
-        return out
-    if _has_lone_surrogate(tasks):
-        errors.add(field="manifest", message="manifest: invalid Unicode (an unpaired \\u surrogate)")
-        return out
-    if len(tasks) > settings.max_items_per_request:
-        errors.add(
-            field="manifest",
-            message=f"manifest: {len(tasks)} tasks, over the limit of {settings.max_items_per_request} per request",
-        )
+    tasks = _load_tasks(data, settings=settings, errors=errors)
+    if tasks is None:
         return out
 
     by_name: dict[str, list[str]] = {}
@@ -147,19 +122,7 @@ def parse_label_studio(
     exact = {names[0] for t in parsed if (names := image_names(t.image))}  # the names tasks give in full
     used: dict[str, str] = {}  # sent file -> task that took it
     for t in parsed:
-        for choice, path in t.all_choices:
-            problem = _tag_problem(choice, settings)
-            if problem is None and choice != choice.strip():
-                problem = f"tag {shorten(choice)!r} has leading or trailing whitespace"
-            if problem:
-                errors.add(field=path, item=t.name, message=f"{t.name}: {path}: {problem}")
-            elif choice not in known_set:
-                errors.add(
-                    field=path,
-                    item=t.name,
-                    message=f"{t.name}: {path}: {shorten(choice)!r} is not one of the classes "
-                    f"({shorten(', '.join(known), 200) or 'none'}); send it in `classes` to add it",
-                )
+        _check_choices(t, known, known_set, settings=settings, errors=errors)
         file, problem, ambiguous = _match_file(t, by_name, exact)
         if t.skipped:
             out.skipped.append(t.name)
@@ -183,8 +146,58 @@ def parse_label_studio(
         else:
             candidates = sorted({c for c in t.candidates if c in known_set}, key=order.__getitem__)
         label = t.ground_truth if t.ground_truth in known_set else None
-        out.rows.append(_Row(line=t.index + 1, file=file, candidates=candidates, label=label))
+        out.rows.append(ManifestRow(line=t.index + 1, file=file, candidates=candidates, label=label))
     return out
+
+
+def _load_tasks(data: bytes, *, settings: Settings, errors: FieldErrors) -> list[object] | None:
+    """The export's list of tasks, or None (the problem recorded): UTF-8 JSON, a list, valid Unicode, not too long."""
+    try:
+        tasks = json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        errors.add(field="manifest", message=f"manifest: not UTF-8 (invalid byte at offset {exc.start})")
+        return None
+    except json.JSONDecodeError as exc:
+        errors.add(
+            field="manifest",
+            line=exc.lineno,
+            message=f"manifest: not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})",
+        )
+        return None
+    if not isinstance(tasks, list):
+        errors.add(
+            field="manifest",
+            message=f"manifest: a Label Studio export is a JSON list of tasks, got {_json_type(tasks)}"
+            " (export the project as 'JSON')",
+        )
+        return None
+    if has_lone_surrogate(tasks):
+        errors.add(field="manifest", message="manifest: invalid Unicode (an unpaired \\u surrogate)")
+        return None
+    if len(tasks) > settings.max_items_per_request:
+        errors.add(
+            field="manifest",
+            message=f"manifest: {len(tasks)} tasks, over the limit of {settings.max_items_per_request} per request",
+        )
+        return None
+    return tasks
+
+
+def _check_choices(t: _Task, known: list[str], known_set: set[str], *, settings: Settings, errors: FieldErrors) -> None:
+    """Every choice the task's annotations and predictions give is a valid tag among the ``known`` classes."""
+    for choice, path in t.all_choices:
+        problem = tag_problem(choice, settings)
+        if problem is None and choice != choice.strip():
+            problem = f"tag {shorten(choice)!r} has leading or trailing whitespace"
+        if problem:
+            errors.add(field=path, item=t.name, message=f"{t.name}: {path}: {problem}")
+        elif choice not in known_set:
+            errors.add(
+                field=path,
+                item=t.name,
+                message=f"{t.name}: {path}: {shorten(choice)!r} is not one of the classes "
+                f"({shorten(', '.join(known), 200) or 'none'}); send it in `classes` to add it",
+            )
 
 
 def _json_type(value: object) -> str:

@@ -7,27 +7,29 @@ import io
 import json
 from dataclasses import dataclass
 
-from app.api.errors import FieldErrors
+from app.checks import shorten
 from app.config import Settings
-from app.services.checks import shorten
-from app.uploads.forms import _clean_name
-from app.uploads.rules import _URL, MAX_FILE_NAME, _file_name_problem, _tag_problem
+from app.errors import FieldErrors
+from app.uploads.rules import MAX_FILE_NAME, clean_name, file_name_problem, has_lone_surrogate, is_url, tag_problem
 
 #: Keys of a JSONL manifest line (CSV: the header's columns).
 ROW_KEYS = ("file", "candidates", "label")
 
 
 @dataclass
-class _Row:
+class ManifestRow:
+    """One row of a manifest (or one Label Studio task): its line (or index + 1), file, candidates and label."""
+
     line: int
     file: str
     candidates: list[str]
     label: str | None
 
 
-def _parse_manifest(
+def parse_manifest(
     data: bytes, name: str | None, *, settings: Settings, errors: FieldErrors, fmt: str | None = None
-) -> list[_Row]:
+) -> list[ManifestRow]:
+    """The rows of a JSONL or CSV manifest (``fmt``, else by the file's name or first line), every row checked."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -44,11 +46,11 @@ def _parse_manifest(
         first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
         is_jsonl = first.startswith("{")
     rows = _parse_jsonl(text, errors) if is_jsonl else _parse_csv(text, errors)
-    out: list[_Row] = []
+    out: list[ManifestRow] = []
     seen: dict[str, int] = {}
     out_files: set[str] = set()
     for row in rows:
-        if _URL.match(row.file):
+        if is_url(row.file):
             errors.add(
                 field="file",
                 item=shorten(row.file, MAX_FILE_NAME),
@@ -60,7 +62,7 @@ def _parse_manifest(
         # A row with problems is still kept (unless it repeats a file) so its image is not also reported as
         # "not in the manifest"; the batch fails on the recorded errors anyway.
         ok = True
-        problem = _file_name_problem(row.file)
+        problem = file_name_problem(row.file)
         if problem:
             row.file = shorten(row.file, MAX_FILE_NAME)  # the batch fails: the short form keeps the answer small
             errors.add(field="file", item=row.file, line=row.line, message=f"{row.file}: {problem} (line {row.line})")
@@ -84,7 +86,7 @@ def _parse_manifest(
             )
             ok = False
         for tag in [*row.candidates, *([row.label] if row.label is not None else [])]:
-            problem = _tag_problem(tag, settings)
+            problem = tag_problem(tag, settings)
             if problem:
                 errors.add(field="candidates", item=row.file, line=row.line, message=f"{row.file}: {problem}")
                 ok = False
@@ -111,8 +113,8 @@ def _tags(values: list[str]) -> list[str]:
     return out
 
 
-def _parse_jsonl(text: str, errors: FieldErrors) -> list[_Row]:
-    rows: list[_Row] = []
+def _parse_jsonl(text: str, errors: FieldErrors) -> list[ManifestRow]:
+    rows: list[ManifestRow] = []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -124,7 +126,7 @@ def _parse_jsonl(text: str, errors: FieldErrors) -> list[_Row]:
         if not isinstance(obj, dict):
             errors.add(field="manifest", line=n, message=f"manifest line {n}: not a JSON object")
             continue
-        if _has_lone_surrogate(obj):  # a "\ud800" escape: not text, and it could not even be sent back as UTF-8
+        if has_lone_surrogate(obj):  # a "\ud800" escape: not text, and it could not even be sent back as UTF-8
             errors.add(
                 field="manifest", line=n, message=f"manifest line {n}: invalid Unicode (an unpaired \\u surrogate)"
             )
@@ -140,10 +142,10 @@ def _parse_jsonl(text: str, errors: FieldErrors) -> list[_Row]:
                 "a URL",
             )
         file = obj.get("file")
-        if not isinstance(file, str) or not _clean_name(file):
+        if not isinstance(file, str) or not clean_name(file):
             errors.add(field="file", line=n, message=f"manifest line {n}: `file` must be a non-empty string")
             continue
-        file = _clean_name(file)
+        file = clean_name(file)
         shown = shorten(file, MAX_FILE_NAME)
         cands = obj.get("candidates")
         if not isinstance(cands, list) or not all(isinstance(c, str) for c in cands):
@@ -158,25 +160,11 @@ def _parse_jsonl(text: str, errors: FieldErrors) -> list[_Row]:
         if label is not None and not isinstance(label, str):
             errors.add(field="label", item=shown, line=n, message=f"{shown}: `label` must be a string")
             continue
-        rows.append(_Row(line=n, file=file, candidates=_tags(cands), label=label if label else None))
+        rows.append(ManifestRow(line=n, file=file, candidates=_tags(cands), label=label if label else None))
     return rows
 
 
-def _has_lone_surrogate(value: object) -> bool:
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")  # fails only on unpaired surrogates
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_lone_surrogate(v) for v in value)
-    return False
-
-
-def _parse_csv(text: str, errors: FieldErrors) -> list[_Row]:
+def _parse_csv(text: str, errors: FieldErrors) -> list[ManifestRow]:
     reader = csv.reader(io.StringIO(text))
     try:
         header = next(reader)
@@ -203,7 +191,7 @@ def _parse_csv(text: str, errors: FieldErrors) -> list[_Row]:
         )
     i_file, i_cand = cols.index("file"), cols.index("candidates")
     i_label = cols.index("label") if "label" in cols else None
-    rows: list[_Row] = []
+    rows: list[ManifestRow] = []
     try:
         for values in reader:
             n = reader.line_num
@@ -216,13 +204,13 @@ def _parse_csv(text: str, errors: FieldErrors) -> list[_Row]:
                     message=f"manifest line {n}: {len(values)} columns, the header has {len(cols)}",
                 )
                 continue
-            file = _clean_name(values[i_file])
+            file = clean_name(values[i_file])
             if not file:
                 errors.add(field="file", line=n, message=f"manifest line {n}: empty `file`")
                 continue
             cands = _tags(values[i_cand].split("|")) if values[i_cand].strip() else []
             label = values[i_label] if i_label is not None and values[i_label].strip() else None
-            rows.append(_Row(line=n, file=file, candidates=cands, label=label))
+            rows.append(ManifestRow(line=n, file=file, candidates=cands, label=label))
     except csv.Error as exc:
         errors.add(field="manifest", line=reader.line_num, message=f"manifest: bad CSV ({exc})")
     return rows

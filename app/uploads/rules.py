@@ -1,13 +1,13 @@
-"""Field rules shared by the form, the manifest and the JSON API: class lists, tags and file names."""
+"""Field rules shared by the form, the manifest, the archive and the JSON API: class lists, tags and file names."""
 
 from __future__ import annotations
 
 import json
 import re
 
-from app.api.errors import FieldErrors
+from app.checks import control_char_problem, shorten
 from app.config import Settings
-from app.services.checks import control_char_problem, shorten
+from app.errors import FieldErrors
 
 #: Longest file name (the ``items.file`` column): a display name, never used as a path.
 MAX_FILE_NAME = 500
@@ -18,6 +18,24 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def clean_name(name: str) -> str:
+    """A display name: '/' separators, no leading './' or '/'. Never used as a path."""
+    name = name.replace("\\", "/").strip()
+    while name.startswith("./"):
+        name = name[2:]
+    return name.lstrip("/")
+
+
+def is_url(name: str) -> bool:
+    """Whether a manifest's ``file`` is a URL ("http://host/x.jpg"), which is never fetched."""
+    return _URL.match(name) is not None
+
+
+def is_unsafe_path(name: str) -> bool:
+    """Whether an archive member's name (``/`` separators) is absolute, has a drive or climbs with ``..``."""
+    return name.startswith("/") or _DRIVE.match(name) is not None or ".." in name.split("/")
 
 
 def parse_classes(text: str, *, settings: Settings, errors: FieldErrors) -> list[str] | None:
@@ -37,7 +55,7 @@ def check_classes(value: list[str], *, settings: Settings, errors: FieldErrors) 
     """The classes as given; empty, padded, too long or repeated tags are recorded in ``errors``."""
     out: list[str] = []
     for i, tag in enumerate(value):
-        problem = _tag_problem(tag, settings)
+        problem = tag_problem(tag, settings)
         if problem:
             errors.add(field="classes", item=str(i), message=f"classes[{i}]: {problem}")
         elif tag in out:
@@ -47,7 +65,8 @@ def check_classes(value: list[str], *, settings: Settings, errors: FieldErrors) 
     return out
 
 
-def _tag_problem(tag: str, settings: Settings) -> str | None:
+def tag_problem(tag: str, settings: Settings) -> str | None:
+    """Why a tag (a class or a candidate) cannot be stored, or None."""
     if not tag:
         return "empty tag"
     if tag != tag.strip():
@@ -60,9 +79,24 @@ def _tag_problem(tag: str, settings: Settings) -> str | None:
     return None
 
 
-def _file_name_problem(name: str) -> str | None:
+def file_name_problem(name: str) -> str | None:
     """Why a file name (a display name, never a path) cannot be stored, or None."""
     if len(name) > MAX_FILE_NAME:
         return f"the file name is {len(name)} characters, over the limit of {MAX_FILE_NAME}"
     problem = control_char_problem(name)
     return f"the file name {problem}" if problem else None
+
+
+def has_lone_surrogate(value: object) -> bool:
+    """Whether parsed JSON holds a string with an unpaired surrogate (a "\\ud800" escape: not text)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")  # fails only on unpaired surrogates
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(has_lone_surrogate(k) or has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(has_lone_surrogate(v) for v in value)
+    return False

@@ -10,14 +10,14 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from app.api.deps import SessionDep, SettingsDep, StorageDep
-from app.api.errors import FieldError, InvalidInput
 from app.db import in_session
+from app.errors import FieldError, InvalidInput
 from app.models import Item
 from app.services import datasets as datasets_service
 from app.services import jobs as jobs_service
 from app.services import models as models_service
 from app.services import reviews
-from app.uploads import read_multipart, read_predict_form, require_multipart
+from app.uploads.forms import read_multipart, read_predict_form, require_multipart
 from app.web.security import CsrfUserDep, UserDep
 
 router = APIRouter(prefix="/ui/api", include_in_schema=False)

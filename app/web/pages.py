@@ -5,6 +5,7 @@ check (:data:`app.web.security.CsrfUserDep`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -18,8 +19,8 @@ from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
 from app.api.deps import SessionDep, SettingsDep, StorageDep
-from app.api.errors import ApiError
 from app.db import get_sessionmaker
+from app.errors import ApiError, Conflict, NotFound
 from app.job_defaults import AUTO_METHOD, METHOD_DEFAULTS
 from app.schemas import JobCreate
 from app.services import datasets as datasets_service
@@ -221,9 +222,9 @@ def _start_job_sync(request, dataset_id, user, settings, job_in, errors, fields)
                     settings=settings,
                 )
                 return _redirect(f"/ui/jobs/{job.id}")
-            except ApiError as exc:
-                if exc.status == 404:
-                    raise
+            except NotFound:
+                raise
+            except ApiError as exc:  # the job's input refused: the form shows why
                 errors = [e.message for e in exc.errors] or [exc.detail]
         context = _dataset_context(session, user, dataset_id)
         return _render(request, "dataset.html", user, status_code=422, job_errors=errors, form=fields, **context)
@@ -250,11 +251,8 @@ def job_page(request: Request, job_id: str, user: UserDep, session: SessionDep) 
 
 @router.post("/jobs/{job_id}/cancel")
 def cancel_job(job_id: str, user: CsrfUserDep, session: SessionDep) -> Response:
-    try:
+    with contextlib.suppress(Conflict):  # already finished: the page shows its final state
         jobs_service.cancel_job(session=session, owner=user.owner, job_id=job_id)
-    except ApiError as exc:
-        if exc.status != 409:  # already finished: the page shows its final state
-            raise
     return _redirect(f"/ui/jobs/{job_id}")
 
 

@@ -17,10 +17,10 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.types import Message, Receive, Scope, Send
 
-from app.api.errors import ApiError
 from app.asgi import HTTPMiddleware
 from app.config import get_settings
 from app.db import get_sessionmaker
+from app.errors import ApiError
 from app.services import web_sessions
 from app.services.web_sessions import SignedIn
 from app.ttl_cache import TTLCache

@@ -9,10 +9,10 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
-from app.api.errors import FieldError, InvalidInput
 from app.api.openapi import BODY, COMMON, IMAGE_TYPES, UPLOAD, problems
 from app.api.paging import CursorQuery, ItemCursorQuery, LimitQuery, page_limit
 from app.config import Settings, get_settings
+from app.errors import FieldError, InvalidInput
 from app.schemas import (
     DATASET_TEMPLATE_PATTERN,
     NAME_PATTERN,
@@ -28,7 +28,8 @@ from app.services import datasets as datasets_service
 from app.services import items as items_service
 from app.services import label_studio as label_studio_service
 from app.services import labels as labels_service
-from app.uploads import RawUpload, read_multipart, require_multipart
+from app.uploads import RawUpload
+from app.uploads.forms import read_multipart, require_multipart
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses=COMMON)
 

@@ -16,9 +16,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from app.api.deps import BasicOrBearerOwnerDep, SettingsDep, StorageDep
-from app.api.errors import FieldError, InvalidInput
 from app.api.openapi import BODY, COMMON, problems
 from app.db import in_session
+from app.errors import FieldError, InvalidInput
 from app.schemas import OUTSIDE_ID_SCHEMA
 from app.services import label_studio as ls_service
 from app.services import label_studio_webhook

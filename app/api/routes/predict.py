@@ -8,12 +8,12 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import OwnerDep, SettingsDep, StorageDep
-from app.api.errors import FieldError, InvalidInput
 from app.api.openapi import BODY, COMMON, IMAGE_TYPES, UPLOAD, problems
 from app.db import in_session
+from app.errors import FieldError, InvalidInput
 from app.schemas import PredictResponse
 from app.services import models as models_service
-from app.uploads import RawPredict, read_predict_form
+from app.uploads.forms import RawPredict, read_predict_form
 
 router = APIRouter(prefix="/predict", tags=["predict"], responses=COMMON)
 

@@ -1,4 +1,4 @@
-"""Small checks shared by the services: ids from the URL, text that is stored, long values in messages.
+"""Small checks shared by the services and the upload parser: ids from the URL, stored text, values in messages.
 
 PostgreSQL text columns cannot hold NUL, so a NUL anywhere in a value bound to a query raises a driver error
 (a 500) instead of a clean answer: ids are checked before any query (an impossible id is simply not found),
