@@ -190,10 +190,8 @@ def answer(
         select(func.count()).select_from(AuditItem).where(AuditItem.audit_id == audit.id, AuditItem.item_id == item_id)
     )
     if not member:
-        raise InvalidInput(
-            f"item_id: item {item_id[:64]!r} is not in the dataset's current audit",
-            errors=[FieldError(field="item_id", item=item_id[:64], message="item_id: not in the current audit")],
-        )
+        message = f"item_id: item {item_id[:64]!r} is not in the dataset's current audit"
+        raise InvalidInput(message, errors=[FieldError(field="item_id", item=item_id[:64], message=message)])
     decide(
         session=session,
         owner=owner,

@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from fastapi import APIRouter, Body
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from app.api.deps import OwnerDep, ReviewerDep, SessionDep
 from app.api.errors import NotFound
 from app.api.openapi import BODY, COMMON, problems
-from app.schemas import JsonInt, _Input
+from app.schemas import _Input, _integral
 from app.services import audits as audits_service
 
 router = APIRouter(prefix="/datasets", tags=["audits"], responses=COMMON)
@@ -20,13 +21,13 @@ router = APIRouter(prefix="/datasets", tags=["audits"], responses=COMMON)
 class AuditCreate(_Input):
     """Body of ``POST /datasets/{id}/audits`` (every field optional; an empty body takes the defaults)."""
 
-    size: JsonInt | None = Field(
+    size: Annotated[int, Field(ge=1, le=audits_service.MAX_SIZE), BeforeValidator(_integral)] | None = Field(
         None,
         description=f"How many items to draw, 1 to {audits_service.MAX_SIZE} (at most the dataset's items). Default: "
         f"{audits_service.DEFAULT_MIN} items or {audits_service.DEFAULT_SHARE:.0%} of the dataset, whichever is "
         f"larger, at most {audits_service.MAX_SIZE}.",
     )
-    seed: JsonInt | None = Field(
+    seed: Annotated[int, Field(ge=0, le=audits_service.MAX_SEED), BeforeValidator(_integral)] | None = Field(
         None,
         description=f"0 to {audits_service.MAX_SEED}; the same seed on the same items draws the same sample. "
         "Default: a random seed (returned).",
@@ -36,8 +37,10 @@ class AuditCreate(_Input):
 class AuditAnswer(_Input):
     """Body of ``POST /datasets/{id}/audits/current/answers``: the true tag of one item of the current audit."""
 
-    item_id: str = Field(max_length=64)
-    label: str = Field(max_length=500, description="Any class of the dataset (added to the item's candidates).")
+    item_id: str = Field(min_length=1, max_length=64)
+    label: str = Field(
+        min_length=1, max_length=500, description="Any class of the dataset (added to the item's candidates)."
+    )
 
 
 class AuditItemRead(BaseModel):
