@@ -187,3 +187,23 @@ def headline(view: QualityView) -> str:
         f" (95% interval {pct(view.lo)} to {pct(view.hi)})" if view.lo is not None and view.hi is not None else ""
     )
     return f"{pct(view.accuracy)} of the labels right{interval}: {view.basis_text}."
+
+
+def words(v: Any) -> str:
+    """A value of a report or an event in words: numbers to 4 significant digits, lists and mappings spelled out."""
+    if isinstance(v, bool) or v is None:
+        return {True: "yes", False: "no", None: "–"}[v]
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list | tuple):
+        return ", ".join(words(x) for x in v)
+    if isinstance(v, Mapping):
+        return ", ".join(f"{str(k).replace('_', ' ')} {words(x)}" for k, x in v.items())
+    return str(v)
+
+
+def event_text(data: Mapping | None) -> str:
+    """A job event's data in words ("epoch 2 · epochs 3 · pll loss 0.4312"), never as JSON (app.js mirrors it)."""
+    if not isinstance(data, Mapping):
+        return ""
+    return " · ".join(f"{str(k).replace('_', ' ')} {words(v)}" for k, v in data.items())

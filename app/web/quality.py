@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from markupsafe import Markup
 
 from app.services.audits import DEFAULT_MIN
-from app.services.quality_view import QualityView, headline, pct, quality_view
+from app.services.quality_view import QualityView, event_text, headline, pct, quality_view
 from app.web import charts
 
 
@@ -63,25 +63,6 @@ def quality_panel(
         )
     reviews = Markup(charts.reviews_chart(series)) if series else None
     return QualityPanel(view, headline(view), tags, losses, rates, reviews)
-
-
-def _value(v) -> str:
-    if isinstance(v, bool) or v is None:
-        return {True: "yes", False: "no", None: "–"}[v]
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, list | tuple):
-        return ", ".join(_value(x) for x in v)
-    if isinstance(v, Mapping):
-        return ", ".join(f"{str(k).replace('_', ' ')} {_value(x)}" for k, x in v.items())
-    return str(v)
-
-
-def event_text(data: Mapping | None) -> str:
-    """A job event's data in words ("epoch 2 · epochs 3 · pll loss 0.4312"), never as JSON (app.js mirrors it)."""
-    if not isinstance(data, Mapping):
-        return ""
-    return " · ".join(f"{str(k).replace('_', ' ')} {_value(v)}" for k, v in data.items())
 
 
 __all__ = ["QualityPanel", "event_text", "pct", "quality_panel"]
