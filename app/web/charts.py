@@ -55,7 +55,15 @@ def bar_chart(rows: Sequence[tuple[str, float, str]], *, title: str) -> str:
             f'<rect class="bar" x="{label_w}" y="{_num(y + 3)}" width="{_num(bar_w * v)}" height="{row_h - 6}">'
             f"<title>{escape(str(label))}: {_pct(float(value))}</title></rect>"
         )
-        body.append(_text(label_w + bar_w + 8, y + 15, f"{_pct(float(value))} {note}".strip(), "start", "value"))
+        body.append(
+            _text(
+                label_w + bar_w + 8,
+                y + 15,
+                f"{_pct(float(value))} · {note}" if note else _pct(float(value)),
+                "start",
+                "value",
+            )
+        )
     return _svg(top * 2 + row_h * max(len(rows), 1), title, body, "bars")
 
 
@@ -79,8 +87,8 @@ def _bounds(values: list[float], unit: bool) -> tuple[float, float]:
 class _Frame:
     """The plot area of a line chart and its scales."""
 
-    left, right, top, bottom = 56, 16, 12, 40
-    height = 220
+    left, right, top, bottom = 56, 16, 26, 56
+    height = 240
 
     def __init__(self, xs: list[float], ys: list[float], unit: bool):
         self.x0, self.x1 = (min(xs), max(xs)) if xs else (0.0, 1.0)
@@ -107,8 +115,8 @@ class _Frame:
         xt = sorted({round(v) for v in _ticks(self.x0, self.x1)}) if integer_x else _ticks(self.x0, self.x1)
         for v in xt:
             out.append(_text(self.x(v), base + 16, f"{v:g}", "middle"))
-        out.append(_text((self.left + WIDTH - self.right) / 2, self.height - 6, x_label, "middle", "label"))
-        out.append(_text(4, self.top + 4, y_label, "start", "label"))
+        out.append(_text((self.left + WIDTH - self.right) / 2, base + 32, x_label, "middle", "label"))
+        out.append(_text(4, 12, y_label, "start", "label"))
         return out
 
 
@@ -124,7 +132,7 @@ def line_chart(
     legend; ``unit``: y is a share in [0, 1], shown in percent on a fixed 0-100 % axis."""
     kept = {name: [(float(x), float(y)) for x, y in pts if y is not None] for name, pts in series.items()}
     kept = {name: pts for name, pts in kept.items() if pts}
-    xs = [x for pts in kept.values() for x, _ in pts]
+    xs = [float(x) for pts in series.values() for x, _ in pts]  # every series on the same x range, gaps included
     frame = _Frame(xs, [y for pts in kept.values() for _, y in pts], unit)
     body = frame.axes(x_label, y_label, integer_x=True)
     for k, (name, pts) in enumerate(kept.items()):
@@ -138,8 +146,8 @@ def line_chart(
                 f"<title>{escape(name)}, {x:g}: {shown}</title></circle>"
             )
         lx = frame.left + 10 + k * 150
-        body.append(f'<rect class="{css} key" x="{lx}" y="{frame.height - 14}" width="10" height="4"/>')
-        body.append(_text(lx + 14, frame.height - 10 + 2, _short(name), "start", "legend"))
+        body.append(f'<rect class="{css} key" x="{lx}" y="{frame.height - 6}" width="10" height="4"/>')
+        body.append(_text(lx + 14, frame.height, _short(name), "start", "legend"))
     if not kept:
         body.append(_text(WIDTH / 2, frame.height / 2, "no values", "middle", "label"))
     return _svg(frame.height + 12, title, body, "lines")

@@ -34,7 +34,9 @@ def test_bar_chart_has_one_bar_per_row_scaled_to_its_value() -> None:
     full = float(tracks[0].get("width"))
     assert widths == [full * 0.5, full, full * 0.25, 0.0]
     texts = [t.text for t in _all(root, "text")]
-    assert "<script>x</script>" in " ".join(t for t in texts if t) and "50.0 % 10 items" in texts
+    assert (
+        "<script>x</script>" in " ".join(t for t in texts if t) and "50.0 % · 10 items" in texts and "100.0 %" in texts
+    )
     assert "<script>" not in charts.bar_chart(rows, title="per tag")  # escaped in the markup
 
 
