@@ -73,6 +73,14 @@ def draw(items: list[tuple[str, str | None]], size: int, seed: int) -> list[tupl
     return sample
 
 
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The 95% Wilson score interval of ``k`` successes in ``n`` trials."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def _bad(field_name: str, message: str) -> InvalidInput:
     return InvalidInput(message, errors=[FieldError(field=field_name, message=message)])
 
@@ -141,6 +149,15 @@ class AuditProgress:
     total: int
     strata: list[dict] = field(default_factory=list)  # {"tag", "items", "answered"}, largest first
     next_items: list[Item] = field(default_factory=list)
+    agreed: int = 0  # answers equal to the item's tag when drawn
+
+    @property
+    def agreement(self) -> tuple[float, float, float] | None:
+        """The share of answers equal to the tag the item had when drawn, with its 95% Wilson interval: how right
+        the tags were, measured on this random sample (None before the first answer)."""
+        if not self.answered:
+            return None
+        return (self.agreed / self.answered, *wilson(self.agreed, self.answered))
 
     @property
     def created_at(self) -> datetime:
@@ -169,6 +186,7 @@ def progress(*, session: Session, owner: Owner, dataset_id: str, limit: int = NE
         audit=audit,
         answered=len(answers),
         total=len(members),
+        agreed=sum(answers[item_id] == stratum for item_id, stratum in members if item_id in answers),
         strata=[
             {"tag": s, "items": n, "answered": a}
             for s, (n, a) in sorted(strata.items(), key=lambda kv: (-kv[1][0], kv[0] or ""))

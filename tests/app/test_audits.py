@@ -154,7 +154,8 @@ def test_answers_are_audit_decisions_and_audited_tags_leaves_out_undone_and_othe
     dataset_id = _dataset_with_tags(alice, 60)
     body = alice.post(f"/datasets/{dataset_id}/audits", json={"size": 12, "seed": 3}).json()
     sample = _all_sampled(dataset_id)
-    outside = next(i for i in _labels(dataset_id) if i not in sample)
+    when_drawn = _labels(dataset_id)
+    outside = next(i for i in when_drawn if i not in sample)
     url = f"/datasets/{dataset_id}/audits/current/answers"
     # the first four answered: one with a class outside the item's candidates (added to them)
     answers = {sample[0]: "owl", sample[1]: "dog", sample[2]: "cat", sample[3]: "lynx"}
@@ -163,6 +164,7 @@ def test_answers_are_audit_decisions_and_audited_tags_leaves_out_undone_and_othe
         assert r.status_code == 200, r.text
     progress = r.json()
     assert (progress["answered"], progress["total"]) == (4, 12)
+    assert progress["agreed"] == sum(when_drawn[i] == t for i, t in answers.items())
     assert [i["id"] for i in progress["next"]] == sample[4:12][: audits.NEXT_ITEMS]
     assert sum(s["answered"] for s in progress["strata"]) == 4
     with session_scope() as session:
@@ -220,3 +222,12 @@ def test_allocation_and_draw_rules() -> None:
     sample = audits.draw(items, 10, seed=5)
     assert sample == audits.draw(items, 10, seed=5) and len({i for i, _ in sample}) == 10
     assert Counter(s for _, s in sample) == Counter({"a": 7, None: 3})  # 7.5 and 2.5: the tie to "untagged"
+
+
+def test_wilson_interval_matches_the_published_values() -> None:
+    # Wilson score intervals at 95% (Newcombe 1998, table I: 81/263 -> 0.2553-0.3662; 15/148 -> 0.0624-0.1605)
+    lo, hi = audits.wilson(81, 263)
+    assert (round(lo, 4), round(hi, 4)) == (0.2553, 0.3662)
+    lo, hi = audits.wilson(15, 148)
+    assert (round(lo, 4), round(hi, 4)) == (0.0624, 0.1605)
+    assert audits.wilson(5, 5)[1] == 1.0 and audits.wilson(0, 5)[0] == 0.0

@@ -79,6 +79,8 @@ def test_audit_page_hides_the_model_output_and_records_answers(web: TestClient, 
     other = next(c for c in ("cat", "lynx", "dog") if c not in answers)
     r = web.post(f"/ui/datasets/{ds['id']}/audit/answer", data={"csrf_token": csrf, "item_id": item_id, "label": other})
     assert r.status_code == 200 and _progress(r.text) == (1, 4) and "Undo it" in r.text
+    # the model's tag was within the candidates, the answer outside them: 0 of 1 agree, interval 0 % to 79.3 %
+    assert "So far 0 of 1 answers agree" in r.text and "(95% interval 0.0 % to 79.3 %)" in r.text
     with session_scope() as session:
         row = session.scalars(select(ItemReview).where(ItemReview.item_id == item_id)).one()
         assert (row.action, row.label) == ("audit", other) and row.reviewer

@@ -67,6 +67,7 @@ class AuditRead(BaseModel):
     created_at: datetime
     answered: int
     total: int
+    agreed: int = Field(description="Answers equal to the item's tag when the sample was drawn.")
     strata: list[AuditStratum]
     next: list[AuditItemRead] = Field(description="The next unanswered items, in the order they are asked.")
 
@@ -82,6 +83,7 @@ def audit_read(p: audits_service.AuditProgress) -> AuditRead:
         created_at=a.created_at,
         answered=p.answered,
         total=p.total,
+        agreed=p.agreed,
         strata=[AuditStratum(**s) for s in p.strata],
         next=[
             AuditItemRead(id=i.id, file=i.file, candidates=list(i.candidates), image_url=f"/items/{i.id}/image")
