@@ -255,6 +255,8 @@ function setupJob(root) {
   var after = parseInt(root.dataset.after || "0", 10);
   var events = document.querySelector("[data-events]");
   var seen = {};
+  // the page was served while the job ran: it reloads (once) when the job ends, to show what the server renders
+  var live = root.dataset.status === "queued" || root.dataset.status === "running";
 
   function stageRow(name) {
     return root.querySelector('[data-stage="' + name + '"]');
@@ -287,11 +289,12 @@ function setupJob(root) {
     root.querySelector("[data-job-done]").hidden = !finished;
     var cancel = document.querySelector("form[data-cancel]");
     if (cancel && job.status !== "queued" && job.status !== "running") cancel.hidden = true;
-    // the quality report is at the top level of the job (not in metrics); the page renders it (words and SVG
-    // charts, app/web/quality.py), so a job that finishes while the page is open reloads it once
+    // the quality report is at the top level of the job (not in metrics); the server renders it (words and SVG
+    // charts, app/web/quality.py), so a job that finishes while the page is open reloads the page once
     var slot = document.querySelector("[data-quality-slot]");
-    if (job.quality && slot && slot.dataset.hasQuality !== "1" && job.status !== "queued" && job.status !== "running") {
-      slot.dataset.hasQuality = "1";
+    var final = job.status !== "queued" && job.status !== "running";
+    if (live && final && job.quality && slot && slot.dataset.hasQuality !== "1") {
+      live = false;
       window.location.reload();
     }
   }
