@@ -179,7 +179,7 @@ class ItemReview(Base):
     item_id: Mapped[str] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
     api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), default=None)
     reviewer: Mapped[str] = mapped_column(String(200))  # the key's name (or its prefix when it has none)
-    action: Mapped[str] = mapped_column(String(16))  # "assign" | "accept" | "undo"
+    action: Mapped[str] = mapped_column(String(16))  # "assign" | "accept" | "audit" | "undo"
     label: Mapped[str | None] = mapped_column(String(MAX_TAG_COLUMN))  # the tag after the decision
     previous_label: Mapped[str | None] = mapped_column(String(MAX_TAG_COLUMN), default=None)
     previous_source: Mapped[str | None] = mapped_column(String(16), default=None)
@@ -193,6 +193,32 @@ class ItemReview(Base):
     # "label-studio:annotation:<id>" (app.services.label_studio)
     source_ref: Mapped[str | None] = mapped_column(String(200), default=None, index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Audit(Base):
+    """A random sample of a dataset's items, stratified by their tag when drawn, that a person answers blind (the
+    model's tag hidden): the yardstick of the quality estimate (``app.services.audits``). The latest is current."""
+
+    __tablename__ = "audits"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    size: Mapped[int] = mapped_column(Integer)  # items drawn
+    population: Mapped[int] = mapped_column(Integer)  # the dataset's items when drawn
+    reviewer: Mapped[str] = mapped_column(String(200))  # who started it
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditItem(Base):
+    """One item of an audit sample, in the order it is asked, with its tag when drawn (its stratum)."""
+
+    __tablename__ = "audit_items"
+
+    audit_id: Mapped[str] = mapped_column(ForeignKey("audits.id", ondelete="CASCADE"), primary_key=True)
+    item_id: Mapped[str] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True, index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    stratum: Mapped[str | None] = mapped_column(String(MAX_TAG_COLUMN), default=None)  # None: untagged when drawn
 
 
 class WebSession(Base):

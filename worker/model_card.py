@@ -2,34 +2,58 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 
 from app.config import REFERENCE_BACKBONE, get_settings
+from app.services.quality_view import pct, quality_view, words
+
+
+def _cell(value) -> str:
+    """A Markdown table cell: the value in words, pipes and line breaks escaped."""
+    return words(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(_cell(v) for v in row) + " |" for row in rows),
+        "",
+    ]
 
 
 def quality_lines(quality: dict | None) -> list[str]:
-    """The card's "Label quality" section: the job's quality report in words, then in full (JSON)."""
-    if not quality:
+    """The card's "Label quality" section: the job's quality report in words and tables (either report shape)."""
+    view = quality_view(quality)
+    if view is None:
         return []
-    lines = ["## Label quality (measured without true labels)", ""]
-    lines.append(
-        f"- Estimated share of correct labels in the dataset: **{quality['estimated_accuracy']:.1%}** "
-        f"(certain items count as right; every other item its calibrated confidence)"
+    interval = (
+        f" (95% interval {pct(view.lo)} to {pct(view.hi)})" if view.lo is not None and view.hi is not None else ""
     )
-    hold = quality.get("holdout")
-    if hold:
-        lo, hi = hold["ci95"]
-        lines.append(
-            f"- Held-out items with a known tag: {hold['correct']}/{hold['items']} labelled right, "
-            f"**{hold['accuracy']:.1%}** (95% Wilson interval {lo:.1%} to {hi:.1%})"
-        )
-    cal = quality["calibration"]
-    lines.append(f"- Confidence calibration: {cal['method']}, temperature {cal['temperature']:.4g}")
-    if quality.get("needs_review") is not None:
-        lines.append(f"- Items flagged for review: {quality['needs_review']}")
-    lines += [f"- Warning: {w}" for w in quality.get("warnings", [])]
-    lines += ["", "```json", json.dumps(quality, indent=2, sort_keys=True), "```", ""]
+    lines = [
+        "## Label quality",
+        "",
+        f"- Estimated share of correct labels: **{pct(view.accuracy)}**{interval}: {view.basis_text}.",
+        f"- Next: {view.next_step}",
+        *(f"- {d}" for d in view.details),
+        *(f"- Warning: {w}" for w in view.warnings),
+        "",
+    ]
+    if view.per_tag:
+        lines += ["### Estimated accuracy per tag (the weakest first)", ""]
+        rows = [[t.tag, pct(t.accuracy), t.items, t.audited] for t in view.per_tag]
+        lines += _table(["tag", "estimated accuracy", "items", "audited"], rows)
+    if view.confusions:
+        lines += ["### Tags the model confuses most within candidate sets", ""]
+        rows = [[f"{c.a} and {c.b}", c.items, pct(c.share)] for c in view.confusions]
+        lines += _table(["tags", "items", "share"], rows)
+    if view.epochs:
+        lines += ["### Training by epoch", ""]
+        rows = [
+            [int(e["epoch"]), e["pll_loss"], e["align_loss"], pct(e["label_churn"]), pct(e["holdout_acc"])]
+            for e in view.epochs
+        ]
+        lines += _table(["epoch", "partial-label loss", "alignment loss", "label churn", "held-out accuracy"], rows)
     return lines
 
 
@@ -56,10 +80,7 @@ def model_card(job, cfg, metrics: dict, model_id: str) -> str:
         "",
         "## Metrics",
         "",
-        "```json",
-        json.dumps(shown, indent=2, sort_keys=True),
-        "```",
-        "",
+        *_table(["metric", "value"], [[k.replace("_", " "), shown[k]] for k in sorted(shown)]),
         *quality_lines(metrics.get("quality")),
         "## Intended use",
         "",

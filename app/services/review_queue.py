@@ -32,6 +32,20 @@ def job_quality(job: Job) -> dict | None:
     return quality if isinstance(quality, dict) and quality else None
 
 
+def latest_quality(*, session: Session, owner: Owner, dataset: Dataset) -> dict | None:
+    """The dataset's latest quality report: the dataset's own (``datasets.quality``, kept by refits, where the
+    schema has it) or else its latest succeeded job's."""
+    own = getattr(dataset, "quality", None)
+    if isinstance(own, dict) and own:
+        return own
+    jobs = session.scalars(
+        select(Job)
+        .where(Job.owner_id == owner.id, Job.dataset_id == dataset.id, Job.status == "succeeded")
+        .order_by(Job.finished_at.desc().nulls_last(), Job.created_at.desc())
+    )
+    return next((q for q in map(job_quality, jobs) if q), None)
+
+
 def _counts(session: Session, owner: Owner, dataset_id: str | None = None) -> dict[str, tuple[int, int, int, int]]:
     stmt = (
         select(

@@ -45,7 +45,8 @@ class Reviewer:
     name: str
 
 
-ReviewAction = Literal["assign", "accept"]
+#: "audit": a person's true tag of an item of an audit sample (app.services.audits), checked like "assign"
+ReviewAction = Literal["assign", "accept", "audit"]
 
 
 def _check_label(item: Item, label: str, *, add_to_candidates: bool) -> str:
@@ -101,8 +102,9 @@ def apply_decision(
     source_ref: str | None = None,
 ) -> None:
     """The one write of a reviewer's tag, with its history row; the caller holds the dataset's lock (then the
-    item's) and commits. ``accept`` takes the model's tag (409 when there is none yet); ``assign`` checks ``label``
-    (:func:`_check_label`). ``source_ref`` names the outside decision it came from (see :func:`withdraw_source`)."""
+    item's) and commits. ``accept`` takes the model's tag (409 when there is none yet); ``assign`` and ``audit``
+    check ``label`` (:func:`_check_label`). ``source_ref`` names the outside decision it came from (see
+    :func:`withdraw_source`)."""
     if action == "accept":
         if item.label is None:
             raise Conflict(f"item {item.id}: no tag to accept yet (no job has labelled it)", code="nothing_to_accept")

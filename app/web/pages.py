@@ -22,14 +22,17 @@ from app.api.deps import SessionDep, SettingsDep, StorageDep
 from app.db import get_sessionmaker
 from app.errors import ApiError, Conflict, NotFound
 from app.job_defaults import AUTO_METHOD, METHOD_DEFAULTS
+from app.models import Dataset
 from app.schemas import JobCreate
 from app.services import datasets as datasets_service
 from app.services import items as items_service
 from app.services import jobs as jobs_service
 from app.services import models as models_service
 from app.services import review_queue, reviews, thumbnails, web_sessions
+from app.services.audits import default_size
 from app.services.review_queue import ReviewFilter
 from app.web.fastpath import thumb_items, thumbnail_headers
+from app.web.quality import event_text, pct, quality_panel
 from app.web.security import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
@@ -52,6 +55,8 @@ def ordered_candidates(item) -> list[str]:
 
 
 templates.env.globals["ordered_candidates"] = ordered_candidates
+templates.env.globals["pct"] = pct
+templates.env.globals["event_text"] = event_text
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -158,8 +163,11 @@ def new_dataset_page(request: Request, user: UserDep) -> HTMLResponse:
 
 def _dataset_context(session, user, dataset_id: str) -> dict:
     summary = review_queue.dataset_summary(session=session, owner=user.owner, dataset_id=dataset_id)
+    report = review_queue.latest_quality(session=session, owner=user.owner, dataset=summary.dataset)
     return {
         "s": summary,
+        # the estimate against the reviews so far: the lead wires series= to app.services.refits.quality_series
+        "quality": quality_panel(report, audit_size=default_size(summary.items)),
         "jobs": review_queue.dataset_jobs(session=session, owner=user.owner, dataset_id=dataset_id),
         "models": review_queue.dataset_models(session=session, owner=user.owner, dataset_id=dataset_id),
         "methods": METHODS,
@@ -245,8 +253,13 @@ def job_page(request: Request, job_id: str, user: UserDep, session: SessionDep) 
         user,
         job=jobs_service.job_read(job),
         events=events.data,
-        quality=review_queue.job_quality(job),
+        quality=quality_panel(review_queue.job_quality(job), audit_size=default_size(_dataset_items(session, job))),
     )
+
+
+def _dataset_items(session, job) -> int:
+    dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
+    return dataset.item_count if dataset else 0
 
 
 @router.post("/jobs/{job_id}/cancel")

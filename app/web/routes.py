@@ -6,7 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from app.web import actions, pages
+from app.web import actions, audit_pages, pages
 from app.web.fastpath import ThumbnailFastPath
 from app.web.security import SecurityHeadersMiddleware, SignInRequired
 
@@ -22,6 +22,7 @@ def install_web(api: FastAPI) -> None:
     api.add_middleware(SecurityHeadersMiddleware)  # added last: the outermost, so the fast path's answers get it
     api.mount("/ui/static", StaticFiles(directory=STATIC), name="static")
     api.include_router(pages.router)
+    api.include_router(audit_pages.router)
     api.include_router(actions.router)
 
     @api.exception_handler(SignInRequired)

@@ -58,6 +58,8 @@ CONTENT_FIELDS: dict[str, set[str]] = {
     "POST /datasets/{dataset_id}/items": {"manifest", "images", "archive", "file", "candidates", "label", "classes"},
     "POST /predict": {"image", "candidates"},
     "PATCH /items/{item_id}": {"label"},
+    # an answer's item must be in the dataset's current audit sample, its label one of the dataset's classes
+    "POST /datasets/{dataset_id}/audits/current/answers": {"item_id", "label"},
     "POST /datasets/{dataset_id}/jobs": {"Idempotency-Key"},  # only as idempotency_key_reused (below)
     # a webhook URL's host must resolve, to public addresses only, when it is registered: DNS, not the schema
     "POST /webhooks": {"url"},

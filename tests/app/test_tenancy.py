@@ -207,6 +207,20 @@ ATTACKS: dict[tuple[str, str], list[tuple[str, Attack]]] = {
             ),
         ),
     ],
+    ("POST", "/datasets/{dataset_id}/audits"): [
+        ("draw an audit", lambda a, v, m: a.post(f"/datasets/{v['dataset_id']}/audits", json={"size": 1}))
+    ],
+    ("GET", "/datasets/{dataset_id}/audits/current"): [
+        ("read the audit", lambda a, v, m: a.get(f"/datasets/{v['dataset_id']}/audits/current"))
+    ],
+    ("POST", "/datasets/{dataset_id}/audits/current/answers"): [
+        (
+            "answer for the victim's item",
+            lambda a, v, m: a.post(
+                f"/datasets/{v['dataset_id']}/audits/current/answers", json={"item_id": v["item_id"], "label": "dog"}
+            ),
+        )
+    ],
     ("GET", "/items/{item_id}"): [("read", lambda a, v, m: a.get(f"/items/{v['item_id']}"))],
     ("PATCH", "/items/{item_id}"): [
         ("review", lambda a, v, m: a.patch(f"/items/{v['item_id']}", json={"label": "dog"}))

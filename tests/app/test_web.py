@@ -385,7 +385,8 @@ def test_quality_report_shows_on_the_job_and_the_datasets_list(web: TestClient, 
         job_id = job.id
     assert "87.5 %" in web.get("/ui/datasets").text
     page = web.get(f"/ui/jobs/{job_id}").text
-    assert "Quality report" in page and "87.5 %" in page and "held-out agreement" in page
+    assert "Label quality" in page and "87.5 %" in page and "not yet measured" in page
+    assert "{&#39;" not in page and "held-out agreement" not in page  # words, not the report's dict
     assert web.get(f"/ui/api/jobs/{job_id}").json()["job"]["quality"]["estimated_accuracy"] == 0.875
 
 
@@ -437,6 +438,11 @@ def test_every_web_route_with_an_id_is_404_for_another_owner(
         ("POST", "/ui/items/{item_id}/undo"): {"data": {"csrf_token": csrf}},
         ("POST", "/ui/api/items/{item_id}/undo"): {"headers": {"X-CSRF-Token": csrf}},
         ("POST", "/ui/api/datasets/{dataset_id}/items"): {"files": upload, "headers": {"X-CSRF-Token": csrf}},
+        ("POST", "/ui/datasets/{dataset_id}/audit"): {"data": {"csrf_token": csrf, "size": "1"}},
+        ("POST", "/ui/datasets/{dataset_id}/audit/answer"): {
+            "data": {"csrf_token": csrf, "item_id": item.id, "label": "cat"}
+        },
+        ("POST", "/ui/datasets/{dataset_id}/audit/undo"): {"data": {"csrf_token": csrf, "item_id": item.id}},
     }
     routes = sorted({(m, p) for m, p, _ in route_table(web.app) if p.startswith("/ui/") and "{" in p})
     assert len(routes) >= 12, routes

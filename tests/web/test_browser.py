@@ -35,6 +35,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 PER_CLASS = 3
 CANDIDATES = 3
+#: Text that only a printed dict, list of dicts or JSON object puts on a page.
+RAW = re.compile(r"\{'|\{\"|': |\": |\[\{|\}\]")
+#: The upload form's example manifest line (JSON on purpose).
+MANIFEST_EXAMPLE = '{"file": "a.jpg", "candidates": ["cat", "lynx"]}'
 MOVES = {"Space": 1, "ArrowRight": 1, "j": 1, "ArrowLeft": -1, "k": -1}  # keys that move the focus, by how much
 
 
@@ -144,7 +148,17 @@ def test_annotator_walkthrough(browser, stack, cifar10_path, shots_dir, tmp_path
     bars = page.locator(".stages progress")
     assert [bars.nth(k).evaluate("b => b.value") for k in range(bars.count())] == [1, 1, 1, 1], worker.log()[-3000:]
     assert page.locator("[data-events] tr").count() >= 5
+    # the finished job's quality report: the page reloads itself once to show it, in words and charts
+    page.locator("[data-quality-headline]").wait_for(timeout=30_000)
+    assert re.match(r"^\d+\.\d % of the labels right", page.locator("[data-quality-headline]").inner_text())
+    assert page.locator("[data-quality-basis]").inner_text() and page.locator("[data-quality-next]").inner_text()
+    assert page.locator("[data-quality] svg").count() >= 1  # at least the epoch curves
+    assert not RAW.search(page.locator("main").inner_text()), RAW.search(page.locator("main").inner_text())
     site.shot("job")
+    page.goto(site.url(f"/ui/datasets/{dataset_id}"))
+    page.locator("[data-quality]").scroll_into_view_if_needed()
+    assert not RAW.search(page.locator("main").inner_text().replace(MANIFEST_EXAMPLE, ""))
+    site.shot("quality")
 
     # --- review ten items with the keyboard, one undo ---
     page.goto(site.url(f"/ui/datasets/{dataset_id}/review?needs_review=all"))
@@ -234,6 +248,25 @@ def test_annotator_walkthrough(browser, stack, cifar10_path, shots_dir, tmp_path
     page.goto(site.url(f"/ui/items/{ids[0]}"))
     assert page.locator("table.history").get_by_text("Ada Annotator").count() >= 1
     site.shot("item-history")
+
+    # --- audit mode: a seeded random sample, answered blind with the keys (the true tags) ---
+    page.goto(site.url(f"/ui/datasets/{dataset_id}/review"))
+    page.get_by_role("link", name="Audit a random sample").click()
+    page.get_by_label("Items").fill("5")
+    page.get_by_label("Seed").fill("1")
+    page.get_by_role("button", name="Draw the sample").click()
+    for k in range(2):
+        page.locator("body[data-audit-ready='1']").wait_for(state="attached")
+        item_id = page.locator("[data-audit-item]").get_attribute("data-audit-item")
+        row = _item(item_id)
+        chips = page.locator("button[data-answer]").evaluate_all("bs => bs.map(b => b.dataset.answer)")
+        assert chips == sorted(chips) and page.locator("[data-audit-item] .p, [data-audit-item] .current").count() == 0
+        if k == 1:
+            site.shot("audit")
+        page.keyboard.press(str(chips.index(truth[row.file]) + 1))
+        page.locator(f"[data-audit-answered]:text-is('{k + 1}')").wait_for()
+        assert (_item(item_id).label, _item(item_id).label_source) == (truth[row.file], "reviewer")
+    assert [r.action for r in _reviews("Ada Annotator")][-2:] == ["audit", "audit"]
 
     # --- models: download the export, try /predict ---
     page.get_by_role("link", name="Models").click()

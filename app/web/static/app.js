@@ -232,6 +232,21 @@ function showErrors(box, res) {
   box.querySelector("h2").focus();
 }
 
+// A job event's data in words, as app/web/quality.py's event_text writes it ("epoch 2 · pll loss 0.4312").
+function eventValue(v) {
+  if (v === null || v === undefined) return "–";
+  if (v === true) return "yes";
+  if (v === false) return "no";
+  if (typeof v === "number") return Number.isInteger(v) ? String(v) : String(Number(v.toPrecision(4)));
+  if (Array.isArray(v)) return v.map(eventValue).join(", ");
+  if (typeof v === "object") return Object.keys(v).map(function (k) { return k.replace(/_/g, " ") + " " + eventValue(v[k]); }).join(", ");
+  return String(v);
+}
+function eventText(data) {
+  if (!data || typeof data !== "object") return "";
+  return Object.keys(data).map(function (k) { return k.replace(/_/g, " ") + " " + eventValue(data[k]); }).join(" · ");
+}
+
 // --- job page: progress per stage, events, quality; polls until the job ends -------------------------------------
 var STAGES = ["encoding", "training", "labelling", "exporting"];
 
@@ -240,6 +255,8 @@ function setupJob(root) {
   var after = parseInt(root.dataset.after || "0", 10);
   var events = document.querySelector("[data-events]");
   var seen = {};
+  // the page was served while the job ran: it reloads (once) when the job ends, to show what the server renders
+  var live = root.dataset.status === "queued" || root.dataset.status === "running";
 
   function stageRow(name) {
     return root.querySelector('[data-stage="' + name + '"]');
@@ -272,20 +289,13 @@ function setupJob(root) {
     root.querySelector("[data-job-done]").hidden = !finished;
     var cancel = document.querySelector("form[data-cancel]");
     if (cancel && job.status !== "queued" && job.status !== "running") cancel.hidden = true;
-    var quality = job.metrics && job.metrics.quality;
-    var qs = document.querySelector("[data-quality]");
-    if (quality && typeof quality === "object" && qs) {
-      var dl = qs.querySelector("[data-quality-list]");
-      dl.textContent = "";
-      Object.keys(quality).forEach(function (k) {
-        var v = quality[k];
-        var div = document.createElement("div");
-        div.appendChild(tagsift.el("dt", k));
-        var shown = typeof v === "number" && k.indexOf("accuracy") >= 0 && v >= 0 && v <= 1 ? (v * 100).toFixed(1) + " %" : typeof v === "object" ? JSON.stringify(v) : v;
-        div.appendChild(tagsift.el("dd", shown));
-        dl.appendChild(div);
-      });
-      qs.hidden = false;
+    // the quality report is at the top level of the job (not in metrics); the server renders it (words and SVG
+    // charts, app/web/quality.py), so a job that finishes while the page is open reloads the page once
+    var slot = document.querySelector("[data-quality-slot]");
+    var final = job.status !== "queued" && job.status !== "running";
+    if (live && final && job.quality && slot && slot.dataset.hasQuality !== "1") {
+      live = false;
+      window.location.reload();
     }
   }
   function addEvents(list) {
@@ -295,8 +305,8 @@ function setupJob(root) {
       tr.appendChild(tagsift.el("td", e.id));
       tr.appendChild(tagsift.el("td", new Date(e.created_at).toTimeString().slice(0, 8)));
       tr.appendChild(tagsift.el("td", e.kind));
-      var td = document.createElement("td");
-      td.appendChild(tagsift.el("code", JSON.stringify(e.data)));
+      var td = tagsift.el("td", eventText(e.data));
+      if (e.kind === "stage" && e.data && e.data.stage) td.dataset.eventStage = e.data.stage;
       tr.appendChild(td);
       events.appendChild(tr);
     });
@@ -317,14 +327,8 @@ function setupJob(root) {
       setTimeout(poll, 3000);
     });
   }
-  Array.prototype.forEach.call(events.querySelectorAll("tr td:nth-child(3)"), function (td) {
-    if (td.textContent === "stage") {
-      try {
-        seen[JSON.parse(td.nextElementSibling.textContent).stage] = true;
-      } catch (e) {
-        /* not JSON: ignore */
-      }
-    }
+  Array.prototype.forEach.call(events.querySelectorAll("td[data-event-stage]"), function (td) {
+    if (td.dataset.eventStage) seen[td.dataset.eventStage] = true;
   });
   poll();
 }
