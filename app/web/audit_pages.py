@@ -13,7 +13,7 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app.api.deps import SessionDep
-from app.errors import ApiError
+from app.errors import ApiError, NotFound
 from app.services import audits, review_queue, reviews
 from app.web.pages import _render
 from app.web.security import CsrfUserDep, UserDep
@@ -87,9 +87,9 @@ def start_audit(
                 session=session, owner=user.owner, dataset_id=dataset_id, size=n, seed=s, reviewer=user.reviewer
             )
             return RedirectResponse(f"/ui/datasets/{dataset_id}/audit", status_code=303)
+        except NotFound:
+            raise
         except ApiError as exc:
-            if exc.status == 404:
-                raise
             session.rollback()
             errors = _problems(exc)
     form = {"size": size, "seed": seed}
@@ -114,9 +114,9 @@ def answer(
             label=label,
             reviewer=user.reviewer,
         )
+    except NotFound:
+        raise
     except ApiError as exc:
-        if exc.status == 404:
-            raise
         session.rollback()
         return _page(request, session, user, dataset_id, errors=_problems(exc), status=exc.status)
     return RedirectResponse(f"/ui/datasets/{dataset_id}/audit?{urlencode({'last': item_id})}", status_code=303)

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Body
 from pydantic import BaseModel, BeforeValidator, Field
 
 from app.api.deps import OwnerDep, ReviewerDep, SessionDep
-from app.errors import NotFound
 from app.api.openapi import BODY, COMMON, problems
+from app.errors import NotFound
 from app.schemas import _Input, _integral
 from app.services import audits as audits_service
 
