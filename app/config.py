@@ -107,6 +107,12 @@ class Settings(BaseSettings):
 
     # --- limits --------------------------------------------------------------------------------
     max_request_bytes: int = Field(512 * 1024 * 1024, description="Largest accepted request body.")
+    request_body_timeout_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Longest pause while a request body arrives (a body shorter than its Content-Length, a stalled"
+        " client): then 408 and the connection is closed; 0: no limit.",
+    )
     max_image_bytes: int = Field(32 * 1024 * 1024, description="Largest accepted single image file.")
     max_image_pixels: int = Field(40_000_000, description="Largest accepted image (width x height).")
     max_archive_members: int = Field(100_000, description="Most files in one uploaded zip.")

@@ -192,6 +192,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = []
         for err in exc.errors():
+            if err.get("type") == "json_invalid":  # FastAPI's loc is ("body", <offset>): not a field "0"
+                reason = (err.get("ctx") or {}).get("error", "JSON decode error")
+                errors.append(FieldError(field="body", message=f"body: not valid JSON ({reason})"))
+                continue
+            if tuple(err.get("loc", ())) == ("body",) and isinstance(err.get("input"), bytes):  # not read as JSON
+                message = "body: not a JSON object (send JSON with Content-Type: application/json)"
+                errors.append(FieldError(field="body", message=message))
+                continue
             field = _validation_field(err.get("loc", ()))
             errors.append(FieldError(field=field, message=f"{field}: {err.get('msg', 'invalid')}"))
         detail = "; ".join(e.message for e in errors) or "the request is invalid"
@@ -199,6 +207,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == FASTAPI_BODY_PARSE_ERROR and isinstance(exc.__cause__, ApiError):
+            return await _api_error(request, exc.__cause__)  # e.g. the body timeout, raised while FastAPI read it
         if exc.status_code == 400 and exc.detail == FASTAPI_BODY_PARSE_ERROR:
             # FastAPI's answer when a JSON body cannot even be decoded (e.g. not UTF-8): name the field
             message = "body: cannot be read as JSON; send UTF-8 encoded JSON"

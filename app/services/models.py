@@ -22,6 +22,7 @@ from app.api.errors import Conflict, FieldError, InvalidInput, NotFound
 from app.config import Settings
 from app.export_kit import predict_script
 from app.imaging import ImageInvalid, PreprocessConfig, decode_image, open_image
+from app.jsonread import read_field
 from app.models import Model, Owner
 from app.predictor import LoadedModel, ModelUnavailable, get_model_cache, scores
 from app.schemas import ModelList, ModelRead, Prediction, PredictResponse, ScoredLabel
@@ -331,12 +332,7 @@ def parse_candidates(text: str | None) -> list[str] | list[list[str]] | None:
     """The ``candidates`` form field: a JSON list of tags, or a list of such lists (one per image)."""
     if text is None or not text.strip():
         return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(
-            f"candidates: not valid JSON ({exc.msg})", errors=[FieldError(field="candidates", message="not valid JSON")]
-        ) from None
+    value = read_field(text, field="candidates")
     ok_flat = isinstance(value, list) and all(isinstance(v, str) for v in value)
     ok_nested = isinstance(value, list) and all(
         isinstance(v, list) and all(isinstance(x, str) for x in v) for v in value
