@@ -144,6 +144,12 @@ class Settings(BaseSettings):
         " lower latency on an idle machine, CPU taken from request handling under load.",
     )
     predict_batch_size: int = Field(16, description="Images per ONNX Runtime call in /predict.")
+    predict_memory_bytes: int = Field(
+        320 * 1024**2,
+        ge=1,
+        description="Most memory one image of a /predict or Label Studio predict request may take decoded (images are"
+        " decoded one at a time, once per content); an image over it is a 422 naming it.",
+    )
 
     # --- review -------------------------------------------------------------------------------
     review_confidence: float = Field(

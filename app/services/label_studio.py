@@ -25,13 +25,12 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from PIL import Image
 from sqlalchemy import Row, or_, select
 from sqlalchemy.orm import Session
 
 from app.api.errors import Conflict, FieldErrors, InvalidInput
 from app.config import Settings
-from app.imaging import ImageInvalid, decode_image
+from app.lazy_images import Source, logits_of
 from app.models import Dataset, Item, Model, Owner
 from app.predictor import scores
 from app.services.checks import shorten
@@ -145,7 +144,6 @@ class _Task:
     name: str
     ref: str
     item: Item | None = None
-    image: Image.Image | None = None
 
 
 def predict(*, session: Session, storage: BlobStore, owner: Owner, dataset_id: str, body: dict, settings: Settings):
@@ -192,19 +190,23 @@ def predict(*, session: Session, storage: BlobStore, owner: Owner, dataset_id: s
             token = _tokens.get((owner.id, dataset.id), "")
     for t in parsed:
         t.item = items.get(t.ref)
-        try:
-            data = storage.get(t.item.sha256) if t.item else fetch_image(t.ref, settings=settings, token=token)
-            t.image = decode_image(data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes)
-        except (FetchError, ImageInvalid, FileNotFoundError) as exc:
-            errors.add(
-                field=f"data.{control.image_key}",
-                item=t.name,
-                message=f"{t.name}: data.{control.image_key} {shorten(t.ref, 200)!r}: {exc}",
-            )
+
+    def source(t: _Task) -> Source:  # read when its turn comes; one decode per stored image or per URL
+        if t.item is not None:
+            return Source(key=f"sha256:{t.item.sha256}", load=lambda: storage.get(t.item.sha256))
+        return Source(key=f"url:{t.ref}", load=lambda: fetch_image(t.ref, settings=settings, token=token))
+
+    logits, failures = logits_of(loaded, [source(t) for t in parsed], settings, catch=(FetchError, FileNotFoundError))
+    for i, exc in failures:
+        t = parsed[i]
+        errors.add(
+            field=f"data.{control.image_key}",
+            item=t.name,
+            message=f"{t.name}: data.{control.image_key} {shorten(t.ref, 200)!r}: {exc}",
+        )
     if errors:
         raise InvalidInput("; ".join(e.message for e in errors[:5]), errors=errors)
 
-    logits = loaded.logits([t.image for t in parsed], batch_size=max(1, settings.predict_batch_size))
     results = []
     for t, row in zip(parsed, logits, strict=True):
         allowed = choices

@@ -10,15 +10,25 @@ site-local IPv6 addresses registered.
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
+from PIL import Image
 from sqlalchemy import func, select
 
 from app.db import session_scope
 from app.models import Base
 from tests.app.conftest import Api, image_bytes
 from tests.app.model_fixtures import BLUE, GREEN, RED, store_model
+from tests.label_studio import LABEL_CONFIG
+from tests.worker.conftest import ApiServer
 
 DEEP = "[" * 3000 + "]" * 3000
 BIG = "9" * 4301
@@ -74,6 +84,17 @@ def test_predict_says_the_image_limit(alice: Api, rgb: dict) -> None:
     files = [("image", (f"{i}.png", image_bytes(i), "image/png")) for i in range(66)]
     body = refused(alice.post("/predict", data={"model_id": rgb["model_id"]}, files=files), field="image")
     assert "64" in body["detail"] and "65" not in body["detail"], body
+
+
+def test_an_image_over_the_memory_budget_is_a_422(alice: Api, rgb: dict, tagsift_env) -> None:
+    """RED is 40x30 RGB: 4,800 bytes decoded; one byte less of budget refuses it, naming the image and the setting."""
+    tagsift_env(predict_memory_bytes=40 * 30 * 4 - 1)
+    r = alice.post("/predict", data={"model_id": rgb["model_id"]}, files=[("image", ("red.png", RED, "image/png"))])
+    body = refused(r, field="image", needle="TAGSIFT_PREDICT_MEMORY_BYTES")
+    assert body["errors"][0]["item"] == "red.png" and "4800 bytes" in body["detail"], body
+    tagsift_env(predict_memory_bytes=40 * 30 * 4)
+    r = alice.post("/predict", data={"model_id": rgb["model_id"]}, files=[("image", ("red.png", RED, "image/png"))])
+    assert r.status_code == 200 and r.json()["predictions"][0]["label"] == "cat", r.text
 
 
 @pytest.mark.parametrize("route", ["predict", "setup", "webhook"])
@@ -160,3 +181,102 @@ def test_web_job_feed_caps_after(alice: Api, rgb: dict) -> None:
     ok = alice.client.get(f"/ui/api/jobs/{job_id}", params={"after": 2**63 - 1})
     assert ok.status_code == 200, ok.text
     refused(alice.client.get(f"/ui/api/jobs/{job_id}", params={"after": 2**63}), field="after")
+
+
+# --- against a real `tagsift serve` (uvicorn): memory and slow clients ----------------------------------------
+
+
+@pytest.fixture
+def served(prod_env, tmp_path) -> Iterator[ApiServer]:
+    """A real ``tagsift serve`` on this test's database and data folder (body timeout 2 s)."""
+    server = ApiServer(
+        tmp_path / "api.log",
+        {**os.environ, "TAGSIFT_LOG_LEVEL": "WARNING", "TAGSIFT_REQUEST_BODY_TIMEOUT_SECONDS": "2"},
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def big_png(seed: int, side: int = 6000) -> bytes:
+    """A 6000x6000 RGB PNG of ~120 KB that decodes to 137 MB (Pillow keeps RGB in 4 bytes per pixel)."""
+    img = Image.new("RGB", (side, side), (250, 10, 10))
+    img.putpixel((seed, 0), (seed % 256, 7, 7))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=9)
+    img.close()
+    return buf.getvalue()
+
+
+def high_water_mb(pid: int) -> float:
+    """The process's peak resident set (VmHWM), in MB, from its own counters."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_predict_memory_stays_bounded(alice: Api, onnx_bytes: bytes, served: ApiServer) -> None:
+    """Label Studio's predict with 8 tasks on one 6000x6000 PNG, and POST /predict with 4 such PNGs: the API's
+    peak RSS grows by under 200 MB (it was +950 MB and +382 MB: one decoded image per task, all decoded first)."""
+    big = big_png(1)
+    rows = [{"file": n, "candidates": ["cat", "lynx", "dog"]} for n in ("big.png", "red.png")]
+    r = alice.upload("/datasets", rows, {"big.png": big, "red.png": RED}, name="big")
+    assert r.status_code == 201, r.text
+    ds = r.json()
+    assert alice.post(f"/datasets/{ds['id']}/jobs", json={}).status_code == 202
+    model_id = store_model(ds["id"], onnx_bytes)
+    auth = {"Authorization": f"Bearer {alice.key}"}
+    ls_url = f"{served.base_url}/label-studio/{ds['id']}/predict"
+    with httpx.Client(timeout=120, headers=auth) as http:
+
+        def ls_predict(image: str, n: int) -> list[dict]:
+            tasks = [{"id": i, "data": {"image": image}} for i in range(n)]
+            r = http.post(ls_url, json={"tasks": tasks, "label_config": LABEL_CONFIG})
+            assert r.status_code == 200, r.text
+            return r.json()["results"]
+
+        def predict(images: list[bytes]) -> list[dict]:
+            files = [("image", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
+            r = http.post(f"{served.base_url}/predict", data={"model_id": model_id}, files=files)
+            assert r.status_code == 200, r.text
+            return r.json()["predictions"]
+
+        # warm up: the model loaded, every code path imported, with small images
+        assert [x["result"][0]["value"]["choices"] for x in ls_predict("red.png", 2)] == [["cat"], ["cat"]]
+        assert predict([RED])[0]["label"] == "cat"
+        before = high_water_mb(served.proc.pid)
+        results = ls_predict("big.png", 8)
+        after_ls = high_water_mb(served.proc.pid)
+        preds = predict([big_png(i) for i in range(2, 6)])
+        after_predict = high_water_mb(served.proc.pid)
+    print(
+        f"[memory] peak RSS {before:.0f} MB after warm-up; Label Studio predict, 8 tasks on one 6000x6000 PNG:"
+        f" +{after_ls - before:.0f} MB; POST /predict, 4 such PNGs: +{after_predict - before:.0f} MB in all"
+    )
+    assert [x["result"][0]["value"]["choices"] for x in results] == [["cat"]] * 8
+    assert [p["label"] for p in preds] == ["cat"] * 4
+    assert after_ls - before < 200, (before, after_ls)
+    assert after_predict - before < 200, (before, after_ls, after_predict)
+
+
+def test_a_short_body_gets_408_within_the_timeout(alice: Api, rgb: dict, served: ApiServer) -> None:
+    """A body shorter than its Content-Length: 408 problem+json after TAGSIFT_REQUEST_BODY_TIMEOUT_SECONDS (2 s here),
+    and the connection closed (it was held 190 s); nothing stored."""
+    before = counts()
+    head = (
+        f"POST /datasets/{rgb['dataset']['id']}/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice.key}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", served.port), timeout=30) as sock:
+        start = time.monotonic()
+        sock.sendall(head.encode() + b'{"method": ')
+        answer = b""
+        while chunk := sock.recv(65536):  # until the server closes the connection
+            answer += chunk
+        elapsed = time.monotonic() - start
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert b"application/problem+json" in answer and b"TAGSIFT_REQUEST_BODY_TIMEOUT_SECONDS" in answer, answer
+    assert 1.5 < elapsed < 10, elapsed
+    assert counts() == before
