@@ -280,3 +280,48 @@ def test_a_short_body_gets_408_within_the_timeout(alice: Api, rgb: dict, served:
     assert b"application/problem+json" in answer and b"TAGSIFT_REQUEST_BODY_TIMEOUT_SECONDS" in answer, answer
     assert 1.5 < elapsed < 10, elapsed
     assert counts() == before
+
+
+def test_a_store_outage_after_the_commit_is_not_a_503(prod_env, own_s3, monkeypatch) -> None:
+    """The object store dies just after an upload's rows are committed (SIGKILL from the commit hook): the answer is
+    the 201 of what was stored, not 503 "nothing was stored, retry later" (following that advice stored a second
+    dataset)."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    from app.main import create_app
+    from app.models import Dataset, Item
+    from tests.app.conftest import _key
+    from tests.conftest import s3_settings
+
+    s3_settings(monkeypatch, own_s3)
+    armed = {"items": False, "killed": False}
+
+    def before_commit(session) -> None:
+        armed["items"] = any(isinstance(o, Item) for o in session.new)
+
+    def after_commit(session) -> None:
+        if armed["items"] and not armed["killed"]:
+            armed["killed"] = True
+            own_s3.stop(kill=True)
+
+    event.listen(Session, "before_commit", before_commit)
+    event.listen(Session, "after_commit", after_commit)
+    try:
+        with TestClient(create_app(), raise_server_exceptions=False) as client:
+            api = Api(client=client, key=_key("s3-commit"), settings=prod_env)
+            before = counts()
+            rows = [{"file": f"{i}.png", "candidates": ["cat", "dog"]} for i in range(3)]
+            r = api.upload("/datasets", rows, {f"{i}.png": image_bytes(700 + i) for i in range(3)}, name="after")
+    finally:
+        event.remove(Session, "before_commit", before_commit)
+        event.remove(Session, "after_commit", after_commit)
+    assert armed["killed"], "the store was not stopped after the commit"
+    assert r.status_code == 201, r.text
+    assert r.json()["item_count"] == 3, r.text
+    after = counts()
+    assert (after[Dataset.__tablename__], after[Item.__tablename__]) == (
+        before[Dataset.__tablename__] + 1,
+        before[Item.__tablename__] + 3,
+    )
