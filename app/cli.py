@@ -15,6 +15,7 @@ def register(cli: typer.Typer) -> None:
     cli.command("create-api-key")(create_api_key)
     cli.command("list-api-keys")(list_api_keys)
     cli.command("revoke-api-key")(revoke_api_key)
+    cli.command("reencrypt-secrets")(reencrypt_secrets)
     cli.command()(serve)
 
 
@@ -81,6 +82,22 @@ def revoke_api_key(
         f"revoked key {prefix} (id {key_id}) of owner {owner}; running API processes stop accepting it within"
         f" {seconds:g} s (TAGSIFT_LOOKUP_CACHE_SECONDS)"
     )
+
+
+def reencrypt_secrets() -> None:
+    """Encrypt every webhook secret with the newest key of TAGSIFT_SECRET_KEYS (plain-text ones too): the step of a
+    key rotation between adding the new key (first) and removing the old ones."""
+    from app.db import session_scope
+    from app.secretbox import SecretKeyError
+    from app.services.webhooks import reseal_secrets
+
+    try:
+        with session_scope() as session:
+            changed, total = reseal_secrets(session=session)
+    except SecretKeyError as exc:
+        typer.echo(f"tagsift: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{changed} of {total} webhook secrets encrypted with the newest key of TAGSIFT_SECRET_KEYS")
 
 
 def serve(
