@@ -311,7 +311,7 @@ class Webhook(Base):
     events: Mapped[list[str]] = mapped_column(JSON)
     description: Mapped[str | None] = mapped_column(String(200), default=None)
     # the HMAC key, shown once when the hook is created; stored sealed with TAGSIFT_SECRET_KEYS (app.secretbox)
-    secret: Mapped[str] = mapped_column(String(400))
+    secret: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -11,10 +11,12 @@ Rotation: put the new key first and keep the old ones after it (every process: A
 
 The construction uses the standard library only (no AES there, and the ``cryptography`` package is not a
 dependency): per key, an encryption key and a MAC key are derived with HMAC-SHA256; the plain text is XORed with an
-HMAC-SHA256 keystream over a random 16-byte nonce and a block counter (a PRF in counter mode), and the nonce and
-cipher text are authenticated with HMAC-SHA256 (encrypt-then-MAC, compared in constant time). Sealed form::
+HMAC-SHA256 keystream over a random 12-byte nonce and a block counter (a PRF in counter mode), and the key id,
+nonce and cipher text are authenticated with HMAC-SHA256 truncated to 128 bits (encrypt-then-MAC, compared in
+constant time). A webhook secret (``whsec_`` and 32 random bytes in base64url) is sealed as its 32 bytes, so that
+the sealed form fits the 100-character column (96 characters)::
 
-    tsenc1:<key id: 8 hex of SHA-256(key)>:<base64url(nonce 16 | cipher text | tag 32)>
+    tse1:<key id: 8 hex of SHA-256(key)>:<base64url(nonce 12 | cipher text | tag 16)>
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from app.config import get_settings
 
 log = logging.getLogger(__name__)
 
-PREFIX = "tsenc1:"
-_NONCE, _TAG = 16, 32
+PREFIX = "tse1:"
+_NONCE, _TAG = 12, 16
+_WEBHOOK = "whsec_"
 
 
 class SecretKeyError(ValueError):
@@ -51,7 +54,26 @@ def _stream(enc_key: bytes, nonce: bytes, n: int) -> bytes:
 
 
 def _tag(mac_key: bytes, kid: str, nonce: bytes, ct: bytes) -> bytes:
-    return hmac.new(mac_key, PREFIX.encode() + kid.encode() + nonce + ct, hashlib.sha256).digest()
+    return hmac.new(mac_key, PREFIX.encode() + kid.encode() + nonce + ct, hashlib.sha256).digest()[:_TAG]
+
+
+def _pack(plain: str) -> bytes:
+    """``w`` + the 32 bytes of a webhook secret, or ``p`` + any other text in UTF-8."""
+    token = plain.removeprefix(_WEBHOOK)
+    if plain.startswith(_WEBHOOK) and len(token) == 43:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=")
+        except ValueError:
+            raw = b""
+        if len(raw) == 32 and base64.urlsafe_b64encode(raw).decode().rstrip("=") == token:
+            return b"w" + raw
+    return b"p" + plain.encode()
+
+
+def _unpack(data: bytes) -> str:
+    if data[:1] == b"w":
+        return _WEBHOOK + base64.urlsafe_b64encode(data[1:]).decode().rstrip("=")
+    return data[1:].decode()
 
 
 def keys() -> list[str]:
@@ -67,7 +89,7 @@ def seal(plain: str, key: str | None = None) -> str:
             return plain
         key = configured[0]
     nonce = secrets.token_bytes(_NONCE)
-    data = plain.encode()
+    data = _pack(plain)
     ct = bytes(a ^ b for a, b in zip(data, _stream(_derive(key, b"enc"), nonce, len(data)), strict=True))
     kid = _kid(key)
     blob = nonce + ct + _tag(_derive(key, b"mac"), kid, nonce, ct)
@@ -93,7 +115,7 @@ def unseal(stored: str) -> str:
     nonce, ct, tag = blob[:_NONCE], blob[_NONCE:-_TAG], blob[-_TAG:]
     if len(blob) < _NONCE + _TAG or not hmac.compare_digest(tag, _tag(_derive(key, b"mac"), kid, nonce, ct)):
         raise SecretKeyError(f"a sealed secret does not verify with key {kid} (altered?)")
-    return bytes(a ^ b for a, b in zip(ct, _stream(_derive(key, b"enc"), nonce, len(ct)), strict=True)).decode()
+    return _unpack(bytes(a ^ b for a, b in zip(ct, _stream(_derive(key, b"enc"), nonce, len(ct)), strict=True)))
 
 
 def needs_reseal(stored: str) -> bool:

@@ -1,9 +1,8 @@
-"""webhooks.secret: wide enough for a sealed secret, and the stored plain-text secrets sealed
+"""webhooks.secret: the stored plain-text signing secrets sealed with TAGSIFT_SECRET_KEYS (no schema change)
 
-``webhooks.secret`` holds the signing secret encrypted with TAGSIFT_SECRET_KEYS' newest key (``app.secretbox``,
-about 130 characters); the column grows from 100 to 400 characters. When keys are configured, existing plain-text
-secrets are sealed here; without keys they stay plain text (``tagsift reencrypt-secrets`` seals them later). The
-downgrade opens sealed secrets again (it needs the keys) and narrows the column back.
+The sealed form (``app.secretbox``, 96 characters for a webhook secret) fits the column. When keys are configured,
+every plain-text secret is sealed with the newest one; without keys they stay plain text (``tagsift
+reencrypt-secrets`` seals them once keys are set). The downgrade opens sealed secrets again (it needs the keys).
 
 Revision ID: 0015
 Revises: 0011
@@ -34,14 +33,9 @@ def _rewrite(convert) -> None:
 
 
 def upgrade() -> None:
-    # SQLite does not enforce VARCHAR lengths: only PostgreSQL needs the wider type (no table rebuild on SQLite)
-    if op.get_bind().dialect.name != "sqlite":
-        op.alter_column("webhooks", "secret", type_=sa.String(400), existing_type=sa.String(100))
     if secretbox.keys():
         _rewrite(lambda s: s if secretbox.is_sealed(s) else secretbox.seal(s))
 
 
 def downgrade() -> None:
     _rewrite(secretbox.unseal)
-    if op.get_bind().dialect.name != "sqlite":
-        op.alter_column("webhooks", "secret", type_=sa.String(100), existing_type=sa.String(400))

@@ -325,3 +325,30 @@ def test_a_store_outage_after_the_commit_is_not_a_503(prod_env, own_s3, monkeypa
         before[Dataset.__tablename__] + 1,
         before[Item.__tablename__] + 3,
     )
+
+
+def test_a_non_s3_endpoint_is_named_at_start_up(tagsift_env, s3_server, tmp_path) -> None:
+    """An HTTP server that is not S3 (404 for everything) as TAGSIFT_S3_ENDPOINT_URL: the start-up check names that
+    setting (it said "bucket 'tagsift' does not exist"); a real S3 server without the bucket still names the bucket."""
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from app.storage import StorageConfigError, check_storage
+
+    handler = partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as web:
+        threading.Thread(target=web.serve_forever, daemon=True).start()
+        endpoint = f"http://127.0.0.1:{web.server_address[1]}"
+        tagsift_env(storage_url="s3://tagsift/data", s3_endpoint_url=endpoint)
+        os.environ.update({"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"})
+        try:
+            with pytest.raises(StorageConfigError) as exc:
+                check_storage()
+        finally:
+            web.shutdown()
+    assert str(exc.value).startswith(f"TAGSIFT_S3_ENDPOINT_URL: {endpoint} answers HTTP 404"), exc.value
+    tagsift_env(storage_url="s3://tagsift-no-such-bucket/data", s3_endpoint_url=s3_server.endpoint)
+    os.environ.update(s3_server.env)
+    with pytest.raises(StorageConfigError, match="TAGSIFT_STORAGE_URL: bucket 'tagsift-no-such-bucket' does not exist"):
+        check_storage()

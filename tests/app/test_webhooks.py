@@ -259,7 +259,7 @@ def test_secrets_are_encrypted_at_rest_and_keys_rotate(alice: Api, tagsift_env) 
     hook = alice.post("/webhooks", json={"url": PUBLIC_URL}).json()
     with session_scope() as session:
         row = session.get(Webhook, hook["id"])
-        assert row.secret.startswith("tsenc1:") and hook["secret"] not in row.secret, row.secret
+        assert row.secret.startswith("tse1:") and hook["secret"] not in row.secret, row.secret
         assert sign(row.secret, 17, b"{}") == sign(hook["secret"], 17, b"{}")
         legacy = Webhook(owner_id=row.owner_id, url=PUBLIC_URL, events=["job.failed"], secret="whsec_plain")
         session.add(legacy)
@@ -272,7 +272,7 @@ def test_secrets_are_encrypted_at_rest_and_keys_rotate(alice: Api, tagsift_env) 
     tagsift_env(secret_keys=new)  # the old key removed
     with session_scope() as session:
         row, plain = session.get(Webhook, hook["id"]), session.get(Webhook, legacy_id)
-        assert row.secret.startswith("tsenc1:") and plain.secret.startswith("tsenc1:")
+        assert row.secret.startswith("tse1:") and plain.secret.startswith("tse1:")
         assert sign(row.secret, 17, b"{}") == sign(hook["secret"], 17, b"{}")
         assert sign(plain.secret, 17, b"{}") == sign("whsec_plain", 17, b"{}")
         tampered = row.secret[:-3] + ("A" if row.secret[-3] != "A" else "B") + row.secret[-2:]
