@@ -149,6 +149,19 @@ def _validation_field(loc: tuple | list) -> str:
     return ".".join(parts) or "body"
 
 
+def _validation_error_field(err: dict) -> FieldError:
+    """One of FastAPI's validation errors as a :class:`FieldError` (a body that is not JSON is field ``body``)."""
+    if err.get("type") == "json_invalid":  # FastAPI's loc is ("body", <offset>): not a field "0"
+        reason = (err.get("ctx") or {}).get("error", "JSON decode error")
+        return FieldError(field="body", message=f"body: not valid JSON ({reason})")
+    if tuple(err.get("loc", ())) == ("body",) and isinstance(err.get("input"), bytes):  # not read as JSON
+        return FieldError(
+            field="body", message="body: not a JSON object (send JSON with Content-Type: application/json)"
+        )
+    field = _validation_field(err.get("loc", ()))
+    return FieldError(field=field, message=f"{field}: {err.get('msg', 'invalid')}")
+
+
 #: The ``detail`` of FastAPI's own 400 for a request body it could not decode (``fastapi.routing``).
 FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
 
@@ -190,18 +203,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = []
-        for err in exc.errors():
-            if err.get("type") == "json_invalid":  # FastAPI's loc is ("body", <offset>): not a field "0"
-                reason = (err.get("ctx") or {}).get("error", "JSON decode error")
-                errors.append(FieldError(field="body", message=f"body: not valid JSON ({reason})"))
-                continue
-            if tuple(err.get("loc", ())) == ("body",) and isinstance(err.get("input"), bytes):  # not read as JSON
-                message = "body: not a JSON object (send JSON with Content-Type: application/json)"
-                errors.append(FieldError(field="body", message=message))
-                continue
-            field = _validation_field(err.get("loc", ()))
-            errors.append(FieldError(field=field, message=f"{field}: {err.get('msg', 'invalid')}"))
+        errors = [_validation_error_field(err) for err in exc.errors()]
         detail = "; ".join(e.message for e in errors) or "the request is invalid"
         return problem_response(request, status=422, code="invalid_input", detail=detail, errors=errors)
 
