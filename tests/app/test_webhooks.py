@@ -285,3 +285,9 @@ def test_secrets_are_encrypted_at_rest_and_keys_rotate(alice: Api, tagsift_env) 
         sign(row.secret, 17, b"{}")
     with pytest.raises(ValidationError, match="TAGSIFT_SECRET_KEYS"):
         Settings(secret_keys="short")
+    # a delivery whose secret no configured key opens is a failed attempt naming the problem, never a crash
+    from worker.webhooks import Due, send
+
+    due = Due(1, "d1", "job.failed", "https://93.184.215.14/h", row.secret, b"{}", 1, [])
+    outcome = send(due, tagsift_env(secret_keys=old))
+    assert outcome.status_code is None and outcome.error.startswith("cannot sign: no key in TAGSIFT_SECRET_KEYS")
