@@ -108,6 +108,10 @@ def latest_model(session: Session, dataset: Dataset) -> Model | None:
 _tokens_lock = threading.Lock()
 #: (owner id, dataset id) -> the ``access_token`` of the last ``/setup`` from TAGSIFT_LABEL_STUDIO_URL (this process).
 _tokens: dict[tuple[str, str], str] = {}
+#: (owner id, dataset id) -> the ``schema`` of the last accepted ``/setup`` (this process): the labeling config of a
+#: ``/predict`` that sends none. With several API processes a predict may reach one that saw no setup: it then
+#: asks for ``label_config`` as before.
+_schemas: dict[tuple[str, str], str] = {}
 
 
 # --- the routes' work ---------------------------------------------------------------------------------------
@@ -130,6 +134,8 @@ def setup(*, session: Session, owner: Owner, dataset_id: str, body: dict, settin
             f"schema: the project's choices ({shorten(', '.join(control.choices), 200)}) share no class with dataset "
             f"{dataset.id} ({shorten(', '.join(dataset.classes), 200)})",
         )
+    with _tokens_lock:  # parse_label_config accepted it: a string of at most MAX_LABEL_CONFIG characters
+        _schemas[(owner.id, dataset.id)] = body["schema"]
     hostname, token = body.get("hostname"), body.get("access_token")
     base = settings.label_studio_url.rstrip("/")
     if base and isinstance(hostname, str) and isinstance(token, str) and token and same_origin(hostname, base):
@@ -154,7 +160,13 @@ def predict(*, session: Session, storage: BlobStore, owner: Owner, dataset_id: s
         raise invalid("tasks", "tasks: a non-empty list of Label Studio tasks")
     if len(tasks) > MAX_TASKS:
         raise invalid("tasks", f"tasks: {len(tasks)} tasks, over the limit of {MAX_TASKS} per request")
-    control = parse_label_config(body.get("label_config"), field="label_config")
+    config = body.get("label_config")
+    if config is None:  # Label Studio sends it; other callers may rely on the project's /setup
+        with _tokens_lock:
+            config = _schemas.get((owner.id, dataset.id))
+        if config is None:
+            raise invalid("label_config", "label_config: missing, and no /setup of this backend sent a schema")
+    control = parse_label_config(config, field="label_config")
     model = latest_model(session, dataset)
     if model is None:
         raise Conflict(

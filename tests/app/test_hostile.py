@@ -352,3 +352,14 @@ def test_a_non_s3_endpoint_is_named_at_start_up(tagsift_env, s3_server, tmp_path
     os.environ.update(s3_server.env)
     with pytest.raises(StorageConfigError, match="TAGSIFT_STORAGE_URL: bucket 'tagsift-no-such-bucket' does not exist"):
         check_storage()
+
+
+def test_label_studio_predict_without_label_config_uses_the_setup_schema(alice: Api, rgb: dict) -> None:
+    """A predict without ``label_config`` says what is missing; after a /setup it uses the schema that came there."""
+    url = f"/label-studio/{rgb['dataset']['id']}"
+    tasks = [{"id": 1, "data": {"image": "red.png"}}]
+    refused(alice.post(f"{url}/predict", json={"tasks": tasks}), field="label_config", needle="no /setup")
+    assert alice.post(f"{url}/setup", json={"project": "1.1", "schema": LABEL_CONFIG}).status_code == 200
+    r = alice.post(f"{url}/predict", json={"tasks": tasks})
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["result"][0]["value"]["choices"] == ["cat"]
