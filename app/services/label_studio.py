@@ -152,6 +152,17 @@ class _Task:
     item: Item | None = None
 
 
+def _label_config(body: dict, owner: Owner, dataset: Dataset) -> object:
+    """The predict's ``label_config``; when it sends none, the schema of this dataset's last /setup (this process)."""
+    config = body.get("label_config")
+    if config is None:  # Label Studio sends it; other callers may rely on the project's /setup
+        with _tokens_lock:
+            config = _schemas.get((owner.id, dataset.id))
+        if config is None:
+            raise invalid("label_config", "label_config: missing, and no /setup of this backend sent a schema")
+    return config
+
+
 def predict(*, session: Session, storage: BlobStore, owner: Owner, dataset_id: str, body: dict, settings: Settings):
     """One result per task, in order: the top choice with its probability, ``model_version`` the model id."""
     dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
@@ -160,13 +171,7 @@ def predict(*, session: Session, storage: BlobStore, owner: Owner, dataset_id: s
         raise invalid("tasks", "tasks: a non-empty list of Label Studio tasks")
     if len(tasks) > MAX_TASKS:
         raise invalid("tasks", f"tasks: {len(tasks)} tasks, over the limit of {MAX_TASKS} per request")
-    config = body.get("label_config")
-    if config is None:  # Label Studio sends it; other callers may rely on the project's /setup
-        with _tokens_lock:
-            config = _schemas.get((owner.id, dataset.id))
-        if config is None:
-            raise invalid("label_config", "label_config: missing, and no /setup of this backend sent a schema")
-    control = parse_label_config(config, field="label_config")
+    control = parse_label_config(_label_config(body, owner, dataset), field="label_config")
     model = latest_model(session, dataset)
     if model is None:
         raise Conflict(
