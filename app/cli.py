@@ -1,4 +1,5 @@
-"""The API's commands (``tagsift serve``, ``migrate``, ``create-api-key``), registered on the one ``tagsift`` console
+"""The API's commands (``tagsift serve``, ``migrate``, ``create-api-key``, ``list-api-keys``, ``revoke-api-key``),
+registered on the one ``tagsift`` console
 script by :func:`register` (called from ``worker.cli``). Heavy imports happen inside the commands."""
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ def register(cli: typer.Typer) -> None:
     """Add the API's commands to ``cli``."""
     cli.command()(migrate)
     cli.command("create-api-key")(create_api_key)
+    cli.command("list-api-keys")(list_api_keys)
+    cli.command("revoke-api-key")(revoke_api_key)
+    cli.command("reencrypt-secrets")(reencrypt_secrets)
     cli.command()(serve)
 
 
@@ -40,6 +44,60 @@ def create_api_key(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     typer.echo(key)
+
+
+def list_api_keys(
+    owner: Annotated[str | None, typer.Option("--owner", help="Only this owner's keys.")] = None,
+) -> None:
+    """List API keys, one per line: id, prefix, owner, holder's name, created, and `revoked <when>` or `active`.
+    Keys are stored hashed: the prefix (the key's first 12 characters) is how to recognise one."""
+    from app.db import session_scope
+    from app.services.api_keys import list_api_keys as _list
+
+    with session_scope() as session:
+        for k in _list(session=session, owner_name=owner):
+            state = f"revoked {k.revoked_at:%Y-%m-%dT%H:%M:%SZ}" if k.revoked_at else "active"
+            created = f"{k.created_at:%Y-%m-%dT%H:%M:%SZ}"
+            typer.echo(f"{k.id}  {k.prefix}  owner={k.owner.name}  name={k.name or '-'}  created {created}  {state}")
+
+
+def revoke_api_key(
+    key: Annotated[str, typer.Argument(help="The key's id, its prefix (list-api-keys), or the key itself.")],
+) -> None:
+    """Revoke an API key: it is refused (401) from now on. A running API process that used it in the last
+    TAGSIFT_LOOKUP_CACHE_SECONDS may accept it until that cache entry expires."""
+    from app.config import get_settings
+    from app.db import session_scope
+    from app.services.api_keys import revoke_api_key as _revoke
+
+    try:
+        with session_scope() as session:
+            row = _revoke(session=session, ident=key)
+            prefix, key_id, owner = row.prefix, row.id, row.owner.name
+    except (LookupError, ValueError) as exc:
+        typer.echo(f"tagsift: {exc.args[0]}", err=True)
+        raise typer.Exit(1) from None
+    seconds = get_settings().lookup_cache_seconds
+    typer.echo(
+        f"revoked key {prefix} (id {key_id}) of owner {owner}; running API processes stop accepting it within"
+        f" {seconds:g} s (TAGSIFT_LOOKUP_CACHE_SECONDS)"
+    )
+
+
+def reencrypt_secrets() -> None:
+    """Encrypt every webhook secret with the newest key of TAGSIFT_SECRET_KEYS (plain-text ones too): the step of a
+    key rotation between adding the new key (first) and removing the old ones."""
+    from app.db import session_scope
+    from app.secretbox import SecretKeyError
+    from app.services.webhooks import reseal_secrets
+
+    try:
+        with session_scope() as session:
+            changed, total = reseal_secrets(session=session)
+    except SecretKeyError as exc:
+        typer.echo(f"tagsift: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{changed} of {total} webhook secrets encrypted with the newest key of TAGSIFT_SECRET_KEYS")
 
 
 def serve(

@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `tagsift serve` binds.")
     port: int = Field(8000, description="Port `tagsift serve` binds.")
     public_url: str = Field("", description="External base URL used in links; empty: relative links.")
+    secret_keys: str = Field(
+        "",
+        description="Keys that encrypt webhook secrets at rest, comma-separated, newest first (each at least 32"
+        " characters: `openssl rand -hex 32`); empty: stored in plain text. Rotation: docs/reliability.md.",
+    )
     lookup_cache_seconds: float = Field(
         10.0,
         description="How long an API process reuses an API key's owner and, for /predict, a model's record (a"
@@ -107,6 +112,12 @@ class Settings(BaseSettings):
 
     # --- limits --------------------------------------------------------------------------------
     max_request_bytes: int = Field(512 * 1024 * 1024, description="Largest accepted request body.")
+    request_body_timeout_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Longest pause while a request body arrives (a body shorter than its Content-Length, a stalled"
+        " client): then 408 and the connection is closed; 0: no limit.",
+    )
     max_image_bytes: int = Field(32 * 1024 * 1024, description="Largest accepted single image file.")
     max_image_pixels: int = Field(40_000_000, description="Largest accepted image (width x height).")
     max_archive_members: int = Field(100_000, description="Most files in one uploaded zip.")
@@ -138,6 +149,12 @@ class Settings(BaseSettings):
         " lower latency on an idle machine, CPU taken from request handling under load.",
     )
     predict_batch_size: int = Field(16, description="Images per ONNX Runtime call in /predict.")
+    predict_memory_bytes: int = Field(
+        320 * 1024**2,
+        ge=1,
+        description="Most memory one image of a /predict or Label Studio predict request may take decoded (images are"
+        " decoded one at a time, once per content); an image over it is a 422 naming it.",
+    )
 
     # --- review -------------------------------------------------------------------------------
     review_confidence: float = Field(
@@ -271,6 +288,20 @@ class Settings(BaseSettings):
                     f"TAGSIFT_WEBHOOK_ALLOWED_NETWORKS: {cidr!r} is not a network (write CIDRs like 10.0.0.0/8)"
                 ) from None
         return self
+
+    @model_validator(mode="after")
+    def _check_secret_keys(self) -> Settings:
+        short = [i + 1 for i, k in enumerate(_split(self.secret_keys)) if len(k) < 32]
+        if short:
+            raise ValueError(
+                f"TAGSIFT_SECRET_KEYS: key {short[0]} is shorter than 32 characters (make one: openssl rand -hex 32)"
+            )
+        return self
+
+    @property
+    def secret_key_list(self) -> list[str]:
+        """TAGSIFT_SECRET_KEYS, newest first."""
+        return _split(self.secret_keys)
 
     @property
     def webhook_host_patterns(self) -> list[str]:

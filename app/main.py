@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from app import queue
+from app.api.bodies import JsonBodyMiddleware
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimitMiddleware
 from app.api.openapi import add_links
@@ -28,6 +29,7 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(api)
+    api.add_middleware(JsonBodyMiddleware)  # inside BodyLimitMiddleware: reads through its size and time limits
     api.add_middleware(BodyLimitMiddleware)
     api.add_middleware(RequestLogMiddleware)  # added last: outermost, so it sees every answer, a 413 included
 

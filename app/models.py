@@ -336,7 +336,8 @@ class Webhook(Base):
     url: Mapped[str] = mapped_column(String(2000))
     events: Mapped[list[str]] = mapped_column(JSON)
     description: Mapped[str | None] = mapped_column(String(200), default=None)
-    secret: Mapped[str] = mapped_column(String(100))  # the HMAC key; shown once, when the hook is created
+    # the HMAC key, shown once when the hook is created; stored sealed with TAGSIFT_SECRET_KEYS (app.secretbox)
+    secret: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

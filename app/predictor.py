@@ -62,18 +62,20 @@ class LoadedModel:
 
     def logits(self, images: Sequence, *, batch_size: int) -> np.ndarray:
         """(N, K) logits for PIL images, preprocessed exactly like the torch eval transform."""
-        session = self.session_of()
         out = []
         for i in range(0, len(images), batch_size):
             batch = np.stack([preprocess(img, self.preprocess) for img in images[i : i + batch_size]])  # (B,3,S,S)
-            result = session.run(batch)
-            if self.head is not None:
-                try:
-                    result = self.head.logits(result)
-                except ValueError as exc:
-                    raise ModelUnavailable(f"model {self.model_id}: {exc}") from None
-            out.append(result)  # (B, K)
-        result = np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+            out.append(self.run(batch))  # (B, K)
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """(B, K) logits of preprocessed images (B, 3, S, S) (``app.lazy_images`` preprocesses one at a time)."""
+        result = self.session_of().run(batch)
+        if self.head is not None:
+            try:
+                result = self.head.logits(result)
+            except ValueError as exc:
+                raise ModelUnavailable(f"model {self.model_id}: {exc}") from None
         if result.shape[1] != len(self.classes):
             raise ModelUnavailable(
                 f"model {self.model_id}: the ONNX model gives {result.shape[1]} logits for {len(self.classes)} classes"

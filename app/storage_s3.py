@@ -133,10 +133,30 @@ class S3BlobStore:
                 ) from None
             raise StorageUnavailable(f"object store {self.describe()} does not answer ({what}: {exc})") from None
 
+    def _head_bucket_or_name_the_endpoint(self, client) -> None:
+        """HEAD the bucket; a bare 404 is asked again with a GET: an S3 server says ``NoSuchBucket`` (the bucket is
+        missing), any other HTTP server is not an S3 API, which names the endpoint setting, not the bucket."""
+        from botocore.exceptions import ClientError
+
+        try:
+            client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) not in ("404", "NotFound"):
+                raise
+            try:
+                client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+            except ClientError as again:
+                if again.response.get("Error", {}).get("Code") != "NoSuchBucket":
+                    raise StorageConfigError(
+                        f"TAGSIFT_S3_ENDPOINT_URL: {self.endpoint_url or 'AWS S3'} answers HTTP 404 without an S3"
+                        " error: not an S3 API endpoint (the S3 port of SeaweedFS is 8333, of MinIO 9000)"
+                    ) from None
+            raise
+
     def check(self) -> None:
         client = _client(self.endpoint_url, attempts=1, connect_timeout=5, read_timeout=10)
         with self._errors("checking the bucket", checking=True):
-            client.head_bucket(Bucket=self.bucket)
+            self._head_bucket_or_name_the_endpoint(client)
         probe = self._key(f".tagsift-check-{uuid.uuid4().hex}")
         with self._errors("writing a probe object", checking=True):
             client.put_object(Bucket=self.bucket, Key=probe, Body=b"")

@@ -84,3 +84,38 @@ def test_create_api_key_with_a_name_stores_it_and_the_key_signs_reviews(prod_env
         assert (review.reviewer, review.api_key_id, review.label) == ("Pat Reviewer", key_id, "dog")
     too_long = _run("create-api-key", "--owner", owner, "--name", "n" * 201, env=dict(os.environ))
     assert too_long.returncode != 0 and "name" in too_long.stderr
+
+
+def test_list_and_revoke_api_keys(prod_env, tagsift_env) -> None:
+    """``list-api-keys`` shows each key's prefix and state; ``revoke-api-key <prefix>`` makes the key a 401 (with
+    TAGSIFT_LOOKUP_CACHE_SECONDS=0: nothing cached), by id or by the key as well; unknown and repeated revocations
+    exit 1 naming the problem."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    tagsift_env(lookup_cache_seconds=0)
+    env = dict(os.environ)
+    owner = f"cli-revoke-{uuid.uuid4().hex[:8]}"
+    keys = [
+        _run("create-api-key", "--owner", owner, "--name", n, env=env).stdout.strip().splitlines()[-1] for n in "ab"
+    ]
+    listed = _run("list-api-keys", "--owner", owner, env=env)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.strip().splitlines()
+    assert [(line.split()[1], line.split()[-1]) for line in lines] == [(k[:12], "active") for k in keys], lines
+    assert all(k not in listed.stdout for k in keys)  # never the key itself
+    with TestClient(create_app()) as client:
+        auth = [{"Authorization": f"Bearer {k}"} for k in keys]
+        assert [client.get("/datasets", headers=h).status_code for h in auth] == [200, 200]
+        out = _run("revoke-api-key", keys[0][:12], env=env)
+        assert out.returncode == 0 and "revoked key " + keys[0][:12] in out.stdout, out.stderr
+        assert [client.get("/datasets", headers=h).status_code for h in auth] == [401, 200]
+        again = _run("revoke-api-key", keys[0][:12], env=env)
+        assert again.returncode == 1 and "already revoked" in again.stderr, again.stderr
+        assert _run("revoke-api-key", keys[1], env=env).returncode == 0  # by the key itself
+        assert client.get("/datasets", headers=auth[1]).status_code == 401
+    unknown = _run("revoke-api-key", "tsk_nosuchkey", env=env)
+    assert unknown.returncode == 1 and "no API key" in unknown.stderr
+    states = [line.split()[-2] for line in _run("list-api-keys", "--owner", owner, env=env).stdout.splitlines()]
+    assert states == ["revoked", "revoked"], states

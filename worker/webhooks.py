@@ -34,6 +34,7 @@ from sqlalchemy import delete, select, update
 from app.config import Settings
 from app.db import session_scope
 from app.models import Webhook, WebhookDelivery
+from app.secretbox import SecretKeyError
 from app.services.webhook_urls import Target, UrlRefused, check_url
 from app.services.webhooks import sign
 from worker.leases import is_transient_db_error, retry_db, utcnow
@@ -201,7 +202,10 @@ def send(due: Due, settings: Settings) -> Outcome:
         target = check_url(due.url, settings)
     except UrlRefused as exc:
         return outcome(None, f"refused: {exc}")
-    headers = headers_for(due, int(time.time()))
+    try:
+        headers = headers_for(due, int(time.time()))
+    except SecretKeyError as exc:  # sealed with a key no longer in TAGSIFT_SECRET_KEYS: an attempt that failed, logged
+        return outcome(None, f"cannot sign: {exc}")
     cls = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
     failures: list[str] = []
     for address in target.addresses:

@@ -73,6 +73,19 @@ def _validation_field(loc: tuple | list) -> str:
     return ".".join(parts) or "body"
 
 
+def _validation_error_field(err: dict) -> FieldError:
+    """One of FastAPI's validation errors as a :class:`FieldError` (a body that is not JSON is field ``body``)."""
+    if err.get("type") == "json_invalid":  # FastAPI's loc is ("body", <offset>): not a field "0"
+        reason = (err.get("ctx") or {}).get("error", "JSON decode error")
+        return FieldError(field="body", message=f"body: not valid JSON ({reason})")
+    if tuple(err.get("loc", ())) == ("body",) and isinstance(err.get("input"), bytes):  # not read as JSON
+        return FieldError(
+            field="body", message="body: not a JSON object (send JSON with Content-Type: application/json)"
+        )
+    field = _validation_field(err.get("loc", ()))
+    return FieldError(field=field, message=f"{field}: {err.get('msg', 'invalid')}")
+
+
 #: The ``detail`` of FastAPI's own 400 for a request body it could not decode (``fastapi.routing``).
 FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
 
@@ -114,15 +127,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = []
-        for err in exc.errors():
-            field = _validation_field(err.get("loc", ()))
-            errors.append(FieldError(field=field, message=f"{field}: {err.get('msg', 'invalid')}"))
+        errors = [_validation_error_field(err) for err in exc.errors()]
         detail = "; ".join(e.message for e in errors) or "the request is invalid"
         return problem_response(request, status=422, code="invalid_input", detail=detail, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == FASTAPI_BODY_PARSE_ERROR and isinstance(exc.__cause__, ApiError):
+            return await _api_error(request, exc.__cause__)  # e.g. the body timeout, raised while FastAPI read it
         if exc.status_code == 400 and exc.detail == FASTAPI_BODY_PARSE_ERROR:
             # FastAPI's answer when a JSON body cannot even be decoded (e.g. not UTF-8): name the field
             message = "body: cannot be read as JSON; send UTF-8 encoded JSON"

@@ -8,7 +8,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import ApiKey, Owner
+from app.models import ApiKey, Owner, utcnow
 
 KEY_PREFIX = "tsk_"
 
@@ -46,3 +46,38 @@ def key_for_secret(*, session: Session, key: str) -> ApiKey | None:
 def reviewer_name(api_key: ApiKey) -> str:
     """How reviews made with ``api_key`` are signed: its name, or its prefix when it has none."""
     return api_key.name or f"key {api_key.prefix}"
+
+
+def list_api_keys(*, session: Session, owner_name: str | None = None) -> list[ApiKey]:
+    """Every key (revoked ones too), oldest first, with its owner; only ``owner_name``'s when given."""
+    query = select(ApiKey).join(Owner).order_by(ApiKey.created_at, ApiKey.id)
+    if owner_name is not None:
+        query = query.where(Owner.name == owner_name.strip())
+    return list(session.scalars(query))
+
+
+def revoke_api_key(*, session: Session, ident: str) -> ApiKey:
+    """Revoke the key named by ``ident``: its id, its prefix (as ``list-api-keys`` shows it) or the key itself.
+
+    ``LookupError`` when nothing or several keys match, ``ValueError`` when it is already revoked. The key stops
+    working at once in new processes; a running API process that resolved it recently keeps accepting it for up to
+    ``TAGSIFT_LOOKUP_CACHE_SECONDS`` (its own cache: the CLI cannot clear another process's memory)."""
+    ident = ident.strip()
+    if not ident:
+        raise LookupError("no key named: give its id, its prefix or the key")
+    if ident.startswith(KEY_PREFIX) and len(ident) > 16:
+        rows = list(session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(ident))))
+    else:
+        rows = list(session.scalars(select(ApiKey).where((ApiKey.id == ident) | (ApiKey.prefix == ident))))
+    if not rows:
+        raise LookupError(f"no API key with the id or prefix {ident[:16]!r}")
+    if len(rows) > 1:
+        raise LookupError(f"{len(rows)} keys have the prefix {ident!r}: give the key's id (tagsift list-api-keys)")
+    key = rows[0]
+    if key.revoked_at is not None:
+        raise ValueError(
+            f"key {key.prefix} (id {key.id}) was already revoked at {key.revoked_at:%Y-%m-%d %H:%M:%S} UTC"
+        )
+    key.revoked_at = utcnow()
+    session.flush()
+    return key

@@ -26,7 +26,7 @@ from app.schemas import (
 from app.services.lookup import get_owned
 from app.services.pages import keyset_page
 from app.services.webhooks import emit_job_event
-from app.storage import BlobStore
+from app.storage import BlobStore, StorageError
 from app.uploads import RawUpload, ValidBatch, check_classes, parse_upload
 
 log = logging.getLogger(__name__)
@@ -207,9 +207,19 @@ def _store_items(
     except IntegrityError:
         session.rollback()
         raise Conflict("a concurrent upload stored some of these images first; retry the request") from None
-    # A concurrent dataset delete may have collected a blob we share between put() and commit: put it back.
-    gone = storage.missing(it.sha256 for it in batch.items if it.sha256 not in existing)
-    storage.put_many([it.data for it in batch.items if it.sha256 in gone])
+    # A concurrent dataset delete may have collected a blob we share between put() and commit: put it back. The
+    # rows are committed and every blob was stored above, so a store that fails now must not turn the answer into
+    # "nothing was stored, retry" (the retry would store the dataset twice): the repair is skipped and logged.
+    try:
+        gone = storage.missing(it.sha256 for it in batch.items if it.sha256 not in existing)
+        storage.put_many([it.data for it in batch.items if it.sha256 in gone])
+    except StorageError as exc:
+        log.warning(
+            "dataset %s: %d items committed; the object store failed while re-checking their blobs (%s)",
+            dataset.id,
+            len(new_items),
+            exc,
+        )
     return [item.id for item in new_items], duplicates
 
 

@@ -25,14 +25,13 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from PIL import Image
 from sqlalchemy import Row, or_, select
 from sqlalchemy.orm import Session
 
 from app.checks import shorten
 from app.config import Settings
 from app.errors import Conflict, FieldErrors, InvalidInput
-from app.imaging import ImageInvalid, decode_image
+from app.lazy_images import Source, logits_of
 from app.models import Dataset, Item, Model, Owner
 from app.predictor import scores
 from app.services.datasets import get_dataset
@@ -109,6 +108,10 @@ def latest_model(session: Session, dataset: Dataset) -> Model | None:
 _tokens_lock = threading.Lock()
 #: (owner id, dataset id) -> the ``access_token`` of the last ``/setup`` from TAGSIFT_LABEL_STUDIO_URL (this process).
 _tokens: dict[tuple[str, str], str] = {}
+#: (owner id, dataset id) -> the ``schema`` of the last accepted ``/setup`` (this process): the labeling config of a
+#: ``/predict`` that sends none. With several API processes a predict may reach one that saw no setup: it then
+#: asks for ``label_config`` as before.
+_schemas: dict[tuple[str, str], str] = {}
 
 
 # --- the routes' work ---------------------------------------------------------------------------------------
@@ -131,6 +134,8 @@ def setup(*, session: Session, owner: Owner, dataset_id: str, body: dict, settin
             f"schema: the project's choices ({shorten(', '.join(control.choices), 200)}) share no class with dataset "
             f"{dataset.id} ({shorten(', '.join(dataset.classes), 200)})",
         )
+    with _tokens_lock:  # parse_label_config accepted it: a string of at most MAX_LABEL_CONFIG characters
+        _schemas[(owner.id, dataset.id)] = body["schema"]
     hostname, token = body.get("hostname"), body.get("access_token")
     base = settings.label_studio_url.rstrip("/")
     if base and isinstance(hostname, str) and isinstance(token, str) and token and same_origin(hostname, base):
@@ -145,7 +150,17 @@ class _Task:
     name: str
     ref: str
     item: Item | None = None
-    image: Image.Image | None = None
+
+
+def _label_config(body: dict, owner: Owner, dataset: Dataset) -> object:
+    """The predict's ``label_config``; when it sends none, the schema of this dataset's last /setup (this process)."""
+    config = body.get("label_config")
+    if config is None:  # Label Studio sends it; other callers may rely on the project's /setup
+        with _tokens_lock:
+            config = _schemas.get((owner.id, dataset.id))
+        if config is None:
+            raise invalid("label_config", "label_config: missing, and no /setup of this backend sent a schema")
+    return config
 
 
 def predict(*, session: Session, storage: BlobStore, owner: Owner, dataset_id: str, body: dict, settings: Settings):
@@ -156,7 +171,7 @@ def predict(*, session: Session, storage: BlobStore, owner: Owner, dataset_id: s
         raise invalid("tasks", "tasks: a non-empty list of Label Studio tasks")
     if len(tasks) > MAX_TASKS:
         raise invalid("tasks", f"tasks: {len(tasks)} tasks, over the limit of {MAX_TASKS} per request")
-    control = parse_label_config(body.get("label_config"), field="label_config")
+    control = parse_label_config(_label_config(body, owner, dataset), field="label_config")
     model = latest_model(session, dataset)
     if model is None:
         raise Conflict(
@@ -192,19 +207,23 @@ def predict(*, session: Session, storage: BlobStore, owner: Owner, dataset_id: s
             token = _tokens.get((owner.id, dataset.id), "")
     for t in parsed:
         t.item = items.get(t.ref)
-        try:
-            data = storage.get(t.item.sha256) if t.item else fetch_image(t.ref, settings=settings, token=token)
-            t.image = decode_image(data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes)
-        except (FetchError, ImageInvalid, FileNotFoundError) as exc:
-            errors.add(
-                field=f"data.{control.image_key}",
-                item=t.name,
-                message=f"{t.name}: data.{control.image_key} {shorten(t.ref, 200)!r}: {exc}",
-            )
+
+    def source(t: _Task) -> Source:  # read when its turn comes; one decode per stored image or per URL
+        if t.item is not None:
+            return Source(key=f"sha256:{t.item.sha256}", load=lambda: storage.get(t.item.sha256))
+        return Source(key=f"url:{t.ref}", load=lambda: fetch_image(t.ref, settings=settings, token=token))
+
+    logits, failures = logits_of(loaded, [source(t) for t in parsed], settings, catch=(FetchError, FileNotFoundError))
+    for i, exc in failures:
+        t = parsed[i]
+        errors.add(
+            field=f"data.{control.image_key}",
+            item=t.name,
+            message=f"{t.name}: data.{control.image_key} {shorten(t.ref, 200)!r}: {exc}",
+        )
     if errors:
         raise InvalidInput("; ".join(e.message for e in errors[:5]), errors=errors)
 
-    logits = loaded.logits([t.image for t in parsed], batch_size=max(1, settings.predict_batch_size))
     results = []
     for t, row in zip(parsed, logits, strict=True):
         allowed = choices

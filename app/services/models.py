@@ -14,14 +14,15 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 
-from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.errors import Conflict, FieldError, InvalidInput, NotFound
 from app.export_kit import predict_script
-from app.imaging import ImageInvalid, PreprocessConfig, decode_image, open_image
+from app.imaging import PreprocessConfig, open_image
+from app.jsonread import read_field
+from app.lazy_images import Source, logits_of
 from app.models import Model, Owner
 from app.predictor import LoadedModel, ModelUnavailable, get_model_cache, scores
 from app.schemas import ModelList, ModelRead, Prediction, PredictResponse, ScoredLabel
@@ -311,19 +312,16 @@ def predict_images(
         for i, cands in enumerate(per_image):
             if cands is not None and not cands:
                 errors.append(FieldError(field="candidates", item=str(i), message=f"candidates[{i}]: empty list"))
-    decoded: list[Image.Image] = []
-    for img in images:
-        try:
-            decoded.append(
-                decode_image(img.data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes)
-            )
-        except ImageInvalid as exc:
-            errors.append(FieldError(field="image", item=img.file, message=f"{img.file}: {exc}"))
     if errors:
         raise InvalidInput("; ".join(e.message for e in errors), errors=errors)
     loaded = _loaded_by_id(model_id=model_id, artifacts=artifacts, storage=storage, settings=settings)
     allowed = [_allowed(loaded, c, item=images[i].file) for i, c in enumerate(per_image)]
-    logits = loaded.logits(decoded, batch_size=max(1, settings.predict_batch_size))
+    # decoded one at a time, once per content, within TAGSIFT_PREDICT_MEMORY_BYTES (app.lazy_images)
+    logits, failures = logits_of(loaded, [Source(key=None, load=lambda img=img: img.data) for img in images], settings)
+    for i, exc in failures:
+        errors.append(FieldError(field="image", item=images[i].file, message=f"{images[i].file}: {exc}"))
+    if errors:
+        raise InvalidInput("; ".join(e.message for e in errors), errors=errors)
     preds = [_prediction(loaded, logits[i], allowed[i], top_k, file=images[i].file or None) for i in range(len(images))]
     return PredictResponse(model_id=model_id, predictions=preds)
 
@@ -332,12 +330,7 @@ def parse_candidates(text: str | None) -> list[str] | list[list[str]] | None:
     """The ``candidates`` form field: a JSON list of tags, or a list of such lists (one per image)."""
     if text is None or not text.strip():
         return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(
-            f"candidates: not valid JSON ({exc.msg})", errors=[FieldError(field="candidates", message="not valid JSON")]
-        ) from None
+    value = read_field(text, field="candidates")
     ok_flat = isinstance(value, list) and all(isinstance(v, str) for v in value)
     ok_nested = isinstance(value, list) and all(
         isinstance(v, list) and all(isinstance(x, str) for x in v) for v in value

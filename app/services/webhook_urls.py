@@ -53,7 +53,11 @@ def address_refusal(address: IPAddress, settings: Settings) -> str | None:
         address = address.ipv4_mapped
     if any(address in net for net in settings.webhook_networks):
         return None
-    if address.is_loopback:
+    if isinstance(address, ipaddress.IPv6Address) and address.sixtofour is not None:
+        kind = f"6to4 (2002::/16, a tunnel to {address.sixtofour})"
+    elif isinstance(address, ipaddress.IPv6Address) and address.is_site_local:
+        kind = "site-local (fec0::/10)"
+    elif address.is_loopback:
         kind = "loopback"
     elif address.is_link_local:
         kind = "link-local"

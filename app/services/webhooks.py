@@ -23,6 +23,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app import secretbox
 from app.config import Settings
 from app.errors import FieldError, InvalidInput
 from app.models import Job, Owner, Webhook, WebhookDelivery, new_id, utcnow
@@ -35,6 +36,7 @@ from app.schemas import (
     WebhookList,
     WebhookRead,
 )
+from app.secretbox import seal, unseal
 from app.services.job_views import job_read
 from app.services.lookup import get_owned
 from app.services.pages import keyset_page
@@ -48,8 +50,10 @@ def new_secret() -> str:
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """The ``Tagsift-Signature`` value: ``v1=`` and the hex HMAC-SHA256 of ``b"<timestamp>." + body``."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    """The ``Tagsift-Signature`` value: ``v1=`` and the hex HMAC-SHA256 of ``b"<timestamp>." + body``.
+
+    ``secret`` is the hook's secret as stored: sealed (``app.secretbox``, opened here) or legacy plain text."""
+    mac = hmac.new(unseal(secret).encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
     return f"{SIGNATURE_VERSION}={mac.hexdigest()}"
 
 
@@ -75,11 +79,11 @@ def create_webhook(*, session: Session, owner: Owner, hook_in: WebhookCreate, se
         url=hook_in.url,
         events=list(dict.fromkeys(hook_in.events)),
         description=hook_in.description,
-        secret=new_secret(),
+        secret=seal(secret := new_secret()),  # encrypted at rest with TAGSIFT_SECRET_KEYS' newest key
     )
     session.add(hook)
     session.commit()
-    return WebhookCreated(**webhook_read(hook).model_dump(), secret=hook.secret)
+    return WebhookCreated(**webhook_read(hook).model_dump(), secret=secret)
 
 
 def get_webhook(*, session: Session, owner: Owner, webhook_id: str) -> Webhook:
@@ -184,3 +188,18 @@ def emit_job_event(session: Session, job_id: str, event: str) -> None:
     job = session.get(Job, job_id, populate_existing=True)
     if job is not None:
         emit(session, owner_id=job.owner_id, event=event, data={"job": job_read(job).model_dump(mode="json")})
+
+
+def reseal_secrets(*, session: Session) -> tuple[int, int]:
+    """Seal every hook's secret with the newest key of TAGSIFT_SECRET_KEYS (legacy plain text included); returns
+    (sealed now, hooks in all). :class:`app.secretbox.SecretKeyError` when a secret opens with no configured key."""
+    if not secretbox.keys():
+        raise secretbox.SecretKeyError("TAGSIFT_SECRET_KEYS is not set: there is no key to encrypt with")
+    hooks = list(session.scalars(select(Webhook).with_for_update()))
+    changed = 0
+    for hook in hooks:
+        if secretbox.needs_reseal(hook.secret):
+            hook.secret = secretbox.seal(secretbox.unseal(hook.secret))
+            changed += 1
+    session.commit()
+    return changed, len(hooks)

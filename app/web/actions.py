@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from app.api.deps import SessionDep, SettingsDep, StorageDep
+from app.api.routes.jobs import MAX_EVENT_ID
 from app.db import in_session
 from app.errors import FieldError, InvalidInput
 from app.models import Item
@@ -100,7 +101,7 @@ def undo(item_id: str, user: CsrfUserDep, session: SessionDep) -> dict:
 
 @router.get("/jobs/{job_id}")
 def job_progress(
-    job_id: str, user: UserDep, session: SessionDep, after: Annotated[int | None, Query(ge=0)] = None
+    job_id: str, user: UserDep, session: SessionDep, after: Annotated[int | None, Query(ge=0, le=MAX_EVENT_ID)] = None
 ) -> dict:
     """The job's state and its events after ``after`` (the page polls this)."""
     job = jobs_service.read_job(session=session, owner=user.owner, job_id=job_id)

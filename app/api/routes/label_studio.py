@@ -8,7 +8,6 @@ or ``Authorization: Bearer <key>`` (e.g. the header of the project's webhook).
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -19,6 +18,7 @@ from app.api.deps import BasicOrBearerOwnerDep, SettingsDep, StorageDep
 from app.api.openapi import BODY, COMMON, problems
 from app.db import in_session
 from app.errors import FieldError, InvalidInput
+from app.jsonread import read_field
 from app.schemas import OUTSIDE_ID_SCHEMA
 from app.services import label_studio as ls_service
 from app.services import label_studio_webhook
@@ -114,12 +114,7 @@ WEBHOOK_BODY = _body(
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(
-            f"body: not valid JSON ({exc})", errors=[FieldError(field="body", message="body: not valid JSON")]
-        ) from None
+    body = read_field(await request.body(), field="body")
     if not isinstance(body, dict):
         raise InvalidInput("body: a JSON object", errors=[FieldError(field="body", message="body: a JSON object")])
     return body

@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from app.api.deps import OwnerDep, SettingsDep, StorageDep
 from app.api.openapi import BODY, COMMON, IMAGE_TYPES, UPLOAD, problems
 from app.db import in_session
-from app.errors import FieldError, InvalidInput
+from app.errors import ApiError, FieldError, InvalidInput
 from app.schemas import PredictResponse
 from app.services import models as models_service
 from app.uploads.forms import RawPredict, read_predict_form
@@ -60,7 +60,17 @@ PREDICT_BODY = {
 
 
 async def _predict_form(request: Request, settings: SettingsDep) -> RawPredict:
-    return await read_predict_form(request, settings)
+    try:
+        return await read_predict_form(request, settings)
+    except ApiError as exc:
+        # the form parser stops one file past the limit and names its own count ("Maximum number of files is 65")
+        if exc.code == "malformed_multipart" and "Maximum number of files" in exc.detail:
+            limit = settings.max_predict_images
+            message = (
+                f"image: more than {limit} images, over the limit of {limit} per request (TAGSIFT_MAX_PREDICT_IMAGES)"
+            )
+            raise InvalidInput(message, errors=[FieldError(field="image", message=message)]) from None
+        raise
 
 
 # The handlers are async and do their blocking part (database, decode, ONNX Runtime) in ONE thread-pool call:
