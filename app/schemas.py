@@ -16,20 +16,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
-from vocab import (
-    AUTO_METHOD_NAME,
-    CLASS_TOKEN_POSITIONS,
-    DEVICES,
-    JOB_STATUSES,
-    LOSSES,
-    METHODS,
-    MIX_MODES,
-    PARAMS,
-    PRECISIONS,
-)
+import vocab
+from vocab import LOSSES, METHODS, PARAMS
 
 #: A job's status, in the API's shapes (the names: ``vocab.JobStatus``).
-JobStatus = Literal[JOB_STATUSES]
+JobStatus = Literal[vocab.JOB_STATUSES]
 
 
 #: JSON schema of a prompt template (the validators below check the same): the class name goes where "{}" is,
@@ -231,17 +222,16 @@ class ItemUpdate(_Input):
 PLACEMENT_PARAMS = ("device",)
 
 
-#: Optional integer parameters: their bounds go on the integer (``Annotated[int, Field(...)] | None``), else the JSON
-#: Schema shows them on the union.
-_OPTIONAL_INTS = {name for name, p in PARAMS.items() if p.integer and p.default is None}
-
-
 def _param(name: str, **kwargs: Any) -> Any:
-    """The ``Field`` of job parameter ``name``: its default and bounds from ``vocab.PARAMS``."""
-    param = PARAMS[name]
-    if name in _OPTIONAL_INTS:  # the bounds sit on the int inside the Annotated[...]
-        return Field(param.default, **kwargs)
-    return Field(param.default, **param.bounds(), **kwargs)
+    """The ``Field`` of job parameter ``name``: its default and bounds from ``vocab.PARAMS`` (an optional whole number
+    has its bounds on the integer: :func:`_optional_int`)."""
+    p = PARAMS[name]
+    return Field(p.default, **({} if p.integer and p.default is None else p.bounds()), **kwargs)
+
+
+def _optional_int(name: str) -> Any:
+    """``int | None`` with ``name``'s bounds on the integer (on the union, the JSON Schema would lose them)."""
+    return Annotated[int, Field(**PARAMS[name].bounds()), BeforeValidator(_integral)] | None
 
 
 class JobCreate(_Input):
@@ -252,22 +242,20 @@ class JobCreate(_Input):
     null = every item. Reviewed items always count as certain (a single candidate: the reviewer's tag).
     """
 
-    method: Literal[(AUTO_METHOD_NAME, *METHODS)] = Field(
-        AUTO_METHOD_NAME, description="auto: the best measured method (app/job_defaults.py)."
+    method: Literal[(vocab.AUTO_METHOD_NAME, *METHODS)] = Field(
+        vocab.AUTO_METHOD_NAME, description="auto: the best measured method (app/job_defaults.py)."
     )
     loss: Literal[LOSSES] | None = Field(None, description="PLL loss; null: the best measured one for the method.")
-    epochs: Annotated[int, Field(**PARAMS["epochs"].bounds()), BeforeValidator(_integral)] | None = _param(
-        "epochs", description="null: the measured default for the method."
-    )
+    epochs: _optional_int("epochs") = _param("epochs", description="null: the measured default for the method.")
     batch_size: JsonInt = _param("batch_size")
     lr: float | None = _param("lr", description="SGD learning rate; null: the method's default.")
     momentum: float = _param("momentum")
     weight_decay: float = _param("weight_decay")
     n_ctx: JsonInt = _param("n_ctx")
     ctx_init: str = Field("", max_length=200, description='"" = random init; else an init phrase ("a photo of a").')
-    class_token_position: Literal[CLASS_TOKEN_POSITIONS] = CLASS_TOKEN_POSITIONS[0]
+    class_token_position: Literal[vocab.CLASS_TOKEN_POSITIONS] = vocab.CLASS_TOKEN_POSITIONS[0]
     csc: bool = Field(False, description="Class-specific context.")
-    mix: Literal[MIX_MODES] | None = Field(
+    mix: Literal[vocab.MIX_MODES] | None = Field(
         None,
         description="Alignment teacher: the handcrafted posterior ('none'), mixed with the learned one at mix_alpha"
         " ('constant'), ramped up to it ('ramp'), or at 1 - the prior's trust read from the candidate sets ('trust');"
@@ -298,15 +286,11 @@ class JobCreate(_Input):
     handcrafted_mix: float | None = _param(
         "handcrafted_mix", description="Weight of the handcrafted (zero-shot) classifier mixed in; null: default."
     )
-    shots: Annotated[int, Field(**PARAMS["shots"].bounds()), BeforeValidator(_integral)] | None = PARAMS[
-        "shots"
-    ].default
-    views: Annotated[int, Field(**PARAMS["views"].bounds()), BeforeValidator(_integral)] | None = _param(
-        "views", description="Augmented views per image; null: the server default."
-    )
+    shots: _optional_int("shots") = _param("shots")
+    views: _optional_int("views") = _param("views", description="Augmented views per image; null: the server default.")
     seed: JsonInt = _param("seed")
-    precision: Literal[PRECISIONS] = PRECISIONS[0]
-    device: Literal[DEVICES] | None = Field(
+    precision: Literal[vocab.PRECISIONS] = vocab.PRECISIONS[0]
+    device: Literal[vocab.DEVICES] | None = Field(
         None,
         description="Where the job runs: 'gpu' (only GPU workers take it), 'cpu' (only CPU workers), 'auto' (the first"
         " free worker of either kind); null: the server's TAGSIFT_JOB_DEVICE. docs/deploy.md, Queues and devices.",
