@@ -428,8 +428,8 @@ class Problem(BaseModel):
 
 # --- webhooks (docs/integrations.md) ----------------------------------------------------------------------
 
-WEBHOOK_EVENTS = ("job.queued", "job.started", "job.succeeded", "job.failed", "job.cancelled", "item.reviewed")
-WebhookEvent = Literal["job.queued", "job.started", "job.succeeded", "job.failed", "job.cancelled", "item.reviewed"]
+WEBHOOK_EVENTS = (*vocab.STATUS_EVENTS.values(), "item.reviewed")  # a job's, one per status it enters, then a review's
+WebhookEvent = Literal[WEBHOOK_EVENTS]
 
 
 class WebhookCreate(_Input):
