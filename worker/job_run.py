@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 
 from app.db import session_scope
 from app.dbclock import db_now
@@ -48,7 +49,7 @@ class JobRun:
         if not job_states.fenced_update(session, self.job_id, runner=self.runner, **values):
             self._lost()
 
-    def transition(self, session, to: JobStatus, *, events: list[Event] = (), **values) -> None:
+    def transition(self, session, to: JobStatus, *, events: Iterable[Event] = (), **values) -> None:
         """End the run's job in ``to`` (``job_states.transition`` from running, fenced on our lease, stamped on the
         database's clock), else :class:`LeaseLost`."""
         moved = job_states.transition(
