@@ -36,6 +36,16 @@ def test_ml_registries_are_the_shared_names() -> None:
     assert tuple(api.METHODS) == vocab.METHODS and tuple(api.LOSSES) == vocab.LOSSES
 
 
+def test_the_web_form_offers_what_the_api_accepts() -> None:
+    """The job form's choices and help lines (app/web/pages.py) are vocab's names, each one the API takes."""
+    from app.web import pages
+
+    assert set(pages.METHODS) == _literal_values("method") and len(pages.METHODS) == len(set(pages.METHODS))
+    assert set(pages.LOSSES) == {""} | _literal_values("loss") and len(pages.LOSSES) == len(set(pages.LOSSES))
+    assert set(pages.JOB_HELP) <= set(api.JobCreate.model_fields)
+    assert set(pages._INT_FIELDS) | set(pages._FLOAT_FIELDS) == set(vocab.PARAMS)
+
+
 def test_every_numeric_job_param_has_its_bounds_and_default_from_vocab() -> None:
     """The API's numeric job parameters are vocab.PARAMS (defaults and bounds), and ml's defaults are the same."""
     schema = api.JobCreate.model_json_schema()["properties"]

@@ -43,7 +43,8 @@ STATUS_EVENTS: dict[str, str] = {
 #: What a job asks for when it leaves the method to the server (``app/job_defaults.py`` resolves it).
 AUTO_METHOD_NAME = "auto"
 
-#: The training methods (ml/train.py), in the order the web form offers them (the one ``auto`` trains first).
+#: The training methods (ml/train.py), in the order the web form offers them (after ``auto`` and the one it stands
+#: for, ``app.job_defaults.AUTO_METHOD``).
 METHODS: tuple[str, ...] = ("aligned_head", "prompt_alignment", "coop", "linear_probe", "zero_shot")
 #: The PLL losses (ml/losses/), canonical names, in the order the web form offers them.
 LOSSES: tuple[str, ...] = ("rc", "cc", "pico", "cavl", "lws", "plcr", "naive")

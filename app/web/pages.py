@@ -68,8 +68,9 @@ JOB_HELP = {
 }
 _INT_FIELDS = {name for name, param in PARAMS.items() if param.integer}
 _FLOAT_FIELDS = {name for name, param in PARAMS.items() if not param.integer}
-#: The form's choices: ``auto`` first, then every method; "" (the method's default) first, then every loss.
-METHODS = [AUTO_METHOD_NAME, *vocab.METHODS]
+#: The form's choices: ``auto`` and the method it stands for first, then the others; "" (the method's default) first,
+#: then every loss.
+METHODS = [AUTO_METHOD_NAME, AUTO_METHOD, *(m for m in vocab.METHODS if m != AUTO_METHOD)]
 LOSSES = ["", *vocab.LOSSES]
 
 
