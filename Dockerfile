@@ -26,6 +26,7 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY worker ./worker
 COPY ml ./ml
+COPY vocab ./vocab
 COPY migrations ./migrations
 
 FROM base AS api

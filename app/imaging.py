@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile
 
+import vocab
+
 # Truncated files must fail, never be padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -48,26 +50,8 @@ class ImageInfo:
     format: str
 
 
-#: The fixed part of ``preprocess.json``: what :func:`preprocess` does besides its parameters, in words a user can
-#: reimplement. ``ml.backbone.PreprocessConfig.to_dict`` writes the same (tests/test_contracts.py).
-PREPROCESS_STEPS = {
-    "color": "RGB",
-    "steps": [
-        "decode the image and convert it to RGB (Pillow convert('RGB'); EXIF orientation is not applied)",
-        "resize so that the shortest side is image_size, the other side int(image_size * long / short), "
-        "with the interpolation filter (Pillow)",
-        "centre-crop image_size x image_size, offsets int(round((h - image_size) / 2)) and likewise for w",
-        "float32 pixels / 255, layout (3, image_size, image_size) RGB",
-        "normalise each channel: (x - mean) / std in float32",
-        "stack into a (batch, 3, image_size, image_size) float32 input named 'image'",
-    ],
-    "layout": "NCHW",
-    "dtype": "float32",
-    "scale": 255,
-    "input": "image",
-    "output": "logits",
-    "scores": "softmax over the logits (over the chosen candidates only, renormalised, when restricted)",
-}
+#: The fixed part of ``preprocess.json`` (``vocab``, where ``ml.backbone.PreprocessConfig.to_dict`` reads it too).
+PREPROCESS_STEPS = vocab.PREPROCESS_STEPS
 
 
 #: How the card says to run the export: one model.onnx, or the shared tower and the model's head.

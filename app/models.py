@@ -25,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from app.config import MAX_TAG_COLUMN
+from vocab import JobStatus
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -246,9 +247,7 @@ class Job(Base):
     owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
     dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"), index=True)
     type: Mapped[str] = mapped_column(String(32), default="train")
-    status: Mapped[str] = mapped_column(
-        String(16), default="queued", index=True
-    )  # queued|running|succeeded|failed|cancelled
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value, index=True)  # vocab.JobStatus
     params: Mapped[dict] = mapped_column(JSON, default=dict)
     progress: Mapped[dict] = mapped_column(JSON, default=dict)  # stage, epoch, epochs, fraction
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)

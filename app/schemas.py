@@ -16,11 +16,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
-METHODS = ("prompt_alignment", "coop", "zero_shot", "linear_probe", "aligned_head")
-LOSSES = ("naive", "cc", "rc", "lws", "cavl", "plcr", "pico")
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-FINISHED_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+import vocab
+from vocab import LOSSES, METHODS, PARAMS
+
+#: A job's status, in the API's shapes (the names: ``vocab.JobStatus``).
+JobStatus = Literal[vocab.JOB_STATUSES]
 
 
 #: JSON schema of a prompt template (the validators below check the same): the class name goes where "{}" is,
@@ -222,6 +222,18 @@ class ItemUpdate(_Input):
 PLACEMENT_PARAMS = ("device",)
 
 
+def _param(name: str, **kwargs: Any) -> Any:
+    """The ``Field`` of job parameter ``name``: its default and bounds from ``vocab.PARAMS`` (an optional whole number
+    has its bounds on the integer: :func:`_optional_int`)."""
+    p = PARAMS[name]
+    return Field(p.default, **({} if p.integer and p.default is None else p.bounds()), **kwargs)
+
+
+def _optional_int(name: str) -> Any:
+    """``int | None`` with ``name``'s bounds on the integer (on the union, the JSON Schema would lose them)."""
+    return Annotated[int, Field(**PARAMS[name].bounds()), BeforeValidator(_integral)] | None
+
+
 class JobCreate(_Input):
     """Training parameters; defaults are the benchmark's best validated configuration (``app/job_defaults.py``).
     Unknown fields and values answer 422 naming the field.
@@ -230,41 +242,33 @@ class JobCreate(_Input):
     null = every item. Reviewed items always count as certain (a single candidate: the reviewer's tag).
     """
 
-    method: Literal["auto", "prompt_alignment", "coop", "zero_shot", "linear_probe", "aligned_head"] = Field(
-        "auto", description="auto: the best measured method (app/job_defaults.py)."
+    method: Literal[(vocab.AUTO_METHOD_NAME, *METHODS)] = Field(
+        vocab.AUTO_METHOD_NAME, description="auto: the best measured method (app/job_defaults.py)."
     )
-    loss: Literal["naive", "cc", "rc", "lws", "cavl", "plcr", "pico"] | None = Field(
-        None, description="PLL loss; null: the best measured one for the method."
-    )
-    epochs: Annotated[int, Field(ge=1, le=1000), BeforeValidator(_integral)] | None = Field(
-        None, description="null: the measured default for the method."
-    )
-    batch_size: JsonInt = Field(32, ge=1, le=4096)
-    lr: float | None = Field(None, gt=0, le=100, description="SGD learning rate; null: the method's default.")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0, le=1)
-    n_ctx: JsonInt = Field(16, ge=1, le=64)
+    loss: Literal[LOSSES] | None = Field(None, description="PLL loss; null: the best measured one for the method.")
+    epochs: _optional_int("epochs") = _param("epochs", description="null: the measured default for the method.")
+    batch_size: JsonInt = _param("batch_size")
+    lr: float | None = _param("lr", description="SGD learning rate; null: the method's default.")
+    momentum: float = _param("momentum")
+    weight_decay: float = _param("weight_decay")
+    n_ctx: JsonInt = _param("n_ctx")
     ctx_init: str = Field("", max_length=200, description='"" = random init; else an init phrase ("a photo of a").')
-    class_token_position: Literal["end", "middle", "front"] = "end"
+    class_token_position: Literal[vocab.CLASS_TOKEN_POSITIONS] = vocab.CLASS_TOKEN_POSITIONS[0]
     csc: bool = Field(False, description="Class-specific context.")
-    mix: Literal["none", "constant", "ramp", "trust"] | None = Field(
+    mix: Literal[vocab.MIX_MODES] | None = Field(
         None,
         description="Alignment teacher: the handcrafted posterior ('none'), mixed with the learned one at mix_alpha"
         " ('constant'), ramped up to it ('ramp'), or at 1 - the prior's trust read from the candidate sets ('trust');"
         " null: the method's default.",
     )
-    mix_alpha: float = Field(0.5, ge=0, le=1)
-    prior_strength: float | None = Field(
-        None,
-        ge=0,
-        le=1e6,
+    mix_alpha: float = _param("mix_alpha")
+    prior_strength: float | None = _param(
+        "prior_strength",
         description="aligned_head: weight decay of the head's residual = prior_strength / items; null: the default.",
     )
-    graph_k: JsonInt = Field(10, ge=1, le=200, description="Neighbours per item in the feature graph (graph_weight).")
-    graph_weight: float | None = Field(
-        None,
-        ge=0,
-        lt=1,
+    graph_k: JsonInt = _param("graph_k", description="Neighbours per item in the feature graph (graph_weight).")
+    graph_weight: float | None = _param(
+        "graph_weight",
         description="Weight of the neighbours in RC's confidence updates (rc loss only); 0: no graph; null: default.",
     )
     templates: list[Annotated[str, WithJsonSchema(TEMPLATE_SCHEMA)]] | None = Field(
@@ -277,18 +281,16 @@ class JobCreate(_Input):
         None,
         description="Prune training candidate sets by neighbour voting in image-feature space; null: method default.",
     )
-    knn_k: JsonInt = Field(10, ge=1, le=200, description="Neighbours that vote (knn_vote).")
-    knn_tau: float = Field(0.5, gt=0, le=1, description="Keep candidates with at least tau x the best vote.")
-    handcrafted_mix: float | None = Field(
-        None, ge=0, le=1, description="Weight of the handcrafted (zero-shot) classifier mixed in; null: default."
+    knn_k: JsonInt = _param("knn_k", description="Neighbours that vote (knn_vote).")
+    knn_tau: float = _param("knn_tau", description="Keep candidates with at least tau x the best vote.")
+    handcrafted_mix: float | None = _param(
+        "handcrafted_mix", description="Weight of the handcrafted (zero-shot) classifier mixed in; null: default."
     )
-    shots: Annotated[int, Field(ge=1, le=100_000), BeforeValidator(_integral)] | None = None
-    views: Annotated[int, Field(ge=1, le=64), BeforeValidator(_integral)] | None = Field(
-        None, description="Augmented views per image; null: the server default."
-    )
-    seed: JsonInt = Field(1, ge=0, le=2**31 - 1)
-    precision: Literal["fp32", "amp"] = "fp32"
-    device: Literal["auto", "cpu", "gpu"] | None = Field(
+    shots: _optional_int("shots") = _param("shots")
+    views: _optional_int("views") = _param("views", description="Augmented views per image; null: the server default.")
+    seed: JsonInt = _param("seed")
+    precision: Literal[vocab.PRECISIONS] = vocab.PRECISIONS[0]
+    device: Literal[vocab.DEVICES] | None = Field(
         None,
         description="Where the job runs: 'gpu' (only GPU workers take it), 'cpu' (only CPU workers), 'auto' (the first"
         " free worker of either kind); null: the server's TAGSIFT_JOB_DEVICE. docs/deploy.md, Queues and devices.",
@@ -426,8 +428,8 @@ class Problem(BaseModel):
 
 # --- webhooks (docs/integrations.md) ----------------------------------------------------------------------
 
-WEBHOOK_EVENTS = ("job.queued", "job.started", "job.succeeded", "job.failed", "job.cancelled", "item.reviewed")
-WebhookEvent = Literal["job.queued", "job.started", "job.succeeded", "job.failed", "job.cancelled", "item.reviewed"]
+WEBHOOK_EVENTS = (*vocab.STATUS_EVENTS.values(), "item.reviewed")  # a job's, one per status it enters, then a review's
+WebhookEvent = Literal[WEBHOOK_EVENTS]
 
 
 class WebhookCreate(_Input):

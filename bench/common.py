@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ml.data import ImageSet, few_shot_indices, load_cifar10, partialize
+from bench.data import ImageSet, few_shot_indices, load_cifar10, partialize
 
 
 @dataclass

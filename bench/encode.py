@@ -85,7 +85,7 @@ def load_sets(cfg: EncodeBenchConfig, warm: int) -> tuple[list[str], list[bytes]
         classes = ["a", "b", "c"]
         images = _generated(cfg.images, 0)
         return classes, images, [i % 3 for i in range(cfg.images)], [_generated(8, 10**6), _generated(warm, 2 * 10**6)]
-    from ml.data import CIFAR10_CLASSES, load_cifar10
+    from bench.data import CIFAR10_CLASSES, load_cifar10
 
     per_class = -(-cfg.images // len(CIFAR10_CLASSES))
     train = load_cifar10(cfg.cifar10_path, "train", per_class=per_class, seed=1)

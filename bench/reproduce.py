@@ -163,14 +163,14 @@ class BenchData:
     test: Split | None
     large: Callable[[], Split] | None = None
     dataset: str = "cifar10"
-    protocol: str = "uniform"  # candidate sets: "uniform" (ml.data.partialize) | "instance" (partialize_instance)
+    protocol: str = "uniform"  # candidate sets: "uniform" (bench.data.partialize) | "instance" (partialize_instance)
     templates: tuple[str, ...] | None = None  # the dataset's handcrafted template (None: the default)
     confusion: Callable[[Split], torch.Tensor] | None = None  # instance protocol: (N, K) confuser posteriors
     confuser_split: Callable[[], Split] | None = None  # the split the confuser learns from (true labels)
 
     def candidates(self, split: Split, q: float, seed: int) -> torch.Tensor:
         """(N, K) candidate sets of ``split`` under this bench's protocol (seeded)."""
-        from ml.data import partialize, partialize_instance
+        from bench.data import partialize, partialize_instance
 
         if self.protocol == "instance" and q > 0:
             return partialize_instance(split.labels, self.confusion(split), q, seed)
@@ -763,7 +763,7 @@ def load_bench_data(
 
 def _cifar10_data(backbone, cifar10_path, feature_dir, regime: str, quick: bool, test_cached_only: bool, log):
     from bench import data as D
-    from ml.data import load_cifar10
+    from bench.data import load_cifar10
 
     train = load_cifar10(cifar10_path, "train")
     test = load_cifar10(cifar10_path, "test")
@@ -808,7 +808,7 @@ def _digits_data(backbone, feature_dir, log) -> BenchData:
     """scikit-learn's digits (bench.data): few-shot 16 per class and "large" = the whole training pool. One (clean)
     view per image, no augmented views (the CPU budget of the run that measured it; docs/results.md)."""
     from bench import data as D
-    from ml.data import few_shot_indices
+    from bench.data import few_shot_indices
 
     digits = D.load_digits_set()
     splits = D.digits_splits(digits.labels)

@@ -276,8 +276,8 @@ def run_cifar10(
     log: Callable[[str], None] = print,
 ) -> dict:
     """The benchmark on CIFAR-10's train split: per_class images per class, symmetric candidate sets at q."""
+    from bench.data import load_cifar10, partialize
     from ml.backbone import load_backbone
-    from ml.data import load_cifar10, partialize
     from ml.features import FeatureCache, encode_images
     from ml.pipeline import encoded_views
     from ml.train import TrainConfig

@@ -3,7 +3,7 @@
 It starts a real service of its own (a temp data dir; the embedded SQLite + SQLite broker, or the given PostgreSQL
 and Redis; a ``tagsift serve`` process on a free loopback port and a ``tagsift worker`` process) and measures:
 
-1. **upload**: CIFAR-10 photos with candidate sets (the q protocol of ``ml.data.partialize``) posted in batches to
+1. **upload**: CIFAR-10 photos with candidate sets (the q protocol of ``bench.data.partialize``) posted in batches to
    ``POST /datasets/{id}/items`` -> images/s.
 2. **training overhead**: one job through the API and the worker (POST -> succeeded, and the job's own
    started_at -> finished_at, i.e. without the queue wait) against the same work done by calling ``ml/`` in this
@@ -491,7 +491,7 @@ def _group_cpu_seconds(pid: int) -> float:
 
 def load_images(cfg: ServiceBenchConfig):
     """``cfg.images`` CIFAR-10 training photos (balanced), their names and candidate sets (q protocol)."""
-    from ml.data import CIFAR10_CLASSES, load_cifar10, partialize
+    from bench.data import CIFAR10_CLASSES, load_cifar10, partialize
 
     per_class = -(-cfg.images // len(CIFAR10_CLASSES))
     data = load_cifar10(cfg.cifar10_path, "train", per_class=per_class, seed=cfg.seed)

@@ -444,8 +444,8 @@ def run_cifar10_train_speed(
 ) -> TrainSpeedResult:
     """The default benchmark: `shots` per class of CIFAR-10 train, candidate sets with rate q, `test_images`
     test images (an equal, seeded share per class)."""
+    from bench.data import few_shot_indices, load_cifar10, partialize
     from ml.backbone import load_backbone
-    from ml.data import few_shot_indices, load_cifar10, partialize
     from ml.train import TrainConfig
 
     if test_images < 1:

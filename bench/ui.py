@@ -77,7 +77,7 @@ def run_ui_bench(
     import httpx
     from playwright.sync_api import sync_playwright
 
-    from ml.data import load_cifar10
+    from bench.data import load_cifar10
 
     workdir = Path(tempfile.mkdtemp(prefix="tagsift-bench-ui-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAGSIFT_")}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-MIX_MODES = ("none", "constant", "ramp", "trust")
+from vocab import MIX_MODES
 
 
 def mix_alpha(mode: str, alpha: float, epoch: int, epochs: int, trust: float | None = None) -> float:

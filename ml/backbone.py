@@ -15,6 +15,7 @@ from pathlib import Path
 import open_clip
 import torch
 
+import vocab
 from ml import weights
 from ml.errors import BackboneLoadError
 from ml.spec import BackboneSpec, file_sha256, parse_backbone
@@ -30,26 +31,9 @@ __all__ = [
 ]
 
 
-#: The fixed part of ``preprocess.json``: the eval preprocessing of ``ml.features`` (RGB first, then open_clip's
-#: eval transform) in words a user can reimplement.
-PREPROCESS_STEPS = {
-    "color": "RGB",
-    "steps": [
-        "decode the image and convert it to RGB (Pillow convert('RGB'); EXIF orientation is not applied)",
-        "resize so that the shortest side is image_size, the other side int(image_size * long / short), "
-        "with the interpolation filter (Pillow)",
-        "centre-crop image_size x image_size, offsets int(round((h - image_size) / 2)) and likewise for w",
-        "float32 pixels / 255, layout (3, image_size, image_size) RGB",
-        "normalise each channel: (x - mean) / std in float32",
-        "stack into a (batch, 3, image_size, image_size) float32 input named 'image'",
-    ],
-    "layout": "NCHW",
-    "dtype": "float32",
-    "scale": 255,
-    "input": "image",
-    "output": "logits",
-    "scores": "softmax over the logits (over the chosen candidates only, renormalised, when restricted)",
-}
+#: The fixed part of ``preprocess.json``: the eval preprocessing of ``ml.features`` in words (``vocab``, where the
+#: API's ``app.imaging`` reads it too).
+PREPROCESS_STEPS = vocab.PREPROCESS_STEPS
 
 
 @dataclass(frozen=True)
@@ -64,7 +48,7 @@ class PreprocessConfig:
 
     def to_dict(self) -> dict:
         """``preprocess.json``: the parameters and every step in words (the API reads the same, see
-        ``app.imaging.PREPROCESS_STEPS``; tests/test_contracts.py holds the two equal)."""
+        ``app.imaging.PREPROCESS_STEPS``: both are ``vocab.PREPROCESS_STEPS``)."""
         return {
             "image_size": self.image_size,
             "mean": list(self.mean),

@@ -1,4 +1,5 @@
-"""The import graph points one way: app -> itself; ml -> torch/open_clip/stdlib; the API never loads torch."""
+"""The import graph points one way: app -> itself and vocab; ml -> torch/open_clip/stdlib and vocab; vocab -> stdlib
+only; the API never loads torch."""
 
 from __future__ import annotations
 
@@ -76,8 +77,22 @@ def test_ml_imports_no_web_db_or_queue_code() -> None:
         assert not names & forbidden, (path, names & forbidden)
 
 
+def test_vocab_imports_the_standard_library_only() -> None:
+    """The shared names (vocab/) are what app and ml may both import: nothing of ours, nothing installed."""
+    found = _imported_top_modules("vocab")
+    assert found, "vocab/ has modules (sanity)"
+    for path, names in found.items():
+        assert names <= set(sys.stdlib_module_names) | {"__future__", "vocab"}, (path, names)
+
+
+def test_app_and_ml_may_import_vocab() -> None:
+    """Both sides read the shared names from vocab (the reason it exists): at least one module of each does."""
+    for package in ("app", "ml"):
+        assert any("vocab" in names for names in _imported_top_modules(package).values()), package
+
+
 def test_only_the_settings_module_reads_the_environment() -> None:
-    for package in ("app", "worker", "ml"):
+    for package in ("app", "worker", "ml", "vocab"):
         for path in (ROOT / package).rglob("*.py"):
             if path == ROOT / "app" / "config.py":
                 continue
@@ -137,7 +152,7 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_no_import_cycles_lazy_imports_included() -> None:
-    graph = _import_graph(("app", "worker", "ml", "bench"))
+    graph = _import_graph(("app", "worker", "ml", "bench", "vocab"))
     assert "ml.spec" in graph["ml.reference"], "the graph must see imports (sanity)"
     cycle = _find_cycle(graph)
     assert cycle is None, " -> ".join(cycle or [])
@@ -150,6 +165,6 @@ def test_the_cycle_finder_finds_a_lazy_cycle() -> None:
 
 def test_the_service_packages_never_import_the_benchmarks() -> None:
     """bench/ is left out of the Docker images: nothing that ships may import it (the CLI finds it by entry point)."""
-    for package in ("app", "worker", "ml"):
+    for package in ("app", "worker", "ml", "vocab"):
         for path, names in _imported_top_modules(package).items():
             assert "bench" not in names, path

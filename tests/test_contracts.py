@@ -11,6 +11,7 @@ import typing
 
 import pytest
 
+import vocab
 from app import job_defaults
 from app import schemas as api
 from app.imaging import PreprocessConfig as AppPreprocess
@@ -23,6 +24,46 @@ from ml.train import TrainConfig, _check_config
 
 ML_LOSSES = set(LOSSES) - set(ALIASES)
 TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def test_ml_registries_are_the_shared_names() -> None:
+    """ml's methods and losses (its own registries) are exactly vocab's, and the API offers vocab's: a method or a
+    loss added on one side only fails here."""
+    assert tuple(sorted(ML_METHODS)) == tuple(sorted(vocab.METHODS))
+    assert set(vocab.LOSSES) == ML_LOSSES
+    assert ALIASES == vocab.LOSS_ALIASES and set(LOSSES) == set(vocab.LOSSES) | set(vocab.LOSS_ALIASES)
+    assert set(MIX_MODES) == set(vocab.MIX_MODES)
+    assert tuple(api.METHODS) == vocab.METHODS and tuple(api.LOSSES) == vocab.LOSSES
+
+
+def test_the_web_form_offers_what_the_api_accepts() -> None:
+    """The job form's choices and help lines (app/web/pages.py) are vocab's names, each one the API takes."""
+    from app.web import pages
+
+    assert set(pages.METHODS) == _literal_values("method") and len(pages.METHODS) == len(set(pages.METHODS))
+    assert set(pages.LOSSES) == {""} | _literal_values("loss") and len(pages.LOSSES) == len(set(pages.LOSSES))
+    assert set(pages.JOB_HELP) <= set(api.JobCreate.model_fields)
+    assert set(pages._INT_FIELDS) | set(pages._FLOAT_FIELDS) == set(vocab.PARAMS)
+
+
+def test_every_numeric_job_param_has_its_bounds_and_default_from_vocab() -> None:
+    """The API's numeric job parameters are vocab.PARAMS (defaults and bounds), and ml's defaults are the same."""
+    schema = api.JobCreate.model_json_schema()["properties"]
+    numeric = {name for name, prop in schema.items() if {"integer", "number"} & _json_types(prop)}
+    assert numeric == set(vocab.PARAMS)
+    for name, param in vocab.PARAMS.items():
+        prop = schema[name]
+        assert prop.get("default") == param.default, name
+        inner = next((p for p in prop.get("anyOf", [prop]) if p.get("type") != "null"), prop)
+        bounds = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
+        assert {bounds[k]: v for k, v in param.bounds().items()} == {k: inner[k] for k in bounds.values() if k in inner}
+        assert inner["type"] == ("integer" if param.integer else "number"), name
+        if name in TRAIN_FIELDS and param.default is not None:
+            assert TRAIN_FIELDS[name].default == param.default, name
+
+
+def _json_types(prop: dict) -> set[str]:
+    return {p.get("type") for p in prop.get("anyOf", [prop])}
 
 
 def _literal_values(field: str) -> set:

@@ -50,7 +50,7 @@ def api(prod_env, tagsift_env):
 
 
 def test_cifar10_reference_backbone_end_to_end(api, cifar10_path, reference_build, tmp_path):  # noqa: F811
-    from ml.data import load_cifar10
+    from bench.data import load_cifar10
 
     client, settings = api
     data = load_cifar10(cifar10_path, "test", per_class=PER_CLASS + HELD_OUT, seed=0)  # one pass over the archive

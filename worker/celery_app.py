@@ -23,7 +23,7 @@ from celery import Celery
 from celery.signals import setup_logging, worker_process_init, worker_ready, worker_shutting_down
 
 from app.config import apply_model_cache_environment, get_settings
-from app.queue import ENCODE_TASK, TRAIN_TASK, celery_config, job_device
+from app.queue import ENCODE_TASK, celery_config, enqueue_job, job_device
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,6 @@ def _configure_logging(**_kwargs) -> None:
     from app.logs import logging_config
 
     logging.config.dictConfig(logging_config(get_settings().log_level))
-
-
-def enqueue_train(job_id: str, device: str = "auto") -> None:
-    """Send ``tagsift.train`` for ``job_id`` (the row is committed already) to the queue of the job's ``device``:
-    a GPU job goes back to the GPU queue whichever worker re-sends it (the reaper runs on every worker)."""
-    celery_app.send_task(TRAIN_TASK, args=[job_id], queue=get_settings().queue_for(job_device({"device": device})))
 
 
 def enqueue_encode(job_id: str, device: str = "auto", count: int = 1) -> None:
@@ -86,7 +80,7 @@ def _start_reaper(sender=None, **_kwargs) -> None:
     _reaper = Reaper(
         interval=settings.job_reap_interval_seconds,
         requeue_after_seconds=settings.job_requeue_after_seconds,
-        enqueue=enqueue_train,
+        enqueue=enqueue_job,  # the API's one way to send a job: to the queue of its device, whichever worker reaps
     ).start()
     log.info("reaper started (every %ss)", settings.job_reap_interval_seconds)
 

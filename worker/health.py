@@ -13,31 +13,26 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 from pathlib import Path
+
+from worker.loops import Loop
 
 log = logging.getLogger(__name__)
 
 
-class HealthFile:
+class HealthFile(Loop):
     """Rewrites ``path`` (atomically) every ``interval`` seconds on a daemon thread until :meth:`stop`."""
 
     def __init__(self, path: Path, *, interval: float, info: dict) -> None:
         self.path = Path(path)
-        self.interval = interval
         self.info = info
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="tagsift-health", daemon=True)
+        super().__init__("tagsift-health", interval=interval, wait_first=True)
 
     def start(self) -> HealthFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.write()
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
+        return super().start()
 
     def write(self) -> None:
         body = {**self.info, "pid": os.getpid(), "time": time.time()}
@@ -45,12 +40,11 @@ class HealthFile:
         tmp.write_text(json.dumps(body))
         os.replace(tmp, self.path)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.write()
-            except OSError as exc:  # a full disk: the check turns unhealthy, which is what it is for
-                log.warning("health file %s not written: %s", self.path, exc)
+    def step(self) -> None:
+        try:
+            self.write()
+        except OSError as exc:  # a full disk: the check turns unhealthy, which is what it is for
+            log.warning("health file %s not written: %s", self.path, exc)
 
 
 def check(path: Path, *, max_age: float) -> tuple[bool, str]:

@@ -10,12 +10,11 @@ import logging
 from sqlalchemy import bindparam, or_, select, update
 
 from app.db import session_scope
-from app.dbclock import db_now
 from app.models import Dataset, Item, Job, Model
 from app.services.datasets import lock_dataset, refresh_review_count
-from app.services.webhooks import emit_job_event
+from vocab import JobStatus
 from worker.job_run import JobRun, LeaseLost
-from worker.leases import add_event, utcnow
+from worker.leases import utcnow
 
 log = logging.getLogger("worker.training")
 
@@ -96,14 +95,13 @@ def save_result(run: JobRun, job: JobInput, cfg, backbone_id: str, model_id: str
             # the dataset's row first (as a reviewer's decision or a dataset delete takes it): the review count
             # written below stays exact, and the locks come in one order
             lock_dataset(session, job.dataset_id)
-            run._fenced_update(
+            run.transition(  # stamped on the database's clock, as every lease timestamp (app/dbclock.py)
                 session,
-                status="succeeded",
+                JobStatus.SUCCEEDED,
+                events=[("stage", {"stage": "succeeded", "model_id": model_id})],
                 model_id=model_id,
                 metrics=metrics,
                 progress=progress,
-                finished_at=db_now(),  # the database's clock, as every lease timestamp (app/dbclock.py)
-                lease_expires_at=None,
             )
             session.add(
                 Model(
@@ -138,8 +136,6 @@ def save_result(run: JobRun, job: JobInput, cfg, backbone_id: str, model_id: str
                 )
                 session.connection().execute(stmt, rows)
                 refresh_review_count(session, job.dataset_id)
-            add_event(session, job.job_id, "stage", stage="succeeded", model_id=model_id)
-            emit_job_event(session, job.job_id, "job.succeeded")
 
     try:
         run.transaction("save", save_once)

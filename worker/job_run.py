@@ -1,16 +1,19 @@
-"""The progress writes of one claimed run: each fenced on the run's lease (a stale runner cannot write) and retried
-through a database outage for up to the lease (``worker.leases.retry_db``)."""
+"""The writes of one claimed run: progress and its end, each fenced on the run's lease (a stale runner cannot write)
+and retried through a database outage for up to the lease (``worker.leases.retry_db``). The fence and the status
+change are ``app.services.job_states``'s (the one owner of a job's status)."""
 
 from __future__ import annotations
 
 import logging
 import time
-
-from sqlalchemy import update
+from collections.abc import Iterable
 
 from app.db import session_scope
-from app.models import Job
-from worker.leases import Heartbeat, add_event, retry_db
+from app.dbclock import db_now
+from app.services import job_states
+from app.services.job_states import Event, add_event
+from vocab import JobStatus
+from worker.leases import Heartbeat, retry_db
 
 log = logging.getLogger("worker.training")
 
@@ -40,16 +43,31 @@ class JobRun:
         self.progress: dict = {"stage": "claimed", "epoch": 0, "epochs": 0, "fraction": 0.0}
         self._last_write = 0.0
 
-    def _fenced_update(self, session, **values) -> None:
-        res = session.execute(
-            update(Job)
-            .where(Job.id == self.job_id, Job.lease_owner == self.runner, Job.status == "running")
-            .values(**values)
-            .execution_options(synchronize_session=False)
+    def fenced_update(self, session, **values) -> None:
+        """Write ``values`` on the job's row while the lease is ours (``job_states.fenced_update``), else
+        :class:`LeaseLost`."""
+        if not job_states.fenced_update(session, self.job_id, runner=self.runner, **values):
+            self._lost()
+
+    def transition(self, session, to: JobStatus, *, events: Iterable[Event] = (), **values) -> None:
+        """End the run's job in ``to`` (``job_states.transition`` from running, fenced on our lease, stamped on the
+        database's clock), else :class:`LeaseLost`."""
+        moved = job_states.transition(
+            session,
+            self.job_id,
+            to,
+            expected=JobStatus.RUNNING,
+            fence=self.runner,
+            now=db_now(),
+            events=events,
+            **values,
         )
-        if res.rowcount != 1:
-            self.heartbeat.lost = True
-            raise LeaseLost(self.job_id)
+        if not moved:
+            self._lost()
+
+    def _lost(self) -> None:
+        self.heartbeat.lost = True
+        raise LeaseLost(self.job_id)
 
     def transaction(self, what: str, fn):
         """``fn()`` (one whole transaction), retried while the database is unreachable (see the module docstring)."""
@@ -60,7 +78,7 @@ class JobRun:
 
         def write_once() -> None:
             with session_scope() as session:
-                self._fenced_update(session, progress=dict(self.progress))
+                self.fenced_update(session, progress=dict(self.progress))
                 if event is not None:
                     add_event(session, self.job_id, event[0], **event[1])
 

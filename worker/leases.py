@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,22 +41,23 @@ from enum import StrEnum
 from typing import NamedTuple, TypeVar
 
 from kombu.exceptions import OperationalError as KombuOperationalError
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from app.db import session_scope
 from app.dbclock import db_now
-from app.models import Job, JobEvent
+from app.models import Job
 from app.queue import job_device
-from app.services.webhooks import emit_job_event
+from app.services import job_states
+from app.services.job_states import add_event
+from vocab import FINISHED_STATUSES, JobStatus
+from worker.loops import DONE, Loop
 from worker.retry import first_line, with_backoff
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-FINISHED = ("succeeded", "failed", "cancelled")
 
 
 def utcnow() -> datetime:
@@ -119,96 +119,85 @@ def retry_db(fn: Callable[[], T], *, what: str, patience: float, first_delay: fl
     )
 
 
-def add_event(session: Session, job_id: str, kind: str, **data) -> None:
-    session.add(JobEvent(job_id=job_id, kind=kind, data=data))
-
-
 def claim_job(job_id: str, *, runner: str, lease_seconds: float) -> Claim:
     """Try to become the one runner of ``job_id`` (see the module docstring for the rules)."""
-    now = db_now()
-    claimable = and_(
-        Job.id == job_id,
-        Job.cancel_requested.is_(False),
-        Job.attempt < Job.max_attempts,
-        or_(Job.status == "queued", and_(Job.status == "running", Job.lease_expires_at < now)),
-    )
     with session_scope() as session:
-        res = session.execute(
-            update(Job)
-            .where(claimable)
-            .values(
-                status="running",
-                attempt=Job.attempt + 1,
-                lease_owner=runner,
-                lease_expires_at=db_now(lease_seconds),
-                started_at=now,
-                finished_at=None,
-                error_code=None,
-                error_message=None,
-                updated_at=now,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        if res.rowcount == 1:
+        if _take(session, job_id, runner=runner, lease_seconds=lease_seconds):
             attempt, request_id = session.execute(select(Job.attempt, Job.request_id).where(Job.id == job_id)).one()
             add_event(session, job_id, "attempt", attempt=attempt, runner=runner, request_id=request_id)
-            emit_job_event(session, job_id, "job.started")
             return Claim(ClaimOutcome.CLAIMED, job_id, runner, attempt, request_id)
-
     # Not claimable: find out why, and settle the two cases that end the job here.
     with session_scope() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            return Claim(ClaimOutcome.MISSING, job_id, runner)
-        if job.status in FINISHED:
-            return Claim(ClaimOutcome.FINISHED, job_id, runner, job.attempt)
-        if job.status == "running" and job.lease_owner == runner:  # our claim committed, its answer was lost
-            return Claim(ClaimOutcome.CLAIMED, job_id, runner, job.attempt)
-        live = session.scalar(select(Job.lease_expires_at >= now).where(Job.id == job_id))
-        if job.status == "running" and live:
-            return Claim(ClaimOutcome.BUSY, job_id, runner, job.attempt)
-        # queued, or running with an expired lease: it is ours to settle, if nobody else settles it first.
-        settle = (
-            update(Job)
-            .where(
-                Job.id == job_id,
-                Job.status == job.status,
-                Job.attempt == job.attempt,
-                Job.updated_at == job.updated_at,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        if job.cancel_requested:
-            res = session.execute(
-                settle.values(
-                    status="cancelled", finished_at=now, lease_owner=None, lease_expires_at=None, updated_at=now
-                )
-            )
-            if res.rowcount == 1:
-                add_event(session, job_id, "stage", stage="cancelled", reason="cancel requested before the run")
-                emit_job_event(session, job_id, "job.cancelled")
-            return Claim(ClaimOutcome.CANCELLED, job_id, runner, job.attempt)
-        message = (
-            f"the job was started {job.attempt} time(s) and each run lost its worker (process killed, out of memory, "
-            f"or host lost: the last runner {job.lease_owner or 'unknown'} stopped renewing its lease); giving up "
-            f"after max_attempts={job.max_attempts} (TAGSIFT_JOB_MAX_ATTEMPTS). Check the worker's logs and memory, "
-            "then submit the job again."
-        )
-        res = session.execute(
-            settle.values(
-                status="failed",
-                error_code="attempts_exhausted",
-                error_message=message,
-                finished_at=now,
-                lease_owner=None,
-                lease_expires_at=None,
-                updated_at=now,
-            )
-        )
-        if res.rowcount == 1:
-            add_event(session, job_id, "error", code="attempts_exhausted", message=message)
-            emit_job_event(session, job_id, "job.failed")
-        return Claim(ClaimOutcome.EXHAUSTED, job_id, runner, job.attempt)
+        return _not_taken(session, job_id, runner=runner)
+
+
+def _take(session: Session, job_id: str, *, runner: str, lease_seconds: float) -> bool:
+    """queued, or running with an expired lease -> running under ``runner``'s fresh lease, attempt + 1."""
+    now = db_now()
+    return job_states.transition(
+        session,
+        job_id,
+        JobStatus.RUNNING,
+        expected=(JobStatus.QUEUED, JobStatus.RUNNING),
+        now=now,
+        where=(
+            Job.cancel_requested.is_(False),
+            Job.attempt < Job.max_attempts,
+            or_(Job.status == JobStatus.QUEUED, Job.lease_expires_at < now),
+        ),
+        attempt=Job.attempt + 1,
+        lease_owner=runner,
+        lease_expires_at=db_now(lease_seconds),
+        started_at=now,
+        finished_at=None,
+        error_code=None,
+        error_message=None,
+    )
+
+
+def _not_taken(session: Session, job_id: str, *, runner: str) -> Claim:
+    job = session.get(Job, job_id)
+    if job is None:
+        return Claim(ClaimOutcome.MISSING, job_id, runner)
+    if job.status in FINISHED_STATUSES:
+        return Claim(ClaimOutcome.FINISHED, job_id, runner, job.attempt)
+    if job.status == JobStatus.RUNNING and job.lease_owner == runner:  # our claim committed, its answer was lost
+        return Claim(ClaimOutcome.CLAIMED, job_id, runner, job.attempt)
+    live = session.scalar(select(Job.lease_expires_at >= db_now()).where(Job.id == job_id))
+    if job.status == JobStatus.RUNNING and live:
+        return Claim(ClaimOutcome.BUSY, job_id, runner, job.attempt)
+    return _settle(session, job, runner=runner)
+
+
+def _settle(session: Session, job: Job, *, runner: str) -> Claim:
+    """A queued job, or a running one with an expired lease, that cannot run: cancelled (a cancel was requested) or
+    failed (every attempt used), if nobody else settles it first (the row must be as it was read)."""
+    unchanged = dict(
+        expected=JobStatus(job.status),
+        now=db_now(),
+        where=(Job.attempt == job.attempt, Job.updated_at == job.updated_at),
+        lease_owner=None,
+    )
+    if job.cancel_requested:
+        reason = {"stage": "cancelled", "reason": "cancel requested before the run"}
+        job_states.transition(session, job.id, JobStatus.CANCELLED, events=[("stage", reason)], **unchanged)
+        return Claim(ClaimOutcome.CANCELLED, job.id, runner, job.attempt)
+    message = (
+        f"the job was started {job.attempt} time(s) and each run lost its worker (process killed, out of memory, "
+        f"or host lost: the last runner {job.lease_owner or 'unknown'} stopped renewing its lease); giving up "
+        f"after max_attempts={job.max_attempts} (TAGSIFT_JOB_MAX_ATTEMPTS). Check the worker's logs and memory, "
+        "then submit the job again."
+    )
+    job_states.transition(
+        session,
+        job.id,
+        JobStatus.FAILED,
+        events=[("error", {"code": "attempts_exhausted", "message": message})],
+        error_code="attempts_exhausted",
+        error_message=message,
+        **unchanged,
+    )
+    return Claim(ClaimOutcome.EXHAUSTED, job.id, runner, job.attempt)
 
 
 def renew_lease(job_id: str, *, runner: str, lease_seconds: float) -> bool:
@@ -216,7 +205,7 @@ def renew_lease(job_id: str, *, runner: str, lease_seconds: float) -> bool:
     with session_scope() as session:
         res = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.lease_owner == runner, Job.status == "running")
+            .where(Job.id == job_id, Job.lease_owner == runner, Job.status == JobStatus.RUNNING)
             .values(lease_expires_at=db_now(lease_seconds))
             .execution_options(synchronize_session=False)
         )
@@ -228,8 +217,9 @@ def cancel_requested(job_id: str) -> bool:
         return bool(session.execute(select(Job.cancel_requested).where(Job.id == job_id)).scalar_one_or_none())
 
 
-class Heartbeat:
-    """Renews the lease of a running job and watches its cancel flag, on a daemon thread.
+class Heartbeat(Loop):
+    """Renews the lease of a running job and watches its cancel flag, on a daemon thread (a :class:`Loop` that polls
+    every ``poll_seconds`` and renews every ``beat_seconds``), while used as a context manager.
 
     ``should_stop()`` is what the run passes to ``ml`` as ``should_cancel``: it only reads two flags, so it is
     cheap to call between steps. ``lost`` tells a lost lease (stop without writing) from a user's cancel.
@@ -243,44 +233,35 @@ class Heartbeat:
         self.poll_seconds = max(0.05, min(poll_seconds, beat_seconds))
         self.cancelled = False
         self.lost = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id[:8]}", daemon=True)
+        self._elapsed = 0.0
+        self._next_beat = 0.0
+        self._failing = False
+        super().__init__(f"heartbeat-{job_id[:8]}", interval=self.poll_seconds, wait_first=True)
 
     def should_stop(self) -> bool:
         return self.cancelled or self.lost
 
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        next_beat = 0.0
-        elapsed = 0.0
-        failing = False
-        while not self._stop.wait(self.poll_seconds):
-            elapsed += self.poll_seconds
-            try:
-                if elapsed >= next_beat:
-                    next_beat = elapsed + self.beat_seconds
-                    if not renew_lease(self.job_id, runner=self.runner, lease_seconds=self.lease_seconds):
-                        log.warning("job %s: lease lost by %s; stopping this run", self.job_id, self.runner)
-                        self.lost = True
-                        return
-                if cancel_requested(self.job_id):
-                    self.cancelled = True
-                if failing:
-                    log.warning("job %s: heartbeat: database back", self.job_id)
-                    failing = False
-            except Exception as exc:  # a DB outage: keep trying; the lease is long enough to ride a short one out
-                if not is_transient_db_error(exc):
-                    log.exception("job %s: heartbeat failed", self.job_id)
-                elif not failing:
-                    log.warning("job %s: heartbeat: database unavailable: %s", self.job_id, first_line(exc))
-                failing = True
+    def step(self) -> str | None:
+        self._elapsed += self.poll_seconds
+        try:
+            if self._elapsed >= self._next_beat:
+                self._next_beat = self._elapsed + self.beat_seconds
+                if not renew_lease(self.job_id, runner=self.runner, lease_seconds=self.lease_seconds):
+                    log.warning("job %s: lease lost by %s; stopping this run", self.job_id, self.runner)
+                    self.lost = True
+                    return DONE
+            if cancel_requested(self.job_id):
+                self.cancelled = True
+            if self._failing:
+                log.warning("job %s: heartbeat: database back", self.job_id)
+                self._failing = False
+        except Exception as exc:  # a DB outage: keep trying; the lease is long enough to ride a short one out
+            if not is_transient_db_error(exc):
+                log.exception("job %s: heartbeat failed", self.job_id)
+            elif not self._failing:
+                log.warning("job %s: heartbeat: database unavailable: %s", self.job_id, first_line(exc))
+            self._failing = True
+        return None
 
 
 # --- reaper ---------------------------------------------------------------------------------------------------------
@@ -306,31 +287,34 @@ def reap_once(*, requeue_after_seconds: float) -> list[Requeue]:
     with session_scope() as session:
         expired = session.execute(
             select(Job.id, Job.lease_owner, Job.attempt, Job.params).where(
-                Job.status == "running", Job.lease_expires_at < now
+                Job.status == JobStatus.RUNNING, Job.lease_expires_at < now
             )
         ).all()
         for job_id, owner, attempt, params in expired:
-            res = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == "running", Job.lease_expires_at < now)
-                .values(status="queued", lease_expires_at=None, updated_at=now)  # lease_owner kept: who was lost
-                .execution_options(synchronize_session=False)
-            )
-            if res.rowcount == 1:
-                reason = f"worker lost: runner {owner} of attempt {attempt} stopped renewing its lease"
-                add_event(session, job_id, "requeue", reason=reason)
-                emit_job_event(session, job_id, "job.queued")
+            reason = f"worker lost: runner {owner} of attempt {attempt} stopped renewing its lease"
+            if job_states.transition(  # lease_owner kept: who was lost
+                session,
+                job_id,
+                JobStatus.QUEUED,
+                expected=JobStatus.RUNNING,
+                now=now,
+                where=(Job.lease_expires_at < now,),
+                events=[("requeue", {"reason": reason})],
+                lease_expires_at=None,
+            ):
                 out.append(Requeue(job_id, job_device(params), reason))
     stale_before = db_now(-requeue_after_seconds)
     with session_scope() as session:
         stale = session.execute(
-            select(Job.id, Job.updated_at, Job.params).where(Job.status == "queued", Job.updated_at < stale_before)
+            select(Job.id, Job.updated_at, Job.params).where(
+                Job.status == JobStatus.QUEUED, Job.updated_at < stale_before
+            )
         ).all()
         for job_id, updated_at, params in stale:
             res = session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.status == "queued", Job.updated_at == updated_at)
-                .values(updated_at=now)
+                .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.updated_at == updated_at)
+                .values(updated_at=now)  # not a status change: only the time the reaper looks at next
                 .execution_options(synchronize_session=False)
             )
             if res.rowcount == 1:
@@ -340,22 +324,13 @@ def reap_once(*, requeue_after_seconds: float) -> list[Requeue]:
     return out
 
 
-class Reaper:
+class Reaper(Loop):
     """Runs :func:`reap_once` every ``interval`` seconds on a daemon thread and enqueues what it returns."""
 
     def __init__(self, *, interval: float, requeue_after_seconds: float, enqueue) -> None:
-        self.interval = interval
         self.requeue_after_seconds = requeue_after_seconds
         self.enqueue = enqueue
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="tagsift-reaper", daemon=True)
-
-    def start(self) -> Reaper:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
+        super().__init__("tagsift-reaper", interval=interval)
 
     def tick(self) -> list[Requeue]:
         found = reap_once(requeue_after_seconds=self.requeue_after_seconds)
@@ -364,16 +339,13 @@ class Reaper:
             self.enqueue(job.job_id, job.device)
         return found
 
-    def _run(self) -> None:
-        while True:
-            try:
-                self.tick()
-            except Exception as exc:
-                if is_transient_db_error(exc):
-                    log.warning("reaper pass skipped, database unavailable: %s", first_line(exc))
-                elif isinstance(exc, KombuOperationalError | ConnectionError):  # the job stays queued: next pass
-                    log.warning("reaper pass cut short, broker unavailable: %s", first_line(exc))
-                else:
-                    log.exception("reaper pass failed")
-            if self._stop.wait(self.interval):
-                return
+    def step(self) -> None:
+        self.tick()
+
+    def on_error(self, exc: Exception) -> None:
+        if is_transient_db_error(exc):
+            log.warning("reaper pass skipped, database unavailable: %s", first_line(exc))
+        elif isinstance(exc, KombuOperationalError | ConnectionError):  # the job stays queued: next pass
+            log.warning("reaper pass cut short, broker unavailable: %s", first_line(exc))
+        else:
+            log.exception("reaper pass failed", exc_info=exc)

@@ -22,6 +22,7 @@ from sqlalchemy import and_, delete, or_, select, update
 from app.db import session_scope
 from app.dbclock import db_now
 from app.models import EncodeShard, Job
+from vocab import JobStatus
 
 #: A helper leaves a shard that has been claimed this many times (its images may kill the workers that take it).
 MAX_HELPER_RUNS = 3
@@ -98,7 +99,7 @@ def claim_shard(job_id: str, *, runner: str, lease_seconds: float, backbone_id: 
         job = session.execute(
             select(Job.status, Job.attempt, Job.cancel_requested).where(Job.id == job_id)
         ).one_or_none()
-        if job is None or job.status != "running" or job.cancel_requested:
+        if job is None or job.status != JobStatus.RUNNING or job.cancel_requested:
             return None
         candidates = session.scalars(
             select(EncodeShard.id).where(claimable, EncodeShard.attempt == job.attempt).order_by(EncodeShard.seq)

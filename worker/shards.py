@@ -209,7 +209,7 @@ class Spread:
 
     def _write(self, shards) -> None:
         with session_scope() as session:
-            self.run._fenced_update(session, progress=dict(self.run.progress))  # only while the job is ours
+            self.run.fenced_update(session, progress=dict(self.run.progress))  # only while the job is ours
             write_plan(session, self.run.job_id, self.attempt, self.backbone.id, self.seed, shards)
 
     def _call_helpers(self, count: int) -> None:

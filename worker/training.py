@@ -48,13 +48,12 @@ from sqlalchemy import select
 from app import logs
 from app.config import get_settings
 from app.db import session_scope
-from app.dbclock import db_now
 from app.models import Job, new_id
-from app.queue import job_device
-from app.services.webhooks import emit_job_event
+from app.queue import enqueue_job, job_device
 from app.storage import StorageError, get_storage
 from ml.errors import BackboneLoadError, InvalidCandidates, TrainingCancelled
 from ml.weights import WeightsMissing
+from vocab import JobStatus
 from worker import model_store, runtime
 from worker.job_files import JobFiles, retry_storage
 from worker.job_rows import JobInput, JobInputError, label_rows, load_input, save_result
@@ -64,7 +63,6 @@ from worker.leases import (
     ClaimOutcome,
     DatabaseUnavailable,
     Heartbeat,
-    add_event,
     claim_job,
     is_transient_db_error,
     new_runner_id,
@@ -114,10 +112,8 @@ def _run_train_job(job_id: str) -> str:
         if not runtime.takes(kind, device):
             # Only a message sent to the wrong queue (by hand, or by an older tagsift) gets here: never run it, send
             # it on to its own queue.
-            from worker.celery_app import enqueue_train
-
             log.warning("job %s asks for a %s worker; this is a %s worker: sent on to its queue", job_id, device, kind)
-            enqueue_train(job_id, device)
+            enqueue_job(job_id, device)
             return "misrouted"
         return _claim_and_run(job_id, settings)
     finally:
@@ -204,20 +200,12 @@ def _database_gone(run: JobRun, exc: BaseException) -> str:
 def _finish(run: JobRun, status: str, *, code: str | None = None, message: str | None = None, event=None) -> str:
     def finish_once() -> None:
         with session_scope() as session:
-            run._fenced_update(
-                session,
-                status=status,
-                error_code=code,
-                error_message=message,
-                finished_at=db_now(),
-                lease_expires_at=None,
-                progress={**run.progress, "stage": status},
+            errors = [("error", {"code": code, "message": message})] if code else []
+            events = errors + ([event] if event else [])
+            progress = {**run.progress, "stage": status}
+            run.transition(
+                session, JobStatus(status), events=events, error_code=code, error_message=message, progress=progress
             )
-            if code:
-                add_event(session, run.job_id, "error", code=code, message=message)
-            if event:
-                add_event(session, run.job_id, event[0], **event[1])
-            emit_job_event(session, run.job_id, f"job.{status}")
 
     try:
         run.transaction(status, finish_once)

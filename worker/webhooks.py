@@ -23,7 +23,6 @@ import http.client
 import logging
 import socket
 import ssl
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from app.secretbox import SecretKeyError
 from app.services.webhook_urls import Target, UrlRefused, check_url
 from app.services.webhooks import sign
 from worker.leases import is_transient_db_error, retry_db, utcnow
+from worker.loops import AGAIN, Loop
 
 log = logging.getLogger(__name__)
 
@@ -315,21 +315,15 @@ def prune(settings: Settings, *, now: datetime | None = None) -> int:
 # --- the thread -----------------------------------------------------------------------------------------------------
 
 
-class Dispatcher:
-    """Takes, sends and records due deliveries every ``settings.webhook_poll_seconds`` on a daemon thread."""
+class Dispatcher(Loop):
+    """Takes, sends and records due deliveries every ``settings.webhook_poll_seconds`` on a daemon thread (at once
+    again while a pass took a whole batch)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix="tagsift-webhook")
-        self._thread = threading.Thread(target=self._run, name="tagsift-webhooks", daemon=True)
-
-    def start(self) -> Dispatcher:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
+        self._next_prune = time.monotonic()
+        super().__init__("tagsift-webhooks", interval=settings.webhook_poll_seconds)
 
     def tick(self) -> int:
         """One pass: take what is due and send it; returns how many were taken."""
@@ -338,25 +332,22 @@ class Dispatcher:
             list(self._pool.map(lambda d: deliver(d, self.settings), due))
         return len(due)
 
-    def _run(self) -> None:
-        next_prune = time.monotonic()
-        while not self._stop.is_set():
-            taken = 0
-            try:
-                if time.monotonic() >= next_prune:
-                    next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
-                    if pruned := prune(self.settings):
-                        log.info(
-                            "webhook log: %d finished deliveries older than %s days deleted",
-                            pruned,
-                            self.settings.webhook_log_days,
-                        )
-                taken = self.tick()
-            except Exception as exc:
-                if is_transient_db_error(exc):
-                    log.warning("webhook pass skipped, database unavailable: %s", str(exc).splitlines()[0][:300])
-                else:
-                    log.exception("webhook pass failed")
-            if taken < BATCH and self._stop.wait(self.settings.webhook_poll_seconds):
-                return
+    def step(self) -> str | None:
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
+            if pruned := prune(self.settings):
+                log.info(
+                    "webhook log: %d finished deliveries older than %s days deleted",
+                    pruned,
+                    self.settings.webhook_log_days,
+                )
+        return AGAIN if self.tick() >= BATCH else None
+
+    def on_error(self, exc: Exception) -> None:
+        if is_transient_db_error(exc):
+            log.warning("webhook pass skipped, database unavailable: %s", str(exc).splitlines()[0][:300])
+        else:
+            log.exception("webhook pass failed", exc_info=exc)
+
+    def finished(self) -> None:
         self._pool.shutdown(wait=False)

@@ -23,11 +23,12 @@ from app.schemas import (
     ItemsAdded,
     template_problem,
 )
+from app.services import job_states
 from app.services.lookup import get_owned
 from app.services.pages import keyset_page
-from app.services.webhooks import emit_job_event
 from app.storage import BlobStore, StorageError
 from app.uploads import RawUpload, ValidBatch, check_classes, parse_upload
+from vocab import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -267,22 +268,11 @@ def delete_dataset(*, session: Session, storage: BlobStore, owner: Owner, datase
     dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id, lock=True)
     shas = set(session.scalars(select(Item.sha256).where(Item.dataset_id == dataset.id)))
     now = utcnow()
-    cancelled = session.scalars(
-        update(Job)
-        .where(Job.dataset_id == dataset.id, Job.status == "queued")
-        .values(
-            status="cancelled",
-            finished_at=now,
-            error_code="cancelled",
-            error_message="the dataset was deleted",
-        )
-        .returning(Job.id)
+    unfinished = session.scalars(
+        select(Job.id).where(Job.dataset_id == dataset.id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
     ).all()
-    session.execute(
-        update(Job).where(Job.dataset_id == dataset.id, Job.status == "running").values(cancel_requested=True)
-    )
-    for job_id in cancelled:
-        emit_job_event(session, job_id, "job.cancelled")
+    for job_id in unfinished:  # the API's cancel: queued ones end now, running ones are asked to stop
+        job_states.cancel(session, job_id, now=now, message="the dataset was deleted", reason="the dataset was deleted")
     session.execute(delete(Item).where(Item.dataset_id == dataset.id))
     session.delete(dataset)
     session.commit()

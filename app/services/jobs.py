@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -30,19 +30,13 @@ from app.config import Settings
 from app.errors import Conflict, FieldError, InvalidInput
 from app.job_defaults import param_problems, resolve_job_params
 from app.models import Item, Job, JobEvent, Owner, utcnow
-from app.schemas import (
-    FINISHED_STATUSES,
-    JobCreate,
-    JobEventList,
-    JobEventRead,
-    JobList,
-    JobRead,
-)
+from app.schemas import JobCreate, JobEventList, JobEventRead, JobList, JobRead
+from app.services import job_states
 from app.services.datasets import get_dataset
 from app.services.job_views import job_read
 from app.services.lookup import get_owned
 from app.services.pages import count_rows, keyset_page
-from app.services.webhooks import emit_job_event
+from vocab import FINISHED_STATUSES, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +98,7 @@ def create_job(
         owner_id=owner.id,
         dataset_id=dataset.id,
         type="train",
-        status="queued",
+        status=JobStatus.QUEUED,
         params=params,
         progress={"stage": "queued", "epoch": 0, "epochs": params["epochs"], "fraction": 0.0},
         metrics={},
@@ -124,8 +118,7 @@ def create_job(
             raise
         return _replay(prior, request_hash, idempotency_key or ""), True
     queued = {"stage": "queued", "device": params["device"], "queue": settings.queue_for(params["device"])}
-    session.add(JobEvent(job_id=job.id, kind="stage", data={**queued, "request_id": request_id}))
-    emit_job_event(session, job.id, "job.queued")
+    job_states.created(session, job, events=[("stage", {**queued, "request_id": request_id})])
     session.commit()
     log.info("job %s created on dataset %s, %s queue %s", job.id, dataset.id, params["device"], queued["queue"])
     _enqueue(session=session, job=job)
@@ -207,30 +200,11 @@ def list_events(*, session: Session, owner: Owner, job_id: str, after: int | Non
 def cancel_job(*, session: Session, owner: Owner, job_id: str) -> JobRead:
     """Cooperative cancel (see the module docstring)."""
     job = get_job(session=session, owner=owner, job_id=job_id)
-    now = utcnow()
-    cancelled = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.status == "queued")
-        .values(
-            status="cancelled",
-            cancel_requested=True,
-            finished_at=now,
-            updated_at=now,
-            error_code="cancelled",
-            error_message="cancelled before it started",
-        )
-    ).rowcount
-    if cancelled:
-        session.add(JobEvent(job_id=job.id, kind="stage", data={"stage": "cancelled"}))
-        emit_job_event(session, job.id, "job.cancelled")
-    else:
+    if not job_states.cancel(session, job.id, now=utcnow(), message="cancelled before it started"):
         session.refresh(job)
         if job.status in FINISHED_STATUSES:
             session.rollback()
             raise Conflict(f"job {job.id} already finished ({job.status}); nothing to cancel", code="job_finished")
-        if not job.cancel_requested:
-            session.execute(update(Job).where(Job.id == job.id).values(cancel_requested=True, updated_at=now))
-            session.add(JobEvent(job_id=job.id, kind="stage", data={"stage": "cancel_requested"}))
     session.commit()
     session.refresh(job)
     return job_read(job)

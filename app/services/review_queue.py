@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.models import Dataset, Item, Job, Model, Owner, score_key
 from app.services.datasets import get_dataset
+from vocab import JobStatus
 
 ReviewSort = Literal["margin", "confidence"]
 
@@ -72,7 +73,7 @@ def _accuracy(session: Session, owner: Owner, dataset_ids: list[str]) -> dict[st
         return out
     jobs = session.scalars(
         select(Job)
-        .where(Job.owner_id == owner.id, Job.dataset_id.in_(dataset_ids), Job.status == "succeeded")
+        .where(Job.owner_id == owner.id, Job.dataset_id.in_(dataset_ids), Job.status == JobStatus.SUCCEEDED)
         .order_by(Job.finished_at.desc().nulls_last(), Job.created_at.desc())
     )
     for job in jobs:

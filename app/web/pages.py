@@ -18,6 +18,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
+import vocab
 from app.api.deps import SessionDep, SettingsDep, StorageDep
 from app.db import get_sessionmaker
 from app.errors import ApiError, Conflict, NotFound
@@ -43,6 +44,7 @@ from app.web.security import (
     same_origin,
     set_cookie,
 )
+from vocab import AUTO_METHOD_NAME, LOSS_HELP, PARAMS
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -63,20 +65,19 @@ router = APIRouter(prefix="/ui", include_in_schema=False)
 #: Items per review page (the grid loads this many thumbnails at once).
 REVIEW_PAGE = 200
 
-#: One line per job option, shown beside its field.
+#: One line per job option, shown beside its field (``vocab``: the parameters' lines; the method's names the method
+#: ``auto`` stands for).
 JOB_HELP = {
     "method": f"auto: {AUTO_METHOD.replace('_', ' ')} at every dataset size (the best measured on validation).",
-    "loss": "How the candidate sets are learned from; empty: the method's measured best.",
-    "epochs": "Passes over the training items; empty: the method's default.",
-    "lr": "Learning rate; empty: the method's default.",
-    "batch_size": "Items per training step.",
-    "shots": "At most this many training items per class; empty: every item.",
-    "seed": "Fixes the random choices, so a rerun gives the same model.",
+    "loss": LOSS_HELP,
+    **{name: param.help for name, param in PARAMS.items() if param.help},
 }
-_INT_FIELDS = {"epochs", "batch_size", "shots", "seed", "n_ctx"}
-_FLOAT_FIELDS = {"lr", "momentum", "weight_decay", "mix_alpha"}
-METHODS = ["auto", "aligned_head", "prompt_alignment", "coop", "linear_probe", "zero_shot"]
-LOSSES = ["", "rc", "cc", "pico", "cavl", "lws", "plcr", "naive"]
+_INT_FIELDS = {name for name, param in PARAMS.items() if param.integer}
+_FLOAT_FIELDS = {name for name, param in PARAMS.items() if not param.integer}
+#: The form's choices: ``auto`` and the method it stands for first, then the others; "" (the method's default) first,
+#: then every loss.
+METHODS = [AUTO_METHOD_NAME, AUTO_METHOD, *(m for m in vocab.METHODS if m != AUTO_METHOD)]
+LOSSES = ["", *vocab.LOSSES]
 
 
 def _redirect(url: str) -> RedirectResponse:

@@ -12,22 +12,22 @@ from ml.losses.naive import NaiveLoss
 from ml.losses.pico import PiCOLoss
 from ml.losses.plcr import PLCRLoss
 from ml.losses.rc import RCLoss
+from vocab import LOSS_ALIASES
 
-LOSSES: dict[str, type[PLLLoss]] = {
+#: Other names of the same objectives (PRODEN is RC, CRDPLL is PLCR): ml accepts them, the API offers the canonical one
+#: (``vocab``, where the API reads the names; tests/test_contracts.py ties this registry to ``vocab.LOSSES``).
+ALIASES: dict[str, str] = LOSS_ALIASES
+
+_CANONICAL: dict[str, type[PLLLoss]] = {
     "naive": NaiveLoss,
     "cc": CCLoss,
     "rc": RCLoss,
-    "proden": RCLoss,  # PRODEN is RC
     "lws": LWSLoss,
     "cavl": CAVLLoss,
     "plcr": PLCRLoss,
-    "crdpll": PLCRLoss,
     "pico": PiCOLoss,
 }
-
-
-#: Other names of the same objectives (PRODEN is RC, CRDPLL is PLCR): ml accepts them, the API offers the canonical one.
-ALIASES: dict[str, str] = {"proden": "rc", "crdpll": "plcr"}
+LOSSES: dict[str, type[PLLLoss]] = {**_CANONICAL, **{alias: _CANONICAL[name] for alias, name in ALIASES.items()}}
 
 
 def build_loss(name: str, candidates: torch.Tensor, *, epochs: int, feature_dim: int, seed: int = 0) -> PLLLoss:

@@ -246,6 +246,53 @@ def test_delete_dataset_removes_items_and_unshared_blobs(alice: Api) -> None:
     assert alice.get(f"/items/{other_item['id']}/image").content == image_bytes(seed)
 
 
+def test_deleting_a_dataset_cancels_its_jobs_as_a_cancel_does(alice: Api) -> None:
+    """The dataset's queued job ends cancelled exactly as ``POST /jobs/{id}/cancel`` ends one (cancel_requested,
+    finished_at, updated_at, a ``cancelled`` event, the ``job.cancelled`` webhook); its running job is asked to stop
+    (cancel_requested, an event) and left to its worker; a finished job is left alone."""
+    from sqlalchemy import select, update
+
+    from app.db import session_scope
+    from app.models import Job
+
+    hook = alice.post("/webhooks", json={"url": "https://93.184.215.14/hooks/ds", "events": ["job.cancelled"]}).json()
+    ds = alice.make_dataset(2, offset=5200)
+    url = f"/datasets/{ds['id']}/jobs"
+    queued, running, done = (alice.post(url, json={"epochs": e}).json() for e in (2, 3, 4))
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == running["id"]).values(status="running", attempt=1))
+        session.execute(update(Job).where(Job.id == done["id"]).values(status="succeeded"))
+    jobs = (queued, running, done)
+
+    def read() -> dict[str, dict]:  # each job as the API shows it, and its updated_at
+        with session_scope() as session:
+            rows = session.execute(select(Job.id, Job.updated_at).where(Job.id.in_([j["id"] for j in jobs]))).all()
+            stamps = dict(rows)
+        return {j["id"]: {**alice.get(f"/jobs/{j['id']}").json(), "updated_at": stamps[j["id"]]} for j in jobs}
+
+    before = read()
+    assert alice.delete(f"/datasets/{ds['id']}").status_code == 204
+    after = read()  # the jobs outlive their dataset (their dataset_id becomes null)
+    del after[done["id"]]["dataset_id"], before[done["id"]]["dataset_id"]
+    q = after[queued["id"]]
+    assert q["status"] == "cancelled" and q["cancel_requested"] is True and q["finished_at"]
+    assert q["error"] == {"code": "cancelled", "message": "the dataset was deleted"}
+    assert q["updated_at"] > before[queued["id"]]["updated_at"]
+    r = after[running["id"]]
+    assert r["status"] == "running" and r["cancel_requested"] is True and r["finished_at"] is None
+    assert r["updated_at"] > before[running["id"]]["updated_at"]
+    assert after[done["id"]] == before[done["id"]]
+
+    def stages(job_id: str) -> list[dict]:
+        return [e["data"] for e in alice.get(f"/jobs/{job_id}/events").json()["data"]][1:]  # after "queued"
+
+    assert stages(queued["id"]) == [{"stage": "cancelled", "reason": "the dataset was deleted"}]
+    assert stages(running["id"]) == [{"stage": "cancel_requested"}]
+    assert stages(done["id"]) == []
+    deliveries = alice.get(f"/webhooks/{hook['id']}/deliveries").json()["data"]
+    assert [(d["event"], d["payload"]["data"]["job"]["id"]) for d in deliveries] == [("job.cancelled", queued["id"])]
+
+
 def test_unknown_route_and_bad_json_are_problems(alice: Api) -> None:
     r = alice.get("/nope")
     assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json")

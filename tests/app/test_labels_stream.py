@@ -1,17 +1,15 @@
-"""Streamed labels exports (issue 15, item 2): the bytes of the whole export built at once, read a database page at a
-time from one snapshot, on PostgreSQL and on the embedded SQLite default.
-
-``_whole_export`` and ``_whole_tasks`` are the exports as they were built before streaming (the whole body in
-memory), kept here as the reference every streamed byte is compared with.
+"""Streamed labels exports (issue 15, item 2): read a database page at a time from one snapshot, on PostgreSQL and on
+the embedded SQLite default, they are byte for byte the exports written out below (CSV as literal text; JSON, JSON
+Lines and Label Studio tasks as literal rows serialised by ``json.dumps``), ids and hashes filled in.
 """
 
 from __future__ import annotations
 
 import csv
 import gc
+import hashlib
 import io
 import json
-from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -24,11 +22,7 @@ from app.models import Dataset, Item, Job, Model
 from app.services import streaming
 from app.services.api_keys import create_api_key
 from app.services.datasets import refresh_review_count
-from app.services.items import image_url
-from app.services.labels import CSV_COLUMNS, csv_safe
 from tests.app.conftest import Api, image_bytes
-
-FORMATS = ("json", "jsonl", "csv", "label-studio")
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
@@ -40,115 +34,106 @@ def api(request) -> Iterator[Api]:
         yield Api(client=client, key=key, settings=settings)
 
 
-# --- the exports as they were built before streaming (the reference) ----------------------------------------------
+# --- the expected exports, written out -----------------------------------------------------------------------------
+
+#: The uploaded rows: (file, candidates), in upload order (four database pages of 3).
+FILES = [("=1+1.png", ["cat", "dog"]), ("naïve €.png", ["cat", "dog"]), ("a,b.png", ["cat", "dog"])]
+FILES += [(f"img{i}.png", ["lynx", "cat"]) for i in range(8)]
+
+#: Each row after :func:`_varied_labels`: (label, confidence, margin, label_source, needs_review, model), model "old"
+#: or "new" (its two models) or None.
+LABELLED = [
+    ("cat", 0.3333333333333333, 0.0, "model", True, "old"),
+    ("dog", 0.25, 0.1, "model", True, "old"),
+    ("cat", 0.2, 0.2, "model", True, "old"),
+    (None, None, None, None, False, None),
+    ("lynx", 1.0, 1.0, "reviewer", False, None),
+    ("cat", 0.125, 0.5, "model", False, "new"),
+    ("lynx", 0.1111111111111111, 0.6000000000000001, "model", False, "new"),
+    (None, None, None, None, False, None),
+    ("lynx", 0.09090909090909091, 0.8, "model", False, "new"),
+    ("cat", 1.0, 1.0, "reviewer", False, None),
+    ("lynx", 0.07692307692307693, 0.0, "model", True, "new"),
+]
+UPLOADED = [(None, None, None, None, False, None)] * len(FILES)
+
+CSV_UPLOADED = """id,file,sha256,label,confidence,margin,label_source,needs_review,candidates,model_id,job_id
+{id0},'=1+1.png,{sha0},,,,,false,cat|dog,,
+{id1},naïve €.png,{sha1},,,,,false,cat|dog,,
+{id2},"a,b.png",{sha2},,,,,false,cat|dog,,
+{id3},img0.png,{sha3},,,,,false,lynx|cat,,
+{id4},img1.png,{sha4},,,,,false,lynx|cat,,
+{id5},img2.png,{sha5},,,,,false,lynx|cat,,
+{id6},img3.png,{sha6},,,,,false,lynx|cat,,
+{id7},img4.png,{sha7},,,,,false,lynx|cat,,
+{id8},img5.png,{sha8},,,,,false,lynx|cat,,
+{id9},img6.png,{sha9},,,,,false,lynx|cat,,
+{id10},img7.png,{sha10},,,,,false,lynx|cat,,
+"""
+CSV_LABELLED = """id,file,sha256,label,confidence,margin,label_source,needs_review,candidates,model_id,job_id
+{id0},'=1+1.png,{sha0},cat,0.3333333333333333,0.0,model,true,cat|dog,{old},{old_job}
+{id1},naïve €.png,{sha1},dog,0.25,0.1,model,true,cat|dog,{old},{old_job}
+{id2},"a,b.png",{sha2},cat,0.2,0.2,model,true,cat|dog,{old},{old_job}
+{id3},img0.png,{sha3},,,,,false,lynx|cat,,
+{id4},img1.png,{sha4},lynx,1.0,1.0,reviewer,false,lynx|cat,,
+{id5},img2.png,{sha5},cat,0.125,0.5,model,false,lynx|cat,{new},{new_job}
+{id6},img3.png,{sha6},lynx,0.1111111111111111,0.6000000000000001,model,false,lynx|cat,{new},{new_job}
+{id7},img4.png,{sha7},,,,,false,lynx|cat,,
+{id8},img5.png,{sha8},lynx,0.09090909090909091,0.8,model,false,lynx|cat,{new},{new_job}
+{id9},img6.png,{sha9},cat,1.0,1.0,reviewer,false,lynx|cat,,
+{id10},img7.png,{sha10},lynx,0.07692307692307693,0.0,model,true,lynx|cat,{new},{new_job}
+"""
+CSV_EMPTY = "id,file,sha256,label,confidence,margin,label_source,needs_review,candidates,model_id,job_id\n"
 
 
-def _whole_export(dataset_id: str, fmt: str) -> tuple[bytes, str | None, str | None]:
-    with session_scope() as session:
-        dataset = session.get(Dataset, dataset_id)
-        stmt = (
-            select(Item, Model.job_id)
-            .outerjoin(Model, Model.id == Item.model_id)
-            .where(Item.dataset_id == dataset.id)
-            .order_by(Item.seq)
+def _rows(ids: list[str], shas: list[str], table: list[tuple], names: dict[str, str | None]) -> list[dict]:
+    """The export's rows: the literal table with the ids, hashes and the models' and jobs' ids filled in."""
+    return [
+        {
+            "id": ids[i],
+            "file": file,
+            "sha256": shas[i],
+            "label": label,
+            "confidence": confidence,
+            "margin": margin,
+            "label_source": source,
+            "needs_review": review,
+            "candidates": candidates,
+            "model_id": names[model] if model else None,
+            "job_id": names[f"{model}_job"] if model else None,
+        }
+        for i, ((file, candidates), (label, confidence, margin, source, review, model)) in enumerate(
+            zip(FILES, table, strict=True)
         )
-        rows = [
-            {
-                "id": item.id,
-                "file": item.file,
-                "sha256": item.sha256,
-                "label": item.label,
-                "confidence": item.confidence,
-                "margin": item.margin,
-                "label_source": item.label_source,
-                "needs_review": bool(item.needs_review),
-                "candidates": item.candidates,
-                "model_id": item.model_id,
-                "job_id": job_id,
-            }
-            for item, job_id in session.execute(stmt)
-        ]
-        counts = Counter(r["model_id"] for r in rows if r["model_id"] is not None and r["label_source"] == "model")
-        models = session.execute(
-            select(Model.id, Model.job_id).where(Model.id.in_(list(counts))).order_by(Model.created_at, Model.id)
-        ).all()
-        produced_by = [{"model_id": m, "job_id": j, "labels": counts[m]} for m, j in models]
-        newest = produced_by[-1] if produced_by else {"model_id": None, "job_id": None}
-        if fmt == "json":
-            body = json.dumps(
-                {
-                    "dataset_id": dataset.id,
-                    "classes": dataset.classes,
-                    "model_id": newest["model_id"],
-                    "job_id": newest["job_id"],
-                    "produced_by": produced_by,
-                    "items": rows,
-                }
-            )
-        elif fmt == "jsonl":
-            body = "".join(json.dumps(r) + "\n" for r in rows)
-        else:
-            buf = io.StringIO()
-            writer = csv.writer(buf, lineterminator="\n")
-            writer.writerow(CSV_COLUMNS)
-            for r in rows:
-                writer.writerow(
-                    [
-                        r["id"],
-                        csv_safe(r["file"]),
-                        r["sha256"],
-                        csv_safe(r["label"] or ""),
-                        "" if r["confidence"] is None else repr(r["confidence"]),
-                        "" if r["margin"] is None else repr(r["margin"]),
-                        r["label_source"] or "",
-                        "true" if r["needs_review"] else "false",
-                        csv_safe("|".join(r["candidates"])),
-                        r["model_id"] or "",
-                        r["job_id"] or "",
-                    ]
-                )
-            body = buf.getvalue()
-    return body.encode(), newest["model_id"], newest["job_id"]
+    ]
 
 
-def _region(from_name: str, to_name: str, label: str, *, score: float | None = None) -> dict:
-    region: dict = {"from_name": from_name, "to_name": to_name, "type": "choices", "value": {"choices": [label]}}
-    if score is not None:
-        region["score"] = score
-    return region
-
-
-def _whole_tasks(dataset_id: str, settings, from_name: str = "choice", to_name: str = "image") -> bytes:
-    tasks = []
-    with session_scope() as session:
-        for item in session.scalars(select(Item).where(Item.dataset_id == dataset_id).order_by(Item.seq)):
-            task: dict = {
-                "data": {
-                    "image": image_url(item.id, settings),
-                    "tagsift_item_id": item.id,
-                    "file": item.file,
-                    "candidates": item.candidates,
-                }
-            }
-            if item.label is not None and item.label_source == "reviewer":
-                task["annotations"] = [{"result": [_region(from_name, to_name, item.label)]}]
-            elif item.label is not None:
-                task["predictions"] = [
-                    {
-                        "model_version": item.model_id or "tagsift",
-                        "score": item.confidence,
-                        "result": [_region(from_name, to_name, item.label, score=item.confidence)],
-                    }
-                ]
-            tasks.append(task)
-    return json.dumps(tasks).encode()
+def _task(item_id: str, file: str, candidates: list[str], *, annotation=None, prediction=None) -> dict:
+    """A Label Studio task: the image's URL and the item, with a reviewer's ``annotation`` (its tag) or a model's
+    ``prediction`` (tag, score, model id)."""
+    task: dict = {
+        "data": {
+            "image": f"/items/{item_id}/image",  # TAGSIFT_PUBLIC_URL unset: a relative link
+            "tagsift_item_id": item_id,
+            "file": file,
+            "candidates": candidates,
+        }
+    }
+    region = {"from_name": "choice", "to_name": "image", "type": "choices"}
+    if annotation:
+        task["annotations"] = [{"result": [{**region, "value": {"choices": [annotation]}}]}]
+    if prediction:
+        tag, score, model = prediction
+        result = [{**region, "value": {"choices": [tag]}, "score": score}]
+        task["predictions"] = [{"model_version": model, "score": score, "result": result}]
+    return task
 
 
 # --- helpers --------------------------------------------------------------------------------------------------
 
 
-def _models(dataset_id: str, n: int) -> list[str]:
-    """``n`` models of the dataset (their succeeded jobs too), oldest first, as the worker stores them."""
+def _models(dataset_id: str, n: int) -> list[tuple[str, str]]:
+    """``n`` models of the dataset (their succeeded jobs too), oldest first, as the worker stores them: (model, job)."""
     ids = []
     with session_scope() as session:
         owner_id = session.get(Dataset, dataset_id).owner_id
@@ -167,13 +152,14 @@ def _models(dataset_id: str, n: int) -> list[str]:
             session.add(model)
             session.flush()
             job.model_id = model.id
-            ids.append(model.id)
+            ids.append((model.id, job.id))
     return ids
 
 
-def _varied_labels(dataset_id: str) -> None:
-    """Every kind of row: untagged, tagged by an older and a newer model, a reviewer's tag, odd floats."""
-    old, new = _models(dataset_id, 2)
+def _varied_labels(dataset_id: str) -> dict[str, str]:
+    """Every kind of row (:data:`LABELLED`): untagged, tagged by an older and a newer model, a reviewer's tag, odd
+    floats. Returns the ids of the two models and their jobs ("old", "old_job", "new", "new_job")."""
+    (old, old_job), (new, new_job) = _models(dataset_id, 2)
     with session_scope() as session:
         items = list(session.scalars(select(Item).where(Item.dataset_id == dataset_id).order_by(Item.seq)))
         for i, item in enumerate(items):
@@ -187,6 +173,7 @@ def _varied_labels(dataset_id: str) -> None:
                 item.label_source, item.model_id, item.confidence, item.margin = "reviewer", None, 1.0, 1.0
         session.flush()
         refresh_review_count(session, dataset_id)
+    return {"old": old, "old_job": old_job, "new": new, "new_job": new_job}
 
 
 def _get(api: Api, url: str, fmt: str) -> tuple[bytes, dict]:
@@ -201,8 +188,7 @@ def _get(api: Api, url: str, fmt: str) -> tuple[bytes, dict]:
 
 def test_streamed_exports_are_the_bytes_of_the_whole_export(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(streaming, "EXPORT_PAGE", 3)  # 11 items: four database pages
-    rows = [{"file": name, "candidates": ["cat", "dog"]} for name in ("=1+1.png", "naïve €.png", "a,b.png")]
-    rows += [{"file": f"img{i}.png", "candidates": ["lynx", "cat"]} for i in range(8)]
+    rows = [{"file": file, "candidates": candidates} for file, candidates in FILES]
     images = {r["file"]: image_bytes(700 + i) for i, r in enumerate(rows)}
     created = api.upload("/datasets", rows, images, name="stream", classes=["cat", "lynx", "dog"])
     assert created.status_code == 201, created.text
@@ -210,19 +196,60 @@ def test_streamed_exports_are_the_bytes_of_the_whole_export(api: Api, monkeypatc
     url = f"/datasets/{ds}/labels"
     empty = api.post("/datasets", json={"name": "empty", "classes": ["cat"]}).json()["id"]
 
+    with session_scope() as session:
+        ids = list(session.scalars(select(Item.id).where(Item.dataset_id == ds).order_by(Item.seq)))
+    shas = [hashlib.sha256(images[file]).hexdigest() for file, _ in FILES]
+    filled = {**{f"id{i}": v for i, v in enumerate(ids)}, **{f"sha{i}": v for i, v in enumerate(shas)}}
+
     for state in ("uploaded", "labelled"):
+        names: dict[str, str | None] = {"old": None, "old_job": None, "new": None, "new_job": None}
         if state == "labelled":
-            _varied_labels(ds)
-        for fmt in FORMATS:
+            names = _varied_labels(ds)
+        table = LABELLED if state == "labelled" else UPLOADED
+        rows = _rows(ids, shas, table, names)
+        produced_by = [
+            {"model_id": names[m], "job_id": names[f"{m}_job"], "labels": n} for m, n in (("old", 3), ("new", 4))
+        ]
+        newest = {"model_id": names["new"], "job_id": names["new_job"]}
+        whole = {
+            "dataset_id": ds,
+            "classes": ["cat", "lynx", "dog"],
+            **newest,
+            "produced_by": produced_by if state == "labelled" else [],
+            "items": rows,
+        }
+        expected = {
+            "json": json.dumps(whole).encode(),
+            "jsonl": "".join(json.dumps(r) + "\n" for r in rows).encode(),
+            "csv": (CSV_LABELLED if state == "labelled" else CSV_UPLOADED).format(**filled, **names).encode(),
+        }
+        for fmt in ("json", "jsonl", "csv"):
             body, headers = _get(api, url, fmt)
-            if fmt == "label-studio":
-                assert body == _whole_tasks(ds, api.settings), (state, fmt)
-                continue
-            expected, model_id, job_id = _whole_export(ds, fmt)
-            assert body == expected, (state, fmt, body[:300], expected[:300])
-            assert headers.get("tagsift-model-id") == model_id and headers.get("tagsift-job-id") == job_id
-            assert (model_id is not None) == (state == "labelled")
-            assert _get(api, f"/datasets/{empty}/labels", fmt)[0] == _whole_export(empty, fmt)[0], fmt
+            assert body == expected[fmt], (state, fmt, body[:300], expected[fmt][:300])
+            assert headers.get("tagsift-model-id") == newest["model_id"], (state, fmt)
+            assert headers.get("tagsift-job-id") == newest["job_id"], (state, fmt)
+        tasks = [_task(ids[i], file, candidates) for i, (file, candidates) in enumerate(FILES)]
+        if state == "labelled":
+            old, new = names["old"], names["new"]
+            tasks = [
+                _task(ids[0], "=1+1.png", ["cat", "dog"], prediction=("cat", 0.3333333333333333, old)),
+                _task(ids[1], "naïve €.png", ["cat", "dog"], prediction=("dog", 0.25, old)),
+                _task(ids[2], "a,b.png", ["cat", "dog"], prediction=("cat", 0.2, old)),
+                _task(ids[3], "img0.png", ["lynx", "cat"]),
+                _task(ids[4], "img1.png", ["lynx", "cat"], annotation="lynx"),
+                _task(ids[5], "img2.png", ["lynx", "cat"], prediction=("cat", 0.125, new)),
+                _task(ids[6], "img3.png", ["lynx", "cat"], prediction=("lynx", 0.1111111111111111, new)),
+                _task(ids[7], "img4.png", ["lynx", "cat"]),
+                _task(ids[8], "img5.png", ["lynx", "cat"], prediction=("lynx", 0.09090909090909091, new)),
+                _task(ids[9], "img6.png", ["lynx", "cat"], annotation="cat"),
+                _task(ids[10], "img7.png", ["lynx", "cat"], prediction=("lynx", 0.07692307692307693, new)),
+            ]
+        assert _get(api, url, "label-studio")[0] == json.dumps(tasks).encode(), state
+
+    empty_json = {"dataset_id": empty, "classes": ["cat"], "model_id": None, "job_id": None, "produced_by": []}
+    assert _get(api, f"/datasets/{empty}/labels", "json")[0] == json.dumps({**empty_json, "items": []}).encode()
+    assert _get(api, f"/datasets/{empty}/labels", "jsonl")[0] == b""
+    assert _get(api, f"/datasets/{empty}/labels", "csv")[0] == CSV_EMPTY.encode()
     assert _get(api, f"/datasets/{empty}/labels", "label-studio")[0] == b"[]"
 
     # bad parameters are answered before any byte is streamed

@@ -34,7 +34,7 @@ def test_truncation_is_exact_on_the_real_hf_tower(reference_backbone):
 
 
 def test_candidate_training_beats_random_candidate(reference_backbone, cifar10_archive):
-    from ml.data import load_cifar10, partialize
+    from bench.data import load_cifar10, partialize
 
     train = load_cifar10(cifar10_archive, "train", per_class=16, seed=0)
     test = load_cifar10(cifar10_archive, "test", per_class=10, seed=0)
@@ -56,7 +56,7 @@ def test_candidate_training_beats_random_candidate(reference_backbone, cifar10_a
 
 
 def _real_split(reference_backbone, cifar10_archive):
-    from ml.data import load_cifar10
+    from bench.data import load_cifar10
 
     train = load_cifar10(cifar10_archive, "train", per_class=16, seed=0)
     other = load_cifar10(cifar10_archive, "test", per_class=10, seed=0)
@@ -80,7 +80,7 @@ def _default_aligned_head() -> TrainConfig:
 def test_default_aligned_head_beats_the_prior_it_starts_from(reference_backbone, cifar10_archive):
     """The default method on 16 real images per class (q = 0.5): the candidate sets support the prior (a fair one),
     and training disambiguates at least as well as the zero-shot prior restricted to the candidates."""
-    from ml.data import partialize
+    from bench.data import partialize
     from ml.train import disambiguate
 
     train, f_train, other, f_other = _real_split(reference_backbone, cifar10_archive)
@@ -104,7 +104,7 @@ def test_instance_dependent_sets_from_a_real_confuser(reference_backbone, cifar1
     expected set size is the uniform protocol's, and the default method still disambiguates."""
     import torch.nn.functional as F
 
-    from ml.data import partialize_instance
+    from bench.data import partialize_instance
     from ml.train import class_logits
 
     train, f_train, other, f_other = _real_split(reference_backbone, cifar10_archive)

@@ -69,7 +69,7 @@ def test_onnx_parity_reference_backbone(reference_backbone, cifar10_archive, tmp
 
     from PIL import Image
 
-    from ml.data import load_cifar10
+    from bench.data import load_cifar10
     from ml.prompts import handcrafted_class_features
     from ml.text_encoder import TextEncoder
 
@@ -178,7 +178,7 @@ def test_tower_and_head_parity_reference_backbone(reference_backbone, cifar10_ar
 
     from PIL import Image
 
-    from ml.data import load_cifar10
+    from bench.data import load_cifar10
     from ml.prompts import handcrafted_class_features
     from ml.text_encoder import TextEncoder
 

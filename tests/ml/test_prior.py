@@ -1,4 +1,4 @@
-"""ml/prior.py (the prior read from candidate sets, the feature graph) and ml.data.partialize_instance, on synthetic
+"""ml/prior.py (the prior read from candidate sets, the feature graph) and bench.data.partialize_instance, on synthetic
 tensors whose true labels are known: every estimate is checked against what the labels say."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ml.data import partialize, partialize_instance
+from bench.data import partialize, partialize_instance
 from ml.prior import T_RANGE, calibrate_prior, graph_purity, knn_graph, prior_evidence, prior_trust, propagate
 
 K = 10

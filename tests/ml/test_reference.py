@@ -130,7 +130,7 @@ def test_reference_spec_and_load_backbone(reference_build, reference_cache_dir):
 def test_zero_shot_cifar10_far_above_chance(reference_open_clip, cifar10_path):
     from PIL import Image
 
-    from ml.data import CIFAR10_CLASSES, load_cifar10
+    from bench.data import CIFAR10_CLASSES, load_cifar10
     from ml.prompts import handcrafted_class_features
     from ml.text_encoder import TextEncoder
 

@@ -45,7 +45,7 @@ MOVES = {"Space": 1, "ArrowRight": 1, "j": 1, "ArrowLeft": -1, "k": -1}  # keys 
 def _cifar_files(archive: Path, folder: Path) -> tuple[list[str], Path, list[Path], dict[str, str]]:
     """Real CIFAR-10 test photos written as files, with a manifest of three candidates each (the true tag and two
     others); returns (classes, manifest path, image paths, truth by file name)."""
-    from ml.data import load_cifar10
+    from bench.data import load_cifar10
 
     data = load_cifar10(archive, "test", per_class=PER_CLASS + 1, seed=1)
     classes = list(data.classnames)

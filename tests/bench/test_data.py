@@ -9,7 +9,7 @@ import tarfile
 import pytest
 import torch
 
-from ml.data import CIFAR10_CLASSES, few_shot_indices, load_cifar10, partialize
+from bench.data import CIFAR10_CLASSES, few_shot_indices, load_cifar10, partialize
 from tests.ml.reference_fixtures import *  # noqa: F403 - pytest fixtures (cifar10_path)
 
 
