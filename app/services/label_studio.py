@@ -109,6 +109,10 @@ def latest_model(session: Session, dataset: Dataset) -> Model | None:
 _tokens_lock = threading.Lock()
 #: (owner id, dataset id) -> the ``access_token`` of the last ``/setup`` from TAGSIFT_LABEL_STUDIO_URL (this process).
 _tokens: dict[tuple[str, str], str] = {}
+#: (owner id, dataset id) -> the labeling config (``schema``) of the last accepted ``/setup`` (this process): a
+#: ``predict`` without ``label_config`` uses it. At most :data:`MAX_CONFIGS` (the oldest goes first).
+_configs: dict[tuple[str, str], str] = {}
+MAX_CONFIGS = 256
 
 
 # --- the routes' work ---------------------------------------------------------------------------------------
@@ -131,6 +135,11 @@ def setup(*, session: Session, owner: Owner, dataset_id: str, body: dict, settin
             f"schema: the project's choices ({shorten(', '.join(control.choices), 200)}) share no class with dataset "
             f"{dataset.id} ({shorten(', '.join(dataset.classes), 200)})",
         )
+    with _tokens_lock:
+        _configs.pop((owner.id, dataset.id), None)
+        if len(_configs) >= MAX_CONFIGS:
+            del _configs[next(iter(_configs))]
+        _configs[(owner.id, dataset.id)] = body["schema"]
     hostname, token = body.get("hostname"), body.get("access_token")
     base = settings.label_studio_url.rstrip("/")
     if base and isinstance(hostname, str) and isinstance(token, str) and token and same_origin(hostname, base):
@@ -156,7 +165,13 @@ def predict(*, session: Session, storage: BlobStore, owner: Owner, dataset_id: s
         raise invalid("tasks", "tasks: a non-empty list of Label Studio tasks")
     if len(tasks) > MAX_TASKS:
         raise invalid("tasks", f"tasks: {len(tasks)} tasks, over the limit of {MAX_TASKS} per request")
-    control = parse_label_config(body.get("label_config"), field="label_config")
+    config = body.get("label_config")
+    if config is None:
+        with _tokens_lock:
+            config = _configs.get((owner.id, dataset.id))
+        if config is None:
+            raise invalid("label_config", "label_config: missing, and no /setup of this dataset gave one: send it")
+    control = parse_label_config(config, field="label_config")
     model = latest_model(session, dataset)
     if model is None:
         raise Conflict(
