@@ -18,11 +18,12 @@ MAX_NUMBER_CHARS = 100
 
 
 class JsonProblem(ValueError):
-    """Why a text is not JSON the parser accepts; ``lineno`` / ``colno`` where known (1-based)."""
+    """Why a text is not JSON the parser accepts: ``syntax`` (not JSON at all, at ``lineno``/``colno``/``pos``,
+    1-based/0-based as :class:`json.JSONDecodeError`) or a bound (``msg`` says which)."""
 
-    def __init__(self, message: str, lineno: int | None = None, colno: int | None = None) -> None:
-        super().__init__(message)
-        self.message, self.lineno, self.colno = message, lineno, colno
+    def __init__(self, msg: str, *, syntax: bool = False, lineno: int = 0, colno: int = 0, pos: int = 0) -> None:
+        super().__init__(msg)
+        self.msg, self.syntax, self.lineno, self.colno, self.pos = msg, syntax, lineno, colno, pos
 
 
 def _number(kind: type) -> object:
@@ -45,7 +46,7 @@ def load(text: str) -> object:
     except JsonProblem:
         raise
     except json.JSONDecodeError as exc:
-        raise JsonProblem(f"{exc.msg} at line {exc.lineno} column {exc.colno}", exc.lineno, exc.colno) from None
+        raise JsonProblem(exc.msg, syntax=True, lineno=exc.lineno, colno=exc.colno, pos=exc.pos) from None
     except RecursionError:
         raise JsonProblem(f"nested more than {MAX_DEPTH} levels deep") from None
     except ValueError as exc:  # pragma: no cover - the hooks above bound what Python itself would refuse

@@ -159,7 +159,8 @@ def _load_tasks(data: bytes, *, settings: Settings, errors: FieldErrors) -> list
         errors.add(field="manifest", message=f"manifest: not UTF-8 (invalid byte at offset {exc.start})")
         return None
     except JsonProblem as exc:
-        errors.add(field="manifest", line=exc.lineno, message=f"manifest: not valid JSON ({exc.message})")
+        why = f"not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})" if exc.syntax else exc.msg
+        errors.add(field="manifest", line=exc.lineno or None, message=f"manifest: {why}")
         return None
     if not isinstance(tasks, list):
         errors.add(

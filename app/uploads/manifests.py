@@ -140,10 +140,8 @@ def _parse_jsonl(text: str, errors: FieldErrors) -> list[ManifestRow]:
         try:
             obj = load(line)
         except JsonProblem as exc:
-            where = f"column {exc.colno}: " if exc.colno is not None else ""
-            errors.add(
-                field="manifest", line=n, message=f"manifest line {n}: not valid JSON ({where}{_drop_pos(exc.message)})"
-            )
+            why = f"not valid JSON ({exc.msg})" if exc.syntax else exc.msg
+            errors.add(field="manifest", line=n, message=f"manifest line {n}: {why}")
             continue
         if not isinstance(obj, dict):
             errors.add(field="manifest", line=n, message=f"manifest line {n}: not a JSON object")
@@ -187,11 +185,6 @@ def _parse_jsonl(text: str, errors: FieldErrors) -> list[ManifestRow]:
             )
         rows.append(ManifestRow(line=n, file=file, candidates=_tags(cands), label=nfc(label) if label else None))
     return rows
-
-
-def _drop_pos(message: str) -> str:
-    """A JSON message without its "at line 1 column N" (a JSONL message names the line itself)."""
-    return re.sub(r" at line \d+ column \d+$", "", message)
 
 
 def _parse_csv(text: str, errors: FieldErrors) -> list[ManifestRow]:

@@ -46,7 +46,8 @@ def parse_classes(
     try:
         value = load(text)
     except JsonProblem as exc:
-        errors.add(field="classes", message=f"classes: not valid JSON ({exc.message})")
+        why = f"not valid JSON ({exc.msg} at char {exc.pos})" if exc.syntax else exc.msg
+        errors.add(field="classes", message=f"classes: {why}")
         return None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         errors.add(field="classes", message="classes: must be a JSON list of strings")

@@ -290,20 +290,26 @@ def test_jsonl_splits_lines_only_at_newlines(alice: Api, dataset: dict, sep: str
 
 
 @pytest.mark.parametrize(
-    "value",
-    ["1" * 5000, "[" * 3000 + "]" * 3000, "NaN"],
+    ("value", "needle"),
+    [
+        ("1" * 5000, "a number of 5000 characters, over the limit of 100"),
+        ("[" * 3000 + "]" * 3000, "nested more than 64 levels deep"),
+        ("NaN", "NaN is not a JSON number"),
+    ],
     ids=["5000-digit-integer", "3000-deep", "NaN"],
 )
-def test_json_past_pythons_limits_is_a_422_in_every_upload_field(alice: Api, dataset: dict, value: str) -> None:
+def test_json_past_pythons_limits_is_a_422_in_every_upload_field(
+    alice: Api, dataset: dict, value: str, needle: str
+) -> None:
     url = f"/datasets/{dataset['id']}/items"
     line = '{"file": "a.png", "candidates": ["cat"], "label": ' + value + "}\n"
     parts = [("manifest", line.encode(), "m.jsonl"), ("images", good_image(), "a.png")]
-    refused(alice, url, parts, 422, "manifest", None, "not valid JSON")
+    refused(alice, url, parts, 422, "manifest", None, f"manifest line 1: {needle}")
     parts = _manifest_parts([{"file": "a.png", "candidates": ["cat"]}], {"a.png": good_image()}, classes=f"[{value}]")
-    refused(alice, url, parts, 422, "classes", None, "not valid JSON")
+    refused(alice, url, parts, 422, "classes", None, f"classes: {needle}")
     export = '[{"id": 1, "data": {"image": "a.png"}, "meta": ' + value + "}]"
     parts = [("manifest", export.encode(), "export.json"), ("images", good_image(), "a.png")]
-    refused(alice, url, parts, 422, "manifest", None, "not valid JSON")
+    refused(alice, url, parts, 422, "manifest", None, f"manifest: {needle}")
 
 
 # --- messages that name the real problem ----------------------------------------------------------------------
