@@ -71,10 +71,13 @@ def look_alikes(names: Iterable[str], *, known: Iterable[str] = ()) -> list[tupl
     """Pairs (earlier name, name) of different names with one skeleton: within ``names``, and a name of ``names``
     against one of ``known`` (pairs within ``known`` alone are not reported: they were stored before)."""
     first: dict[str, str] = {}
-    for name in known:
+    old = dict.fromkeys(known)  # ordered, and a set for the test below
+    for name in old:
         first.setdefault(skeleton(name), name)
     pairs: list[tuple[str, str]] = []
     for name in names:
+        if name in old:
+            continue
         key = skeleton(name)
         other = first.setdefault(key, name)
         if other != name:

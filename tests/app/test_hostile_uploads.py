@@ -381,3 +381,17 @@ def test_label_studio_predict_uses_the_config_setup_received(alice: Api, onnx_by
     r = alice.post(f"{url}/predict", json={"tasks": tasks})
     assert r.status_code == 200, r.text
     assert r.json()["results"][0]["result"][0]["value"]["choices"] == ["cat"]
+
+
+def test_look_alike_classes_stored_before_the_rule_do_not_block_uploads(alice: Api, dataset: dict) -> None:
+    from app.models import Dataset
+
+    with session_scope() as session:  # as a dataset created before the rule may hold them
+        session.get(Dataset, dataset["id"]).classes = ["cat", "Cat", "lynx", "dog"]
+        session.commit()
+    rows = [{"file": "new.png", "candidates": ["Cat", "dog"]}]
+    r = post_parts(alice, f"/datasets/{dataset['id']}/items", _manifest_parts(rows, {"new.png": good_image()}))
+    assert r.status_code in (200, 201) and r.json()["added"] == 1, r.text
+    # a third look-alike is still refused, naming the stored class it looks like
+    parts = _manifest_parts([], {}, classes=json.dumps(["CAT"]))
+    refused(alice, f"/datasets/{dataset['id']}/items", parts, 422, "classes", "CAT", "'cat' and 'CAT' look alike")
