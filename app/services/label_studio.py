@@ -165,13 +165,7 @@ def predict(*, session: Session, storage: BlobStore, owner: Owner, dataset_id: s
         raise invalid("tasks", "tasks: a non-empty list of Label Studio tasks")
     if len(tasks) > MAX_TASKS:
         raise invalid("tasks", f"tasks: {len(tasks)} tasks, over the limit of {MAX_TASKS} per request")
-    config = body.get("label_config")
-    if config is None:
-        with _tokens_lock:
-            config = _configs.get((owner.id, dataset.id))
-        if config is None:
-            raise invalid("label_config", "label_config: missing, and no /setup of this dataset gave one: send it")
-    control = parse_label_config(config, field="label_config")
+    control = parse_label_config(_label_config(owner, dataset, body), field="label_config")
     model = latest_model(session, dataset)
     if model is None:
         raise Conflict(
@@ -236,6 +230,17 @@ def predict(*, session: Session, storage: BlobStore, owner: Owner, dataset_id: s
             }
         )
     return {"results": results}
+
+
+def _label_config(owner: Owner, dataset: Dataset, body: dict) -> object:
+    """The predict body's ``label_config``, or else the one the dataset's last accepted ``/setup`` gave."""
+    config = body.get("label_config")
+    if config is None:
+        with _tokens_lock:
+            config = _configs.get((owner.id, dataset.id))
+        if config is None:
+            raise invalid("label_config", "label_config: missing, and no /setup of this dataset gave one: send it")
+    return config
 
 
 def _region(from_name: str, to_name: str, label: str, *, score: float | None = None) -> dict:
