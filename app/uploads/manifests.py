@@ -118,8 +118,8 @@ def look_alike_files(rows: list[ManifestRow], errors: FieldErrors) -> None:
             field="file",
             item=second,
             line=line[second],
-            message=f"{second}: looks like {first} (line {line[first]}; the same letters up to case, width or "
-            f"compatibility forms), line {line[second]}: one dataset cannot tell the two apart; rename one",
+            message=f"{second} (line {line[second]}): looks like {first} (line {line[first]}): the same letters up "
+            "to case, width or compatibility forms; one dataset cannot tell the two apart: rename one",
         )
 
 
@@ -234,9 +234,8 @@ def _parse_csv(text: str, errors: FieldErrors) -> list[ManifestRow]:
                 errors.add(
                     field="manifest",
                     line=n,
-                    message=f"manifest line {n}: unbalanced quote: a quoted value opened on line {n} runs to line "
-                    f"{reader.line_num}{' (the end of the file)' if reader.line_num >= _last_line(text) else ''}; "
-                    'close the quote, or write a quote inside a value as ""',
+                    message=f"manifest line {n}: unbalanced quote: {_runs_to(n, reader.line_num, text)}; close the "
+                    'quote, or write a quote inside a value as "" (a line break inside a value is refused)',
                 )
                 continue
             if not any(v.strip() for v in values):
@@ -260,6 +259,8 @@ def _parse_csv(text: str, errors: FieldErrors) -> list[ManifestRow]:
     return rows
 
 
-def _last_line(text: str) -> int:
-    """The number of the file's last line (as ``csv.reader.line_num`` counts them)."""
-    return len(_LINE_END.split(text.rstrip("\r\n")))
+def _runs_to(start: int, end: int, text: str) -> str:
+    """Where a quoted value opened on line ``start`` ended (line ``end``, maybe the file's last)."""
+    if end >= len(_LINE_END.split(text.rstrip("\r\n"))):
+        return f"the quoted value opened on line {start} is never closed (it runs to the end of the file)"
+    return f"a quoted value opened on line {start} runs to line {end}"
