@@ -19,24 +19,56 @@ point.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Iterable
 
-#: Default-ignorable code points that are not category Cf (Unicode's DerivedCoreProperties), as ranges.
-_IGNORABLE = (
+#: The invisible and direction-changing code points refused in names, as ranges: every format character (category
+#: Cf, as of Unicode 15; ``tests/app/test_hostile_uploads.py`` checks that Python's Unicode database has no other),
+#: the other default-ignorable code points (DerivedCoreProperties) and the line / paragraph separators.
+INVISIBLE_RANGES = (
+    (0x00AD, 0x00AD),  # soft hyphen
     (0x034F, 0x034F),  # combining grapheme joiner
+    (0x0600, 0x0605),  # Arabic number signs (Cf)
+    (0x061C, 0x061C),  # Arabic letter mark
+    (0x06DD, 0x06DD),
+    (0x070F, 0x070F),
+    (0x0890, 0x0891),
+    (0x08E2, 0x08E2),
     (0x115F, 0x1160),  # Hangul choseong / jungseong fillers
     (0x17B4, 0x17B5),  # Khmer inherent vowels
-    (0x180B, 0x180F),  # Mongolian free variation selectors
-    (0x2028, 0x2029),  # line / paragraph separator (not ignorable, but a line break inside a name)
+    (0x180B, 0x180F),  # Mongolian free variation selectors, vowel separator
+    (0x200B, 0x200F),  # zero-width space, non-joiner, joiner; left-to-right / right-to-left marks
+    (0x2028, 0x2029),  # line / paragraph separator (a line break inside a name)
+    (0x202A, 0x202E),  # bidirectional embeddings and overrides
+    (0x2060, 0x206F),  # word joiner, invisible operators, bidirectional isolates, deprecated format characters
     (0x3164, 0x3164),  # Hangul filler
     (0xFE00, 0xFE0F),  # variation selectors
+    (0xFEFF, 0xFEFF),  # zero-width no-break space (byte order mark)
     (0xFFA0, 0xFFA0),  # halfwidth Hangul filler
-    (0xFFF0, 0xFFF8),  # unassigned specials
+    (0xFFF0, 0xFFFB),  # unassigned specials, interlinear annotation characters
+    (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD),
+    (0x13430, 0x1343F),  # Egyptian hieroglyph format controls
     (0x1BCA0, 0x1BCA3),  # shorthand format controls
     (0x1D173, 0x1D17A),  # musical symbol format controls
-    (0xE0000, 0xE0FFF),  # tags and variation selectors supplement
+    (0xE0000, 0xE0FFF),  # tags, variation selectors supplement
 )
+
+
+def _class_body(ranges: tuple[tuple[int, int], ...]) -> str:
+    """The ranges as the body of a regex character class that Python and ECMA-262 (with its ``u`` flag, as JSON
+    Schema validators use it) read alike: ``\\uXXXX`` escapes in the BMP, the characters themselves beyond it."""
+    out = []
+    for lo, hi in ranges:
+        a, b = (f"\\u{lo:04X}", f"\\u{hi:04X}") if hi <= 0xFFFF else (chr(lo), chr(hi))
+        out.append(a if lo == hi else f"{a}-{b}")
+    return "".join(out)
+
+
+#: :data:`INVISIBLE_RANGES` for a JSON Schema ``pattern`` (``[^...]``): what the schema says, the services check.
+INVISIBLE_CLASS = _class_body(INVISIBLE_RANGES)
+_INVISIBLE = re.compile(f"[{INVISIBLE_CLASS}]")
 
 
 def nfc(value: str) -> str:
@@ -46,12 +78,11 @@ def nfc(value: str) -> str:
 
 def invisible_char(value: str) -> str | None:
     """The first invisible or direction-changing character of ``value`` as ``U+XXXX (NAME)``, or None."""
-    for ch in value:
-        cp = ord(ch)
-        if unicodedata.category(ch) == "Cf" or any(lo <= cp <= hi for lo, hi in _IGNORABLE):
-            label = unicodedata.name(ch, "")
-            return f"U+{cp:04X}" + (f" ({label})" if label else "")
-    return None
+    found = _INVISIBLE.search(value)
+    if found is None:
+        return None
+    label = unicodedata.name(found.group(), "")
+    return f"U+{ord(found.group()):04X}" + (f" ({label})" if label else "")
 
 
 def invisible_problem(value: str) -> str | None:

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
+from app.names import INVISIBLE_CLASS
+
 METHODS = ("prompt_alignment", "coop", "zero_shot", "linear_probe", "aligned_head")
 LOSSES = ("naive", "cc", "rc", "lws", "cavl", "plcr", "pico")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -45,18 +47,20 @@ def template_problem(template: str) -> str | None:
 # tag no whitespace at either end (exactly what Python's str.strip() would remove, app.uploads.rules._tag_problem).
 _CONTROL = r"\x00-\x1f\x7f-\x9f"
 _SPACE = r"\x20\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+#: Control characters and, in a tag or a name, the invisible ones of docs/api.md's "Names" (``app.names``).
+_NOT_IN_NAMES = _CONTROL + INVISIBLE_CLASS
 #: A tag (class name): 1 to 200 characters (``TAGSIFT_MAX_TAG_LENGTH``'s default and largest value).
 TAG_SCHEMA = {
     "type": "string",
     "minLength": 1,
     "maxLength": 200,
-    "pattern": f"^[^{_CONTROL}{_SPACE}](?:[^{_CONTROL}]*[^{_CONTROL}{_SPACE}])?$",
+    "pattern": f"^[^{_NOT_IN_NAMES}{_SPACE}](?:[^{_NOT_IN_NAMES}]*[^{_NOT_IN_NAMES}{_SPACE}])?$",
 }
 #: An outside id (a Label Studio annotation's, as a string): 1 to 64 characters (``checks.plausible_id``), none a
 #: control character.
 OUTSIDE_ID_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": f"^[^{_CONTROL}]+$"}
-#: A name: no control characters, and something besides spaces.
-NAME_PATTERN = f"^[^{_CONTROL}]*[^{_CONTROL}{_SPACE}][^{_CONTROL}]*$"
+#: A name: no control or invisible characters, and something besides spaces.
+NAME_PATTERN = f"^[^{_NOT_IN_NAMES}]*[^{_NOT_IN_NAMES}{_SPACE}][^{_NOT_IN_NAMES}]*$"
 #: A dataset's prompt template: blank (none), or text with exactly one "{}" (ml's rule, as TEMPLATE_SCHEMA) and no
 #: control characters.
 DATASET_TEMPLATE_PATTERN = f"^(?:(?!\\{{\\}})[^{_CONTROL}])*\\{{\\}}(?:(?!\\{{\\}})[^{_CONTROL}])*$|^[{_SPACE}]*$"

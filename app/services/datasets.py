@@ -87,9 +87,11 @@ def create_empty_dataset(
         problem = control_char_problem(value)
         if problem:
             errors.append(_field(field, f"{field}: {problem}"))
-    classes = check_classes(dataset_in.classes, settings=settings, errors=errors)
-    if errors:
-        raise InvalidInput("; ".join(e.message for e in errors), errors=errors)
+    ambiguous: list[FieldError] = []
+    classes = check_classes(dataset_in.classes, settings=settings, errors=errors, ambiguous=ambiguous)
+    if errors:  # only names that look alike: content no JSON Schema can describe (docs/api.md, "Names")
+        code = "ambiguous_names" if len(ambiguous) == len(errors) else None
+        raise InvalidInput("; ".join(e.message for e in errors), errors=errors, code=code)
     if len(classes) > settings.max_classes:
         raise InvalidInput(f"classes: {len(classes)} classes, over the limit of {settings.max_classes}")
     dataset = Dataset(owner_id=owner.id, name=name, classes=classes, prompt_template=dataset_in.prompt_template)

@@ -6,7 +6,7 @@ import re
 
 from app.checks import control_char_problem, shorten
 from app.config import Settings
-from app.errors import FieldErrors
+from app.errors import FieldError, FieldErrors
 from app.names import invisible_problem, look_alikes, nfc
 from app.uploads.jsontext import JsonProblem, load
 
@@ -56,20 +56,34 @@ def parse_classes(
 
 
 def check_classes(
-    value: list[str], *, settings: Settings, errors: FieldErrors, known: list[str] | None = None
+    value: list[str],
+    *,
+    settings: Settings,
+    errors: FieldErrors,
+    known: list[str] | None = None,
+    ambiguous: list[FieldError] | None = None,
 ) -> list[str]:
     """The classes as given, in NFC; empty, padded, too long, repeated or look-alike tags (among them, or with one
-    of the ``known`` classes) are recorded in ``errors``."""
+    of the ``known`` classes) are recorded in ``errors``, and the ambiguities (two different strings that are one
+    name) also in ``ambiguous``: a JSON Schema cannot describe those."""
     out: list[str] = []
-    for i, tag in enumerate(nfc(t) for t in value):
+    given: dict[str, str] = {}  # NFC tag -> the string that gave it
+    for i, (raw, tag) in enumerate((t, nfc(t)) for t in value):
         problem = tag_problem(tag, settings)
         if problem:
             errors.add(field="classes", item=str(i), message=f"classes[{i}]: {problem}")
         elif tag in out:
-            errors.add(field="classes", item=tag, message=f"classes[{i}]: {tag!r} is listed twice")
+            same = "" if given[tag] == raw else " (the same text in another Unicode form: names are compared in NFC)"
+            errors.add(field="classes", item=tag, message=f"classes[{i}]: {tag!r} is listed twice{same}")
+            if same and ambiguous is not None:
+                ambiguous.append(errors[-1])
         else:
             out.append(tag)
+            given[tag] = raw
+    start = len(errors)
     look_alike_classes(out, known=known or [], errors=errors)
+    if ambiguous is not None:
+        ambiguous.extend(errors[start:])
     return out
 
 
