@@ -16,8 +16,9 @@ One allowance, in ``positive_data_acceptance``: JSON Schema cannot say that a ma
 files, that an image's bytes decode, that a zip holds a manifest, that a reviewer's tag is one of *this* dataset's
 classes, that two classes do not look alike (the code ``ambiguous_names``) or that an Idempotency-Key was not used
 for another body. A schema-valid request may therefore be refused with a 422 only when every problem it names is
-such a content field (:data:`CONTENT_FIELDS`); a 422 naming any other field (one the schema describes in full: a name, a class list in JSON, a cursor, a limit, model_id, ...) is
-a failure. At least 1,000 requests in total (counted), every operation of the schema among them.
+such a content field (:data:`CONTENT_FIELDS`); a 422 naming any other field (one the schema describes in full: a
+name, a class list in JSON, a cursor, a limit, model_id, ...) is a failure. At least 1,000 requests in total
+(counted), every operation of the schema among them.
 """
 
 from __future__ import annotations
