@@ -43,11 +43,10 @@ def template_problem(template: str) -> str | None:
 
 
 # What the services check on stored text, as JSON Schema patterns (ECMA-262 and Python read them alike: explicit
-# classes, no \s, whose meaning differs between the two): no control character (Unicode Cc) anywhere, and for a
-# tag no whitespace at either end (exactly what Python's str.strip() would remove, app.uploads.rules._tag_problem).
+# classes, no \s): no control character (Cc) anywhere; in a tag or a name no invisible character (app.names); for
+# a tag no whitespace at either end (exactly what Python's str.strip() removes, app.uploads.rules.tag_problem).
 _CONTROL = r"\x00-\x1f\x7f-\x9f"
 _SPACE = r"\x20\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-#: Control characters and, in a tag or a name, the invisible ones of docs/api.md's "Names" (``app.names``).
 _NOT_IN_NAMES = _CONTROL + INVISIBLE_CLASS
 #: A tag (class name): 1 to 200 characters (``TAGSIFT_MAX_TAG_LENGTH``'s default and largest value).
 TAG_SCHEMA = {
