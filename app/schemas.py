@@ -17,11 +17,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
 import vocab
+from app.names import INVISIBLE_CLASS
 from vocab import LOSSES, METHODS, PARAMS
 
 #: A job's status, in the API's shapes (the names: ``vocab.JobStatus``).
 JobStatus = Literal[vocab.JOB_STATUSES]
-
 
 #: JSON schema of a prompt template (the validators below check the same): the class name goes where "{}" is,
 #: exactly once (ml's rule, ``ml.prompts.validate_templates``; tests/test_contracts.py ties the two).
@@ -41,22 +41,23 @@ def template_problem(template: str) -> str | None:
 
 
 # What the services check on stored text, as JSON Schema patterns (ECMA-262 and Python read them alike: explicit
-# classes, no \s, whose meaning differs between the two): no control character (Unicode Cc) anywhere, and for a
-# tag no whitespace at either end (exactly what Python's str.strip() would remove, app.uploads.rules._tag_problem).
+# classes, no \s): no control character (Cc) anywhere; in a tag or a name no invisible character (app.names); for
+# a tag no whitespace at either end (exactly what Python's str.strip() removes, app.uploads.rules.tag_problem).
 _CONTROL = r"\x00-\x1f\x7f-\x9f"
 _SPACE = r"\x20\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_NOT_IN_NAMES = _CONTROL + INVISIBLE_CLASS
 #: A tag (class name): 1 to 200 characters (``TAGSIFT_MAX_TAG_LENGTH``'s default and largest value).
 TAG_SCHEMA = {
     "type": "string",
     "minLength": 1,
     "maxLength": 200,
-    "pattern": f"^[^{_CONTROL}{_SPACE}](?:[^{_CONTROL}]*[^{_CONTROL}{_SPACE}])?$",
+    "pattern": f"^[^{_NOT_IN_NAMES}{_SPACE}](?:[^{_NOT_IN_NAMES}]*[^{_NOT_IN_NAMES}{_SPACE}])?$",
 }
 #: An outside id (a Label Studio annotation's, as a string): 1 to 64 characters (``checks.plausible_id``), none a
 #: control character.
 OUTSIDE_ID_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": f"^[^{_CONTROL}]+$"}
-#: A name: no control characters, and something besides spaces.
-NAME_PATTERN = f"^[^{_CONTROL}]*[^{_CONTROL}{_SPACE}][^{_CONTROL}]*$"
+#: A name: no control or invisible characters, and something besides spaces.
+NAME_PATTERN = f"^[^{_NOT_IN_NAMES}]*[^{_NOT_IN_NAMES}{_SPACE}][^{_NOT_IN_NAMES}]*$"
 #: A dataset's prompt template: blank (none), or text with exactly one "{}" (ml's rule, as TEMPLATE_SCHEMA) and no
 #: control characters.
 DATASET_TEMPLATE_PATTERN = f"^(?:(?!\\{{\\}})[^{_CONTROL}])*\\{{\\}}(?:(?!\\{{\\}})[^{_CONTROL}])*$|^[{_SPACE}]*$"

@@ -26,6 +26,7 @@ from app.schemas import (
 from app.services import job_states
 from app.services.lookup import get_owned
 from app.services.pages import keyset_page
+from app.services.upload_names import dataset_name, refuse_taken_names
 from app.storage import BlobStore, StorageError
 from app.uploads import RawUpload, ValidBatch, check_classes, parse_upload
 from vocab import JobStatus
@@ -80,20 +81,21 @@ def create_empty_dataset(
 ) -> DatasetRead:
     """``POST /datasets`` with JSON: a dataset with classes and no items."""
     errors = FieldErrors()
-    if not dataset_in.name.strip():
+    name = dataset_name(dataset_in.name, errors)
+    if not name:
         errors.append(_name_error())
     for field, value in (("name", dataset_in.name), ("prompt_template", dataset_in.prompt_template or "")):
         problem = control_char_problem(value)
         if problem:
             errors.append(_field(field, f"{field}: {problem}"))
-    classes = check_classes(dataset_in.classes, settings=settings, errors=errors)
-    if errors:
-        raise InvalidInput("; ".join(e.message for e in errors), errors=errors)
+    ambiguous: list[FieldError] = []
+    classes = check_classes(dataset_in.classes, settings=settings, errors=errors, ambiguous=ambiguous)
+    if errors:  # only names that look alike: content no JSON Schema can describe (docs/api.md, "Names")
+        code = "ambiguous_names" if len(ambiguous) == len(errors) else None
+        raise InvalidInput("; ".join(e.message for e in errors), errors=errors, code=code)
     if len(classes) > settings.max_classes:
         raise InvalidInput(f"classes: {len(classes)} classes, over the limit of {settings.max_classes}")
-    dataset = Dataset(
-        owner_id=owner.id, name=dataset_in.name.strip(), classes=classes, prompt_template=dataset_in.prompt_template
-    )
+    dataset = Dataset(owner_id=owner.id, name=name, classes=classes, prompt_template=dataset_in.prompt_template)
     session.add(dataset)
     session.commit()
     return _read(dataset)
@@ -103,9 +105,11 @@ def create_dataset_from_upload(
     *, session: Session, storage: BlobStore, owner: Owner, raw: RawUpload, settings: Settings
 ) -> DatasetCreated:
     """``POST /datasets`` with multipart: validate the whole batch first, then store it in one transaction."""
-    name = (raw.name or "").strip()
     # Problems with the form fields are listed together with the batch's (one answer names every problem).
-    field_errors = [] if name and len(name) <= 200 else [_name_error()]
+    field_errors: list[FieldError] = []
+    name = dataset_name(raw.name or "", field_errors)
+    if not name or len(name) > 200:
+        field_errors.insert(0, _name_error())
     prompt = (raw.prompt_template or "").strip() or None
     template_error = template_problem(prompt) if prompt is not None else None
     if template_error:
@@ -153,6 +157,7 @@ def add_items(
     batch = parse_upload(raw, settings=settings, dataset_classes=list(dataset.classes), require_items=True)
     # Serialise uploads to one dataset (sequence numbers, duplicate check) on PostgreSQL; SQLite writes are serial.
     dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id, lock=True)
+    refuse_taken_names(session, dataset, batch)
     if batch.classes != list(dataset.classes):
         dataset.classes = batch.classes
     added, duplicates = _store_items(session=session, storage=storage, dataset=dataset, batch=batch)

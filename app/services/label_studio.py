@@ -108,10 +108,10 @@ def latest_model(session: Session, dataset: Dataset) -> Model | None:
 _tokens_lock = threading.Lock()
 #: (owner id, dataset id) -> the ``access_token`` of the last ``/setup`` from TAGSIFT_LABEL_STUDIO_URL (this process).
 _tokens: dict[tuple[str, str], str] = {}
-#: (owner id, dataset id) -> the ``schema`` of the last accepted ``/setup`` (this process): the labeling config of a
-#: ``/predict`` that sends none. With several API processes a predict may reach one that saw no setup: it then
-#: asks for ``label_config`` as before.
-_schemas: dict[tuple[str, str], str] = {}
+#: (owner id, dataset id) -> the labeling config (``schema``) of the last accepted ``/setup`` (this process): a
+#: ``predict`` without ``label_config`` uses it. At most :data:`MAX_CONFIGS` (the oldest goes first).
+_configs: dict[tuple[str, str], str] = {}
+MAX_CONFIGS = 256
 
 
 # --- the routes' work ---------------------------------------------------------------------------------------
@@ -134,8 +134,11 @@ def setup(*, session: Session, owner: Owner, dataset_id: str, body: dict, settin
             f"schema: the project's choices ({shorten(', '.join(control.choices), 200)}) share no class with dataset "
             f"{dataset.id} ({shorten(', '.join(dataset.classes), 200)})",
         )
-    with _tokens_lock:  # parse_label_config accepted it: a string of at most MAX_LABEL_CONFIG characters
-        _schemas[(owner.id, dataset.id)] = body["schema"]
+    with _tokens_lock:
+        _configs.pop((owner.id, dataset.id), None)
+        if len(_configs) >= MAX_CONFIGS:
+            del _configs[next(iter(_configs))]
+        _configs[(owner.id, dataset.id)] = body["schema"]
     hostname, token = body.get("hostname"), body.get("access_token")
     base = settings.label_studio_url.rstrip("/")
     if base and isinstance(hostname, str) and isinstance(token, str) and token and same_origin(hostname, base):
@@ -152,17 +155,6 @@ class _Task:
     item: Item | None = None
 
 
-def _label_config(body: dict, owner: Owner, dataset: Dataset) -> object:
-    """The predict's ``label_config``; when it sends none, the schema of this dataset's last /setup (this process)."""
-    config = body.get("label_config")
-    if config is None:  # Label Studio sends it; other callers may rely on the project's /setup
-        with _tokens_lock:
-            config = _schemas.get((owner.id, dataset.id))
-        if config is None:
-            raise invalid("label_config", "label_config: missing, and no /setup of this backend sent a schema")
-    return config
-
-
 def predict(*, session: Session, storage: BlobStore, owner: Owner, dataset_id: str, body: dict, settings: Settings):
     """One result per task, in order: the top choice with its probability, ``model_version`` the model id."""
     dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
@@ -171,7 +163,7 @@ def predict(*, session: Session, storage: BlobStore, owner: Owner, dataset_id: s
         raise invalid("tasks", "tasks: a non-empty list of Label Studio tasks")
     if len(tasks) > MAX_TASKS:
         raise invalid("tasks", f"tasks: {len(tasks)} tasks, over the limit of {MAX_TASKS} per request")
-    control = parse_label_config(_label_config(body, owner, dataset), field="label_config")
+    control = parse_label_config(_label_config(owner, dataset, body), field="label_config")
     model = latest_model(session, dataset)
     if model is None:
         raise Conflict(
@@ -240,6 +232,17 @@ def predict(*, session: Session, storage: BlobStore, owner: Owner, dataset_id: s
             }
         )
     return {"results": results}
+
+
+def _label_config(owner: Owner, dataset: Dataset, body: dict) -> object:
+    """The predict body's ``label_config``, or else the one the dataset's last accepted ``/setup`` gave."""
+    config = body.get("label_config")
+    if config is None:
+        with _tokens_lock:
+            config = _configs.get((owner.id, dataset.id))
+        if config is None:
+            raise invalid("label_config", "label_config: missing, and no /setup of this dataset gave one: send it")
+    return config
 
 
 def _region(from_name: str, to_name: str, label: str, *, score: float | None = None) -> dict:

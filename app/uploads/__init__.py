@@ -20,7 +20,13 @@ Checks (all of them run; every problem is reported at once, and nothing is store
 * zip: no absolute or ``..`` member names, no encrypted members, at most ``max_archive_members`` members,
   no member compressed more than ``max_archive_ratio`` times or over ``max_image_bytes``, at most
   ``max_archive_bytes`` uncompressed in total (bounded reads, the headers are not trusted);
+* names (tags, file names; :mod:`app.names`, docs/api.md "Names"): NFC, no invisible or direction-changing
+  character, no two classes or two files of the batch that look alike (naming both); a JSONL ``"label": ""`` is
+  refused; JSONL lines end at ``\n`` / ``\r\n`` only; a CSV header names each column once; JSON is read within
+  bounds (:mod:`~app.uploads.jsontext`);
 * duplicates (same sha256) within the batch are not errors: the first is kept, the others reported.
+
+Against the stored dataset (``app.services.upload_names``): a new image may not take an item's file name.
 
 File names are display names only; nothing is ever written under a name from the request (blobs are
 content-addressed), so a hostile name cannot escape the data directory. Messages quote user values shortened

@@ -33,8 +33,15 @@ class _NotText(str):
 
 
 class _StrictMultiPartParser(MultiPartParser):
-    """Starlette's multipart parser, except that undecodable field values and file names become :class:`_NotText`
-    and a form field over the part limit is a 422 naming the field."""
+    """Starlette's multipart parser, except that undecodable field values and file names become :class:`_NotText`,
+    a form field over the part limit is a 422 naming the field, and a body without its closing boundary is a 400
+    (starlette would quietly drop its last part)."""
+
+    ended = False
+
+    def on_end(self) -> None:
+        self.ended = True
+        super().on_end()
 
     def on_headers_finished(self) -> None:
         super().on_headers_finished()
@@ -81,7 +88,7 @@ async def _parse_form(request: Request, *, max_files: int, max_fields: int, max_
         request.headers, request.stream(), max_files=max_files, max_fields=max_fields, max_part_size=max_part_size
     )
     try:
-        return await parser.parse()
+        form = await parser.parse()
     except ApiError:
         raise
     except Exception as exc:  # starlette's MultiPartException, python-multipart's errors (the cause says more)
@@ -89,6 +96,15 @@ async def _parse_form(request: Request, *, max_files: int, max_fields: int, max_
             str(e) for e in (exc, exc.__cause__) if e is not None and str(e) and str(e) != "Invalid multipart data."
         )
         raise ApiError(f"body: cannot parse the multipart form ({detail})", code="malformed_multipart") from None
+    if not parser.ended:
+        await form.close()
+        raise ApiError(
+            "body: the multipart body is truncated (it ends without its closing boundary `--<boundary>--`, so its last "
+            "part may be cut short); nothing was stored: send the whole body",
+            code="truncated_multipart",
+            errors=[FieldError(field="body", message="body: truncated, no closing multipart boundary")],
+        )
+    return form
 
 
 async def read_multipart(request: Request, settings: Settings) -> RawUpload:
@@ -108,6 +124,13 @@ async def read_multipart(request: Request, settings: Settings) -> RawUpload:
                     message=f"{shorten(key)}: unknown form field (expected one of {', '.join(FORM_FIELDS)})",
                 )
                 continue
+            if key == "images" and not isinstance(value, UploadFile):
+                raw.errors.add(
+                    field="images",
+                    message="images: each part must be a file: this part has no filename (send each image with "
+                    'Content-Disposition: form-data; name="images"; filename="cat.jpg")',
+                )
+                continue
             if _not_text(value):
                 what = "its file name" if isinstance(value, UploadFile) else "the value"
                 raw.errors.add(
@@ -117,9 +140,7 @@ async def read_multipart(request: Request, settings: Settings) -> RawUpload:
                 )
                 continue
             if key == "images":
-                if not isinstance(value, UploadFile):
-                    raw.errors.add(field="images", message="images: each part must be a file")
-                    continue
+                assert isinstance(value, UploadFile)  # a plain field was refused above
                 raw.images.append((clean_name(value.filename or ""), await value.read()))
             elif key == "archive":
                 if raw.archive is not None:

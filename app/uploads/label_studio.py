@@ -32,7 +32,6 @@ single problem stores nothing.
 
 from __future__ import annotations
 
-import json
 import posixpath
 import re
 from dataclasses import dataclass, field
@@ -41,8 +40,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from app.checks import shorten
 from app.config import Settings
 from app.errors import FieldErrors
+from app.names import nfc
+from app.uploads.jsontext import JsonProblem, load
 from app.uploads.manifests import ManifestRow
-from app.uploads.rules import has_lone_surrogate, tag_problem
+from app.uploads.rules import tag_problem
 
 #: ``manifest_format`` values of the upload form.
 MANIFEST_FORMATS = ("auto", "jsonl", "csv", "label-studio")
@@ -78,7 +79,7 @@ def image_names(ref: str) -> list[str]:
     d = parse_qs(parts.query).get("d")
     if d:  # /data/local-files/?d=folder/cat.jpg
         path = d[0]
-    base = posixpath.basename(unquote(path.replace("\\", "/")))
+    base = nfc(posixpath.basename(unquote(path.replace("\\", "/"))))
     names = [base] if base else []
     m = _UPLOAD_PREFIX.match(base)
     if m:
@@ -153,16 +154,13 @@ def parse_label_studio(
 def _load_tasks(data: bytes, *, settings: Settings, errors: FieldErrors) -> list[object] | None:
     """The export's list of tasks, or None (the problem recorded): UTF-8 JSON, a list, valid Unicode, not too long."""
     try:
-        tasks = json.loads(data.decode("utf-8-sig"))
+        tasks = load(data.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         errors.add(field="manifest", message=f"manifest: not UTF-8 (invalid byte at offset {exc.start})")
         return None
-    except json.JSONDecodeError as exc:
-        errors.add(
-            field="manifest",
-            line=exc.lineno,
-            message=f"manifest: not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})",
-        )
+    except JsonProblem as exc:
+        why = f"not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})" if exc.syntax else exc.msg
+        errors.add(field="manifest", line=exc.lineno or None, message=f"manifest: {why}")
         return None
     if not isinstance(tasks, list):
         errors.add(
@@ -170,9 +168,6 @@ def _load_tasks(data: bytes, *, settings: Settings, errors: FieldErrors) -> list
             message=f"manifest: a Label Studio export is a JSON list of tasks, got {_json_type(tasks)}"
             " (export the project as 'JSON')",
         )
-        return None
-    if has_lone_surrogate(tasks):
-        errors.add(field="manifest", message="manifest: invalid Unicode (an unpaired \\u surrogate)")
         return None
     if len(tasks) > settings.max_items_per_request:
         errors.add(
@@ -329,7 +324,7 @@ def _choices(
                 message=f"{name}: {path}.value.choices must be a list of strings",
             )
             continue
-        out.extend((c, f"{path}.value.choices") for c in choices)
+        out.extend((nfc(c), f"{path}.value.choices") for c in choices)
     return out
 
 

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import re
 from dataclasses import dataclass
 
 from app.checks import shorten
 from app.config import Settings
 from app.errors import FieldErrors
-from app.uploads.rules import MAX_FILE_NAME, clean_name, file_name_problem, has_lone_surrogate, is_url, tag_problem
+from app.names import look_alikes, nfc
+from app.uploads.jsontext import JsonProblem, load
+from app.uploads.rules import MAX_FILE_NAME, clean_name, file_name_problem, is_url, tag_problem
 
 #: Keys of a JSONL manifest line (CSV: the header's columns).
 ROW_KEYS = ("file", "candidates", "label")
+
+#: JSONL lines end at ``\n`` or ``\r\n`` only: U+2028, U+2029, U+0085, form feeds are valid inside a JSON
+#: string, and ``str.splitlines`` would split a line there (and shift every later line number).
+_LINE_END = re.compile(r"\r?\n")
 
 
 @dataclass
@@ -43,7 +49,7 @@ def parse_manifest(
     elif lower.endswith((".jsonl", ".ndjson", ".json")):
         is_jsonl = True
     else:
-        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+        first = next((ln.strip() for ln in _LINE_END.split(text) if ln.strip()), "")
         is_jsonl = first.startswith("{")
     rows = _parse_jsonl(text, errors) if is_jsonl else _parse_csv(text, errors)
     out: list[ManifestRow] = []
@@ -104,10 +110,23 @@ def parse_manifest(
     return out
 
 
+def look_alike_files(rows: list[ManifestRow], errors: FieldErrors) -> None:
+    """Two rows whose file names render alike (:func:`app.names.look_alikes`) are an error naming both."""
+    line = {row.file: row.line for row in rows}
+    for first, second in look_alikes(row.file for row in rows):
+        errors.add(
+            field="file",
+            item=second,
+            line=line[second],
+            message=f"{second} (line {line[second]}): looks like {first} (line {line[first]}): the same letters up "
+            "to case, width or compatibility forms; one dataset cannot tell the two apart: rename one",
+        )
+
+
 def _tags(values: list[str]) -> list[str]:
     """De-duplicated (order kept), never stripped: empty and padded tags are kept so that they are reported."""
     out: list[str] = []
-    for t in values:
+    for t in map(nfc, values):
         if t not in out:
             out.append(t)
     return out
@@ -115,21 +134,17 @@ def _tags(values: list[str]) -> list[str]:
 
 def _parse_jsonl(text: str, errors: FieldErrors) -> list[ManifestRow]:
     rows: list[ManifestRow] = []
-    for n, line in enumerate(text.splitlines(), start=1):
+    for n, line in enumerate(_LINE_END.split(text), start=1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            errors.add(field="manifest", line=n, message=f"manifest line {n}: not valid JSON ({exc.msg})")
+            obj = load(line)
+        except JsonProblem as exc:
+            why = f"not valid JSON ({exc.msg})" if exc.syntax else exc.msg
+            errors.add(field="manifest", line=n, message=f"manifest line {n}: {why}")
             continue
         if not isinstance(obj, dict):
             errors.add(field="manifest", line=n, message=f"manifest line {n}: not a JSON object")
-            continue
-        if has_lone_surrogate(obj):  # a "\ud800" escape: not text, and it could not even be sent back as UTF-8
-            errors.add(
-                field="manifest", line=n, message=f"manifest line {n}: invalid Unicode (an unpaired \\u surrogate)"
-            )
             continue
         unknown = [shorten(str(k), 40) for k in obj if k not in ROW_KEYS]
         if unknown:
@@ -160,7 +175,15 @@ def _parse_jsonl(text: str, errors: FieldErrors) -> list[ManifestRow]:
         if label is not None and not isinstance(label, str):
             errors.add(field="label", item=shown, line=n, message=f"{shown}: `label` must be a string")
             continue
-        rows.append(ManifestRow(line=n, file=file, candidates=_tags(cands), label=label if label else None))
+        if label == "":
+            errors.add(
+                field="label",
+                item=shown,
+                line=n,
+                message=f"{shown}: `label` is empty (line {n}): give one of the candidates, or leave `label` out "
+                "for an item without a certain tag",
+            )
+        rows.append(ManifestRow(line=n, file=file, candidates=_tags(cands), label=nfc(label) if label else None))
     return rows
 
 
@@ -189,12 +212,32 @@ def _parse_csv(text: str, errors: FieldErrors) -> list[ManifestRow]:
             message=f"manifest line 1: unknown column(s) {', '.join(map(repr, unknown))}: the columns are "
             "`file` (an uploaded file), `candidates` and optionally `label`; images are never fetched from a URL",
         )
+    repeated = sorted({c for c in cols if cols.count(c) > 1})
+    for col in repeated:
+        errors.add(
+            field="manifest",
+            item=shorten(col, 40),
+            line=1,
+            message=f"manifest line 1: the column {shorten(col, 40)!r} appears {cols.count(col)} times in the "
+            "header: name each column once",
+        )
+    if repeated:
+        return []
     i_file, i_cand = cols.index("file"), cols.index("candidates")
     i_label = cols.index("label") if "label" in cols else None
     rows: list[ManifestRow] = []
     try:
+        start = reader.line_num + 1
         for values in reader:
-            n = reader.line_num
+            n, start = start, reader.line_num + 1
+            if reader.line_num > n and any("\n" in v or "\r" in v for v in values):
+                errors.add(
+                    field="manifest",
+                    line=n,
+                    message=f"manifest line {n}: unbalanced quote: {_runs_to(n, reader.line_num, text)}; close the "
+                    'quote, or write a quote inside a value as "" (a line break inside a value is refused)',
+                )
+                continue
             if not any(v.strip() for v in values):
                 continue
             if len(values) != len(cols):
@@ -209,8 +252,15 @@ def _parse_csv(text: str, errors: FieldErrors) -> list[ManifestRow]:
                 errors.add(field="file", line=n, message=f"manifest line {n}: empty `file`")
                 continue
             cands = _tags(values[i_cand].split("|")) if values[i_cand].strip() else []
-            label = values[i_label] if i_label is not None and values[i_label].strip() else None
+            label = nfc(values[i_label]) if i_label is not None and values[i_label].strip() else None
             rows.append(ManifestRow(line=n, file=file, candidates=cands, label=label))
     except csv.Error as exc:
         errors.add(field="manifest", line=reader.line_num, message=f"manifest: bad CSV ({exc})")
     return rows
+
+
+def _runs_to(start: int, end: int, text: str) -> str:
+    """Where a quoted value opened on line ``start`` ended (line ``end``, maybe the file's last)."""
+    if end >= len(_LINE_END.split(text.rstrip("\r\n"))):
+        return f"the quoted value opened on line {start} is never closed (it runs to the end of the file)"
+    return f"a quoted value opened on line {start} runs to line {end}"

@@ -25,8 +25,8 @@ from app.storage import sha256_hex
 from app.uploads.archives import read_archive
 from app.uploads.batch import BatchDuplicate, RawUpload, ValidBatch, ValidItem
 from app.uploads.label_studio import MANIFEST_FORMATS, is_label_studio, parse_label_studio
-from app.uploads.manifests import ManifestRow, parse_manifest
-from app.uploads.rules import MAX_FILE_NAME, file_name_problem, parse_classes
+from app.uploads.manifests import ManifestRow, look_alike_files, parse_manifest
+from app.uploads.rules import MAX_FILE_NAME, file_name_problem, look_alike_classes, parse_classes
 
 
 def parse_upload(
@@ -38,7 +38,7 @@ def parse_upload(
     candidates, sorted); for an existing dataset, ``classes`` in the upload may append new classes.
     """
     errors = FieldErrors(raw.errors)
-    given = parse_classes(raw.classes, settings=settings, errors=errors) if raw.classes else None
+    given = parse_classes(raw.classes, settings=settings, errors=errors, known=dataset_classes) if raw.classes else None
     files = collect_files(raw, settings=settings, errors=errors)
     rows = parse_rows(
         files,
@@ -54,9 +54,12 @@ def parse_upload(
             f"{settings.max_items_per_request} per request",
         )
         raise InvalidInput(summary(errors), errors=errors)
+    look_alike_files(rows.rows, errors)
     classes = resolve_classes(
         rows.rows, known=_known_classes(dataset_classes, rows.classes or given), settings=settings, errors=errors
     )
+    if given is None:  # classes read from the rows: none may look like another (given ones were checked above)
+        look_alike_classes(classes, known=dataset_classes or [], errors=errors)
     matched = match_files(rows.files, rows.rows, errors=errors)
     items = verify_images(matched, settings=settings, errors=errors)
     if errors:
@@ -196,10 +199,23 @@ def match_files(files: list[tuple[str, bytes]], rows: list[ManifestRow], *, erro
         by_base.setdefault(posixpath.basename(name), []).append(name)
 
     matched: dict[str, ManifestRow] = {}
+    shared: set[str] = set()  # files already named in a "share a file name" error
     for row in rows:
         name = row.file if row.file in by_name else None
-        if name is None and len(by_base.get(posixpath.basename(row.file), [])) == 1:
-            name = by_base[posixpath.basename(row.file)][0]
+        same_base = by_base.get(posixpath.basename(row.file), [])
+        if name is None and len(same_base) == 1:
+            name = same_base[0]
+        elif name is None and len(same_base) > 1:
+            shown = ", ".join(shorten(f, 100) for f in same_base[:5]) + (", ..." if len(same_base) > 5 else "")
+            errors.add(
+                field="manifest",
+                item=row.file,
+                line=row.line,
+                message=f"{row.file} (manifest line {row.line}): {len(same_base)} uploaded files share this file "
+                f"name ({shown}): name one of them in full in the manifest, one row per file",
+            )
+            shared.update(same_base)
+            continue
         if name is None or name in matched:
             errors.add(
                 field="manifest",
@@ -210,7 +226,7 @@ def match_files(files: list[tuple[str, bytes]], rows: list[ManifestRow], *, erro
             continue
         matched[name] = row
     for name in by_name:
-        if name not in matched:
+        if name not in matched and name not in shared:
             errors.add(field="images", item=name, message=f"{name}: uploaded but not in the manifest")
     return [MatchedFile(name, data, matched.get(name)) for name, data in by_name.items()]
 
