@@ -41,10 +41,11 @@ _TOKENS = re.compile(r'"(?:[^"\\]+|\\.)*"?|[\[\]{}]', re.DOTALL)
 class JsonRefused(ValueError):
     """Why a JSON text was refused: ``path`` names the value inside it ("" for the whole text)."""
 
-    def __init__(self, reason: str, path: str = "") -> None:
+    def __init__(self, reason: str, path: str = "", *, decode_error: json.JSONDecodeError | None = None) -> None:
         super().__init__(f"{path}: {reason}" if path else reason)
         self.reason = reason
         self.path = path
+        self.decode_error = decode_error  # where the text stops being JSON, for callers that report a position
 
 
 class _Bad:
@@ -112,7 +113,7 @@ def _check_text(s: str, path: str) -> None:
     try:
         s.encode("utf-8")
     except UnicodeEncodeError:
-        raise JsonRefused("invalid Unicode (an unpaired \\u surrogate escape)", path) from None
+        raise JsonRefused("invalid Unicode (an unpaired \\u surrogate)", path) from None
 
 
 def loads(
@@ -146,7 +147,9 @@ def loads(
             parse_constant=_constant,
         )
     except json.JSONDecodeError as exc:
-        raise JsonRefused(f"not valid JSON ({exc.msg}: line {exc.lineno}, column {exc.colno})") from None
+        raise JsonRefused(
+            f"not valid JSON ({exc.msg}: line {exc.lineno}, column {exc.colno})", decode_error=exc
+        ) from None
     except (ValueError, RecursionError, OverflowError) as exc:  # belt and braces: never a 500
         raise JsonRefused(f"not valid JSON ({type(exc).__name__})") from None
     _walk(value)

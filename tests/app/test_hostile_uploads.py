@@ -292,7 +292,7 @@ def test_jsonl_splits_lines_only_at_newlines(alice: Api, dataset: dict, sep: str
 @pytest.mark.parametrize(
     ("value", "needle"),
     [
-        ("1" * 5000, "a number of 5000 characters, over the limit of 100"),
+        ("1" * 5000, "a number of 5000 digits, over the limit of 100 characters"),
         ("[" * 3000 + "]" * 3000, "nested more than 64 levels deep"),
         ("NaN", "NaN is not a JSON number"),
     ],
