@@ -18,6 +18,7 @@ import torch
 import vocab
 from ml import weights
 from ml.errors import BackboneLoadError
+from ml.reference import reference_spec
 from ml.spec import BackboneSpec, file_sha256, parse_backbone
 
 __all__ = [
@@ -147,8 +148,6 @@ def load_backbone(
     """
     if isinstance(spec, str):
         if spec.strip() == "reference":
-            from ml.reference import reference_spec  # lazy: the reference builder is optional
-
             if cache_dir is None:
                 raise BackboneLoadError("backbone 'reference': cache_dir is required to build or find it")
             spec = reference_spec(cache_dir)

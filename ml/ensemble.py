@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from ml.backbone import Backbone
+from ml.prompts import ENSEMBLE_TEMPLATES, handcrafted_class_features
+from ml.text_encoder import TextEncoder
 
 
 @dataclass
@@ -30,9 +32,6 @@ class LinearClassifier:
 
 def handcrafted_features(backbone: Backbone, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
     """(K, D) L2-normalised zero-shot class features of ``templates`` (an ensemble when several), on the CPU."""
-    from ml.prompts import handcrafted_class_features
-    from ml.text_encoder import TextEncoder
-
     return handcrafted_class_features(
         TextEncoder(backbone.model), backbone.tokenizer, classnames, templates, backbone.device
     ).cpu()
@@ -69,8 +68,6 @@ def deployed_classifier(
     trained = LinearClassifier(result.class_features, result.logit_scale, result.class_bias)
     if beta <= 0 or result.method == "zero_shot":
         return trained
-    from ml.prompts import ENSEMBLE_TEMPLATES
-
     hand = handcrafted_features(backbone, classnames, templates or ENSEMBLE_TEMPLATES)
     hand_scale = float(backbone.model.logit_scale.exp())
     return mix_handcrafted(trained.class_features, trained.logit_scale, trained.bias, hand, hand_scale, beta)

@@ -13,3 +13,7 @@ class BackboneLoadError(RuntimeError):
 
 class InvalidCandidates(ValueError):
     """A job's candidate sets or class list cannot be trained on (the message names the item or class)."""
+
+
+class StaleCheckpoint(ValueError):
+    """An epoch checkpoint written for other data or another config: it cannot be resumed (drop it, start over)."""

@@ -1,9 +1,13 @@
 """One training run on cached image features: prompt alignment, CoOp + PLL, linear probe + PLL, zero-shot.
 
-(Over 400 lines on purpose: the config, its checks, the trainer, the epoch plan and the checkpoint format are one
-unit; a resumed run must replay exactly, and splitting them would spread that one invariant over several files.)
-
     features (V, N, D) from ml.features.encode_images  ->  fit()  ->  TrainResult (labels, class features, ...)
+
+``fit`` is a sequence of named steps: check the data (:func:`_prepare`), build the method's learner
+(``ml.methods.Classifier``) and read the handcrafted prior when the method uses one (:func:`_handcrafted_prior`),
+build the loss and optimiser, resumed from the epoch checkpoint when there is one (:func:`_trainer`; a checkpoint
+written for other data or another config is a :class:`ml.errors.StaleCheckpoint`), then per epoch one
+:func:`_epoch` (steps, then metrics), the checkpoint and ``on_epoch``. The config, its checks, the epoch plan and
+the checkpoint format stay in this file: a resumed run must replay exactly, and they are that one invariant.
 
 Only the prompt context (or the linear head, or PiCO's projection head) is trained; the image encoder never runs
 here and the text tower sees only the K prompt embeddings per step (truncated, see ml.text_encoder).
@@ -20,13 +24,37 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ml.errors import TrainingCancelled
+from ml.align import MIX_MODES, mix_alpha
+from ml.errors import StaleCheckpoint, TrainingCancelled
 from ml.files import atomic_path
+from ml.inference import candidate_probabilities, candidates_to_mask, check_classnames, class_logits, disambiguate
+from ml.losses import LOSSES, PLLBatch, build_loss
+from ml.methods import METHODS as _REGISTRY
+from ml.methods import Classifier, method, step_loss
+from ml.prior import calibrate_prior, graph_purity, knn_graph, prior_evidence, prior_trust, propagate
+from ml.prompts import handcrafted_class_features
 
-METHODS = ("prompt_alignment", "coop", "zero_shot", "linear_probe", "aligned_head")
+METHODS = tuple(_REGISTRY)  # the method names (ml.methods registers what each one does)
 CHECKPOINT_VERSION = 1
+
+# the inference functions and the learner live in ml.inference and ml.methods; these names stay importable here
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "METHODS",
+    "Classifier",
+    "EpochMetrics",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingCancelled",
+    "candidate_probabilities",
+    "candidates_to_mask",
+    "class_logits",
+    "disambiguate",
+    "fit",
+    "step_loss",
+    "views_needed",
+]
 
 
 @dataclass
@@ -81,37 +109,8 @@ class TrainResult:
 # --- input validation --------------------------------------------------------------------------------------------
 
 
-def _check_classnames(classnames: Sequence[str]) -> None:
-    if len(classnames) < 2:
-        raise ValueError(f"class list: need at least 2 classes, got {len(classnames)}")
-    seen: dict[str, int] = {}
-    for k, name in enumerate(classnames):
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"class {k}: empty class name")
-        if name in seen:
-            raise ValueError(f"class {k}: duplicate class name {name!r} (same as class {seen[name]})")
-        seen[name] = k
-
-
-def candidates_to_mask(candidates: Sequence[Sequence[str]], classnames: Sequence[str]) -> torch.Tensor:
-    """(N, K) bool candidate mask; ValueError naming the item and the problem."""
-    _check_classnames(classnames)
-    index = {c: k for k, c in enumerate(classnames)}
-    mask = torch.zeros(len(candidates), len(classnames), dtype=torch.bool)
-    for i, cands in enumerate(candidates):
-        if isinstance(cands, str):
-            raise ValueError(f"item {i}: candidates must be a list of class names, got the string {cands!r}")
-        if len(cands) == 0:
-            raise ValueError(f"item {i}: empty candidate set")
-        for c in cands:
-            if c not in index:
-                raise ValueError(f"item {i}: candidate {c!r} is not in the class list")
-            mask[i, index[c]] = True
-    return mask
-
-
 def _check_mask(candidates: torch.Tensor, classnames: Sequence[str], n: int) -> torch.Tensor:
-    _check_classnames(classnames)
+    check_classnames(classnames)
     if not isinstance(candidates, torch.Tensor) or candidates.dim() != 2:
         raise ValueError("candidates: expected an (N, K) bool tensor (use candidates_to_mask for name lists)")
     if candidates.shape != (n, len(classnames)):
@@ -124,11 +123,7 @@ def _check_mask(candidates: torch.Tensor, classnames: Sequence[str], n: int) -> 
 
 
 def _check_config(cfg: TrainConfig) -> None:
-    from ml.align import MIX_MODES
-    from ml.losses import LOSSES
-
-    if cfg.method not in METHODS:
-        raise ValueError(f"method: unknown {cfg.method!r}; expected one of {METHODS}")
+    method(cfg.method)  # ValueError naming the known methods
     if cfg.loss.lower() not in LOSSES:
         raise ValueError(f"loss: unknown {cfg.loss!r}; expected one of {sorted(LOSSES)}")
     if cfg.mix not in MIX_MODES:
@@ -151,166 +146,7 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"graph_weight: the feature graph propagates RC's confidences; loss {cfg.loss!r} has none")
 
 
-# --- inference ---------------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def candidate_probabilities(
-    features: torch.Tensor,
-    class_features: torch.Tensor,
-    logit_scale: float,
-    candidates: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-    temperature: float = 1.0,
-) -> torch.Tensor:
-    """(N, K) class probabilities p = softmax((s · normalise(f) C^T + b) / T), renormalised over the candidates
-    (a softmax over the candidates' logits: no underflow however large the logits)."""
-    logits = class_logits(features, class_features, logit_scale, bias) / temperature  # [N, K]
-    if candidates is not None:
-        logits = logits.masked_fill(~candidates.to(logits.device).bool(), float("-inf"))
-    return F.softmax(logits, dim=1)
-
-
-def disambiguate(
-    features: torch.Tensor,
-    class_features: torch.Tensor,
-    logit_scale: float,
-    candidates: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-    temperature: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(labels, confidence, margin) for (N, D) image features, restricted to candidates when given.
-
-    p = softmax((s · normalise(f) C^T + b) / T), renormalised over the candidates; label = argmax; margin = p1 - p2.
-    T (``temperature``, ml.quality's calibration) changes the confidences, never the labels.
-    """
-    p = candidate_probabilities(
-        features, class_features, logit_scale, candidates=candidates, bias=bias, temperature=temperature
-    )
-    top = p.topk(2, dim=1)
-    return top.indices[:, 0].cpu(), top.values[:, 0].cpu(), (top.values[:, 0] - top.values[:, 1]).cpu()
-
-
-@torch.no_grad()
-def class_logits(
-    features: torch.Tensor, class_features: torch.Tensor, logit_scale: float, bias: torch.Tensor | None = None
-) -> torch.Tensor:
-    """(N, K) logits s · normalise(f) C^T + b of a deployable classifier."""
-    f = F.normalize(features.float(), dim=-1)
-    logits = logit_scale * f @ class_features.to(f.device).float().T
-    return logits + bias.to(f.device) if bias is not None else logits
-
-
-# --- the learner: one object whatever the method ----------------------------------------------------------------
-
-
-class Classifier(nn.Module):
-    """Maps normalised image features to logits; owns the only trainable weights (ctx or the linear head)."""
-
-    def __init__(self, backbone, classnames: Sequence[str], cfg: TrainConfig, device: torch.device):
-        super().__init__()
-        from ml.linear_probe import LinearProbe
-        from ml.prompt_learner import PromptLearner, PromptLearnerConfig
-        from ml.text_encoder import TextEncoder
-
-        self.method = cfg.method
-        self.logit_scale = float(backbone.model.logit_scale.exp().item())  # s, not trained
-        if cfg.method == "linear_probe":
-            self.probe = LinearProbe(backbone.embed_dim, len(classnames), seed=cfg.seed).to(device)
-        elif cfg.method == "aligned_head":  # the head itself is built by set_prior, from the calibrated prior
-            self.text_encoder = TextEncoder(backbone.model)
-        else:
-            self.text_encoder = TextEncoder(backbone.model)
-            pl_cfg = PromptLearnerConfig(
-                n_ctx=cfg.n_ctx,
-                ctx_init=cfg.ctx_init,
-                class_token_position=cfg.class_token_position,
-                csc=cfg.csc,
-                seed=cfg.seed,
-            )
-            self.prompt_learner = PromptLearner(pl_cfg, classnames, self.text_encoder, backbone.tokenizer, device)
-
-    @property
-    def has_head(self) -> bool:
-        return self.method in ("linear_probe", "aligned_head")
-
-    def set_prior(self, prior_rows: torch.Tensor, prior_bias: torch.Tensor, device: torch.device) -> None:
-        """Aligned head: build the head from the calibrated handcrafted classifier (ml/aligned_head.py)."""
-        from ml.aligned_head import AlignedHead
-
-        self.probe = AlignedHead(prior_rows, prior_bias).to(device)
-
-    def learner(self) -> nn.Module:
-        return self.probe if self.has_head else self.prompt_learner
-
-    def class_features(self) -> torch.Tensor:
-        """(K, D) normalised learned class text features (prompt methods): one text pass.
-
-        Reused while the context is unchanged (same `ctx._version`, autocast state; a pass with grad also serves
-        no-grad callers, detached): RC/LWS's after-step forward and the next step's forward see the same context.
-        """
-        from ml.prompt_learner import class_text_features
-
-        key = (self.prompt_learner.ctx._version, torch.is_autocast_enabled())
-        cached = getattr(self, "_text_cache", None)
-        if cached is not None and cached[0] == key and (cached[1].requires_grad or not torch.is_grad_enabled()):
-            return cached[1] if torch.is_grad_enabled() else cached[1].detach()
-        t = class_text_features(self.prompt_learner, self.text_encoder)
-        self._text_cache = (key, t)
-        return t
-
-    def logits(self, feats: list[torch.Tensor], update_stats: bool = True) -> list[torch.Tensor]:
-        """Per-view (B, K) logits; one text pass shared by all views.
-
-        Linear probe: the BatchNorm's running statistics are updated once per step, by the first view of the
-        step's forward (`update_stats`); the other views and the after-step forward normalise with their batch
-        statistics without touching the running ones.
-        """
-        if self.has_head:
-            return [self.probe(f, update_stats=update_stats and j == 0) for j, f in enumerate(feats)]
-        t = self.class_features()  # [K, D]
-        return [self.logit_scale * f @ t.T for f in feats]
-
-    @torch.no_grad()
-    def deployable(self) -> tuple[torch.Tensor, float, torch.Tensor | None]:
-        """(class matrix, logit scale, bias) such that logits = scale · normalise(f) C^T + bias."""
-        if self.has_head:
-            a, b = self.probe.folded()
-            return a.cpu(), 1.0, b.cpu()
-        return self.class_features().cpu(), self.logit_scale, None
-
-
-# --- training ----------------------------------------------------------------------------------------------------
-
-
-def step_loss(
-    model: Classifier,
-    loss_fn,
-    batch,
-    method: str,
-    hand: torch.Tensor | None,
-    alpha: float = 0.0,
-) -> torch.Tensor:
-    """Loss of one mini-batch; fills `batch.logits`. Prompt alignment adds the teacher term (ml.align):
-
-    L = L_PLL(z) + L_align(z, q) · sg(L_PLL) / sg(L_align),  q = teacher(z̃ = s f t̃^T on view 0, Y, z, alpha)
-    """
-    from ml.align import align_loss, combine, teacher
-
-    batch.logits = [z.float() for z in model.logits(batch.features)]
-    loss = loss_fn(batch)
-    batch.pll_loss = loss.detach()
-    if method in ("prompt_alignment", "aligned_head"):
-        if method == "aligned_head":  # the head's own calibrated prior (ml/aligned_head.py)
-            hand_logits = model.probe.prior_logits(batch.features[0])
-        else:
-            assert hand is not None, "prompt alignment needs the handcrafted class features"
-            hand_logits = model.logit_scale * batch.features[0] @ hand.T  # z̃ on the PLL loss's view
-        q = teacher(hand_logits, batch.mask, batch.logits[0], alpha)
-        al = align_loss(batch.logits[0], q)
-        batch.align_loss = al.detach()
-        loss = combine(loss, al)
-    return loss
+# --- the epoch plan ----------------------------------------------------------------------------------------------
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -342,17 +178,13 @@ def _epoch_plan(
 
 
 def views_needed(config: TrainConfig) -> int:
-    """Cached views a run of `config` needs so that its loss gets distinct views (1 for zero-shot)."""
-    from ml.losses import LOSSES
-
-    if config.method == "zero_shot":
+    """Cached views a run of `config` needs so that its loss gets distinct views (1 for a method that never trains)."""
+    if not method(config.method).trains:
         return 1
     return LOSSES[config.loss.lower()].n_views
 
 
-def _save_checkpoint(path: Path, payload: dict) -> None:
-    with atomic_path(path) as tmp:  # a crash never leaves a torn checkpoint
-        torch.save(payload, tmp)
+# --- the checkpoint ----------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -360,6 +192,81 @@ class _Meta:
     shape: tuple[int, int, int, int]  # (V, N, D, K)
     classnames: list[str]
     config: dict = field(default_factory=dict)
+
+
+def _save_checkpoint(path: Path, payload: dict) -> None:
+    with atomic_path(path) as tmp:  # a crash never leaves a torn checkpoint
+        torch.save(payload, tmp)
+
+
+def _load_checkpoint(path: Path, meta: _Meta, device: torch.device) -> dict:
+    """The checkpoint's state; :class:`StaleCheckpoint` when it was written for other data or another config."""
+    state = torch.load(path, map_location=device, weights_only=False)
+    if state.get("version") != CHECKPOINT_VERSION or state.get("meta", {}) != asdict(meta):
+        raise StaleCheckpoint(f"checkpoint {path} was written for different data or config; remove it to start over")
+    return state
+
+
+# --- training: fit and its steps ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Data:
+    """fit's inputs, checked, normalised and on the training device."""
+
+    feats: torch.Tensor  # [V, N, D] L2-normalised (method.md 6.3)
+    mask: torch.Tensor  # [N, K] bool, on the CPU
+    mask_f: torch.Tensor  # [N, K] float, on the device
+    classnames: list[str]
+    device: torch.device
+    use_amp: bool
+    true_labels: torch.Tensor | None = None
+    val_feats: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
+    val_mask: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        v, n, d = self.feats.shape
+        return v, n, d, len(self.classnames)
+
+
+@dataclass
+class _Trainer:
+    """What an epoch updates: the learner, the loss (with its state), the optimiser, its schedule and scaler, and
+    where the run stands (the next epoch, the history so far, the training items' labels after the last epoch)."""
+
+    model: Classifier
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    prox: float  # aligned head: the residual's proximal decay per unit of learning rate (0: none)
+    hand: torch.Tensor | None  # t̃ (K, D) of a method that reads the handcrafted prior
+    prior: dict | None
+    epoch: int = 0
+    history: list[EpochMetrics] = field(default_factory=list)
+    labels: torch.Tensor | None = None  # for the next epoch's label churn
+
+    def state(self) -> dict:
+        return {
+            "learner": self.model.learner().state_dict(),
+            "loss": self.loss_fn.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def resume(self, state: dict) -> None:
+        self.model.learner().load_state_dict(state["learner"])
+        self.loss_fn.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch = int(state["epoch"])
+        self.history = [EpochMetrics(**h) for h in state["history"]]
+        self.labels = state.get("labels")
 
 
 def fit(
@@ -378,56 +285,100 @@ def fit(
 ) -> TrainResult:
     """Train on cached features (V, N, D) with (N, K) candidate masks; see module doc.
 
-    checkpoint_path: saved atomically at every epoch end; if it exists at start, training resumes from it and ends
-    exactly where an uninterrupted run would. should_cancel() is checked between steps -> TrainingCancelled.
+    checkpoint_path: saved atomically at every epoch end, before ``on_epoch(metrics)``; if it exists at start,
+    training resumes from it and ends exactly where an uninterrupted run would (``StaleCheckpoint``, a ValueError,
+    when it was written for other data or config). should_cancel() is checked between steps -> TrainingCancelled.
     val: (features, labels) or (features, labels, (M, K) candidate mask): val_acc is over the candidates when given.
     """
-    from ml.align import mix_alpha
-    from ml.losses import PLLBatch, build_loss
-    from ml.prompts import handcrafted_class_features
-
     _check_config(config)
+    data = _prepare(backbone, features, candidates, classnames, config, true_labels, val, device)
+    model = Classifier(backbone, classnames, config, data.device)
+    hand, prior = _handcrafted_prior(model, backbone, config, data)
+
+    def result(class_feats: torch.Tensor, scale: float, bias: torch.Tensor | None, history: list) -> TrainResult:
+        labels, conf, margin = disambiguate(data.feats[0], class_feats, scale, data.mask, bias)
+        return TrainResult(labels, conf, margin, class_feats.cpu(), scale, history, bias, config.method, prior)
+
+    if not method(config.method).trains:
+        return result(hand, model.logit_scale, None, [])
+    if config.mix == "trust" and prior is None:
+        raise ValueError(f"mix 'trust': method {config.method!r} has no handcrafted prior to trust")
+    meta = _Meta(data.shape, list(classnames), asdict(config))
+    ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
+    trainer = _trainer(model, config, data, hand, prior, ckpt, meta)
+
+    for epoch in range(trainer.epoch, config.epochs):
+        metrics = _epoch(trainer, data, config, epoch, should_cancel)
+        if ckpt is not None:
+            payload = {"version": CHECKPOINT_VERSION, "meta": asdict(meta), "epoch": epoch + 1, **trainer.state()}
+            payload.update(history=[asdict(h) for h in trainer.history], labels=trainer.labels)
+            _save_checkpoint(ckpt, payload)
+        if on_epoch is not None:
+            on_epoch(metrics)
+
+    model.learner().eval()
+    class_feats, scale, bias = model.deployable()
+    return result(class_feats, scale, bias, trainer.history)
+
+
+def _prepare(backbone, features, candidates, classnames, config: TrainConfig, true_labels, val, device) -> _Data:
+    """Check fit's inputs (ValueError naming the problem) and put them, normalised, on the training device."""
     if features.dim() == 2:
         features = features.unsqueeze(0)  # [1, N, D]
     assert features.dim() == 3, f"features must be (V, N, D), got {tuple(features.shape)}"
-    v_total, n, d = features.shape
+    _, n, d = features.shape
     if n == 0:
         raise ValueError("no training items")
     if d != backbone.embed_dim:
         raise ValueError(f"features have dimension {d}, backbone {backbone.id} produces {backbone.embed_dim}")
     mask = _check_mask(candidates, classnames, n)
-    k = len(classnames)
     if true_labels is not None and true_labels.shape != (n,):
         raise ValueError(f"true_labels: shape {tuple(true_labels.shape)} != ({n},)")
     device = torch.device(device) if device is not None else backbone.device
-    use_amp = config.precision == "amp" and device.type == "cuda"
-
-    feats = F.normalize(features.float(), dim=-1).to(device)  # [V, N, D], method.md 6.3
-    mask_f = mask.float().to(device)  # [N, K]
-    val_feats = val_labels = val_mask = None
+    data = _Data(
+        feats=F.normalize(features.float(), dim=-1).to(device),
+        mask=mask,
+        mask_f=mask.float().to(device),
+        classnames=list(classnames),
+        device=device,
+        use_amp=config.precision == "amp" and device.type == "cuda",
+        true_labels=true_labels,
+    )
     if val is not None:
-        vf, val_labels = val[0], val[1]
-        val_mask = val[2].bool() if len(val) > 2 and val[2] is not None else None
-        val_feats = F.normalize((vf[0] if vf.dim() == 3 else vf).float(), dim=-1).to(device)
+        vf, data.val_labels = val[0], val[1]
+        data.val_mask = val[2].bool() if len(val) > 2 and val[2] is not None else None
+        data.val_feats = F.normalize((vf[0] if vf.dim() == 3 else vf).float(), dim=-1).to(device)
+    return data
 
-    model = Classifier(backbone, classnames, config, device)
-    hand = prior = None
-    if config.method in ("prompt_alignment", "zero_shot", "aligned_head"):
-        hand = handcrafted_class_features(  # t̃: once per run, no grad
-            model.text_encoder, backbone.tokenizer, classnames, config.templates, device
-        )  # [K, D]
-        prior = _read_prior(model, hand, feats[0], mask, calibrate=config.method == "aligned_head", device=device)
 
-    def result(class_feats: torch.Tensor, scale: float, bias: torch.Tensor | None, history: list) -> TrainResult:
-        labels, conf, margin = disambiguate(feats[0], class_feats, scale, mask, bias)
-        return TrainResult(labels, conf, margin, class_feats.cpu(), scale, history, bias, config.method, prior)
+def _handcrafted_prior(model: Classifier, backbone, config: TrainConfig, data: _Data):
+    """(t̃, prior) for a method that reads the handcrafted prompt, (None, None) otherwise: t̃ and what the training
+    items' candidate sets say of it (ml.prior); for the aligned head also its calibration (T, class bias) and the
+    head built from it."""
+    if not model.kind.handcrafted:
+        return None, None
+    hand = handcrafted_class_features(  # t̃: once per run, no grad
+        model.text_encoder, backbone.tokenizer, data.classnames, config.templates, data.device
+    )  # [K, D]
+    feats0, mask = data.feats[0], data.mask
+    with torch.no_grad():
+        hand_logits = model.logit_scale * feats0 @ hand.T  # [N, K]
+    prior = prior_trust(hand_logits.cpu(), mask)
+    t, bias = calibrate_prior(hand_logits, mask)
+    prior.update(temperature=t, **prior_evidence(hand_logits, mask, t, bias))
+    prior["trust"] = prior["estimate"] * prior["shrink"]  # what the candidate sets support of the prior
+    if model.kind.anchored:  # the head's anchor: the calibrated prior, shrunk as far as the sets fail to support it
+        g = prior["shrink"]
+        model.set_prior(g * (model.logit_scale / t) * hand, g * bias.to(data.device), data.device)
+    return hand, prior
 
-    if config.method == "zero_shot":
-        return result(hand, model.logit_scale, None, [])
-    if config.mix == "trust" and prior is None:
-        raise ValueError(f"mix 'trust': method {config.method!r} has no handcrafted prior to trust")
 
-    loss_fn = build_loss(config.loss, mask, epochs=config.epochs, feature_dim=d, seed=config.seed).to(device)
+def _trainer(model: Classifier, config: TrainConfig, data: _Data, hand, prior, ckpt: Path | None, meta) -> _Trainer:
+    """The loss, the SGD optimiser with its cosine schedule and the (fp16) gradient scaler of one run, resumed from
+    the checkpoint when there is one, with RC's feature graph when ``graph_weight`` > 0."""
+    v_total, n, d, _ = data.shape
+    loss_fn = build_loss(config.loss, data.mask, epochs=config.epochs, feature_dim=d, seed=config.seed)
+    loss_fn = loss_fn.to(data.device)
     if 1 < v_total < loss_fn.n_views:
         raise ValueError(
             f"loss {config.loss}: needs {loss_fn.n_views} distinct feature views per item, got {v_total} "
@@ -436,145 +387,94 @@ def fit(
     params = [p for p in model.learner().parameters() if p.requires_grad] + loss_fn.trainable_parameters()
     # aligned head: the residual's decay is prior_strength / n (MAP: a fixed Gaussian prior on it against n items'
     # mean loss), applied as a proximal step after each update (stable at any strength, unlike lr * decay > 2 in SGD)
-    prox = config.prior_strength / n if config.method == "aligned_head" and config.prior_strength > 0 else 0.0
+    prox = config.prior_strength / n if model.kind.anchored and config.prior_strength > 0 else 0.0
     decay = 0.0 if prox else config.weight_decay
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     # fp16 autocast needs loss scaling (small gradients underflow in fp16); disabled, the scaler is a pass-through
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    meta = _Meta((v_total, n, d, k), list(classnames), asdict(config))
-    history: list[EpochMetrics] = []
-    start_epoch = 0
-    prev_labels: torch.Tensor | None = None  # the training items' labels at the end of the previous epoch
-
-    ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
+    scaler = torch.amp.GradScaler("cuda", enabled=data.use_amp)
+    trainer = _Trainer(model, loss_fn, optimizer, scheduler, scaler, prox, hand, prior)
     if ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        saved = state.get("meta", {})
-        if state.get("version") != CHECKPOINT_VERSION or saved != asdict(meta):
-            raise ValueError(f"checkpoint {ckpt} was written for different data or config; remove it to start over")
-        model.learner().load_state_dict(state["learner"])
-        loss_fn.load_state_dict(state["loss"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        start_epoch = int(state["epoch"])
-        history = [EpochMetrics(**h) for h in state["history"]]
-        prev_labels = state.get("labels")
+        trainer.resume(_load_checkpoint(ckpt, meta, data.device))
     if config.graph_weight > 0:  # transductive: RC's confidences propagate over the training items' feature graph
-        _attach_graph(model, loss_fn, feats[0], mask_f, config, init=start_epoch == 0, prior=prior)
+        _attach_graph(model, loss_fn, data.feats[0], data.mask_f, config, init=trainer.epoch == 0, prior=prior)
+    return trainer
 
-    for epoch in range(start_epoch, config.epochs):
-        t0 = time.perf_counter()
-        loss_fn.set_epoch(epoch)
-        alpha = mix_alpha(config.mix, config.mix_alpha, epoch, config.epochs, prior and prior["trust"])
-        batches, view_idx = _epoch_plan(config.seed, epoch, n, v_total, loss_fn.n_views, config.batch_size)
-        view_idx = view_idx.to(device)
-        model.learner().train()
-        total, count = 0.0, 0
-        pll_total, align_total = 0.0, None
-        for b in batches:
-            if should_cancel is not None and should_cancel():
-                raise TrainingCancelled(f"cancelled in epoch {epoch + 1}")
-            idx = b.to(device)
-            f_views = [feats[view_idx[idx, j], idx] for j in range(loss_fn.n_views)]  # each [B, D]
-            batch = PLLBatch(logits=[], mask=mask_f[idx], index=idx, features=f_views)
-            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
-                loss = step_loss(model, loss_fn, batch, config.method, hand, alpha)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)  # skipped when the scaled gradients overflowed (then the scale shrinks)
-            scaler.update()
-            if prox:  # argmin_w ||w - w'||² / (2 lr) + prox ||w||² / 2
-                with torch.no_grad():
-                    model.probe.fc.weight.div_(1.0 + optimizer.param_groups[0]["lr"] * prox)
-            if loss_fn.needs_after_step:  # fresh forward of the same batch after the step (RC, LWS); its text
-                with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):  # pass, with grad,
-                    z = model.logits([f_views[0]], update_stats=False)[0]  # is reused by the next step
-                loss_fn.after_step(z.detach().float(), batch)
-            total += float(loss.detach()) * len(b)
-            pll_total += float(batch.pll_loss) * len(b)
-            if batch.align_loss is not None:
-                align_total = (align_total or 0.0) + float(batch.align_loss) * len(b)
-            count += len(b)
-        scheduler.step()
 
-        model.learner().eval()
-        class_feats, scale, bias = model.deployable()
-        train_acc = val_acc = churn = None
-        labels, _, _ = disambiguate(feats[0], class_feats, scale, mask, bias)
-        if prev_labels is not None:
-            churn = float((labels != prev_labels.cpu()).float().mean())
-        prev_labels = labels
-        if true_labels is not None:
-            train_acc = float((labels == true_labels.cpu()).float().mean())
-        if val_feats is not None:
-            vl, _, _ = disambiguate(val_feats, class_feats, scale, val_mask, bias)
-            val_acc = float((vl == val_labels.cpu()).float().mean())
-        metrics = EpochMetrics(
-            epoch=epoch + 1,
-            epochs=config.epochs,
-            loss=total / max(count, 1),
-            train_acc=train_acc,
-            val_acc=val_acc,
-            seconds=time.perf_counter() - t0,
-            pll_loss=pll_total / max(count, 1),
-            align_loss=None if align_total is None else align_total / max(count, 1),
-            label_churn=churn,
-        )
-        history.append(metrics)
-        if ckpt is not None:
-            _save_checkpoint(
-                ckpt,
-                {
-                    "version": CHECKPOINT_VERSION,
-                    "meta": asdict(meta),
-                    "epoch": epoch + 1,  # completed epochs
-                    "learner": model.learner().state_dict(),
-                    "loss": loss_fn.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "history": [asdict(h) for h in history],
-                    "labels": labels,  # for the next epoch's label churn
-                },
-            )
-        if on_epoch is not None:
-            on_epoch(metrics)
+def _epoch(t: _Trainer, data: _Data, config: TrainConfig, epoch: int, should_cancel) -> EpochMetrics:
+    """One epoch of SGD steps, then its metrics (losses averaged over items, label churn against the last epoch,
+    accuracies when true labels or validation features are given); appended to ``t.history``."""
+    t0 = time.perf_counter()
+    _, n, _, _ = data.shape
+    model, loss_fn, use_amp = t.model, t.loss_fn, data.use_amp
+    loss_fn.set_epoch(epoch)
+    alpha = mix_alpha(config.mix, config.mix_alpha, epoch, config.epochs, t.prior and t.prior["trust"])
+    batches, view_idx = _epoch_plan(config.seed, epoch, n, data.shape[0], loss_fn.n_views, config.batch_size)
+    view_idx = view_idx.to(data.device)
+    model.learner().train()
+    total, count = 0.0, 0
+    pll_total, align_total = 0.0, None
+    for b in batches:
+        if should_cancel is not None and should_cancel():
+            raise TrainingCancelled(f"cancelled in epoch {epoch + 1}")
+        idx = b.to(data.device)
+        f_views = [data.feats[view_idx[idx, j], idx] for j in range(loss_fn.n_views)]  # each [B, D]
+        batch = PLLBatch(logits=[], mask=data.mask_f[idx], index=idx, features=f_views)
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+            loss = step_loss(model, loss_fn, batch, config.method, t.hand, alpha)
+        t.optimizer.zero_grad(set_to_none=True)
+        t.scaler.scale(loss).backward()
+        t.scaler.step(t.optimizer)  # skipped when the scaled gradients overflowed (then the scale shrinks)
+        t.scaler.update()
+        if t.prox:  # argmin_w ||w - w'||² / (2 lr) + prox ||w||² / 2
+            with torch.no_grad():
+                model.probe.fc.weight.div_(1.0 + t.optimizer.param_groups[0]["lr"] * t.prox)
+        if loss_fn.needs_after_step:  # fresh forward of the same batch after the step (RC, LWS); its text
+            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):  # pass, with grad,
+                z = model.logits([f_views[0]], update_stats=False)[0]  # is reused by the next step
+            loss_fn.after_step(z.detach().float(), batch)
+        total += float(loss.detach()) * len(b)
+        pll_total += float(batch.pll_loss) * len(b)
+        if batch.align_loss is not None:
+            align_total = (align_total or 0.0) + float(batch.align_loss) * len(b)
+        count += len(b)
+    t.scheduler.step()
 
     model.learner().eval()
     class_feats, scale, bias = model.deployable()
-    return result(class_feats, scale, bias, history)
-
-
-def _read_prior(model: Classifier, hand, feats0, mask, *, calibrate: bool, device) -> dict:
-    """What the training items' candidate sets say of the handcrafted prior (ml.prior); for the aligned head also
-    its calibration (T, class bias) and the head built from it."""
-    from ml.prior import calibrate_prior, prior_evidence, prior_trust
-
-    with torch.no_grad():
-        hand_logits = model.logit_scale * feats0 @ hand.T  # [N, K]
-    prior = prior_trust(hand_logits.cpu(), mask)
-    t, bias = calibrate_prior(hand_logits, mask)
-    prior.update(temperature=t, **prior_evidence(hand_logits, mask, t, bias))
-    prior["trust"] = prior["estimate"] * prior["shrink"]  # what the candidate sets support of the prior
-    if calibrate:  # the head's anchor: the calibrated prior, shrunk as far as the candidate sets fail to support it
-        g = prior["shrink"]
-        model.set_prior(g * (model.logit_scale / t) * hand, g * bias.to(device), device)
-    return prior
+    train_acc = val_acc = churn = None
+    labels, _, _ = disambiguate(data.feats[0], class_feats, scale, data.mask, bias)
+    if t.labels is not None:
+        churn = float((labels != t.labels.cpu()).float().mean())
+    t.labels = labels
+    if data.true_labels is not None:
+        train_acc = float((labels == data.true_labels.cpu()).float().mean())
+    if data.val_feats is not None:
+        vl, _, _ = disambiguate(data.val_feats, class_feats, scale, data.val_mask, bias)
+        val_acc = float((vl == data.val_labels.cpu()).float().mean())
+    metrics = EpochMetrics(
+        epoch=epoch + 1,
+        epochs=config.epochs,
+        loss=total / max(count, 1),
+        train_acc=train_acc,
+        val_acc=val_acc,
+        seconds=time.perf_counter() - t0,
+        pll_loss=pll_total / max(count, 1),
+        align_loss=None if align_total is None else align_total / max(count, 1),
+        label_churn=churn,
+    )
+    t.history.append(metrics)
+    return metrics
 
 
 @torch.no_grad()
 def _attach_graph(model: Classifier, loss_fn, feats0, mask_f, config: TrainConfig, *, init: bool, prior=None) -> None:
     """The training items' kNN graph for RC's confidence updates; on a fresh run the confidences start as the
     propagated prior (aligned head) or the propagated uniform sets (ml.prior.propagate)."""
-    from ml.prior import graph_purity, knn_graph, propagate
-
     neighbours = knn_graph(feats0, config.graph_k)
     loss_fn.set_graph(neighbours, config.graph_weight)
     if prior is not None:
         prior["graph_purity"] = graph_purity(mask_f.cpu(), neighbours.cpu())
     if init:
-        start = F.softmax(model.probe.prior_logits(feats0), dim=1) if config.method == "aligned_head" else mask_f
+        start = F.softmax(model.probe.prior_logits(feats0), dim=1) if model.kind.anchored else mask_f
         loss_fn.confidence.copy_(propagate(start, mask_f, neighbours, config.graph_weight))

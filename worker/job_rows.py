@@ -9,6 +9,7 @@ import logging
 
 from sqlalchemy import bindparam, or_, select, update
 
+from app.config import get_settings
 from app.db import session_scope
 from app.models import Dataset, Item, Job, Model
 from app.services.datasets import lock_dataset, refresh_review_count
@@ -83,6 +84,38 @@ def label_rows(job: JobInput, result, review_confidence: float) -> list[dict]:
         for i, it in enumerate(job.items)
         if not it.reviewer
     ]
+
+
+def job_metrics(job: JobInput, plan, result, rows: list[dict], backbone_id: str, device: str, attempt: int) -> dict:
+    """The job's metrics (on its row and its model's) from ml's plan and result and the label rows."""
+    history, cfg = result.history, plan.config.train
+    return {
+        "backbone": get_settings().backbone,
+        "backbone_id": backbone_id,
+        "device": device,
+        "method": cfg.method,
+        "loss": cfg.loss,
+        "epochs": cfg.epochs,
+        "final_loss": history[-1].loss if history else None,
+        # the two terms of the final loss apart (its scale follows L_PLL's, so the sum is no progress measure)
+        "final_pll_loss": history[-1].pll_loss if history else None,
+        "final_align_loss": history[-1].align_loss if history else None,
+        "train_seconds": round(result.train_seconds, 3),
+        "items": len(job.items),
+        "train_items": result.train_items,
+        "certain_items": sum(plan.certain),
+        "labelled_items": len(rows),
+        "needs_review": sum(r["needs_review"] for r in rows),
+        "mean_confidence": round(sum(r["confidence"] for r in rows) / len(rows), 4) if rows else None,
+        "mean_margin": round(sum(r["margin"] for r in rows) / len(rows), 4) if rows else None,
+        "attempt": attempt,
+        "knn_vote": result.knn,
+        "handcrafted_mix": plan.config.handcrafted_mix,
+        # how good the labels are without true labels (ml/quality.py, docs/results.md "Quality report"); a job
+        # has no true labels, so there is no train_acc: the held-out accuracy (quality.holdout) takes its place
+        "quality": {**result.quality, "needs_review": sum(r["needs_review"] for r in rows)} if result.quality else None,
+        "review_confidence": get_settings().review_confidence,
+    }
 
 
 def save_result(run: JobRun, job: JobInput, cfg, backbone_id: str, model_id: str, metrics, artifacts, rows) -> str:

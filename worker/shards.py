@@ -6,7 +6,7 @@ shards meet: a feature is keyed by backbone, image and view, computed determinis
 atomically, so it does not matter which worker encodes an image, or whether two do. The shard rows
 (``worker.shard_rows``) only decide who encodes what, with leases like a job's:
 
-1. The job's runner (:class:`Spread`, called by ``ml.pipeline`` before it encodes) lists the images whose features
+1. The job's runner (:func:`encode_job` with ml's plan, :class:`Spread`) lists the images whose features
    the store lacks. More than ``TAGSIFT_ENCODE_SHARD_IMAGES`` of them: it writes this attempt's shard rows (fenced
    on its job lease; an earlier attempt's rows are replaced, so a re-run plans only what is still missing) and
    sends ``tagsift.encode`` messages to the job's queue (at most :data:`FANOUT`; each helper that finds work left
@@ -19,8 +19,9 @@ atomically, so it does not matter which worker encodes an image, or whether two 
    left, encodes each (images fetched from the store, features written to it and uploaded before the shard is
    marked ``done``), renewing the shard's lease from a thread; it stops at once when the job is cancelled, ends, or
    is re-planned by another attempt, and gives back a shard it could not finish.
-4. Once every shard is done the runner downloads what others encoded (an object store) and ``ml.pipeline`` reads
-   all features from the cache; anything still missing is encoded there. A ``shards`` job event records the split.
+4. Once every shard is done the runner downloads what others encoded (an object store) and
+   ``ml.pipeline.encode_plan`` reads all features from the cache; anything still missing is encoded there. A
+   ``shards`` job event records the split.
 
 Cancel: the runner's heartbeat stops its own encoding and wait; helpers see the flag within
 ``TAGSIFT_JOB_CANCEL_POLL_SECONDS``. The rows go when the job ends (``worker.training``) or with the job.
@@ -39,6 +40,7 @@ from app.db import session_scope
 from app.queue import job_device
 from app.storage import BlobStore, get_storage
 from ml.errors import TrainingCancelled
+from vocab import JobStatus
 from worker import runtime
 from worker.job_files import JobFiles, StoreFeatureCache, retry_storage
 from worker.job_run import JobRun
@@ -109,7 +111,7 @@ class ShardLease:
                         self.lost = True
                         return
                 state = job_state(self.shard.job_id)
-                if state is None or state[0] != "running" or state[1] != self.shard.attempt or state[2]:
+                if state is None or state[0] != JobStatus.RUNNING or state[1] != self.shard.attempt or state[2]:
                     self.job_stopped = True
                     return
             except Exception as exc:  # a database outage: keep trying, the lease rides a short one out
@@ -152,8 +154,36 @@ def encode_shard(
 # --- the job's runner ----------------------------------------------------------------------------------------------
 
 
+def encode_job(run: JobRun, files: JobFiles, cache, backbone, plan, images, attempt: int, device: str, queue: str, cb):
+    """The ``encoding`` stage of a job's run: the features of ml's ``plan`` that the store lacks encoded in shards by
+    every free worker of the job's queue and this one (:class:`Spread`), whatever is still missing by
+    ``ml.pipeline.encode_plan``, which returns them all; every new feature is in the store before this returns
+    (a re-run elsewhere skips the encoding even if this run dies in its first epoch)."""
+    from ml import pipeline  # torch: only in the process that runs the job
+
+    settings = get_settings()
+    try:
+        stage = {"items": len(plan.shas), "train_items": len(plan.train_idx), "views": plan.views, "device": device}
+        run.stage("encoding", **stage)
+        paths = dict(zip(plan.shas, images, strict=True))
+        spread = Spread(run, files, cache, backbone, paths=paths, attempt=attempt, seed=plan.seed, device=queue)
+        spread.encode(plan.needs)
+        return pipeline.encode_plan(
+            backbone,
+            plan,
+            images,
+            cache,
+            cb,
+            batch_size=settings.encode_batch_size,
+            decode_workers=settings.decode_threads,
+        )
+    finally:
+        cache.close()  # waits for the uploads of the features encoded here
+
+
 class Spread:
-    """``ml.pipeline``'s ``encode_elsewhere`` callback of one run (see the module docstring, steps 1, 2 and 4)."""
+    """The job's runner's side of the spread (see the module docstring, steps 1, 2 and 4): :func:`encode_job` calls
+    :meth:`encode` with the plan's feature needs before ``ml.pipeline.encode_plan`` reads them from the cache."""
 
     def __init__(
         self,
@@ -172,7 +202,9 @@ class Spread:
         self.index = {sha: i for i, sha in enumerate(paths)}  # the job's item order
         self.settings = get_settings()
 
-    def __call__(self, needs: list[tuple[str, int]]) -> None:
+    def encode(self, needs: list[tuple[str, int]]) -> None:
+        """Fill the cache with the features of ``needs`` (``(sha256, views)`` per image, ``ml.pipeline.JobPlan.needs``)
+        that the store lacks, in shards over every free worker; nothing when at most one shard of work is left."""
         size = self.settings.encode_shard_images
         if size <= 0:
             return
@@ -297,7 +329,7 @@ def run_encode_task(job_id: str) -> str:
     settings = get_settings()
     patience = settings.job_lease_seconds
     state = retry_db(lambda: job_state(job_id), what=f"job {job_id}: read", patience=patience)
-    if state is None or state[0] != "running" or state[2]:
+    if state is None or state[0] != JobStatus.RUNNING or state[2]:
         return "finished"
     device = retry_db(lambda: _job_device(job_id), what=f"job {job_id}: read", patience=patience)
     if not runtime.takes(runtime.worker_kind(settings.device), device):

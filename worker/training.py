@@ -6,16 +6,20 @@ no SQL beyond loading and saving rows. Its steps, each a stage in ``Job.progress
 1. **claim** (``worker.leases.claim_job``): only one runner ever works on a job; a duplicate message, a finished
    job or a job leased by a live runner returns quietly.
 2. **loading_backbone**: ``worker.runtime.get_backbone`` (cached per process; device chosen here, in the child).
-3. **encoding**, **training**, **labelling**, **exporting**: ``ml.pipeline.run_job`` makes every ML decision (shots,
-   views, kNN pruning, fit with a checkpoint at ``jobs/<job_id>/ckpt.pt`` in the blob store so a re-run, here or
-   on another machine, resumes, the handcrafted mix, disambiguation, the head's export); this module turns its
-   callbacks into progress and events (one ``epoch`` event per epoch, a ``checkpoint`` event when a stale checkpoint
-   is dropped) and puts the model's head, side files and a model card (``worker.model_card``) into the BlobStore, with
-   the backbone's image tower only when its content address is not stored yet (``worker.model_store``). Images,
-   checkpoint and features reach ``ml`` as local files through ``worker.job_files`` (downloaded from an object
-   store into this machine's bounded cache; the checkpoint and new features are uploaded as they are written). The
-   encoding is split into shards that every free worker of the job's queue encodes with this one
-   (``worker.shards``); training then reads the merged features from the feature cache.
+3. **plan**: ``ml.pipeline.job_config`` builds the job's config from its params (here and nowhere else) and
+   ``ml.pipeline.plan_job`` makes every ML decision that comes before the features (hold-out, shots, views) as plain
+   data, a ``JobPlan`` that names the features it needs.
+4. **encoding**: the job's files come to this machine through ``worker.job_files`` (images, the stored epoch
+   checkpoint at ``jobs/<job_id>/ckpt.pt`` so a re-run, here or on another machine, resumes, and the stored
+   features); the features the store lacks are encoded in shards by every free worker of the job's queue and this
+   one (``worker.shards``), then ``ml.pipeline.encode_plan`` reads them from the cache (encoding whatever is still
+   missing), and this module waits until every new feature is in the store.
+5. **training**, **labelling**, **exporting**: ``ml.pipeline.run_plan`` on those features (kNN pruning, fit, the
+   handcrafted mix, calibration, labels, the head's export); its callbacks only report: progress and stages, cancel,
+   and "checkpoint written" after each epoch, where this module stores the checkpoint and writes the ``epoch``
+   event (a ``checkpoint`` event when a stale checkpoint is dropped).
+6. **store**: the model's head, side files and a model card (``worker.model_card``) into the BlobStore, with the
+   backbone's image tower only when its content address is not stored yet (``worker.model_store``).
 7. **save**, one transaction fenced on our lease: items (never those a reviewer labelled), the ``Model`` row (one
    per job: ``job_id`` is unique) and the job ``succeeded`` with its metrics.
 
@@ -53,10 +57,10 @@ from app.queue import enqueue_job, job_device
 from app.storage import StorageError, get_storage
 from ml.errors import BackboneLoadError, InvalidCandidates, TrainingCancelled
 from ml.weights import WeightsMissing
-from vocab import JobStatus
+from vocab import FINISHED_STATUSES, JobStatus
 from worker import model_store, runtime
 from worker.job_files import JobFiles, retry_storage
-from worker.job_rows import JobInput, JobInputError, label_rows, load_input, save_result
+from worker.job_rows import JobInput, JobInputError, job_metrics, label_rows, load_input, save_result
 from worker.job_run import STAGES, JobRun, LeaseLost
 from worker.leases import (
     Claim,
@@ -70,7 +74,7 @@ from worker.leases import (
 )
 from worker.model_card import model_card
 from worker.shard_rows import forget as forget_shards
-from worker.shards import Spread
+from worker.shards import encode_job
 from worker.weights import weights_remedy
 
 log = logging.getLogger(__name__)
@@ -154,25 +158,27 @@ def _run_claimed(claim: Claim, run: JobRun) -> str:
         if run.heartbeat.lost:
             log.warning("job %s: lease lost, this run (%s) stops without writing", claim.job_id, run.runner)
             return "lease_lost"
-        outcome = _finish(run, "cancelled", event=("stage", {"stage": "cancelled", "reason": "cancel requested"}))
+        outcome = _finish(
+            run, JobStatus.CANCELLED, event=("stage", {"stage": "cancelled", "reason": "cancel requested"})
+        )
     except WeightsMissing as exc:
-        outcome = _finish(run, "failed", code="weights_missing", message=weights_remedy(exc))
+        outcome = _finish(run, JobStatus.FAILED, code="weights_missing", message=weights_remedy(exc))
     except BackboneLoadError as exc:
-        outcome = _finish(run, "failed", code="backbone_unavailable", message=str(exc))
+        outcome = _finish(run, JobStatus.FAILED, code="backbone_unavailable", message=str(exc))
     except JobInputError as exc:
-        outcome = _finish(run, "failed", code="invalid_input", message=str(exc))
+        outcome = _finish(run, JobStatus.FAILED, code="invalid_input", message=str(exc))
     except StorageError as exc:  # retried already (worker.job_files.retry_storage): nothing half-stored
-        outcome = _finish(run, "failed", code="storage_unavailable", message=str(exc)[:4000])
+        outcome = _finish(run, JobStatus.FAILED, code="storage_unavailable", message=str(exc)[:4000])
     except DatabaseUnavailable as exc:
         outcome = _database_gone(run, exc)
     except Exception as exc:  # the job records it; a Celery retry would only repeat it
         if is_transient_db_error(exc):  # a database outage is not the job's fault: never fail it for one
             return _database_gone(run, exc)
         log.exception("job %s failed", claim.job_id)
-        outcome = _finish(run, "failed", code="internal_error", message=f"{type(exc).__name__}: {exc}"[:4000])
+        outcome = _finish(run, JobStatus.FAILED, code="internal_error", message=f"{type(exc).__name__}: {exc}"[:4000])
     finally:
         files.release()
-    if outcome in ("succeeded", "failed", "cancelled"):
+    if outcome in FINISHED_STATUSES:
         files.remove()
         _forget_shards(claim.job_id)
     return outcome
@@ -218,139 +224,81 @@ def _finish(run: JobRun, status: str, *, code: str | None = None, message: str |
 
 
 def _train(claim: Claim, run: JobRun, files: JobFiles) -> str:
-    from ml.pipeline import JobSpec, run_job, train_config  # torch loads in the task's process, not the parent
+    """The job's path, in order: its rows -> ml plans -> the job's files here -> this worker and its helpers encode
+    and store the features -> ml trains, labels and exports -> the model stored -> the rows saved."""
+    from ml import pipeline  # torch loads in the task's process, not the parent
 
     settings = get_settings()
-    storage = get_storage()
     job = run.transaction("load", lambda: load_input(claim.job_id))
-    params = job.params
-    cfg = train_config(params, job.prompt_template)
+    config = pipeline.job_config(job.params, job.prompt_template, default_views=settings.train_views)
 
     run.stage("loading_backbone", backbone=settings.backbone, attempt=claim.attempt)
     device = runtime.job_torch_device(settings.device)  # picked here, inside the process that runs the task
     backbone = runtime.get_backbone(
         settings.backbone, device=device, cache_dir=settings.model_cache_dir, offline=settings.offline
     )
-
-    spec = JobSpec(
-        classes=job.classes,
-        candidates=[[it.certain_label] if it.certain_label else it.candidates for it in job.items],
-        certain=[it.certain_label is not None for it in job.items],
-        images=files.images([it.sha256 for it in job.items]),
-        shas=[it.sha256 for it in job.items],
-        config=cfg,
-        views=int(params.get("views") or settings.train_views),
-        shots=params.get("shots"),
-        knn_vote=bool(params.get("knn_vote")),
-        knn_k=params.get("knn_k"),
-        knn_tau=params.get("knn_tau"),
-        handcrafted_mix=float(params.get("handcrafted_mix") or 0.0),
-        templates=params.get("templates"),
-        original_candidates=[it.candidates for it in job.items],
-    )
-    model_id = new_id()
-    cache = files.feature_cache(backbone.id, spec.shas, spec.views, cfg.seed)
+    plan = _plan(job, config)
     callbacks = _callbacks(run, files)
-    callbacks.encode_elsewhere = Spread(  # the encoding in shards over every free worker (worker.shards)
-        run,
-        files,
-        cache,
-        backbone,
-        paths=dict(zip(spec.shas, spec.images, strict=True)),
-        attempt=claim.attempt,
-        seed=cfg.seed,
-        device=job_device(params),
-    )
+    images = files.images(plan.shas)
+    checkpoint = files.checkpoint()  # the store's latest epoch checkpoint, if any: ml resumes from it
+    cache = files.feature_cache(backbone.id, plan.shas, plan.views, plan.seed)
+    queue = job_device(job.params)  # the queue whose free workers help encode
+    feats = encode_job(run, files, cache, backbone, plan, images, claim.attempt, device, queue, callbacks)
+
+    model_id = new_id()
     with tempfile.TemporaryDirectory(prefix="tagsift-export-") as tmp:
-        try:
-            result = run_job(
-                backbone,
-                spec,
-                device=device,
-                cache=cache,
-                checkpoint_path=files.checkpoint(),
-                export_dir=Path(tmp),
-                callbacks=callbacks,
-                batch_size=settings.encode_batch_size,
-                decode_workers=settings.decode_threads,
-            )
-        except InvalidCandidates as exc:
-            raise JobInputError(f"invalid candidate sets: {exc}") from exc
-        finally:
-            cache.close()
+        result = pipeline.run_plan(
+            backbone, plan, feats, device=device, checkpoint_path=checkpoint, export_dir=Path(tmp), callbacks=callbacks
+        )
         rows = label_rows(job, result, settings.review_confidence)
-        metrics = _metrics(job, cfg, spec, result, rows, backbone.id, device, claim.attempt)
-        card = model_card(job, cfg, metrics, model_id).encode()
+        metrics = job_metrics(job, plan, result, rows, backbone.id, device, claim.attempt)
+        card = model_card(job, config.train, metrics, model_id).encode()
 
         def store_model() -> dict[str, str]:  # content-addressed: a retry or a re-run stores nothing twice
-            return model_store.store_model(storage, backbone, result.files, card, Path(tmp) / "tower")
+            return model_store.store_model(files.storage, backbone, result.files, card, Path(tmp) / "tower")
 
         # every file is stored before the Model row exists: an outage here leaves no half-written model
         artifacts = retry_storage(store_model, what=f"job {claim.job_id}: storing the model", patience=files.patience)
-    return save_result(run, job, cfg, backbone.id, model_id, metrics, artifacts, rows)
+    return save_result(run, job, config.train, backbone.id, model_id, metrics, artifacts, rows)
+
+
+def _plan(job: JobInput, config):
+    """ml's plan of the job (hold-out, training items, the features they need: plain data) from its rows; an item
+    with a certain label (a reviewer's or the manifest's) is passed as certain."""
+    from ml import pipeline
+
+    items = job.items
+    candidates, tags = [it.candidates for it in items], [it.certain_label for it in items]
+    try:
+        return pipeline.plan_job(job.classes, candidates, tags, [it.sha256 for it in items], config)
+    except InvalidCandidates as exc:
+        raise JobInputError(f"invalid candidate sets: {exc}") from exc
 
 
 def _callbacks(run: JobRun, files: JobFiles):
+    """ml's reports as progress writes and job events; the epoch's checkpoint is stored before the epoch is."""
     from ml.pipeline import Callbacks
 
-    """The pipeline's reports as progress writes and job events."""
     lo, hi = STAGES["training"]
 
-    def on_epoch(m) -> None:
-        # ml has just written this epoch's checkpoint: store it before the epoch is reported
-        failed = files.save_checkpoint()
+    def checkpoint_written(m) -> None:
+        failed = files.save_checkpoint()  # ml has just written this epoch's checkpoint
         data = {k: v for k, v in dataclasses.asdict(m).items() if v is not None}
         if failed:
             data["checkpoint_not_stored"] = failed
         fraction = round(lo + (hi - lo) * m.epoch / max(m.epochs, 1), 4)
         run.write(("epoch", data), epoch=m.epoch, epochs=m.epochs, fraction=fraction)
 
-    def on_checkpoint_discarded(detail: str) -> None:
+    def checkpoint_discarded(detail: str) -> None:
         # items added between attempts, or different params: the previous attempt's epochs are not reusable
         log.warning("job %s: %s; training restarts from epoch 1", run.job_id, detail)
         event = {"action": "discarded", "reason": STALE_CHECKPOINT_REASON, "detail": detail[:500]}
         run.write(("checkpoint", event), epoch=0, fraction=lo)
 
-    def on_stage(name: str, data: dict) -> None:
-        if name == "training":
-            files.flush_features()
-        run.stage(name, **data)
-
     return Callbacks(
-        stage=on_stage,
+        stage=lambda name, data: run.stage(name, **data),
         progress=lambda stage, done: run.within(stage, done),
-        epoch=on_epoch,
-        checkpoint_discarded=on_checkpoint_discarded,
+        checkpoint_written=checkpoint_written,
+        checkpoint_discarded=checkpoint_discarded,
         should_cancel=run.heartbeat.should_stop,
     )
-
-
-def _metrics(job: JobInput, cfg, spec, result, rows: list[dict], backbone_id: str, device: str, attempt: int) -> dict:
-    history = result.history
-    return {
-        "backbone": get_settings().backbone,
-        "backbone_id": backbone_id,
-        "device": device,
-        "method": cfg.method,
-        "loss": cfg.loss,
-        "epochs": cfg.epochs,
-        "final_loss": history[-1].loss if history else None,
-        # the two terms of the final loss apart (its scale follows L_PLL's, so the sum is no progress measure)
-        "final_pll_loss": history[-1].pll_loss if history else None,
-        "final_align_loss": history[-1].align_loss if history else None,
-        "train_seconds": round(result.train_seconds, 3),
-        "items": len(job.items),
-        "train_items": result.train_items,
-        "certain_items": sum(spec.certain),
-        "labelled_items": len(rows),
-        "needs_review": sum(r["needs_review"] for r in rows),
-        "mean_confidence": round(sum(r["confidence"] for r in rows) / len(rows), 4) if rows else None,
-        "mean_margin": round(sum(r["margin"] for r in rows) / len(rows), 4) if rows else None,
-        "attempt": attempt,
-        "knn_vote": result.knn,
-        "handcrafted_mix": spec.handcrafted_mix,
-        # how good the labels are without true labels (ml/quality.py, docs/results.md "Quality report"); a job
-        # has no true labels, so there is no train_acc: the held-out accuracy (quality.holdout) takes its place
-        "quality": {**result.quality, "needs_review": sum(r["needs_review"] for r in rows)} if result.quality else None,
-        "review_confidence": get_settings().review_confidence,
-    }
