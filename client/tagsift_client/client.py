@@ -208,7 +208,7 @@ class Client:
                 bar.update(len(pending) - len(left))
                 pending = left
             for chunk in chunk_entries(pending, max_images=chunk_images, max_bytes=chunk_bytes):
-                for part, answer, replayed in self._items_chunk(plan, result.dataset_id, chunk, retries):
+                for answer, part, replayed in self._items_chunk(plan, result.dataset_id, chunk, retries):
                     self._count(result, answer, part, bar, on_chunk, replayed)
         finally:
             bar.close()
@@ -231,8 +231,9 @@ class Client:
         files: list[tuple[str, tuple[str, Any, str]]] = [("manifest", manifest)]
         files += [("images", (e.file, e.path.read_bytes(), _media_type(e.path))) for e in entries]
         data = dict(fields)
-        if plan.classes:
-            data["classes"] = json.dumps(plan.classes, ensure_ascii=False)
+        classes = plan.classes if first else plan.given_classes
+        if classes:  # a new dataset gets every class at once; later chunks only the classes the caller gave
+            data["classes"] = json.dumps(classes, ensure_ascii=False)
         if plan.kind == "label-studio":
             data["manifest_format"] = "label-studio"
         return {"data": data, "files": files}
@@ -242,7 +243,8 @@ class Client:
         for attempt in range(retries + 1):
             try:
                 res = self.request("POST", path, ok=(201,), headers={"Idempotency-Key": key}, **build())
-                return res.json(), res.headers.get("Idempotent-Replayed") == "true"
+                # a replay on a retry is the answer to this call's own first attempt (stored, answer lost)
+                return res.json(), attempt == 0 and res.headers.get("Idempotent-Replayed") == "true"
             except TagsiftError as exc:
                 if attempt == retries or not exc.retryable:
                     raise
@@ -331,7 +333,7 @@ class Client:
                 return out
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        return self.request("POST", f"/jobs/{job_id}/cancel", ok=(200, 202)).json()
+        return self.request("POST", f"/jobs/{job_id}/cancel", ok=(202,)).json()
 
     def wait(
         self,

@@ -41,6 +41,7 @@ class Plan:
     kind: str  # "jsonl" (CSV manifests are sent as the same JSONL objects) or "label-studio"
     entries: list[Entry]
     classes: list[str]
+    given_classes: list[str] | None = None  # the caller's ``classes`` (sent with every chunk)
     upload_id: str = ""
     extra_tasks: list[dict[str, Any]] = field(default_factory=list)  # LS tasks without an image to send
 
@@ -210,7 +211,13 @@ def plan_upload(
                 tags.update(c for c in candidates if isinstance(c, str))
             entries.append(Entry(file=name, path=path, size=path.stat().st_size, record=record))
         kind = "jsonl"
-    plan = Plan(kind=kind, entries=entries, classes=list(classes) if classes else sorted(tags), extra_tasks=extra)
+    plan = Plan(
+        kind=kind,
+        entries=entries,
+        classes=list(classes) if classes else sorted(tags),
+        given_classes=list(classes) if classes else None,
+        extra_tasks=extra,
+    )
     digest = hashlib.sha256(json.dumps([scope, plan.kind, plan.classes], ensure_ascii=False).encode())
     for e in entries:
         digest.update(json.dumps([e.file, e.size, e.record], sort_keys=True, ensure_ascii=False).encode())
