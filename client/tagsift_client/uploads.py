@@ -62,20 +62,29 @@ def _problem(message: str, *, field: str = "manifest", item: str | None = None, 
     )
 
 
-def _index_folder(folder: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
-    """Every file under ``folder`` by its relative path, and by its base name."""
-    by_rel: dict[str, Path] = {}
-    by_base: dict[str, list[Path]] = {}
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            path = Path(root) / name
-            by_rel[path.relative_to(folder).as_posix()] = path
-            by_base.setdefault(name, []).append(path)
+def _index_folder(folder: Path) -> tuple[dict[str, tuple[str, int]], dict[str, list[tuple[str, int]]]]:
+    """Every file under ``folder`` (not in hidden folders), as (path, size), by its relative path and by its base
+    name (``os.scandir``: a folder of 10,000 files is indexed in a fraction of a second)."""
+    by_rel: dict[str, tuple[str, int]] = {}
+    by_base: dict[str, list[tuple[str, int]]] = {}
+    stack = [("", str(folder))]
+    while stack:
+        prefix, path = stack.pop()
+        with os.scandir(path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            if entry.is_dir():
+                if not entry.name.startswith("."):
+                    stack.append((f"{prefix}{entry.name}/", entry.path))
+            elif entry.is_file():
+                found = (entry.path, entry.stat().st_size)
+                by_rel[prefix + entry.name] = found
+                by_base.setdefault(entry.name, []).append(found)
     return by_rel, by_base
 
 
-def _find(name: str, by_rel: dict[str, Path], by_base: dict[str, list[Path]]) -> Path | None:
+def _find(name: str, by_rel: dict, by_base: dict) -> tuple[str, int] | None:
+    """(path, size) of the file a manifest names: its path in the folder, else its base name when unique."""
     if name in by_rel:
         return by_rel[name]
     found = by_base.get(name.rsplit("/", 1)[-1], [])
@@ -190,26 +199,26 @@ def plan_upload(
                 raise _problem("a task is not a JSON object", item=f"task {i}")
             tags |= _ls_choices(task)
             names = _ls_image_names(task)
-            path = next((p for n in names if (p := _find(n, by_rel, by_base)) is not None), None)
-            if path is None:
+            hit = next((p for n in names if (p := _find(n, by_rel, by_base)) is not None), None)
+            if hit is None:
                 if _ls_skipped(task) or not names:  # the server skips it, or names the problem itself
                     extra.append(task)
                     continue
                 raise _problem(f"image {names[0]!r} is not in {root}", item=f"task {task.get('id', i)}")
-            entries.append(Entry(file=path.name, path=path, size=path.stat().st_size, record=task))
+            entries.append(Entry(file=os.path.basename(hit[0]), path=Path(hit[0]), size=hit[1], record=task))
         kind = "label-studio"
     else:
         for line, record in _rows(fmt, text):
             name = record.get("file")
             if not isinstance(name, str) or not name:
                 raise _problem("`file` is missing", field="file", line=line)
-            path = _find(name, by_rel, by_base)
-            if path is None:
+            hit = _find(name, by_rel, by_base)
+            if hit is None:
                 raise _problem(f"not in {root}", field="file", item=name, line=line)
             candidates = record.get("candidates")
             if isinstance(candidates, list):
                 tags.update(c for c in candidates if isinstance(c, str))
-            entries.append(Entry(file=name, path=path, size=path.stat().st_size, record=record))
+            entries.append(Entry(file=name, path=Path(hit[0]), size=hit[1], record=record))
         kind = "jsonl"
     plan = Plan(
         kind=kind,
