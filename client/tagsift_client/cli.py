@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     w = s.add_subparsers(dest="action")
     w.add_parser("list")
     c = w.add_parser("create")
-    c.add_argument("url")
+    c.add_argument("hook_url", metavar="URL")  # not "url": that is the API's (--url)
     c.add_argument("--event", action="append", dest="events")
     c.add_argument("--description")
     d = w.add_parser("delete")
@@ -187,7 +187,7 @@ def run(args: argparse.Namespace, client: Client) -> Any:
         return {"saved": str(path)}
     if cmd == "webhooks":
         if args.action == "create":
-            return client.create_webhook(args.url, events=args.events, description=args.description)
+            return client.create_webhook(args.hook_url, events=args.events, description=args.description)
         if args.action == "delete":
             client.delete_webhook(args.webhook)
             return {"deleted": args.webhook}

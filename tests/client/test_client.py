@@ -361,5 +361,58 @@ def test_the_command_line(service: Service, uploaded: dict, trained: dict, photo
     res = _cli(service, "train", out["dataset_id"], "--wait", *[f"-p{k}={json.dumps(v)}" for k, v in JOB.items()])
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["status"] in FINISHED
+    item = json.loads(_cli(service, "review", out["dataset_id"]).stdout or "[]") or list(
+        service.client().items(out["dataset_id"], limit=1)
+    )
+    res = _cli(service, "decide", f"{item[0]['id']}={truth[item[0]['file']]}")
+    assert res.returncode == 0 and json.loads(res.stdout)[0]["label_source"] == "reviewer", res.stderr
+    model_id = trained["job"]["model_id"]
+    res = _cli(service, "predict", str(folder), "--model", model_id, "--top-k", "1")
+    assert res.returncode == 0 and len(json.loads(res.stdout)) == N, res.stderr
+    res = _cli(service, "export", model_id, "-o", str(tmp_path / "m.zip"), "--unpack")
+    assert res.returncode == 0 and "classes.json" in json.loads(res.stdout)["files"], res.stderr
+    res = _cli(service, "webhooks", "create", "http://127.0.0.1:9/cli", "--event", "job.failed")
+    assert res.returncode == 0, res.stderr
+    hook = json.loads(res.stdout)["id"]
+    assert hook in [h["id"] for h in json.loads(_cli(service, "webhooks", "list").stdout)]
+    assert _cli(service, "webhooks", "delete", hook).returncode == 0
     res = _cli(service, "datasets", "no-such-dataset")
     assert res.returncode == 1 and json.loads(res.stderr.splitlines()[-1])["code"] == "not_found"
+
+
+def test_a_label_studio_export_in_chunks(service: Service, tmp_path: Path) -> None:
+    """A Label Studio JSON export (upload prefixes in the image paths, several annotators, a ground truth, a task
+    every annotation of which was cancelled, a task nobody annotated) uploaded in chunks of 4, then resumed."""
+    pairs = write_images(tmp_path, 10, start=300)
+    tasks = []
+    for i, (name, colour) in enumerate(pairs):
+        other = COLOURS[(COLOURS.index(colour) + 1) % 3]
+        choice = lambda tag, **kw: {  # noqa: E731
+            "result": [{"from_name": "choice", "to_name": "image", "type": "choices", "value": {"choices": [tag]}}],
+            **kw,
+        }
+        annotations = [choice(colour), choice(other)]  # two annotators who disagree: both are candidates
+        if i == 0:
+            annotations = [choice(colour, ground_truth=True)]
+        if i == 1:
+            annotations = [choice(colour, was_cancelled=True)]
+        if i == 2:
+            annotations = []
+        tasks.append({"id": 100 + i, "data": {"image": f"/data/upload/1/{i:08x}-{name}"}, "annotations": annotations})
+    (tmp_path / "export.json").write_text(json.dumps(tasks))
+    with service.client() as client:
+        first = client.upload_label_studio(
+            tmp_path, tmp_path / "export.json", name="ls", chunk_images=4, progress=False
+        )
+        assert first.added == 9 and first.requests == 3 and first.skipped == ["task 101"]
+        items = {it["file"]: it for it in client.items(first.dataset_id)}
+        assert client.dataset(first.dataset_id)["classes"] == COLOURS
+        again = client.upload_label_studio(
+            tmp_path, tmp_path / "export.json", name="ls", chunk_images=4, progress=False
+        )
+        assert again.dataset_id == first.dataset_id and again.added == 0
+        assert client.dataset(first.dataset_id)["item_count"] == 9
+    name0, colour0 = pairs[0]
+    assert items[name0]["given_label"] == colour0 and items[name0]["candidates"] == [colour0]
+    assert pairs[1][0] not in items and sorted(items[pairs[2][0]]["candidates"]) == COLOURS
+    assert all(pairs[i][1] in items[pairs[i][0]]["candidates"] for i in range(3, 10))
