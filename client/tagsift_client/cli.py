@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt-template")
     s.add_argument("--chunk-images", type=int, default=1000)
     s.add_argument("--chunk-mb", type=float, default=256)
+    s.add_argument("--no-resume", action="store_true", help="a new dataset even if this upload made one before")
 
     s = sub.add_parser("datasets", help="list datasets, or show one")
     s.add_argument("dataset", nargs="?")
@@ -146,6 +147,7 @@ def run(args: argparse.Namespace, client: Client) -> Any:
             chunk_images=args.chunk_images,
             chunk_bytes=int(args.chunk_mb * 2**20),
             progress=progress,
+            resume=not args.no_resume,
         )
         return asdict(result)
     if cmd == "datasets":

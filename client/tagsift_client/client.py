@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -175,6 +176,7 @@ class Client:
         retries: int = 5,
         progress: bool = True,
         on_chunk: Callable[[dict[str, Any]], None] | None = None,
+        resume: bool = True,
     ) -> UploadResult:
         """Upload a folder of images with its manifest (CSV, JSONL or a Label Studio JSON export) as a new dataset
         (``name``) or into ``dataset_id``, in chunks under the server's limits; safe to call again after a failure.
@@ -182,11 +184,16 @@ class Client:
         Chunks carry an Idempotency-Key made from the upload and their images, so a chunk sent twice is stored once;
         a chunk refused as too large (413) is split in two. Called again with the same arguments after an
         interruption, it finds the dataset again (the first chunk's stored answer), skips the images whose file
-        name the dataset already holds, and sends the rest. ``on_chunk`` gets each chunk's answer."""
+        name the dataset already holds, and sends the rest. ``resume=False``: a new dataset even when the same
+        upload made one before (keys of its own). ``on_chunk`` gets each chunk's answer."""
         if (name is None) == (dataset_id is None):
             raise TagsiftError("give a name (a new dataset) or a dataset_id (add to it)", code="invalid_input")
         plan = plan_upload(
-            folder, manifest, manifest_format=manifest_format, classes=classes, scope=dataset_id or f"new:{name}"
+            folder,
+            manifest,
+            manifest_format=manifest_format,
+            classes=classes,
+            scope=(dataset_id or f"new:{name}") + ("" if resume else f":{uuid.uuid4().hex}"),
         )
         result = UploadResult(dataset_id=dataset_id or "")
         bar = _bar(len(plan.entries), "upload", progress)

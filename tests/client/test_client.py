@@ -114,6 +114,10 @@ def test_an_interrupted_upload_resumes_without_duplicates(service: Service, uplo
         again = client.upload(folder, manifest, name=uploaded["name"], chunk_images=CHUNK, progress=False)
         assert again.dataset_id == result.dataset_id and again.added == 0 and again.already_stored == N
         assert client.dataset(result.dataset_id)["item_count"] == N
+        # unless asked for a new dataset
+        other = client.upload(folder, manifest, name=uploaded["name"], chunk_images=CHUNK, progress=False, resume=False)
+        assert other.dataset_id != result.dataset_id and other.added == N
+        client.delete_dataset(other.dataset_id)
 
 
 def test_upload_idempotency_keys_on_the_server(service: Service, photos) -> None:
