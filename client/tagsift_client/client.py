@@ -98,7 +98,9 @@ class Client:
             except httpx.TimeoutException as exc:
                 error = TagsiftError(str(exc) or "timed out", code="timeout", method=method, url=self.url + path)
             except httpx.TransportError as exc:
-                error = TagsiftError(str(exc) or type(exc).__name__, code="connection_error", method=method, url=path)
+                error = TagsiftError(
+                    str(exc) or type(exc).__name__, code="connection_error", method=method, url=self.url + path
+                )
             else:
                 if response.status_code in ok:
                     return response
@@ -195,6 +197,8 @@ class Client:
             classes=classes,
             scope=(dataset_id or f"new:{name}") + ("" if resume else f":{uuid.uuid4().hex}"),
         )
+        if not plan.entries:
+            raise TagsiftError("manifest: it names no image to upload", code="invalid_input")
         result = UploadResult(dataset_id=dataset_id or "")
         bar = _bar(len(plan.entries), "upload", progress)
         pending = plan.entries
