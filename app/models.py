@@ -364,3 +364,20 @@ class WebhookDelivery(Base):
     log: Mapped[list[dict]] = mapped_column(JSON, default=list)  # one entry per attempt
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class UploadRequest(Base):
+    """An upload sent with an ``Idempotency-Key`` (``POST /datasets``, ``POST /datasets/{id}/items``): the request's
+    fingerprint and the answer, written in the upload's own transaction and replayed for the same key and request
+    (``app.services.upload_keys``). Deleted with its dataset, so a key may be used again after that."""
+
+    __tablename__ = "upload_requests"
+    __table_args__ = (UniqueConstraint("owner_id", "idempotency_key"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"))
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    response: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

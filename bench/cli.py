@@ -483,3 +483,22 @@ def bench_encode(
         keep=keep,
     )
     run_encode_bench(cfg, out=typer.echo)
+
+
+@bench.command("client")
+def bench_client(
+    images: Annotated[int, typer.Option("--images", help="CIFAR-10 test JPEGs to upload (at most 10,000).")] = 10_000,
+    batch: Annotated[int, typer.Option("--batch", help="Images per request, both paths.")] = 1000,
+    rounds: Annotated[int, typer.Option("--rounds", help="Uploads per path (alternating); the best of each.")] = 1,
+    database_url: Annotated[
+        str,
+        typer.Option("--database-url", help="PostgreSQL server (a database of its own per upload); default SQLite."),
+    ] = "",
+    cifar10_path: Cifar10Path = None,
+    keep: Keep = False,
+) -> None:
+    """Upload a folder of photos with the Python client and with the raw-HTTP path; print both rates."""
+    from bench.client import ClientBenchConfig, run_client_bench
+
+    cfg = ClientBenchConfig(images=images, batch=batch, rounds=rounds, database_url=database_url, keep=keep)
+    run_client_bench(cfg, cifar10_path=_data_paths(cifar10_path, None)[0], out=typer.echo)

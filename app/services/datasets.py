@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 
+from pydantic import BaseModel
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -102,9 +104,16 @@ def create_empty_dataset(
 
 
 def create_dataset_from_upload(
-    *, session: Session, storage: BlobStore, owner: Owner, raw: RawUpload, settings: Settings
+    *,
+    session: Session,
+    storage: BlobStore,
+    owner: Owner,
+    raw: RawUpload,
+    settings: Settings,
+    remember: Callable[[str, BaseModel], None] | None = None,
 ) -> DatasetCreated:
-    """``POST /datasets`` with multipart: validate the whole batch first, then store it in one transaction."""
+    """``POST /datasets`` with multipart: validate the whole batch first, then store it in one transaction.
+    ``remember(dataset_id, answer)`` is called in that transaction, before its commit (an Idempotency-Key)."""
     # Problems with the form fields are listed together with the batch's (one answer names every problem).
     field_errors: list[FieldError] = []
     name = dataset_name(raw.name or "", field_errors)
@@ -134,9 +143,22 @@ def create_dataset_from_upload(
     dataset = Dataset(owner_id=owner.id, name=name, classes=batch.classes, prompt_template=prompt)
     session.add(dataset)
     session.flush()
-    added, duplicates = _store_items(session=session, storage=storage, dataset=dataset, batch=batch)
-    read = _read(dataset)
-    return DatasetCreated(**read.model_dump(), added=len(added), duplicates=duplicates, skipped=batch.skipped)
+
+    def answer(added: list[str], duplicates: list[DuplicateRead]) -> DatasetCreated:
+        read = _read(dataset)
+        return DatasetCreated(**read.model_dump(), added=len(added), duplicates=duplicates, skipped=batch.skipped)
+
+    added, duplicates = _store_items(
+        session=session, storage=storage, dataset=dataset, batch=batch, remember=_hook(remember, dataset.id, answer)
+    )
+    return answer(added, duplicates)
+
+
+def _hook(remember, dataset_id: str, answer: Callable[[list[str], list[DuplicateRead]], BaseModel]):
+    """``_store_items``'s ``before_commit``: the answer handed to ``remember`` (None without one)."""
+    if remember is None:
+        return None
+    return lambda added, duplicates: remember(dataset_id, answer(added, duplicates))
 
 
 def _name_error() -> FieldError:
@@ -148,9 +170,17 @@ def _field(field: str, message: str) -> FieldError:
 
 
 def add_items(
-    *, session: Session, storage: BlobStore, owner: Owner, dataset_id: str, raw: RawUpload, settings: Settings
+    *,
+    session: Session,
+    storage: BlobStore,
+    owner: Owner,
+    dataset_id: str,
+    raw: RawUpload,
+    settings: Settings,
+    remember: Callable[[str, BaseModel], None] | None = None,
 ) -> ItemsAdded:
-    """``POST /datasets/{id}/items``: all-or-nothing; duplicates of stored images are reported, not stored."""
+    """``POST /datasets/{id}/items``: all-or-nothing; duplicates of stored images are reported, not stored.
+    ``remember`` as in :func:`create_dataset_from_upload`."""
     dataset = get_dataset(session=session, owner=owner, dataset_id=dataset_id)
     if raw.name is not None:
         raw.errors.append(_field("name", "name: not accepted when adding items (the dataset has its name)"))
@@ -160,21 +190,33 @@ def add_items(
     refuse_taken_names(session, dataset, batch)
     if batch.classes != list(dataset.classes):
         dataset.classes = batch.classes
-    added, duplicates = _store_items(session=session, storage=storage, dataset=dataset, batch=batch)
-    return ItemsAdded(
-        dataset_id=dataset.id,
-        added=len(added),
-        item_ids=added,
-        duplicates=duplicates,
-        item_count=dataset.item_count,
-        skipped=batch.skipped,
+
+    def answer(added: list[str], duplicates: list[DuplicateRead]) -> ItemsAdded:
+        return ItemsAdded(
+            dataset_id=dataset.id,
+            added=len(added),
+            item_ids=added,
+            duplicates=duplicates,
+            item_count=dataset.item_count,
+            skipped=batch.skipped,
+        )
+
+    added, duplicates = _store_items(
+        session=session, storage=storage, dataset=dataset, batch=batch, remember=_hook(remember, dataset.id, answer)
     )
+    return answer(added, duplicates)
 
 
 def _store_items(
-    *, session: Session, storage: BlobStore, dataset: Dataset, batch: ValidBatch
+    *,
+    session: Session,
+    storage: BlobStore,
+    dataset: Dataset,
+    batch: ValidBatch,
+    remember: Callable[[list[str], list[DuplicateRead]], None] | None = None,
 ) -> tuple[list[str], list[DuplicateRead]]:
-    """Insert the batch's new images (blobs first, then rows, one commit); returns (new item ids, duplicates)."""
+    """Insert the batch's new images (blobs first, then rows, one commit); returns (new item ids, duplicates).
+    ``remember(new item ids, duplicates)`` runs after the rows are flushed, in the same transaction."""
     duplicates = [DuplicateRead(file=d.file, sha256=d.sha256, duplicate_of=d.duplicate_of) for d in batch.duplicates]
     shas = [it.sha256 for it in batch.items]
     existing: dict[str, str] = {}
@@ -209,6 +251,9 @@ def _store_items(
     dataset.item_count = Dataset.item_count + len(new_items)
     dataset.updated_at = utcnow()
     try:
+        if remember is not None:
+            session.flush()  # item ids, and the dataset's item_count read back
+            remember([item.id for item in new_items], duplicates)
         session.commit()
     except IntegrityError:
         session.rollback()

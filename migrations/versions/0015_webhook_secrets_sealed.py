@@ -5,7 +5,7 @@ every plain-text secret is sealed with the newest one; without keys they stay pl
 reencrypt-secrets`` seals them once keys are set). The downgrade opens sealed secrets again (it needs the keys).
 
 Revision ID: 0015
-Revises: 0013
+Revises: 0014
 Create Date: 2026-12-08 02:30:00
 """
 
@@ -17,7 +17,7 @@ from alembic import op
 from app import secretbox
 
 revision: str = "0015"
-down_revision: str | None = "0013"
+down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

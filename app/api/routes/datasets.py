@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from app.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
 from app.api.openapi import BODY, COMMON, IMAGE_TYPES, UPLOAD, problems
 from app.api.paging import CursorQuery, ItemCursorQuery, LimitQuery, page_limit
+from app.api.routes.jobs import IDEMPOTENCY_KEY_PATTERN
 from app.config import Settings, get_settings
 from app.errors import FieldError, InvalidInput
 from app.schemas import (
@@ -28,6 +29,7 @@ from app.services import datasets as datasets_service
 from app.services import items as items_service
 from app.services import label_studio as label_studio_service
 from app.services import labels as labels_service
+from app.services import upload_keys
 from app.uploads import RawUpload
 from app.uploads.forms import read_multipart, require_multipart
 
@@ -104,7 +106,24 @@ CREATE_BODY = {
     },
 }
 NOT_FOUND = problems({404: "no such dataset (or another owner's)"})
-UPLOAD_CONFLICT = problems({409: "a concurrent upload stored some of the same images first; retry"})
+UPLOAD_CONFLICT = problems(
+    {
+        409: "a concurrent upload stored some of the same images first (or used the same Idempotency-Key); retry",
+        422: "invalid input (each problem named in `errors`), or an Idempotency-Key used with another request",
+    }
+)
+#: The ``Idempotency-Key`` header of the uploads (``app.services.upload_keys``), as ``POST /datasets/{id}/jobs``.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="Same key + same upload: the stored answer (header `Idempotent-Replayed: true`), nothing stored "
+        "twice; the key with another upload: 422. 1 to 200 visible ASCII characters (spaces inside).",
+    ),
+]
 
 
 async def read_dataset_body(request: Request, settings: Annotated[Settings, Depends(get_settings)]):
@@ -142,14 +161,32 @@ def create_dataset(
     storage: StorageDep,
     settings: SettingsDep,
     body: Annotated[DatasetCreate | RawUpload, Depends(read_dataset_body)],
-) -> DatasetCreated:
+    idempotency_key: IdempotencyKey = None,
+) -> DatasetCreated | JSONResponse:
     """Create a dataset: JSON `{"name", "classes"}` (empty) or multipart with a manifest and images / a zip."""
+    request_hash = upload_keys.fingerprint("create", None, body)
+    prior = upload_keys.replay(session, owner, idempotency_key, request_hash)
+    if prior is not None:
+        return _replayed(prior)
     if isinstance(body, DatasetCreate):
         read = datasets_service.create_empty_dataset(session=session, owner=owner, dataset_in=body, settings=settings)
-        return DatasetCreated(**read.model_dump(), added=0, duplicates=[])
+        created = DatasetCreated(**read.model_dump(), added=0, duplicates=[])
+        if idempotency_key:  # an empty dataset: its record in a transaction of its own, right after
+            upload_keys.remember(session, owner, idempotency_key, request_hash, created.id, created)
+            session.commit()
+        return created
+
+    def remember(dataset_id: str, answer) -> None:
+        upload_keys.remember(session, owner, idempotency_key, request_hash, dataset_id, answer)
+
     return datasets_service.create_dataset_from_upload(
-        session=session, storage=storage, owner=owner, raw=body, settings=settings
+        session=session, storage=storage, owner=owner, raw=body, settings=settings, remember=remember
     )
+
+
+def _replayed(answer: dict) -> JSONResponse:
+    """The stored answer of an Idempotency-Key used again with the same request."""
+    return JSONResponse(answer, status_code=201, headers={"Idempotent-Replayed": "true"})
 
 
 @router.get("", response_model=DatasetList)
@@ -189,10 +226,25 @@ def add_items(
     storage: StorageDep,
     settings: SettingsDep,
     raw: Annotated[RawUpload, Depends(read_upload_body)],
-) -> ItemsAdded:
+    idempotency_key: IdempotencyKey = None,
+) -> ItemsAdded | JSONResponse:
     """Add a batch of items (all or nothing); images already in the dataset are reported as duplicates."""
+    request_hash = upload_keys.fingerprint("items", dataset_id, raw)
+    prior = upload_keys.replay(session, owner, idempotency_key, request_hash)
+    if prior is not None:
+        return _replayed(prior)
+
+    def remember(stored_in: str, answer) -> None:
+        upload_keys.remember(session, owner, idempotency_key, request_hash, stored_in, answer)
+
     return datasets_service.add_items(
-        session=session, storage=storage, owner=owner, dataset_id=dataset_id, raw=raw, settings=settings
+        session=session,
+        storage=storage,
+        owner=owner,
+        dataset_id=dataset_id,
+        raw=raw,
+        settings=settings,
+        remember=remember,
     )
 
 

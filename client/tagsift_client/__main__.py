@@ -1,0 +1,3 @@
+from tagsift_client.cli import main
+
+raise SystemExit(main())
