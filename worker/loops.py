@@ -1,6 +1,7 @@
 """The one shape of the worker's background threads: a daemon thread that calls a step every few seconds until it is
-stopped. The job's heartbeat and the reaper (``worker.leases``), the webhook sender (``worker.webhooks``) and the
-health file (``worker.health``) are each a :class:`Loop` with its own :meth:`Loop.step`."""
+stopped. The job's heartbeat and the reaper (``worker.leases``), a shard's lease (``worker.shards``), the webhook
+sender (``worker.webhooks``) and the health file (``worker.health``) are each a :class:`Loop` with its own
+:meth:`Loop.step`."""
 
 from __future__ import annotations
 

@@ -30,7 +30,6 @@ Cancel: the runner's heartbeat stops its own encoding and wait; helpers see the 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,6 +44,7 @@ from worker import runtime
 from worker.job_files import JobFiles, StoreFeatureCache, retry_storage
 from worker.job_run import JobRun
 from worker.leases import is_transient_db_error, new_runner_id, retry_db
+from worker.loops import DONE, Loop
 from worker.shard_rows import (
     Shard,
     claim_shard,
@@ -75,48 +75,40 @@ def plan(needs: Sequence[tuple[str, int]], missing: Callable[[str, int], bool], 
     return [(views, shas[i : i + size]) for views, shas in groups.items() for i in range(0, len(shas), size)]
 
 
-class ShardLease:
-    """Renews our lease on one shard from a daemon thread and watches the job: ``stop`` turns true when the shard
-    is no longer ours, or the job is cancelled, over or re-planned by another attempt."""
+class ShardLease(Loop):
+    """Renews our lease on one shard and watches the job, on a daemon thread (a :class:`worker.loops.Loop` that
+    polls every ``job_cancel_poll_seconds`` and renews every ``job_heartbeat_seconds``) while used as a context
+    manager: ``should_stop()`` turns true when the shard is no longer ours, or the job is cancelled, over or
+    re-planned by another attempt."""
 
     def __init__(self, shard: Shard, *, runner: str, settings: Settings) -> None:
         self.shard, self.runner = shard, runner
         self.lease_seconds = settings.job_lease_seconds
         self.beat = max(0.05, settings.job_heartbeat_seconds)
-        self.poll = max(0.05, min(settings.job_cancel_poll_seconds, self.beat))
+        poll = max(0.05, min(settings.job_cancel_poll_seconds, self.beat))
         self.lost = self.job_stopped = False
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"shard-{shard.seq}", daemon=True)
+        self._since_beat = 0.0
+        super().__init__(f"shard-{shard.seq}", interval=poll, wait_first=True)
 
-    @property
-    def stop(self) -> bool:
+    def should_stop(self) -> bool:
         return self.lost or self.job_stopped
 
-    def __enter__(self) -> ShardLease:
-        self._thread.start()
-        return self
+    def step(self) -> str | None:
+        self._since_beat += self.interval
+        if self._since_beat >= self.beat:
+            self._since_beat = 0.0
+            if not renew_shard(self.shard.id, runner=self.runner, lease_seconds=self.lease_seconds):
+                self.lost = True
+                return DONE
+        state = job_state(self.shard.job_id)
+        if state is None or state[0] != JobStatus.RUNNING or state[1] != self.shard.attempt or state[2]:
+            self.job_stopped = True
+            return DONE
+        return None
 
-    def __exit__(self, *exc) -> None:
-        self._done.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        since_beat = 0.0
-        while not self._done.wait(self.poll):
-            since_beat += self.poll
-            try:
-                if since_beat >= self.beat:
-                    since_beat = 0.0
-                    if not renew_shard(self.shard.id, runner=self.runner, lease_seconds=self.lease_seconds):
-                        self.lost = True
-                        return
-                state = job_state(self.shard.job_id)
-                if state is None or state[0] != JobStatus.RUNNING or state[1] != self.shard.attempt or state[2]:
-                    self.job_stopped = True
-                    return
-            except Exception as exc:  # a database outage: keep trying, the lease rides a short one out
-                if not is_transient_db_error(exc):
-                    log.exception("shard %s of job %s: lease thread failed", self.shard.seq, self.shard.job_id)
+    def on_error(self, exc: Exception) -> None:  # a database outage: keep trying, the lease rides a short one out
+        if not is_transient_db_error(exc):
+            log.exception("shard %s of job %s: lease thread failed", self.shard.seq, self.shard.job_id, exc_info=exc)
 
 
 def encode_shard(
@@ -389,7 +381,7 @@ def _encode_for_job(shard: Shard, backbone, storage: BlobStore, runner: str, set
         try:
             paths = files.images(shard.shas)
             names = [f"image {sha}" for sha in shard.shas]
-            failed = encode_shard(shard, backbone, paths, cache, settings, should_stop=lambda: lease.stop, names=names)
+            failed = encode_shard(shard, backbone, paths, cache, settings, should_stop=lease.should_stop, names=names)
         except TrainingCancelled:
             log.info("job %s: shard %d stopped (%s)", shard.job_id, shard.seq, "lost" if lease.lost else "job over")
             _give_back(shard, runner)
