@@ -28,10 +28,11 @@ from app.services import datasets as datasets_service
 from app.services import items as items_service
 from app.services import jobs as jobs_service
 from app.services import models as models_service
-from app.services import review_queue, reviews, thumbnails, web_sessions
+from app.services import progress, review_queue, reviews, thumbnails, web_sessions
 from app.services.audits import default_size
 from app.services.review_queue import ReviewFilter
 from app.web.fastpath import thumb_items, thumbnail_headers
+from app.web.item_pages import safe_back
 from app.web.quality import event_text, pct, quality_panel
 from app.web.security import (
     LOGIN_CSRF_COOKIE,
@@ -72,6 +73,16 @@ JOB_HELP = {
     "batch_size": "Items per training step.",
     "shots": "At most this many training items per class; empty: every item.",
     "seed": "Fixes the random choices, so a rerun gives the same model.",
+}
+#: What each method does, in one line (the form shows the chosen one's).
+METHOD_HELP = {
+    "auto": JOB_HELP["method"],
+    "aligned_head": "A linear head on the image features, aligned with the tags' text embeddings; fast and the best "
+    "measured on validation.",
+    "prompt_alignment": "Learns prompt vectors for the text encoder, aligned with the candidate sets; slower.",
+    "coop": "Context optimisation: learned prompt context shared by all tags; slower, needs more items per tag.",
+    "linear_probe": "A plain linear classifier on the image features, with a k-nearest-neighbour vote.",
+    "zero_shot": "The tags' text embeddings as they are, no prompt learned: a quick baseline.",
 }
 _INT_FIELDS = {"epochs", "batch_size", "shots", "seed", "n_ctx"}
 _FLOAT_FIELDS = {"lr", "momentum", "weight_decay", "mix_alpha"}
@@ -172,8 +183,10 @@ def _dataset_context(session, user, dataset_id: str) -> dict:
         "models": review_queue.dataset_models(session=session, owner=user.owner, dataset_id=dataset_id),
         "methods": METHODS,
         "losses": LOSSES,
-        "method_defaults": METHOD_DEFAULTS,
+        "method_defaults": {"auto": METHOD_DEFAULTS[AUTO_METHOD], **METHOD_DEFAULTS},
+        "method_help": METHOD_HELP,
         "help": JOB_HELP,
+        "progress": progress.reviewer_days(session=session, owner=user.owner, dataset_id=dataset_id),
     }
 
 
@@ -314,21 +327,32 @@ def review_page(
         pages=max(1, -(-total // REVIEW_PAGE)),
         query=query,
         query_string=lambda p: urlencode({**query, "page": p}),
+        back=f"{request.url.path}?{urlencode({**query, 'page': page})}",
         models=review_queue.dataset_models(session=session, owner=user.owner, dataset_id=dataset_id),
     )
 
 
 @router.get("/items/{item_id}", response_class=HTMLResponse)
-def item_page(request: Request, item_id: str, user: UserDep, session: SessionDep) -> HTMLResponse:
+def item_page(
+    request: Request,
+    item_id: str,
+    user: UserDep,
+    session: SessionDep,
+    back: Annotated[str | None, Query(max_length=2000)] = None,
+) -> HTMLResponse:
     item = items_service.get_item(session=session, owner=user.owner, item_id=item_id)
     history = reviews.item_history(session=session, owner=user.owner, item_id=item_id)
-    return _render(request, "item.html", user, item=item, history=history)
+    can_undo = any(h.action != "undo" and not h.undone for h in history)
+    back = safe_back(back, item.dataset_id)
+    return _render(request, "item.html", user, item=item, history=history, can_undo=can_undo, back=back)
 
 
 @router.post("/items/{item_id}/undo")
-def undo_item(item_id: str, user: CsrfUserDep, session: SessionDep) -> Response:
-    reviews.undo_last(session=session, owner=user.owner, item_id=item_id, reviewer=user.reviewer)
-    return _redirect(f"/ui/items/{item_id}")
+def undo_item(
+    item_id: str, user: CsrfUserDep, session: SessionDep, back: Annotated[str | None, Form(max_length=2000)] = None
+) -> Response:
+    item = reviews.undo_last(session=session, owner=user.owner, item_id=item_id, reviewer=user.reviewer)
+    return _redirect(f"/ui/items/{item_id}?{urlencode({'back': safe_back(back, item.dataset_id)})}")
 
 
 def _item_sha(owner, item_id: str) -> str:
