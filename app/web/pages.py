@@ -297,8 +297,10 @@ def review_page(
     model: Annotated[str | None, Query(max_length=64)] = None,
     sort: Annotated[Literal["margin", "confidence"], Query()] = "margin",
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    file: Annotated[str, Query(max_length=200)] = "",
 ) -> HTMLResponse:
     flt = ReviewFilter(
+        file=file.strip() or None,
         needs_review={"yes": True, "no": False, "all": None}[needs_review],
         tag=tag or None,
         source=source or None,
@@ -315,6 +317,7 @@ def review_page(
     )
     summary = review_queue.dataset_summary(session=session, owner=user.owner, dataset_id=dataset_id)
     query = {"needs_review": needs_review, "tag": tag or "", "source": source, "model": model or "", "sort": sort}
+    query["file"] = file.strip()
     return _render(
         request,
         "review.html",

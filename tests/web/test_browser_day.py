@@ -199,6 +199,17 @@ def _bulk_assign(site, dataset_id: str) -> None:
         )
 
 
+def _search(site, dataset_id: str) -> None:
+    """The review page finds items by part of their file name, any case."""
+    page = site.page
+    page.get_by_label("File name").fill("CHEESE")
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_url(re.compile(r"file=CHEESE"))
+    assert page.locator(".card .file").all_inner_texts() == [QUOTED]
+    page.goto(site.url(f"/ui/datasets/{dataset_id}/review"))
+    page.locator("body[data-review-ready='1']").wait_for()
+
+
 def _viewer_and_keys(site) -> None:
     """O opens the original at full size: + zooms, arrows pan, b darkens, Esc closes; ? lists every key."""
     page = site.page
@@ -375,6 +386,7 @@ def test_an_annotators_day(browser, served, shots_dir: Path, onnx_bytes: bytes) 
     _layout(site, dataset_id, 800, 800, "review-800")
     _bulk_and_undo(site, dataset_id)
     _bulk_assign(site, dataset_id)
+    _search(site, dataset_id)
     _viewer_and_keys(site)
     _item_page(site, dataset_id)
     _error_pages(site, dataset_id)
