@@ -70,6 +70,7 @@ from worker.leases import (
     new_runner_id,
     retry_db,
 )
+from worker.map_layout import store_layout
 from worker.model_card import model_card
 from worker.shard_rows import forget as forget_shards
 from worker.shards import Spread
@@ -286,6 +287,7 @@ def _train(claim: Claim, run: JobRun, files: JobFiles) -> str:
                 batch_size=settings.encode_batch_size,
                 decode_workers=settings.decode_threads,
             )
+            layout = store_layout(storage, cache, backbone.id, spec.shas, [it.id for it in job.items])  # the map
         except InvalidCandidates as exc:
             raise JobInputError(f"invalid candidate sets: {exc}") from exc
         finally:
@@ -293,6 +295,7 @@ def _train(claim: Claim, run: JobRun, files: JobFiles) -> str:
         rows = label_rows(job, result, settings.review_confidence)
         metrics = _metrics(job, cfg, spec, result, rows, backbone.id, device, claim.attempt)
         card = model_card(job, cfg, metrics, model_id).encode()
+        metrics["layout"] = layout  # worker.map_layout: the web app's similarity map (None when not stored)
 
         def store_model() -> dict[str, str]:  # content-addressed: a retry or a re-run stores nothing twice
             return model_store.store_model(storage, backbone, result.files, card, Path(tmp) / "tower")

@@ -6,7 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from app.web import actions, audit_pages, item_pages, pages
+from app.web import actions, audit_pages, item_pages, map_pages, pages
 from app.web.error_pages import install_error_pages
 from app.web.fastpath import ThumbnailFastPath
 from app.web.security import SecurityHeadersMiddleware, SignInRequired
@@ -26,6 +26,7 @@ def install_web(api: FastAPI) -> None:
     api.include_router(pages.router)
     api.include_router(audit_pages.router)
     api.include_router(item_pages.router)
+    api.include_router(map_pages.router)
     api.include_router(actions.router)
 
     @api.exception_handler(SignInRequired)

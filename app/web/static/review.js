@@ -90,6 +90,8 @@ document.addEventListener("DOMContentLoaded", function () {
     var original = focusPanel.querySelector("[data-focus-original]");
     original.href = "/ui/items/" + encodeURIComponent(card.dataset.id) + "/original";
     original.title = file;
+    focusPanel.querySelector("[data-focus-similar]").href = "/ui/datasets/" + encodeURIComponent(root.dataset.dataset) +
+      "/map?near=" + encodeURIComponent(card.dataset.id);
   }
 
   function update(card, state) {
