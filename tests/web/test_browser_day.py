@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,14 @@ LONG_TAG = "an-extraordinarily-long-tag-name-that-never-fits-in-a-card"
 TAGS = ["cat", "dog", "lynx", "fox", LONG_TAG]
 QUOTED = 'say "cheese" 0.png'  # Chrome sends a " in a file name as %22
 N = 24
+
+
+def _until(page, script: str, timeout: float = 20.0) -> None:
+    """Poll ``script`` in the page until it is true (``wait_for_function`` compiles a string: the CSP forbids it)."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(script):
+        assert time.monotonic() < deadline, f"timed out waiting for {script}"
+        time.sleep(0.05)
 
 
 def _rows() -> list[dict]:
@@ -216,7 +225,7 @@ def _viewer_and_keys(site) -> None:
     page.keyboard.press("o")
     dialog = page.locator("dialog[data-viewer]")
     dialog.wait_for()
-    page.wait_for_function("document.querySelector('[data-viewer-img]').naturalWidth > 0")
+    _until(page, "document.querySelector('[data-viewer-img]').naturalWidth > 0")
     assert (
         page.evaluate("document.querySelector('[data-viewer-img]').naturalWidth") == 400
     )  # the original, not the 320 px view
@@ -358,7 +367,7 @@ def _predict_preview(site, dataset_id: str, onnx: bytes) -> None:
     preview = page.locator("form[data-predict] img[data-preview]").first
     preview.wait_for()
     assert preview.get_attribute("src").startswith("blob:")
-    page.wait_for_function("document.querySelector('form[data-predict] img[data-preview]').naturalWidth === 40")
+    _until(page, "document.querySelector('form[data-predict] img[data-preview]').naturalWidth === 40")
 
 
 def _sign_out_no_store(site, dataset_id: str) -> None:
