@@ -141,6 +141,13 @@ def _holding(session, owner, ids: list[str], label: str) -> set[str]:
     return {i for i, candidates in found.items() if label in (candidates or [])}
 
 
+@router.post("/items/{item_id}/skip")
+def skip(item_id: str, user: CsrfUserDep, session: SessionDep) -> dict:
+    """The reviewer skipped the item (Space): recorded in its history, the item unchanged."""
+    reviews.record_skip(session=session, owner=user.owner, item_id=item_id, reviewer=user.reviewer)
+    return {"skipped": item_id}
+
+
 @router.post("/items/{item_id}/undo")
 def undo(item_id: str, user: CsrfUserDep, session: SessionDep) -> dict:
     """Undo the item's latest decision (its previous tag, source and model come back)."""

@@ -16,6 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
+from sqlalchemy import select
 from starlette.background import BackgroundTask
 
 from app.api.deps import SessionDep, SettingsDep, StorageDep
@@ -345,7 +346,7 @@ def item_page(
 ) -> HTMLResponse:
     item = items_service.get_item(session=session, owner=user.owner, item_id=item_id)
     history = reviews.item_history(session=session, owner=user.owner, item_id=item_id)
-    can_undo = any(h.action != "undo" and not h.undone for h in history)
+    can_undo = any(h.action not in reviews.NOT_DECISIONS and not h.undone for h in history)
     back = safe_back(back, item.dataset_id)
     return _render(request, "item.html", user, item=item, history=history, can_undo=can_undo, back=back)
 
@@ -399,7 +400,8 @@ def models_page(request: Request, user: UserDep, session: SessionDep, settings: 
     page = models_service.list_models(
         session=session, owner=user.owner, settings=settings, cursor=None, limit=limit, dataset_id=None
     )
-    return _render(request, "models.html", user, models=list(reversed(page.data)))  # newest first
+    names = dict(session.execute(select(Dataset.id, Dataset.name).where(Dataset.owner_id == user.owner.id)).all())
+    return _render(request, "models.html", user, models=list(reversed(page.data)), names=names)  # newest first
 
 
 @router.get("/models/{model_id}/export")

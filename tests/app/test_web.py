@@ -444,6 +444,7 @@ def test_every_web_route_with_an_id_is_404_for_another_owner(
         ("POST", "/ui/items/{item_id}/undo"): {"data": {"csrf_token": csrf}},
         ("POST", "/ui/items/{item_id}/decide"): {"data": {"csrf_token": csrf, "label": "cat"}},
         ("POST", "/ui/api/items/{item_id}/undo"): {"headers": {"X-CSRF-Token": csrf}},
+        ("POST", "/ui/api/items/{item_id}/skip"): {"headers": {"X-CSRF-Token": csrf}},
         ("POST", "/ui/api/datasets/{dataset_id}/items"): {"files": upload, "headers": {"X-CSRF-Token": csrf}},
         ("POST", "/ui/datasets/{dataset_id}/audit"): {"data": {"csrf_token": csrf, "size": "1"}},
         ("POST", "/ui/datasets/{dataset_id}/audit/answer"): {

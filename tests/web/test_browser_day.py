@@ -156,12 +156,14 @@ def _bulk_and_undo(site, dataset_id: str) -> None:
     focused = page.evaluate("document.querySelector('.card.focused').id")
     page.keyboard.press("Space")  # skips: no second accept
     assert page.evaluate("document.querySelector('.card.focused').id") != focused
+    page.locator("body[data-skips='1']").wait_for()  # the skip is recorded, after the accept
     rows = _rows_of(dataset_id)
-    assert [r.action for r in rows] == ["accept"] * 3
+    assert [r.action for r in rows] == ["accept"] * 3 + ["skip"]
     page.keyboard.press("u")
     page.locator("body[data-decisions='2']").wait_for()
     rows = _rows_of(dataset_id)
     assert sum(r.undone for r in rows) == 3 and [r.action for r in rows].count("undo") == 3
+    assert not any(r.undone for r in rows if r.action == "skip")  # U undoes decisions, not the skip
     assert "Undone: 3 items" in page.locator("[data-notice]").inner_text()
     # a key decision, a reload, then U
     page.keyboard.press("1")
@@ -357,6 +359,8 @@ def _predict_preview(site, dataset_id: str, onnx: bytes) -> None:
     store_model(dataset_id, onnx)
     page = site.page
     page.goto(site.url("/ui/models"))
+    assert page.locator("[data-model-dataset]").first.inner_text() == "day"  # the dataset by name
+    assert page.locator("[data-model-quality]").first.inner_text()
     page.evaluate(
         """([f]) => { const dt = new DataTransfer(); const bytes = Uint8Array.from(atob(f.b64), c => c.charCodeAt(0));
         dt.items.add(new File([bytes], f.name, {type: f.type}));

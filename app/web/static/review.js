@@ -340,9 +340,17 @@ document.addEventListener("DOMContentLoaded", function () {
   focusPanel.querySelector('[data-act="accept"]').addEventListener("click", function () {
     accept(focused, true);
   });
-  focusPanel.querySelector('[data-act="skip"]').addEventListener("click", function () {
+  // Skip: recorded in the item's history (never undone by U, it changed nothing), then the next item.
+  function skip() {
+    var card = cards[index];
+    if (card) {
+      tagsift.call("POST", "/ui/api/items/" + encodeURIComponent(card.dataset.id) + "/skip").then(function (res) {
+        document.body.dataset.skips = String(Number(document.body.dataset.skips || 0) + (res.ok ? 1 : 0));
+      }, function () {});
+    }
     setFocus(index + 1);
-  });
+  }
+  focusPanel.querySelector('[data-act="skip"]').addEventListener("click", skip);
   focusPanel.querySelector('[data-act="undo"]').addEventListener("click", undo);
 
   var keysOverlay = document.querySelector("[data-keys-overlay]");
@@ -379,7 +387,7 @@ document.addEventListener("DOMContentLoaded", function () {
     } else if (e.key === "a" || e.key === "A") {
       accept(focused, true);
     } else if (e.key === " ") {
-      setFocus(index + 1);
+      skip();
     } else if (e.key === "u" || e.key === "U") {
       undo();
     } else if (e.key === "ArrowRight" || e.key === "ArrowDown" || e.key === "j") {
