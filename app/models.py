@@ -180,7 +180,7 @@ class ItemReview(Base):
     item_id: Mapped[str] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
     api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), default=None)
     reviewer: Mapped[str] = mapped_column(String(200))  # the key's name (or its prefix when it has none)
-    action: Mapped[str] = mapped_column(String(16))  # "assign" | "accept" | "audit" | "undo"
+    action: Mapped[str] = mapped_column(String(16))  # "assign" | "accept" | "audit" | "undo" | "skip"
     label: Mapped[str | None] = mapped_column(String(MAX_TAG_COLUMN))  # the tag after the decision
     previous_label: Mapped[str | None] = mapped_column(String(MAX_TAG_COLUMN), default=None)
     previous_source: Mapped[str | None] = mapped_column(String(16), default=None)

@@ -386,9 +386,11 @@ def bench_ui(
     items: Annotated[int, typer.Option(help="Items on the review page.")] = 200,
     runs: Annotated[int, typer.Option(help="Timed page loads after the cold one.")] = 7,
     decisions: Annotated[int, typer.Option(help="Keyboard decisions timed.")] = 40,
+    map_items: Annotated[int, typer.Option("--map-items", help="Items on the similarity map.")] = 10_000,
+    map_runs: Annotated[int, typer.Option("--map-runs", help="Timed map loads (and lassos).")] = 3,
     cifar10_path: Cifar10Path = None,
 ) -> None:
-    """The review page in Chromium: time until it is ready with every thumbnail, and key press to stored decision."""
+    """The review page and the similarity map in Chromium: page ready, map ready, a lasso, key to stored decision."""
     from bench.ui import run_ui_bench
 
     run_ui_bench(
@@ -396,6 +398,8 @@ def bench_ui(
         items=items,
         runs=runs,
         decisions=decisions,
+        map_items=map_items,
+        map_runs=map_runs,
         out=typer.echo,
     )
 

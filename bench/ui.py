@@ -11,7 +11,10 @@ job leaves them, written to the database directly: no training is timed here), s
    the ``item_reviews`` row and the item are committed (the answer is sent after the commit), measured in the page
    with ``performance.now()`` -> median and p90 over ``decisions`` keys; the rows are then counted in the database.
 
-Printed last: one ``review_page_ready_median_s=... decision_latency_median_ms=...`` line.
+3. **the similarity map** (``bench/ui_map.py``): a dataset of ``map_items`` (10,000) items with a stored map: page
+   ready (every point drawn) and a lasso drawn with 25 mouse moves, from the press until the count shows -> medians.
+
+Printed last: one ``ui review_ready_s=<s> map_ready_s=<s> lasso_s=<s> key_ms=<ms>`` line.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
+
+from bench.ui_map import seed_map_dataset, time_map
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
@@ -72,7 +77,14 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
 
 
 def run_ui_bench(
-    *, cifar10_path: Path, items: int, runs: int, decisions: int, out: Callable[[str], None] = print
+    *,
+    cifar10_path: Path,
+    items: int,
+    runs: int,
+    decisions: int,
+    map_items: int = 10_000,
+    map_runs: int = 3,
+    out: Callable[[str], None] = print,
 ) -> dict:
     import httpx
     from playwright.sync_api import sync_playwright
@@ -91,7 +103,7 @@ def run_ui_bench(
     upgrade_database()
     from sqlalchemy import func, select
 
-    from app.models import Item, ItemReview
+    from app.models import Dataset, Item, ItemReview
     from app.services.api_keys import create_api_key
     from app.services.datasets import refresh_review_count
 
@@ -174,6 +186,10 @@ def run_ui_bench(
                         page.locator(f"body[data-decisions='{k + 1}']").wait_for(state="attached")
                     latencies = page.evaluate("window.__lat")
                 context.close()
+            with session_scope() as session:
+                owner_id = session.get(Dataset, dataset_id).owner_id
+            map_id = seed_map_dataset(owner_id, classes, map_items)
+            mapped = time_map(browser, base, key, map_id, map_runs, out)
             browser.close()
         with session_scope() as session:
             stored = session.scalar(select(func.count()).select_from(ItemReview))
@@ -190,6 +206,8 @@ def run_ui_bench(
             "decisions": decisions,
             "decision_median_ms": statistics.median(latencies),
             "decision_p90_ms": sorted(latencies)[int(0.9 * (len(latencies) - 1))],
+            "map_items": map_items,
+            **mapped,
         }
         out(
             f"review page, {items} items: cold {result['ready_cold_s']:.3f} s, median {result['ready_median_s']:.3f} s "
@@ -200,8 +218,12 @@ def run_ui_bench(
             f"p90 {result['decision_p90_ms']:.1f} ms over {decisions} keys ({stored} rows stored)"
         )
         out(
-            f"review_page_ready_median_s={result['ready_median_s']:.3f} "
-            f"decision_latency_median_ms={result['decision_median_ms']:.1f}"
+            f"map, {map_items} items: ready median {result['map_ready_s']:.3f} s, lasso median "
+            f"{result['lasso_s']:.3f} s over {map_runs} runs"
+        )
+        out(
+            f"ui review_ready_s={result['ready_median_s']:.3f} map_ready_s={result['map_ready_s']:.3f} "
+            f"lasso_s={result['lasso_s']:.3f} key_ms={result['decision_median_ms']:.1f}"
         )
         return result
     finally:

@@ -44,6 +44,7 @@ def test_the_web_form_offers_what_the_api_accepts() -> None:
     assert set(pages.LOSSES) == {""} | _literal_values("loss") and len(pages.LOSSES) == len(set(pages.LOSSES))
     assert set(pages.JOB_HELP) <= set(api.JobCreate.model_fields)
     assert set(pages._INT_FIELDS) | set(pages._FLOAT_FIELDS) == set(vocab.PARAMS)
+    assert set(pages.METHOD_HELP) == set(pages.METHODS) and all(pages.METHOD_HELP.values())
 
 
 def test_every_numeric_job_param_has_its_bounds_and_default_from_vocab() -> None:

@@ -46,6 +46,15 @@ AUTO_METHOD_NAME = "auto"
 #: The training methods (ml/train.py), in the order the web form offers them (after ``auto`` and the one it stands
 #: for, ``app.job_defaults.AUTO_METHOD``).
 METHODS: tuple[str, ...] = ("aligned_head", "prompt_alignment", "coop", "linear_probe", "zero_shot")
+#: What each method does, in one line (the web form shows the chosen method's).
+METHOD_HELP: dict[str, str] = {
+    "aligned_head": "A linear head on the image features, aligned with the tags' text embeddings; fast and the best "
+    "measured on validation.",
+    "prompt_alignment": "Learns prompt vectors for the text encoder, aligned with the candidate sets; slower.",
+    "coop": "Context optimisation: learned prompt context shared by all tags; slower, needs more items per tag.",
+    "linear_probe": "A plain linear classifier on the image features, with a k-nearest-neighbour vote.",
+    "zero_shot": "The tags' text embeddings as they are, no prompt learned: a quick baseline.",
+}
 #: The PLL losses (ml/losses/), canonical names, in the order the web form offers them.
 LOSSES: tuple[str, ...] = ("rc", "cc", "pico", "cavl", "lws", "plcr", "naive")
 #: Other names ml accepts for the same objectives (PRODEN is RC, CRDPLL is PLCR); the API offers the canonical one.

@@ -72,6 +72,7 @@ from worker.leases import (
     new_runner_id,
     retry_db,
 )
+from worker.map_layout import store_layout
 from worker.model_card import model_card
 from worker.shard_rows import forget as forget_shards
 from worker.shards import encode_job
@@ -244,6 +245,7 @@ def _train(claim: Claim, run: JobRun, files: JobFiles) -> str:
     cache = files.feature_cache(backbone.id, plan.shas, plan.views, plan.seed)
     queue = job_device(job.params)  # the queue whose free workers help encode
     feats = encode_job(run, files, cache, backbone, plan, images, claim.attempt, device, queue, callbacks)
+    layout = store_layout(files.storage, feats.eval, [it.id for it in job.items])  # the web app's similarity map
 
     model_id = new_id()
     with tempfile.TemporaryDirectory(prefix="tagsift-export-") as tmp:
@@ -253,6 +255,7 @@ def _train(claim: Claim, run: JobRun, files: JobFiles) -> str:
         rows = label_rows(job, result, settings.review_confidence)
         metrics = job_metrics(job, plan, result, rows, backbone.id, device, claim.attempt)
         card = model_card(job, config.train, metrics, model_id).encode()
+        metrics["layout"] = layout  # worker.map_layout: the web app's similarity map (None when not stored)
 
         def store_model() -> dict[str, str]:  # content-addressed: a retry or a re-run stores nothing twice
             return model_store.store_model(files.storage, backbone, result.files, card, Path(tmp) / "tower")

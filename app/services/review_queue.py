@@ -111,6 +111,7 @@ class ReviewFilter:
     source: Literal["model", "reviewer", "none"] | None = None
     model_id: str | None = None
     sort: ReviewSort = "margin"
+    file: str | None = None  # part of the file name, any case
 
 
 def review_items(
@@ -130,6 +131,9 @@ def review_items(
         stmt = stmt.where(Item.label_source == flt.source)
     if flt.model_id:
         stmt = stmt.where(Item.model_id == flt.model_id)
+    if flt.file:
+        pattern = "%" + flt.file.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        stmt = stmt.where(func.lower(Item.file).like(pattern, escape="\\"))
     total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
     # the order of the ix_items_review_margin / ix_items_review_confidence indexes (app.models): never a sort of the
     # dataset, though a page number (OFFSET) still walks the rows before its page in index order

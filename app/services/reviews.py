@@ -191,12 +191,16 @@ def review_item(
     return item_read(item, settings)
 
 
+#: History rows that are not decisions: an undo never undoes them.
+NOT_DECISIONS = ("undo", "skip")
+
+
 def _standing(session: Session, item: Item) -> list[ItemReview]:
     """The item's decisions that no undo has reverted, newest first."""
     return list(
         session.scalars(
             select(ItemReview)
-            .where(ItemReview.item_id == item.id, ItemReview.action != "undo", ItemReview.undone.is_(False))
+            .where(ItemReview.item_id == item.id, ItemReview.action.not_in(NOT_DECISIONS), ItemReview.undone.is_(False))
             .order_by(ItemReview.id.desc())
         )
     )
@@ -226,6 +230,14 @@ def lock_item(session: Session, item: Item) -> None:
     """Lock ``item`` for a decision, as every decision does: its dataset's row first, then its own (re-read)."""
     lock_dataset(session, item.dataset_id)
     session.refresh(item, with_for_update=True)
+
+
+def record_skip(*, session: Session, owner: Owner, item_id: str, reviewer: Reviewer) -> None:
+    """A reviewer looked at the item and moved on: a "skip" row in its history (the item is unchanged; an undo
+    never undoes a skip)."""
+    item = get_owned(session, Item, item_id, owner=owner, what="item")
+    _record(session, item, reviewer, "skip", item.label)
+    session.commit()
 
 
 def undo_last(*, session: Session, owner: Owner, item_id: str, reviewer: Reviewer) -> Item:

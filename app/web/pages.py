@@ -16,6 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
+from sqlalchemy import select
 from starlette.background import BackgroundTask
 
 import vocab
@@ -29,10 +30,11 @@ from app.services import datasets as datasets_service
 from app.services import items as items_service
 from app.services import jobs as jobs_service
 from app.services import models as models_service
-from app.services import review_queue, reviews, thumbnails, web_sessions
+from app.services import progress, review_queue, reviews, thumbnails, web_sessions
 from app.services.audits import default_size
 from app.services.review_queue import ReviewFilter
 from app.web.fastpath import thumb_items, thumbnail_headers
+from app.web.item_pages import safe_back
 from app.web.quality import event_text, pct, quality_panel
 from app.web.security import (
     LOGIN_CSRF_COOKIE,
@@ -72,6 +74,8 @@ JOB_HELP = {
     "loss": LOSS_HELP,
     **{name: param.help for name, param in PARAMS.items() if param.help},
 }
+#: What each method does, in one line (the form shows the chosen one's): ``vocab.METHOD_HELP``.
+METHOD_HELP = {AUTO_METHOD_NAME: JOB_HELP["method"], **vocab.METHOD_HELP}
 _INT_FIELDS = {name for name, param in PARAMS.items() if param.integer}
 _FLOAT_FIELDS = {name for name, param in PARAMS.items() if not param.integer}
 #: The form's choices: ``auto`` and the method it stands for first, then the others; "" (the method's default) first,
@@ -173,8 +177,10 @@ def _dataset_context(session, user, dataset_id: str) -> dict:
         "models": review_queue.dataset_models(session=session, owner=user.owner, dataset_id=dataset_id),
         "methods": METHODS,
         "losses": LOSSES,
-        "method_defaults": METHOD_DEFAULTS,
+        "method_defaults": {"auto": METHOD_DEFAULTS[AUTO_METHOD], **METHOD_DEFAULTS},
+        "method_help": METHOD_HELP,
         "help": JOB_HELP,
+        "progress": progress.reviewer_days(session=session, owner=user.owner, dataset_id=dataset_id),
     }
 
 
@@ -285,8 +291,10 @@ def review_page(
     model: Annotated[str | None, Query(max_length=64)] = None,
     sort: Annotated[Literal["margin", "confidence"], Query()] = "margin",
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    file: Annotated[str, Query(max_length=200)] = "",
 ) -> HTMLResponse:
     flt = ReviewFilter(
+        file=file.strip() or None,
         needs_review={"yes": True, "no": False, "all": None}[needs_review],
         tag=tag or None,
         source=source or None,
@@ -303,6 +311,7 @@ def review_page(
     )
     summary = review_queue.dataset_summary(session=session, owner=user.owner, dataset_id=dataset_id)
     query = {"needs_review": needs_review, "tag": tag or "", "source": source, "model": model or "", "sort": sort}
+    query["file"] = file.strip()
     return _render(
         request,
         "review.html",
@@ -315,21 +324,32 @@ def review_page(
         pages=max(1, -(-total // REVIEW_PAGE)),
         query=query,
         query_string=lambda p: urlencode({**query, "page": p}),
+        back=f"{request.url.path}?{urlencode({**query, 'page': page})}",
         models=review_queue.dataset_models(session=session, owner=user.owner, dataset_id=dataset_id),
     )
 
 
 @router.get("/items/{item_id}", response_class=HTMLResponse)
-def item_page(request: Request, item_id: str, user: UserDep, session: SessionDep) -> HTMLResponse:
+def item_page(
+    request: Request,
+    item_id: str,
+    user: UserDep,
+    session: SessionDep,
+    back: Annotated[str | None, Query(max_length=2000)] = None,
+) -> HTMLResponse:
     item = items_service.get_item(session=session, owner=user.owner, item_id=item_id)
     history = reviews.item_history(session=session, owner=user.owner, item_id=item_id)
-    return _render(request, "item.html", user, item=item, history=history)
+    can_undo = any(h.action not in reviews.NOT_DECISIONS and not h.undone for h in history)
+    back = safe_back(back, item.dataset_id)
+    return _render(request, "item.html", user, item=item, history=history, can_undo=can_undo, back=back)
 
 
 @router.post("/items/{item_id}/undo")
-def undo_item(item_id: str, user: CsrfUserDep, session: SessionDep) -> Response:
-    reviews.undo_last(session=session, owner=user.owner, item_id=item_id, reviewer=user.reviewer)
-    return _redirect(f"/ui/items/{item_id}")
+def undo_item(
+    item_id: str, user: CsrfUserDep, session: SessionDep, back: Annotated[str | None, Form(max_length=2000)] = None
+) -> Response:
+    item = reviews.undo_last(session=session, owner=user.owner, item_id=item_id, reviewer=user.reviewer)
+    return _redirect(f"/ui/items/{item_id}?{urlencode({'back': safe_back(back, item.dataset_id)})}")
 
 
 def _item_sha(owner, item_id: str) -> str:
@@ -373,7 +393,8 @@ def models_page(request: Request, user: UserDep, session: SessionDep, settings: 
     page = models_service.list_models(
         session=session, owner=user.owner, settings=settings, cursor=None, limit=limit, dataset_id=None
     )
-    return _render(request, "models.html", user, models=list(reversed(page.data)))  # newest first
+    names = dict(session.execute(select(Dataset.id, Dataset.name).where(Dataset.owner_id == user.owner.id)).all())
+    return _render(request, "models.html", user, models=list(reversed(page.data)), names=names)  # newest first
 
 
 @router.get("/models/{model_id}/export")

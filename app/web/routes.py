@@ -6,7 +6,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from app.web import actions, audit_pages, pages
+from app.web import actions, audit_pages, item_pages, map_pages, pages
+from app.web.error_pages import install_error_pages
 from app.web.fastpath import ThumbnailFastPath
 from app.web.security import SecurityHeadersMiddleware, SignInRequired
 
@@ -18,11 +19,14 @@ REDOC = "/ui/static/vendor/redoc-2.5.4"
 def install_web(api: FastAPI) -> None:
     """Add the web app to ``api`` (call after the API's routers). Needs ``FastAPI(docs_url=None, redoc_url=None)``:
     the docs pages here load Swagger UI and ReDoc from tagsift itself, not from a CDN."""
+    install_error_pages(api)  # before the sign-in handler below: that one answers with a redirect, not a problem
     api.add_middleware(ThumbnailFastPath)
     api.add_middleware(SecurityHeadersMiddleware)  # added last: the outermost, so the fast path's answers get it
     api.mount("/ui/static", StaticFiles(directory=STATIC), name="static")
     api.include_router(pages.router)
     api.include_router(audit_pages.router)
+    api.include_router(item_pages.router)
+    api.include_router(map_pages.router)
     api.include_router(actions.router)
 
     @api.exception_handler(SignInRequired)

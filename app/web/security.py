@@ -2,7 +2,7 @@
 
 * Every response gets a Content-Security-Policy without inline scripts (``script-src 'self'``), with
   ``frame-ancestors 'none'``, plus ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY`` and
-  ``Referrer-Policy: same-origin``.
+  ``Referrer-Policy: same-origin``; HTML pages and the scripts' JSON calls get ``Cache-Control: no-store``.
 * The session cookie is HttpOnly, SameSite=Lax, and Secure when the request came over HTTPS.
 * A state-changing request (every POST of the web app) must carry the session's CSRF token (form field
   ``csrf_token`` or header ``X-CSRF-Token``) and, when the browser sends one, an ``Origin`` equal to the app's.
@@ -48,11 +48,26 @@ class SecurityHeadersMiddleware(HTTPMiddleware):
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                present = {k.lower() for k, _ in message.get("headers", [])}
-                message["headers"] = list(message.get("headers", [])) + [h for h in HEADERS if h[0] not in present]
+                headers = list(message.get("headers", []))
+                present = {k.lower() for k, _ in headers}
+                extra = [h for h in HEADERS if h[0] not in present]
+                if b"cache-control" not in present and _private(scope, headers):
+                    extra.append(NO_STORE)
+                message["headers"] = headers + extra
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+#: Pages and the scripts' JSON calls hold a person's data: never kept by the browser (Back after signing out shows
+#: nothing), unlike static files and thumbnails, which carry their own Cache-Control.
+NO_STORE = (b"cache-control", b"no-store")
+
+
+def _private(scope: Scope, headers: list) -> bool:
+    if scope.get("path", "").startswith("/ui/api/"):
+        return True
+    return any(k.lower() == b"content-type" and v.startswith(b"text/html") for k, v in headers)
 
 
 class SignInRequired(Exception):

@@ -226,9 +226,12 @@ def test_review_decisions_record_who_when_previous_and_undo_restores(web: TestCl
     csrf = sign_in(web, key)
     a, b, c = _items(ds["id"])
     h = {"X-CSRF-Token": csrf}
-    other = next(t for t in ["cat", "lynx", "dog"] if t not in a.candidates)
+    outside = next(t for t in ["cat", "lynx", "dog"] if t not in a.candidates)
+    r = web.post("/ui/api/review", json={"items": [a.id], "action": "assign", "label": outside}, headers=h)
+    assert r.status_code == 200 and r.json() == {"items": [], "skipped": [a.id]}  # never outside the candidates
+    other = next(t for t in a.candidates if t != a.label)
     r = web.post("/ui/api/review", json={"items": [a.id], "action": "assign", "label": other}, headers=h)
-    assert r.status_code == 200 and r.json()["items"][0]["label"] == other
+    assert r.status_code == 200 and r.json()["items"][0]["label"] == other and r.json()["skipped"] == []
     r = web.post("/ui/api/review", json={"items": [b.id, c.id], "action": "accept"}, headers=h)
     assert [s["label_source"] for s in r.json()["items"]] == ["reviewer", "reviewer"]
     bad = web.post("/ui/api/review", json={"items": [a.id], "action": "assign", "label": "zebra"}, headers=h)
@@ -400,10 +403,13 @@ def test_bulk_assign_is_all_or_nothing(web: TestClient, alice: Api, bob: Api) ->
     assert r.status_code == 404  # one item is another owner's: nothing is stored
     assert all(i.label is None for i in _items(ds["id"]))
     r = web.post("/ui/api/review", json={"items": ids, "action": "assign", "label": "dog"}, headers=h)
-    assert r.status_code == 200 and [s["label"] for s in r.json()["items"]] == ["dog"] * 3
+    holding = [i.id for i in _items(ds["id"]) if "dog" in i.candidates]
+    assert 0 < len(holding) < len(ids)  # the bulk assign applies only to the items whose candidates hold the tag
+    assert r.status_code == 200 and [s["id"] for s in r.json()["items"]] == [i for i in ids if i in holding]
+    assert sorted(r.json()["skipped"]) == sorted(set(ids) - set(holding))
     rows = _items(ds["id"])
-    assert all(i.label == "dog" and i.label_source == "reviewer" and "dog" in i.candidates for i in rows)
-    r = web.post("/ui/api/review", json={"items": ids[:1], "action": "accept"}, headers=h)
+    assert all((i.label == "dog") == (i.id in holding) and ("dog" in i.candidates) == (i.id in holding) for i in rows)
+    r = web.post("/ui/api/review", json={"items": holding[:1], "action": "accept"}, headers=h)
     assert r.status_code == 200  # accepting a reviewer's tag again is allowed (it stays)
     fresh = _items(_dataset(alice, n=1)["id"])[0]
     r = web.post("/ui/api/review", json={"items": [fresh.id], "action": "accept"}, headers=h)
@@ -436,7 +442,9 @@ def test_every_web_route_with_an_id_is_404_for_another_owner(
         ("POST", "/ui/datasets/{dataset_id}/delete"): {"data": {"csrf_token": csrf}},
         ("POST", "/ui/jobs/{job_id}/cancel"): {"data": {"csrf_token": csrf}},
         ("POST", "/ui/items/{item_id}/undo"): {"data": {"csrf_token": csrf}},
+        ("POST", "/ui/items/{item_id}/decide"): {"data": {"csrf_token": csrf, "label": "cat"}},
         ("POST", "/ui/api/items/{item_id}/undo"): {"headers": {"X-CSRF-Token": csrf}},
+        ("POST", "/ui/api/items/{item_id}/skip"): {"headers": {"X-CSRF-Token": csrf}},
         ("POST", "/ui/api/datasets/{dataset_id}/items"): {"files": upload, "headers": {"X-CSRF-Token": csrf}},
         ("POST", "/ui/datasets/{dataset_id}/audit"): {"data": {"csrf_token": csrf, "size": "1"}},
         ("POST", "/ui/datasets/{dataset_id}/audit/answer"): {

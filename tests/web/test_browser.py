@@ -146,7 +146,8 @@ def test_annotator_walkthrough(browser, stack, cifar10_path, shots_dir, tmp_path
     page.wait_for_url("**/ui/jobs/*")
     page.locator("[data-job-status]", has_text="succeeded").wait_for(timeout=240_000)
     bars = page.locator(".stages progress")
-    assert [bars.nth(k).evaluate("b => b.value") for k in range(bars.count())] == [1, 1, 1, 1], worker.log()[-3000:]
+    vals = [bars.nth(k).evaluate("b => b.value") for k in range(bars.count())]
+    assert vals == [1, 1, 1, 1], (vals, site.console_errors, page.url)
     assert page.locator("[data-events] tr").count() >= 5
     # the finished job's quality report: the page reloads itself once to show it, in words and charts
     page.locator("[data-quality-headline]").wait_for(timeout=30_000)
@@ -159,6 +160,10 @@ def test_annotator_walkthrough(browser, stack, cifar10_path, shots_dir, tmp_path
     page.locator("[data-quality]").scroll_into_view_if_needed()
     assert not RAW.search(page.locator("main").inner_text().replace(MANIFEST_EXAMPLE, ""))
     site.shot("quality")
+    # the finished job stored the similarity map from its cached features (worker/map_layout.py)
+    mapped = page.request.get(site.url(f"/ui/api/datasets/{dataset_id}/map")).json()
+    assert mapped["job"] and len(mapped["items"]) == len(images) and all(len(nn) == 12 for nn in mapped["nn"])
+    assert len({(x, y) for _, x, y, *_ in mapped["items"]}) > len(images) // 2  # placed, not piled on one spot
 
     # --- review ten items with the keyboard, one undo ---
     page.goto(site.url(f"/ui/datasets/{dataset_id}/review?needs_review=all"))
@@ -222,9 +227,11 @@ def test_annotator_walkthrough(browser, stack, cifar10_path, shots_dir, tmp_path
     skipped = _item(ids[5])
     assert skipped.label_source == "model"
     reviews = _reviews("Ada Annotator")
-    assert len([r for r in reviews if r.action != "undo"]) == 11
+    assert len([r for r in reviews if r.action not in ("undo", "skip")]) == 11
+    assert [r.label for r in reviews if r.action == "skip"] == [skipped.label]  # Space is recorded, nothing changed
     assert len([r for r in reviews if r.action == "undo"]) == 1 and sum(r.undone for r in reviews) == 1
     assert all(r.previous_source == "model" and r.previous_model_id for r in reviews if r.action != "undo")
+    assert page.locator("body[data-skips='1']").count() == 1
     assert page.locator("[data-reviewed]").inner_text() == "10"
 
     # --- bulk accept a shift-click selection of items the model tagged ---

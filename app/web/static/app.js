@@ -42,7 +42,35 @@ var tagsift = (function () {
     return "HTTP " + res.status;
   }
 
-  return { csrf: csrf, call: call, el: el, announce: announce, problemText: problemText };
+  // POST a FormData with XMLHttpRequest, so that the upload's progress can be shown (fetch cannot report it);
+  // resolves like call(): {ok, status, body}; onProgress(sent bytes, total bytes).
+  function upload(url, body, onProgress) {
+    return new Promise(function (resolve, reject) {
+      var xhr = new XMLHttpRequest();
+      xhr.open("POST", url);
+      xhr.setRequestHeader("X-CSRF-Token", csrf());
+      xhr.upload.addEventListener("progress", function (e) {
+        if (e.lengthComputable && onProgress) onProgress(e.loaded, e.total);
+      });
+      xhr.addEventListener("load", function () {
+        var type = xhr.getResponseHeader("content-type") || "";
+        var parsed = xhr.responseText;
+        if (type.indexOf("json") >= 0) {
+          try {
+            parsed = JSON.parse(xhr.responseText);
+          } catch (err) {
+            parsed = xhr.responseText;
+          }
+        }
+        resolve({ ok: xhr.status >= 200 && xhr.status < 300, status: xhr.status, body: parsed });
+      });
+      xhr.addEventListener("error", reject);
+      xhr.addEventListener("abort", reject);
+      xhr.send(body);
+    });
+  }
+
+  return { csrf: csrf, call: call, upload: upload, el: el, announce: announce, problemText: problemText };
 })();
 
 // --- drop zones: sort dropped files into the form's file inputs --------------------------------------------------
@@ -63,6 +91,17 @@ function setupDrop(form) {
     if (images) parts.push(images + " image" + (images === 1 ? "" : "s"));
     var single = dropped.image || fileOf("image");
     if (single) parts.push("image: " + single.name);
+    var preview = form.querySelector("[data-preview]");
+    if (preview) {
+      if (preview.src) URL.revokeObjectURL(preview.src);
+      preview.hidden = !single;
+      if (single) {
+        preview.src = URL.createObjectURL(single);
+        preview.alt = "The image to predict: " + single.name;
+      } else {
+        preview.removeAttribute("src");
+      }
+    }
     picked.textContent = parts.length ? "Chosen: " + parts.join(", ") : "Nothing chosen yet.";
   }
   function input(name) {
@@ -192,10 +231,21 @@ function setupUpload(form) {
     e.preventDefault();
     box.hidden = true;
     status.textContent = "Uploading…";
+    var bar = form.querySelector("[data-upload-progress]");
+    if (bar) {
+      bar.value = 0;
+      bar.hidden = false;
+    }
     var button = form.querySelector("button[type=submit]");
     button.disabled = true;
-    tagsift.call("POST", form.dataset.upload, formBody(form)).then(function (res) {
+    tagsift.upload(form.dataset.upload, formBody(form), function (sent, total) {
+      if (bar) bar.value = total ? sent / total : 0;
+      status.textContent = sent < total
+        ? "Uploading… " + Math.round((100 * sent) / total) + " % (" + mb(sent) + " of " + mb(total) + ")"
+        : "Uploaded " + mb(total) + "; checking and storing the items…";
+    }).then(function (res) {
       button.disabled = false;
+      if (bar) bar.hidden = true;
       if (res.ok) {
         status.textContent = "Stored " + res.body.added + " items.";
         tagsift.announce(status.textContent);
@@ -206,9 +256,14 @@ function setupUpload(form) {
       showErrors(box, res);
     }, function () {
       button.disabled = false;
+      if (bar) bar.hidden = true;
       status.textContent = "The upload failed: the server could not be reached.";
     });
   });
+}
+
+function mb(bytes) {
+  return bytes >= 1048576 ? (bytes / 1048576).toFixed(1) + " MB" : Math.max(1, Math.round(bytes / 1024)) + " kB";
 }
 
 function showErrors(box, res) {
@@ -247,6 +302,21 @@ function eventText(data) {
   return Object.keys(data).map(function (k) { return k.replace(/_/g, " ") + " " + eventValue(data[k]); }).join(" · ");
 }
 
+// A server time (ISO 8601; the server's are UTC, with or without a zone) in ms, or null.
+function parseTime(text) {
+  if (!text) return null;
+  var t = /[zZ]|[+-]\d\d:?\d\d$/.test(text) ? text : text + "Z";
+  var ms = Date.parse(t);
+  return isNaN(ms) ? null : ms;
+}
+function duration(ms) {
+  var s = Math.max(0, Math.round(ms / 1000));
+  if (s < 60) return s + " s";
+  var m = Math.floor(s / 60);
+  if (m < 60) return m + " min " + (s % 60) + " s";
+  return Math.floor(m / 60) + " h " + (m % 60) + " min";
+}
+
 // --- job page: progress per stage, events, quality; polls until the job ends -------------------------------------
 var STAGES = ["encoding", "training", "labelling", "exporting"];
 
@@ -257,6 +327,33 @@ function setupJob(root) {
   var seen = {};
   // the page was served while the job ran: it reloads (once) when the job ends, to show what the server renders
   var live = root.dataset.status === "queued" || root.dataset.status === "running";
+
+  var stageAt = {}; // stage -> when it started (ms)
+  var timeEl = root.querySelector("[data-job-time]");
+  var times = { started: parseTime(timeEl && timeEl.dataset.started), finished: parseTime(timeEl && timeEl.dataset.finished) };
+
+  // Elapsed time and, while a stage runs, how long it has left (its pace so far; a guess, labelled so).
+  function renderTime(job, value) {
+    if (!timeEl) return;
+    var elapsed = timeEl.querySelector("[data-elapsed]");
+    var eta = timeEl.querySelector("[data-eta]");
+    if (!times.started) {
+      elapsed.textContent = job.status === "queued" ? "Waiting for a worker." : "";
+      eta.textContent = "";
+      return;
+    }
+    var end = times.finished || Date.now();
+    var verb = job.status === "running" ? "Running for " : job.status + " after ";
+    elapsed.textContent = verb + duration(end - times.started) + ".";
+    var p = job.progress || {};
+    var since = stageAt[p.stage];
+    if (job.status === "running" && since && value > 0.02 && value < 1) {
+      var left = ((Date.now() - since) / value) * (1 - value);
+      eta.textContent = "This stage: about " + duration(left) + " left (at its pace so far).";
+    } else {
+      eta.textContent = "";
+    }
+  }
 
   function stageRow(name) {
     return root.querySelector('[data-stage="' + name + '"]');
@@ -281,6 +378,12 @@ function setupJob(root) {
       if (name === "training" && p.epochs) detail.textContent = "epoch " + (finished ? p.epochs : p.epoch || 0) + " of " + p.epochs;
       else detail.textContent = value >= 1 ? "done" : i === current ? Math.round(value * 100) + " %" : "";
     });
+    var running = current >= 0 ? stageRow(STAGES[current]).querySelector("progress").value : 0;
+    if (job.started_at) times.started = parseTime(job.started_at);
+    if (job.finished_at) times.finished = parseTime(job.finished_at);
+    renderTime(job, running);
+    var note = root.querySelector("[data-cancel-note]");
+    if (note) note.hidden = !(job.cancel_requested && (job.status === "queued" || job.status === "running"));
     var err = root.querySelector("[data-job-error]");
     if (job.error) {
       err.textContent = job.error.code + ": " + job.error.message;
@@ -300,10 +403,13 @@ function setupJob(root) {
   }
   function addEvents(list) {
     list.forEach(function (e) {
-      if (e.kind === "stage" && e.data && e.data.stage) seen[e.data.stage] = true;
+      if (e.kind === "stage" && e.data && e.data.stage) {
+        seen[e.data.stage] = true;
+        stageAt[e.data.stage] = parseTime(e.created_at);
+      }
       var tr = document.createElement("tr");
       tr.appendChild(tagsift.el("td", e.id));
-      tr.appendChild(tagsift.el("td", new Date(e.created_at).toTimeString().slice(0, 8)));
+      tr.appendChild(tagsift.el("td", new Date(parseTime(e.created_at)).toISOString().slice(11, 19)));
       tr.appendChild(tagsift.el("td", e.kind));
       var td = tagsift.el("td", eventText(e.data));
       if (e.kind === "stage" && e.data && e.data.stage) td.dataset.eventStage = e.data.stage;
@@ -328,23 +434,29 @@ function setupJob(root) {
     });
   }
   Array.prototype.forEach.call(events.querySelectorAll("td[data-event-stage]"), function (td) {
-    if (td.dataset.eventStage) seen[td.dataset.eventStage] = true;
+    if (td.dataset.eventStage) {
+      seen[td.dataset.eventStage] = true;
+      stageAt[td.dataset.eventStage] = parseTime(td.dataset.at);
+    }
   });
   poll();
 }
 
-// --- job form: placeholders show the chosen method's defaults ----------------------------------------------------
+// --- job form: placeholders show the chosen method's default values, the help line follows the method ----------
 function setupJobForm(form) {
   var defaults = JSON.parse(form.dataset.defaults || "{}");
+  var help = JSON.parse(form.dataset.methodHelp || "{}");
   var method = form.querySelector("select[name=method]");
+  var helpLine = form.querySelector("[data-help-method]");
   function update() {
     var d = defaults[method.value] || {};
     ["epochs", "lr"].forEach(function (k) {
       var i = form.querySelector('input[name="' + k + '"]');
-      if (i) i.placeholder = d[k] !== undefined ? "default " + d[k] : "default for the method";
+      if (i) i.placeholder = d[k] !== undefined ? d[k] + " (default)" : "";
     });
     var loss = form.querySelector("select[name=loss] option[value='']");
     if (loss) loss.textContent = d.loss ? "method default (" + d.loss + ")" : "method default";
+    if (helpLine && help[method.value]) helpLine.textContent = help[method.value];
   }
   method.addEventListener("change", update);
   update();

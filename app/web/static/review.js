@@ -17,7 +17,10 @@ document.addEventListener("DOMContentLoaded", function () {
   var remainingEl = document.querySelector("[data-remaining]");
   var index = -1;
   var anchor = -1;
-  var undoStack = []; // item ids, most recent last
+  // One entry per decision (a list of item ids: a bulk action is one entry, undone as a whole), most recent last;
+  // kept in this tab's sessionStorage, so U still undoes after a reload.
+  var undoKey = "tagsift-undo-" + root.dataset.dataset;
+  var undoStack = loadUndo();
   var queue = Promise.resolve(); // decisions run one after another, in the order of the keys
   var done = 0;
 
@@ -28,6 +31,22 @@ document.addEventListener("DOMContentLoaded", function () {
   function finished() {
     done += 1;
     document.body.dataset.decisions = String(done);
+  }
+
+  function loadUndo() {
+    try {
+      var v = JSON.parse(window.sessionStorage.getItem(undoKey) || "[]");
+      return Array.isArray(v) ? v : [];
+    } catch (err) {
+      return [];
+    }
+  }
+  function saveUndo() {
+    try {
+      window.sessionStorage.setItem(undoKey, JSON.stringify(undoStack.slice(-200)));
+    } catch (err) {
+      /* storage full or disabled: U works until the page is left */
+    }
   }
 
   function chipsOf(card) {
@@ -66,7 +85,13 @@ document.addEventListener("DOMContentLoaded", function () {
     var label = card.dataset.label;
     focusPanel.querySelector("[data-focus-meta]").textContent =
       (label ? "Tag: " + label : "No tag yet") + " · " + (card.dataset.source || "untagged");
-    focusPanel.querySelector("[data-focus-history]").href = "/ui/items/" + encodeURIComponent(card.dataset.id);
+    var back = "?back=" + encodeURIComponent(root.dataset.back || "");
+    focusPanel.querySelector("[data-focus-history]").href = "/ui/items/" + encodeURIComponent(card.dataset.id) + back;
+    var original = focusPanel.querySelector("[data-focus-original]");
+    original.href = "/ui/items/" + encodeURIComponent(card.dataset.id) + "/original";
+    original.title = file;
+    focusPanel.querySelector("[data-focus-similar]").href = "/ui/datasets/" + encodeURIComponent(root.dataset.dataset) +
+      "/map?near=" + encodeURIComponent(card.dataset.id);
   }
 
   function update(card, state) {
@@ -103,7 +128,7 @@ document.addEventListener("DOMContentLoaded", function () {
     remainingEl.textContent = String(Math.max(0, parseInt(remainingEl.textContent, 10) - delta));
   }
 
-  function decide(getList, body, advance) {
+  function decide(getList, body, advance, bulk) {
     enqueue(function () {
       var list = getList();
       if (!list.length) return Promise.resolve();
@@ -120,12 +145,30 @@ document.addEventListener("DOMContentLoaded", function () {
           finished();
           return;
         }
-        res.body.items.forEach(function (state, k) {
-          update(list[k], state);
-          undoStack.push(state.id);
+        var byId = {};
+        list.forEach(function (c) {
+          byId[c.dataset.id] = c;
         });
+        var skipped = res.body.skipped || [];
+        before = 0;
+        res.body.items.forEach(function (state) {
+          var card = byId[state.id];
+          if (card && card.dataset.source !== "reviewer") before += 1;
+          if (card) update(card, state);
+        });
+        if (res.body.items.length) {
+          undoStack.push(res.body.items.map(function (st) { return st.id; }));
+          saveUndo();
+        }
         counts(before);
-        tagsift.announce(list.length === 1 ? "Tagged " + res.body.items[0].label : "Tagged " + list.length + " items");
+        var n = res.body.items.length;
+        var text = n === 1 && !skipped.length ? "Tagged " + res.body.items[0].label : "Tagged " + n + " item" + (n === 1 ? "" : "s");
+        if (skipped.length) {
+          text += "; " + skipped.length + " skipped: their candidates do not hold " + body.label;
+          notice(text);
+        }
+        tagsift.announce(text);
+        if (bulk) endBulk();
         if (advance) setFocus(cards.indexOf(list[0]) + 1);
         finished();
       }, function () {
@@ -150,36 +193,80 @@ document.addEventListener("DOMContentLoaded", function () {
     } }, true);
   }
 
-  function assign(list, tag) {
+  function assign(list, tag, bulk) {
     decide(function () {
       return list;
-    }, { action: "assign", label: tag }, list.length === 1);
+    }, { action: "assign", label: tag }, list.length === 1 && !bulk, bulk);
   }
 
-  function accept(getList, advance) {
-    decide(getList, { action: "accept" }, advance);
+  function accept(getList, advance, bulk) {
+    decide(getList, { action: "accept" }, advance, bulk);
   }
 
+  // After a bulk action: the selection is cleared and the keyboard goes back to the grid (so Space skips, it does
+  // not press the bulk button again).
+  function endBulk() {
+    cards.forEach(function (c) {
+      select(c, false);
+    });
+    refreshBulk();
+    grid.focus({ preventScroll: true });
+  }
+
+  // U: undo the last decision made from this page in this tab (a bulk action as a whole).
   function undo() {
     enqueue(function () {
-      if (!undoStack.length) return Promise.resolve();
-      var id = undoStack.pop();
-      var card = document.getElementById("it-" + id);
-      return tagsift.call("POST", "/ui/api/items/" + encodeURIComponent(id) + "/undo").then(function (res) {
-        if (!res.ok) {
-          flash(tagsift.problemText(res));
-          finished();
-          return;
-        }
-        if (card) {
-          update(card, res.body);
-          if (res.body.label_source !== "reviewer") counts(-1);
-          setFocus(cards.indexOf(card));
-        }
-        tagsift.announce("Undone: " + (res.body.label || "no tag"));
+      if (!undoStack.length) {
+        notice("Nothing to undo: U undoes the decisions made on this page in this tab. " +
+          "An item's history page (\"history\" on its card) undoes older ones.");
+        finished();
+        return Promise.resolve();
+      }
+      var ids = undoStack.pop();
+      saveUndo();
+      if (!Array.isArray(ids)) ids = [ids];
+      var undone = 0;
+      var failed = null;
+      var last = null;
+      var chain = Promise.resolve();
+      ids.slice().reverse().forEach(function (id) {
+        chain = chain.then(function () {
+          return tagsift.call("POST", "/ui/api/items/" + encodeURIComponent(id) + "/undo").then(function (res) {
+            if (!res.ok) {
+              failed = tagsift.problemText(res);
+              return;
+            }
+            undone += 1;
+            last = res.body;
+            var card = document.getElementById("it-" + id);
+            if (card) {
+              update(card, res.body);
+              if (res.body.label_source !== "reviewer") counts(-1);
+            }
+          });
+        });
+      });
+      return chain.then(function () {
+        if (failed && !undone) flash(failed);
+        var card = ids.length ? document.getElementById("it-" + ids[0]) : null;
+        if (card) setFocus(cards.indexOf(card));
+        var text = ids.length === 1 && last ? "Undone: " + (last.label || "no tag") : "Undone: " + undone + " items";
+        if (failed && undone) text += " (" + (ids.length - undone) + " could not be: " + failed + ")";
+        notice(text);
+        tagsift.announce(text);
+        finished();
+      }, function () {
+        flash("The server could not be reached: nothing was undone.");
         finished();
       });
     });
+  }
+
+  function notice(text) {
+    var p = document.querySelector("[data-notice]");
+    if (!p) return;
+    p.textContent = text;
+    p.hidden = false;
   }
 
   function flash(text) {
@@ -245,23 +332,53 @@ document.addEventListener("DOMContentLoaded", function () {
     var list = selected();
     accept(function () {
       return list;
-    }, false);
+    }, false, true);
   });
   bulkAssign.addEventListener("click", function () {
-    assign(selected(), bulkTag.value);
+    assign(selected(), bulkTag.value, true);
   });
   focusPanel.querySelector('[data-act="accept"]').addEventListener("click", function () {
     accept(focused, true);
   });
-  focusPanel.querySelector('[data-act="skip"]').addEventListener("click", function () {
+  // Skip: recorded in the item's history (never undone by U, it changed nothing), then the next item.
+  function skip() {
+    var card = cards[index];
+    if (card) {
+      tagsift.call("POST", "/ui/api/items/" + encodeURIComponent(card.dataset.id) + "/skip").then(function (res) {
+        document.body.dataset.skips = String(Number(document.body.dataset.skips || 0) + (res.ok ? 1 : 0));
+      }, function () {});
+    }
     setFocus(index + 1);
-  });
+  }
+  focusPanel.querySelector('[data-act="skip"]').addEventListener("click", skip);
   focusPanel.querySelector('[data-act="undo"]').addEventListener("click", undo);
+
+  var keysOverlay = document.querySelector("[data-keys-overlay]");
+  document.querySelector("[data-keys-open]").addEventListener("click", function () {
+    keysOverlay.showModal();
+  });
+  focusPanel.querySelector("[data-focus-original]").addEventListener("click", function (e) {
+    e.preventDefault();
+    e.stopPropagation();
+    openOriginal();
+  });
+  function openOriginal() {
+    var card = cards[index];
+    if (card && window.tagsiftViewer) {
+      tagsiftViewer.open("/ui/items/" + encodeURIComponent(card.dataset.id) + "/original", card.querySelector(".file").textContent);
+    }
+  }
 
   document.addEventListener("keydown", function (e) {
     var t = e.target;
+    if (document.querySelector("dialog[open]")) return; // the viewer or the keys overlay has the keyboard
     if (t && (t.tagName === "INPUT" || t.tagName === "SELECT" || t.tagName === "TEXTAREA")) return;
     if (e.ctrlKey || e.metaKey || e.altKey) return;
+    if (e.key === "?") {
+      keysOverlay.showModal();
+      e.preventDefault();
+      return;
+    }
     if (!cards.length) return;
     if (t && t.tagName === "BUTTON" && (e.key === " " || e.key === "Enter")) return; // the button's own action
     var card = cards[index];
@@ -270,13 +387,15 @@ document.addEventListener("DOMContentLoaded", function () {
     } else if (e.key === "a" || e.key === "A") {
       accept(focused, true);
     } else if (e.key === " ") {
-      setFocus(index + 1);
+      skip();
     } else if (e.key === "u" || e.key === "U") {
       undo();
     } else if (e.key === "ArrowRight" || e.key === "ArrowDown" || e.key === "j") {
       setFocus(index + 1);
     } else if (e.key === "ArrowLeft" || e.key === "ArrowUp" || e.key === "k") {
       setFocus(index - 1);
+    } else if (e.key === "o" || e.key === "O") {
+      openOriginal();
     } else if (e.key === "x") {
       if (card) {
         select(card, card.getAttribute("aria-selected") !== "true");
