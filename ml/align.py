@@ -9,6 +9,8 @@ z̃ = s·<f, t̃>, z = s·<f, t> with f, t, t̃ all L2-normalised (method.md 6.3
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -40,13 +42,18 @@ def mix_alpha(mode: str, alpha: float, epoch: int, epochs: int, trust: float | N
 def teacher(
     hand_logits: torch.Tensor, mask: torch.Tensor, learned_logits: torch.Tensor | None = None, alpha: float = 0.0
 ) -> torch.Tensor:
-    """(B, K) candidate-restricted, renormalised target q (no grad)."""
-    p = F.softmax(hand_logits.float(), dim=1)
+    """(B, K) candidate-restricted, renormalised target q (no grad).
+
+    Formed in log space and normalised by a softmax over the candidates alone: the product p ⊙ Y underflows to an
+    all-zero target when every candidate sits ~104 logits below a non-candidate.
+    """
+    logp = F.log_softmax(hand_logits.float(), dim=1)
     if alpha > 0:
         assert learned_logits is not None, "a mixed teacher needs the learned logits"
-        p = (1 - alpha) * p + alpha * F.softmax(learned_logits.detach().float(), dim=1)
-    p = p * mask
-    return p / p.sum(dim=1, keepdim=True).clamp_min(1e-30)
+        learned = F.log_softmax(learned_logits.detach().float(), dim=1)
+        # log((1 - a) p̃ + a p); a = 1 is the learned posterior alone (log1p(-1) is a domain error)
+        logp = learned if alpha >= 1 else torch.logaddexp(logp + math.log1p(-alpha), learned + math.log(alpha))
+    return logp.masked_fill(mask <= 0, float("-inf")).softmax(dim=1)
 
 
 def align_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

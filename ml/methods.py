@@ -13,6 +13,7 @@ reads of the handcrafted prompt, and :class:`Classifier`, the one learner object
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -104,6 +105,10 @@ class Classifier(nn.Module):
 
         Reused while the context is unchanged (same `ctx._version`, autocast state; a pass with grad also serves
         no-grad callers, detached): RC/LWS's after-step forward and the next step's forward see the same context.
+        A pass with grad is reused by at most one backward: the backward frees its graph, so a hook drops it from
+        the cache as soon as a gradient flows through it. Without that, a step the GradScaler skips (amp, scaled
+        gradients overflowed) leaves `ctx` and its version untouched and the next step would backward through the
+        freed graph ("Trying to backward through the graph a second time").
         """
         key = (self.prompt_learner.ctx._version, torch.is_autocast_enabled())
         cached = getattr(self, "_text_cache", None)
@@ -111,7 +116,21 @@ class Classifier(nn.Module):
             return cached[1] if torch.is_grad_enabled() else cached[1].detach()
         t = prompt_learner.class_text_features(self.prompt_learner, self.text_encoder)  # by module: patchable
         self._text_cache = (key, t)
+        if t.requires_grad:
+            t.register_hook(self._forget_text(t))
         return t
+
+    def _forget_text(self, t: torch.Tensor):
+        """A gradient hook on `t`: drops `t` from the cache when a backward reaches it (the hook keeps no strong
+        reference to `t`, so a tensor nobody uses is freed with its graph)."""
+        ref = weakref.ref(t)
+
+        def hook(grad: torch.Tensor) -> None:
+            cached = getattr(self, "_text_cache", None)
+            if cached is not None and cached[1] is ref():
+                self._text_cache = None
+
+        return hook
 
     def logits(self, feats: list[torch.Tensor], update_stats: bool = True) -> list[torch.Tensor]:
         """Per-view (B, K) logits; one text pass shared by all views.

@@ -30,6 +30,7 @@ from ml.errors import StaleCheckpoint, TrainingCancelled
 from ml.files import atomic_path
 from ml.inference import candidate_probabilities, candidates_to_mask, check_classnames, class_logits, disambiguate
 from ml.losses import LOSSES, PLLBatch, build_loss
+from ml.losses.base import candidate_softmax
 from ml.methods import METHODS as _REGISTRY
 from ml.methods import Classifier, method, step_loss
 from ml.prior import calibrate_prior, graph_purity, knn_graph, prior_evidence, prior_trust, propagate
@@ -476,5 +477,5 @@ def _attach_graph(model: Classifier, loss_fn, feats0, mask_f, config: TrainConfi
     if prior is not None:
         prior["graph_purity"] = graph_purity(mask_f.cpu(), neighbours.cpu())
     if init:
-        start = F.softmax(model.probe.prior_logits(feats0), dim=1) if model.kind.anchored else mask_f
+        start = candidate_softmax(model.probe.prior_logits(feats0), mask_f) if model.kind.anchored else mask_f
         loss_fn.confidence.copy_(propagate(start, mask_f, neighbours, config.graph_weight))

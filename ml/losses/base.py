@@ -66,6 +66,15 @@ def uniform_confidence(candidates: torch.Tensor) -> torch.Tensor:
 
 
 def renormalise(p: torch.Tensor, mask: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """(p ⊙ Y) / (Σ_k p_k Y_k + eps), row-wise."""
+    """(p ⊙ Y) / (Σ_k p_k Y_k + eps), row-wise. For p = softmax(z) use :func:`candidate_softmax` instead."""
     pm = p * mask
     return pm / (pm.sum(dim=1, keepdim=True) + eps)
+
+
+def candidate_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """softmax(z) ⊙ Y renormalised, computed as the softmax over the candidates' logits alone (0 outside them).
+
+    The product form underflows: when every candidate sits ~104 logits below a non-candidate, softmax(z) ⊙ Y is
+    all zeros in float32 and the row carries no information (or divides 0 by 0). Every row needs a candidate.
+    """
+    return logits.float().masked_fill(mask <= 0, float("-inf")).softmax(dim=1)

@@ -87,9 +87,11 @@ class PiCOLoss(PLLLoss):
             for pk, pq in zip(self.head_k.parameters(), self.head.parameters(), strict=True):
                 pk.mul_(self.moco_m).add_(pq.detach(), alpha=1 - self.moco_m)
             k = F.normalize(self.head_k(f_s), dim=1)  # [B, 128]
-            pseudo = (F.softmax(z_w, dim=1) * y).argmax(dim=1)  # [B]
-            score_prot = F.softmax(q @ self.prototypes.T, dim=1)  # [B, K]
-            pseudo_prot = (score_prot * y).argmax(dim=1)
+            # argmax_k p_k Y_k taken over the candidates' logits: the product underflows to all zeros (argmax 0,
+            # maybe not a candidate) when every candidate sits ~104 logits below a non-candidate
+            pseudo = z_w.detach().float().masked_fill(y <= 0, float("-inf")).argmax(dim=1)  # [B]
+            score_prot = q @ self.prototypes.T  # [B, K]; softmax is monotone: argmax on the scores
+            pseudo_prot = score_prot.masked_fill(y <= 0, float("-inf")).argmax(dim=1)
             for feat, label in zip(q.detach(), pseudo, strict=True):
                 self.prototypes[label] = self.prototypes[label] * self.proto_m + (1 - self.proto_m) * feat
             self.prototypes.copy_(F.normalize(self.prototypes, dim=1))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ml.losses.base import PLLBatch, PLLLoss, uniform_confidence
+from ml.losses.base import PLLBatch, PLLLoss, candidate_softmax, uniform_confidence
 
 
 class PLCRLoss(PLLLoss):
@@ -37,6 +37,6 @@ class PLCRLoss(PLLLoss):
         p1 = logps[0].exp()
         sup = -((1 - batch.mask) * torch.log(1.0000001 - p1)).sum(1).mean()
         with torch.no_grad():
-            geo = torch.exp(sum(lp for lp in logps) / 3) * batch.mask  # Π_v p_v^{1/3} ⊙ Y
-            self.confidence[batch.index] = geo / geo.sum(1, keepdim=True).clamp_min(1e-30)
+            # normalise(Π_v p_v^{1/3} ⊙ Y) = softmax over the candidates of the mean log-probability (no underflow)
+            self.confidence[batch.index] = candidate_softmax(sum(lp for lp in logps) / 3, batch.mask)
         return lam * consist + sup

@@ -5,14 +5,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ml.losses.base import PLLBatch, PLLLoss, renormalise, uniform_confidence
+from ml.losses.base import PLLBatch, PLLLoss, candidate_softmax, renormalise, uniform_confidence
 
 
 class RCLoss(PLLLoss):
     """L = -(1/B) Σ_i Σ_k c_ik log p_ik, with per-item confidences c (init Y/|S|).
 
     After each optimiser step, from a fresh no-grad forward of the same batch:
-        c_i <- (p_i ⊙ Y_i) / (Σ_k p_ik Y_ik + 1e-7)
+        c_i <- (p_i ⊙ Y_i) / Σ_k p_ik Y_ik, computed as the softmax over the candidates' logits (never underflows;
+        CoOpPLL's product form with + 1e-7 zeroes an item whose candidates all sit far below a non-candidate)
     """
 
     needs_after_step = True
@@ -35,8 +36,8 @@ class RCLoss(PLLLoss):
 
     @torch.no_grad()
     def after_step(self, logits: torch.Tensor, batch: PLLBatch) -> None:
-        p = F.softmax(logits, dim=1)
+        p = candidate_softmax(logits, batch.mask)  # p ⊙ Y, renormalised
         if self.neighbours is not None and self.graph_weight > 0 and self.neighbours.shape[1]:
             around = self.confidence[self.neighbours[batch.index]].mean(dim=1)  # [B, K]
-            p = (1 - self.graph_weight) * renormalise(p, batch.mask) + self.graph_weight * around
-        self.confidence[batch.index] = renormalise(p, batch.mask)
+            p = renormalise((1 - self.graph_weight) * p + self.graph_weight * around, batch.mask)
+        self.confidence[batch.index] = p
