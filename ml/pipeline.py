@@ -2,8 +2,8 @@
 
 :func:`run_job` is the only entry point the worker calls. Every ML decision of a job is made here, in this order:
 
-1. **training set**: an item whose tag is certain (``certain[i]``) has the candidate set ``{tag}``; a share of the
-   certain items is held out as validation when there are enough (``ml.quality.choose_holdout``); job param
+1. **training set**: an item whose tag is certain (``certain[i]``) has the candidate set ``{tag}``; the audited items
+   (``spec.audited``, a random sample a person answered) are held out as the yardstick and validation set; job param
    ``shots`` keeps at most that many training items per class (:func:`select_training_items`).
 2. **encoding**: ``views`` feature views of the training items (view 0 clean, the others augmented; raised to the
    number of distinct views the loss takes per step, PiCO 2, PLCR 3, when ``views`` > 1: :func:`encoded_views`) and
@@ -13,9 +13,9 @@
 4. **fit** (``ml.train.fit``) with an epoch checkpoint, so a re-run resumes; a checkpoint written for other data or
    another config is discarded (``callbacks.checkpoint_discarded``) and training restarts from epoch 1.
 5. **deployed classifier**: the trained one, or mixed with the handcrafted prompts (``ml/ensemble.py``).
-6. **calibration and labels**: a temperature fitted on the held-out items (or on the candidate sets), then labels
-   for every item restricted to its own (unpruned) candidates with calibrated confidences, and the job's quality
-   report (``ml/quality.py``: held-out accuracy with its interval, expected accuracy, per-epoch losses and churn).
+6. **calibration and labels** (``ml.quality.assess``): labels for every item restricted to its own (unpruned)
+   candidates, confidences calibrated on the audit (cross-fitted) or by consistency with the candidate sets, and the
+   job's quality report (the estimate with its interval and basis, per tag, confusions, per-epoch losses and churn).
 7. **export**: the model's head (class matrix, bias and logit scale, the temperature folded into them, so /predict's
    scores are calibrated too) and its side files into ``export_dir`` (``ml.export.export_head``). The image tower
    is the backbone's, shared by all its models: the caller stores it once (``ml.export.export_tower``, keyed by
@@ -109,6 +109,9 @@ class JobSpec:
     handcrafted_mix: float = 0.0
     templates: Sequence[str] | None = None  # the job's own templates, for the handcrafted mix
     original_candidates: list[list[str]] | None = None  # each item's candidate set before a certain tag replaced it
+    # items of a random audit a person answered: item index -> true class index. Held out of training (the yardstick
+    # of ml.quality.assess: each is judged over its original set as if its tag were unknown), labelled with its tag.
+    audited: dict[int, int] = dataclasses.field(default_factory=dict)
 
 
 def _ignore(*_args, **_kwargs) -> None:
@@ -143,7 +146,7 @@ class JobResult:
     train_seconds: float
     knn: dict | None  # what candidate pruning did, or None
     probs: list[dict[str, float]] | None = None  # per item: candidate tag -> probability (over its candidates)
-    quality: dict | None = None  # ml.quality.quality_report: how good the labels are, measured without true labels
+    quality: dict | None = None  # ml.quality.assess's report: how good the labels are (docs/quality.md)
 
 
 def run_job(
@@ -165,8 +168,8 @@ def run_job(
     """
     from ml.ensemble import deployed_classifier
     from ml.export import export_head
-    from ml.quality import calibrate, choose_holdout, quality_report
-    from ml.train import candidate_probabilities, candidates_to_mask, class_logits, disambiguate
+    from ml.quality import assess
+    from ml.train import candidates_to_mask, class_logits
 
     cb = callbacks or Callbacks()
     cfg = spec.config
@@ -176,16 +179,15 @@ def run_job(
         raise InvalidCandidates(str(exc)) from exc
     n = len(spec.candidates)
     original = spec.original_candidates or spec.candidates
-    tags = [spec.candidates[i][0] if spec.certain[i] else None for i in range(n)]
-    holdout = choose_holdout(tags, original, cfg.seed)
+    holdout = sorted(int(i) for i in spec.audited)  # the audit: never trained on, the yardstick
     hold_mask = hold_target = None
     if holdout:
         try:
-            hold_mask = candidates_to_mask([sorted({*original[i], tags[i]}) for i in holdout], spec.classes)
-        except ValueError as exc:
-            raise InvalidCandidates(str(exc)) from exc
-        index = {c: k for k, c in enumerate(spec.classes)}
-        hold_target = torch.tensor([index[tags[i]] for i in holdout], dtype=torch.long)
+            sets = [sorted({*original[i], spec.classes[spec.audited[i]]}) for i in holdout]
+            hold_mask = candidates_to_mask(sets, spec.classes)
+        except (ValueError, IndexError, KeyError) as exc:
+            raise InvalidCandidates(f"audited items: {exc}") from exc
+        hold_target = torch.tensor([spec.audited[i] for i in holdout], dtype=torch.long)
     held = set(holdout)
     pool = [i for i in range(n) if i not in held]  # every item when nothing is held out
     chosen = select_training_items(
@@ -224,31 +226,23 @@ def run_job(
     deployed = deployed_classifier(backbone, result, spec.classes, spec.handcrafted_mix, spec.templates)
     cb.stage("labelling", {"items": len(spec.images)})
     logits = class_logits(eval_feats, deployed.class_features, deployed.logit_scale, deployed.bias)
-    uncertain = [i for i in range(n) if not spec.certain[i]]
-    calibration = calibrate(logits, mask, holdout, hold_mask, hold_target, uncertain)
-    t = calibration["temperature"]
-    classifier = (deployed.class_features, deployed.logit_scale)
-    labels, confidence, margin = disambiguate(
-        eval_feats, *classifier, candidates=mask, bias=deployed.bias, temperature=t
-    )
-    correct = correct_any = None
+    judged = mask.clone()  # audited items are judged over their original sets
     if holdout:
-        h_feats = eval_feats[holdout]
-        correct = disambiguate(h_feats, *classifier, candidates=hold_mask, bias=deployed.bias)[0] == hold_target
-        correct_any = disambiguate(h_feats, *classifier, bias=deployed.bias)[0] == hold_target
-    quality = quality_report(
-        confidence=confidence,
+        judged[torch.tensor(holdout, dtype=torch.long)] = hold_mask
+    audited = dict(zip(holdout, hold_target.tolist(), strict=True)) if holdout else {}
+    a = assess(
+        logits.cpu(),
+        judged,
+        classes=spec.classes,
         certain=spec.certain,
-        holdout_correct=correct,
-        holdout_correct_any_class=correct_any,
-        calibration=calibration,
+        audited=audited,
+        features=eval_feats.cpu(),
         history=result.history,
+        seed=cfg.seed,
     )
-    p = candidate_probabilities(
-        eval_feats, deployed.class_features, deployed.logit_scale, candidates=mask, bias=deployed.bias, temperature=t
-    ).cpu()  # (N, K), calibrated like the confidences
+    t, labels, confidence, margin, quality, p = a.temperature, a.labels, a.confidence, a.margin, a.report, a.probs
     probs = [
-        {spec.classes[k]: round(float(p[i, k]), 4) for k in range(len(spec.classes)) if mask[i, k]}
+        {spec.classes[k]: round(float(p[i, k]), 4) for k in range(len(spec.classes)) if judged[i, k]}
         for i in range(len(spec.images))
     ]
     if cb.should_cancel():
