@@ -40,7 +40,7 @@ MAX_TRAIN = 20_000
 #: Full-batch Adam steps of the head, its learning rate and weight decay.
 HEAD_STEPS, HEAD_LR, HEAD_L2 = 150, 0.02, 1e-3
 #: Fewest model-labelled items with an informative candidate set (1 < |S| < K) for an estimate.
-MIN_ITEMS = 20
+MIN_ITEMS = 10
 #: Systematic allowance (accuracy, either side) added to the interval (module doc; docs/quality.md).
 CONSISTENCY_ALLOWANCE = 0.04
 
