@@ -83,7 +83,8 @@ def _words(basis: str, est: dict, n: int, audit_n: int, n_flagged: int) -> tuple
             step = f"Review the {n_flagged} flagged items, lowest confidence first." if n_flagged else "Export."
         return warning, step
     what = (
-        "estimated from the model's consistency with the candidate sets (a head trained on other items' sets), "
+        "estimated from the model's consistency with the candidate sets (a copy of the model trained on other "
+        "items, checked against these items' sets), "
         if basis == "consistency"
         else "the model's own mean confidence, uncalibrated (no features to check it against), "
     )

@@ -87,7 +87,7 @@ def test_the_default_job_runs_end_to_end(prod_env, start_worker):
         and quality["holdout"] is None
         and quality["estimated_accuracy"] == est["accuracy"]
     )
-    assert quality["warnings"] and "audit of 12 items" in est["warning"]
+    assert quality["warnings"] and "audit of 12 randomly drawn items" in est["warning"]
     assert quality["certain_items"] == 0 and quality["model_labelled_items"] == 12
     true = sum(it.label == truths[it.seq] for it in items) / len(items)
     assert est["ci95"][0] <= true <= est["ci95"][1] and abs(est["accuracy"] - true) <= 0.3, (est, true)
