@@ -40,16 +40,13 @@ from ml.calibration import (
     t_quantile,
     wilson_interval,
 )
+from ml.quality_report import AUDIT_MAX, AUDIT_MIN, AUDIT_SHARE, REVIEW_BELOW, audit_size, build_report
 
 #: Folds of the audit's cross-fitted temperature (fewer when fewer items are audited).
 AUDIT_FOLDS = 5
 #: Below this many audited items the interval is also widened to the audit share's Wilson interval (the
 #: prediction-powered interval is a large-sample one).
 SMALL_AUDIT = 30
-#: The audit a user gets by default: 5% of the items, at least 50, at most 300 (issue 22).
-AUDIT_SHARE, AUDIT_MIN, AUDIT_MAX = 0.05, 50, 300
-#: A label whose calibrated confidence is below this needs review (the worker's review_confidence default).
-REVIEW_BELOW = 0.9
 
 
 @dataclass
@@ -60,11 +57,6 @@ class Assessment:
     margin: torch.Tensor  # (N,) p1 - p2 over the candidates
     probs: torch.Tensor  # (N, K) calibrated, restricted to the candidates (one-hot for certain items)
     report: dict
-
-
-def audit_size(n: int) -> int:
-    """Items a default audit draws from a dataset of n: 5%, at least 50, at most 300 (never more than n)."""
-    return min(n, max(AUDIT_MIN, min(AUDIT_MAX, math.ceil(AUDIT_SHARE * n))))
 
 
 def _clip01(x: float) -> float:
@@ -189,8 +181,6 @@ def assess(
     confidence = probs.gather(1, labels.view(-1, 1)).squeeze(1)
     top2 = probs.topk(min(2, k), dim=1).values
     margin = top2[:, 0] - (top2[:, 1] if k > 1 else 0.0)
-    from ml.quality_report import build_report
-
     report = build_report(
         basis=basis,
         est=est,
@@ -214,4 +204,15 @@ def _no_estimate(logits: torch.Tensor, mask: torch.Tensor, model_labels: torch.T
     return {"accuracy": float(c.mean()), "ci95": [0.0, 1.0], "temperature": 1.0}
 
 
-__all__ = ["Assessment", "assess", "audit_size", "audit_estimate", "wilson_interval", "LOG_T_PRIOR_SD"]
+__all__ = [
+    "AUDIT_MAX",
+    "AUDIT_MIN",
+    "AUDIT_SHARE",
+    "LOG_T_PRIOR_SD",
+    "REVIEW_BELOW",
+    "Assessment",
+    "assess",
+    "audit_estimate",
+    "audit_size",
+    "wilson_interval",
+]

@@ -8,10 +8,19 @@ from collections.abc import Sequence
 import torch
 
 REPORT_VERSION = 2
+#: The audit a user gets by default: 5% of the items, at least 50, at most 300 (issue 22).
+AUDIT_SHARE, AUDIT_MIN, AUDIT_MAX = 0.05, 50, 300
+#: A label whose calibrated confidence is below this needs review (the worker's review_confidence default).
+REVIEW_BELOW = 0.9
 #: Tag pairs listed under "confusions".
 TOP_CONFUSIONS = 5
 #: A pair counts as confused on an item when both are its top two candidates and the margin is below this.
 CONFUSION_MARGIN = 0.5
+
+
+def audit_size(n: int) -> int:
+    """Items a default audit draws from a dataset of n: 5%, at least 50, at most 300 (never more than n)."""
+    return min(n, max(AUDIT_MIN, min(AUDIT_MAX, math.ceil(AUDIT_SHARE * n))))
 
 
 def _r(x: float | None, nd: int = 4) -> float | None:
@@ -110,8 +119,6 @@ def build_report(
     audited: dict[int, int],
     history: Sequence,
 ) -> dict:
-    from ml.quality import REVIEW_BELOW, audit_size
-
     n = len(labels)
     n_known = int(known.sum())
     n_certain = sum(1 for i, c in enumerate(certain) if c and i not in audited)
