@@ -105,8 +105,9 @@ def test_cifar10_reference_backbone_end_to_end(api, cifar10_path, reference_buil
     est = quality["estimate"]
     print(f"e2e: label accuracy {accuracy:.3f}, estimated {est['accuracy']:.3f} {est['ci95']} ({est['basis']})")
     assert est["basis"] == "consistency" and quality["holdout"] is None and quality["warnings"]
-    # against the truth on real photos (the old candidate-likelihood fit said 85.3% for 73% right here)
-    assert est["ci95"][0] <= accuracy <= est["ci95"][1] and abs(est["accuracy"] - accuracy) <= 0.1, (est, accuracy)
+    # against the truth on real photos (the old candidate-likelihood fit said 85.3% for 73% right here; this one
+    # 63.2% [50.8, 75.5]): on 100 items the consistency interval is about +-12 points, hence the tolerance
+    assert est["ci95"][0] <= accuracy <= est["ci95"][1] and abs(est["accuracy"] - accuracy) <= 0.15, (est, accuracy)
 
     res = client.get(f"/models/{job['model_id']}/export")
     assert res.status_code == 200, res.text
