@@ -506,3 +506,42 @@ def bench_client(
 
     cfg = ClientBenchConfig(images=images, batch=batch, rounds=rounds, database_url=database_url, keep=keep)
     run_client_bench(cfg, cifar10_path=_data_paths(cifar10_path, None)[0], out=typer.echo)
+
+
+@bench.command("quality")
+def bench_quality(
+    per_class: Annotated[int, typer.Option("--per-class", help="Images per class of the split to label.")] = 100,
+    split: Annotated[str, typer.Option("--split", help="CIFAR-10 split to label: test (reported) or train.")] = "test",
+    qs: Annotated[str, typer.Option("--q", help="Candidate-set flip rates, comma-separated.")] = "0.3,0.7",
+    seeds: Annotated[str, typer.Option("--seeds", help="Seeds (candidate sets, audit, training).")] = "1,2",
+    methods: Annotated[str, typer.Option("--methods", help="Methods, comma-separated.")] = "aligned_head,linear_probe",
+    audits: Annotated[str, typer.Option("--audits", help="Audit sizes (0: no audit).")] = "0,50",
+    threads: Annotated[int, typer.Option("--threads", help="torch threads (1 is fastest on a loaded machine).")] = 1,
+    backbone: Annotated[str, typer.Option("--backbone", help="Backbone spec, or 'reference'.")] = "reference",
+    cifar10_path: Cifar10Path = None,
+    cache_dir: CacheDir = None,
+    feature_dir: Annotated[
+        Path | None, typer.Option("--feature-dir", help="Feature cache (default <TAGSIFT_DATA_DIR>/features).")
+    ] = None,
+) -> None:
+    """How close ml.quality's accuracy figure lands to the truth, with and without an audit (docs/quality.md)."""
+    import torch
+
+    from app.config import get_settings
+    from bench.quality import run_cifar10
+
+    torch.set_num_threads(threads)
+    cifar, models = _data_paths(cifar10_path, cache_dir)
+    run_cifar10(
+        backbone=backbone,
+        cifar10_path=cifar,
+        cache_dir=models,
+        feature_dir=feature_dir or get_settings().data_dir / "features",
+        split=split,
+        per_class=per_class,
+        qs=_floats(qs),
+        seeds=[int(s) for s in seeds.split(",")],
+        methods=methods.split(","),
+        audits=[int(a) for a in audits.split(",")],
+        log=typer.echo,
+    )

@@ -2,8 +2,8 @@
 
 1. :func:`plan_job` -> :class:`JobPlan`, plain data: the job's config (:func:`job_config`, built from the request's
    params here and nowhere else), the candidate set of each item (an item whose tag is certain has ``{tag}``),
-   the hold-out (a share of the certain items held out as validation when there are enough,
-   ``ml.quality.choose_holdout``), the training items (job param ``shots`` keeps at most that many per class,
+   the hold-out (the audited items: a random sample a person answered, never trained on, the yardstick of
+   ``ml.quality.assess``), the training items (job param ``shots`` keeps at most that many per class,
    :func:`select_training_items`) and the features they need (:attr:`JobPlan.needs`): ``views`` feature views of
    each training item (view 0 clean, the others augmented; raised to the number of distinct views the loss takes
    per step, PiCO 2, PLCR 3, when ``views`` > 1: :func:`encoded_views`) and the clean view of every item. Bad
@@ -18,10 +18,10 @@
       data or another config (``StaleCheckpoint``) is discarded (``callbacks.checkpoint_discarded``) and training
       restarts from epoch 1;
    c. **deployed classifier**: the trained one, or mixed with the handcrafted prompts (``ml/ensemble.py``);
-   d. **calibration and labels**: a temperature fitted on the held-out items (or on the candidate sets), then
-      labels for every item restricted to its own (unpruned) candidates with calibrated confidences, and the job's
-      quality report (``ml/quality.py``: held-out accuracy with its interval, expected accuracy, per-epoch losses
-      and churn);
+   d. **calibration and labels** (``ml.quality.assess``): labels for every item restricted to its own (unpruned)
+      candidates (an audited item: its original set), confidences calibrated on the audit (cross-fitted) or by
+      consistency with the candidate sets, and the job's quality report (the estimate with its interval and
+      basis, per tag, confusions, per-epoch losses and churn);
    e. **export**: the model's head (class matrix, bias and logit scale, the temperature folded into them, so
       /predict's scores are calibrated too) and its side files into ``export_dir`` (``ml.export.export_head``).
       The image tower is the backbone's, shared by all its models: the caller stores it once
@@ -46,9 +46,9 @@ from ml.ensemble import deployed_classifier
 from ml.errors import InvalidCandidates, StaleCheckpoint, TrainingCancelled
 from ml.export import export_head
 from ml.features import encode_images
-from ml.inference import candidate_probabilities, candidates_to_mask, class_logits, disambiguate
+from ml.inference import candidates_to_mask, class_logits
 from ml.knn_vote import prune_candidates
-from ml.quality import calibrate, choose_holdout, quality_report
+from ml.quality import assess
 from ml.train import EpochMetrics, TrainConfig, TrainResult, fit, views_needed
 
 
@@ -156,10 +156,11 @@ class JobPlan:
     original: list[list[str]]  # per item: its candidate set as given (a certain tag may lie outside it)
     certain: list[bool]
     shas: list[str]  # sha256 of each item's image: the feature cache key
-    holdout: list[int]  # certain items held out as validation (ml.quality.choose_holdout)
+    holdout: list[int]  # the audited items (sorted): held out of training, the yardstick of ml.quality.assess
     train_idx: list[int]  # items trained on (not held out; at most ``shots`` per class)
     views: int  # feature views encoded per training item
     config: JobConfig
+    audited: dict[int, int] = dataclasses.field(default_factory=dict)  # audited item -> its true class index
 
     @property
     def seed(self) -> int:
@@ -180,13 +181,20 @@ def plan_job(
     tags: list[str | None],
     shas: Sequence[str],
     config: JobConfig,
+    audited: dict[int, str] | None = None,
 ) -> JobPlan:
     """The job's plan (see the module docstring, step 1): ``tags[i]`` is item i's certain tag (a reviewer's or the
-    manifest's label) or None. Raises ``InvalidCandidates`` for sets that cannot be trained on."""
+    manifest's label) or None; ``audited`` maps the items of a random audit a person answered to their tag (held
+    out of training, the estimate's yardstick). Raises ``InvalidCandidates`` for sets that cannot be trained on."""
     sets = [[tag] if tag else c for c, tag in zip(candidates, tags, strict=True)]
     certain = [tag is not None for tag in tags]
     seed = config.train.seed
-    holdout = choose_holdout(list(tags), candidates, seed)
+    index = {c: k for k, c in enumerate(classes)}
+    try:
+        truth = {int(i): index[tag] for i, tag in (audited or {}).items() if 0 <= int(i) < len(sets)}
+    except KeyError as exc:
+        raise InvalidCandidates(f"audited items: tag {exc} is not a class") from None
+    holdout = sorted(truth)
     plan = JobPlan(
         classes=list(classes),
         candidates=sets,
@@ -197,6 +205,7 @@ def plan_job(
         train_idx=[],
         views=encoded_views(config.views, config.train),
         config=config,
+        audited=truth,
     )
     _masks(plan)  # InvalidCandidates now, before anything is fetched or encoded
     held = set(holdout)
@@ -206,18 +215,17 @@ def plan_job(
 
 
 def _masks(plan: JobPlan) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(N, K) candidate mask, and the hold-out's (M, K) mask (its given set and its tag) and (M,) target classes."""
+    """(N, K) candidate mask, and the hold-out's (M, K) mask (its given set and its audited tag) and (M,) target
+    classes."""
     try:
         mask = candidates_to_mask(plan.candidates, plan.classes)  # (N, K) bool
         if not plan.holdout:
             return mask, None, None
-        tags = plan.tags()
-        hold_sets = [sorted({*plan.original[i], tags[i]}) for i in plan.holdout]
+        hold_sets = [sorted({*plan.original[i], plan.classes[plan.audited[i]]}) for i in plan.holdout]
         hold_mask = candidates_to_mask(hold_sets, plan.classes)
     except ValueError as exc:
         raise InvalidCandidates(str(exc)) from exc
-    index = {c: k for k, c in enumerate(plan.classes)}
-    hold_target = torch.tensor([index[tags[i]] for i in plan.holdout], dtype=torch.long)
+    hold_target = torch.tensor([plan.audited[i] for i in plan.holdout], dtype=torch.long)
     return mask, hold_mask, hold_target
 
 
@@ -307,7 +315,7 @@ class JobResult:
     train_seconds: float
     knn: dict | None  # what candidate pruning did, or None
     probs: list[dict[str, float]] | None = None  # per item: candidate tag -> probability (over its candidates)
-    quality: dict | None = None  # ml.quality.quality_report: how good the labels are, measured without true labels
+    quality: dict | None = None  # ml.quality.assess's report: how good the labels are (docs/quality.md)
 
 
 def run_plan(
@@ -418,38 +426,31 @@ def _fit(
 
 def _label(plan: JobPlan, eval_feats, deployed, mask, hold_mask, hold_target, history) -> dict:
     """Calibrated labels, confidences, margins and candidate probabilities of every item, the temperature and the
-    quality report (ml/quality.py)."""
+    quality report (``ml.quality.assess``): an audited item is judged over its original set, as if its tag were
+    unknown."""
     n, classes = len(plan.shas), plan.classes
     logits = class_logits(eval_feats, deployed.class_features, deployed.logit_scale, deployed.bias)
-    uncertain = [i for i in range(n) if not plan.certain[i]]
-    calibration = calibrate(logits, mask, plan.holdout, hold_mask, hold_target, uncertain)
-    t = calibration["temperature"]
-    classifier = (deployed.class_features, deployed.logit_scale)
-    labels, confidence, margin = disambiguate(
-        eval_feats, *classifier, candidates=mask, bias=deployed.bias, temperature=t
-    )
-    correct = correct_any = None
+    judged = mask.clone()
     if plan.holdout:
-        h_feats = eval_feats[plan.holdout]
-        correct = disambiguate(h_feats, *classifier, candidates=hold_mask, bias=deployed.bias)[0] == hold_target
-        correct_any = disambiguate(h_feats, *classifier, bias=deployed.bias)[0] == hold_target
-    quality = quality_report(
-        confidence=confidence,
+        judged[torch.tensor(plan.holdout, dtype=torch.long)] = hold_mask
+    audited = dict(zip(plan.holdout, hold_target.tolist(), strict=True)) if plan.holdout else {}
+    a = assess(
+        logits.cpu(),
+        judged,
+        classes=classes,
         certain=plan.certain,
-        holdout_correct=correct,
-        holdout_correct_any_class=correct_any,
-        calibration=calibration,
+        audited=audited,
+        features=eval_feats.cpu(),
         history=history,
+        seed=plan.seed,
     )
-    p = candidate_probabilities(
-        eval_feats, *classifier, candidates=mask, bias=deployed.bias, temperature=t
-    ).cpu()  # (N, K), calibrated like the confidences
-    probs = [{classes[k]: round(float(p[i, k]), 4) for k in range(len(classes)) if mask[i, k]} for i in range(n)]
+    p = a.probs
+    probs = [{classes[k]: round(float(p[i, k]), 4) for k in range(len(classes)) if judged[i, k]} for i in range(n)]
     return {
-        "labels": [int(x) for x in labels],
-        "confidence": [float(x) for x in confidence],
-        "margin": [float(x) for x in margin],
+        "labels": [int(x) for x in a.labels],
+        "confidence": [float(x) for x in a.confidence],
+        "margin": [float(x) for x in a.margin],
         "probs": probs,
-        "quality": quality,
-        "temperature": t,
+        "quality": a.report,
+        "temperature": a.temperature,
     }

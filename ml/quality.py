@@ -1,224 +1,218 @@
-"""How good a job's labels are, without true labels: held-out certain items, calibration, the expected accuracy.
+"""How good a job's labels are: a measurement on a random audit, or an estimate from the candidate sets.
 
-A dataset has no ground truth, but some items have a tag that is certain (a reviewer's fix, a manifest ``label``).
+One entry point, :func:`assess`, for the job pipeline and the live refit (docs/quality.md says how and why):
 
-* **Hold-out** (:func:`choose_holdout`): when at least :data:`MIN_HOLDOUT_ITEMS` items can be held out at
-  :data:`HOLDOUT_SHARE` of the *informative* certain items (those whose original candidate set, with the tag, has at
-  least two tags: a one-tag set is right whatever the model says), that share, stratified by tag and seeded, is
-  kept out of training. The model labels them over their original candidate sets as if their tag were unknown; the
-  share it gets right, with a Wilson 95% interval (:func:`wilson_interval`), is the measured label accuracy.
-* **Calibration** (:func:`fit_temperature`): one temperature T divides the deployed classifier's logits
-  (p = softmax(z / T) restricted to the candidates). With a hold-out, T minimises the held-out items' negative
-  log-likelihood of their tag (``method = "holdout"``). Without one, T maximises the candidate-set likelihood
-  Σ_i log Σ_{k∈S_i} softmax(z_i / T)_k over items whose set is informative (1 < |S| < K), the likelihood of the
-  sets under uniform distractors (``"candidate_likelihood"``), kept >= 1 (this fit can only say the model is
-  over-confident, never make it more confident; it is fitted on training items, so it is optimistic: the report
-  carries a warning). No informative item at all: T = 1 (``"none"``).
-* **Expected accuracy** (:func:`quality_report`): certain items count as right; every other item contributes its
-  calibrated confidence, the probability that its label is right. ``estimated_accuracy`` is the mean over all items.
+* **With audited items** (a uniformly random sample of the dataset whose true tag a person gave): the yardstick.
+  Each audited item is labelled by the model over its own candidate set as if its tag were unknown; the audit's
+  share right has a Wilson interval (``estimate.audit``). The headline is *prediction-powered* (Angelopoulos et al.
+  2023): the mean calibrated confidence of the model-labelled items plus the mean error of the confidences measured
+  on the audit (right - confidence). It is unbiased whatever the calibration, and narrower than the audit share's
+  interval where the confidences are informative. The temperature is fitted on the audit **cross-fitted**
+  (:data:`AUDIT_FOLDS` folds: each audited item is judged with a temperature fitted on the other folds only), a MAP
+  fit with a normal prior on log T (``ml.calibration.LOG_T_PRIOR_SD`` around the consistency temperature, else 1):
+  ten audited items all right no longer drive T to its floor.
+* **No audited item, features given**: cross-fitted consistency with the candidate sets (``ml.consistency``): a
+  linear head trained on the other folds' candidate sets predicts every class of the held-out fold; its temperature
+  maximises the held-out candidate-set likelihood; its calibrated posterior over each item's candidates scores the
+  deployed model's label. The deployed temperature is then the one whose mean confidence equals that estimate. An
+  estimate, not a measurement: the report says so and how big an audit would make it one.
+* **Neither**: the raw mean confidence, an interval from the certain share to 1 and a warning (``basis = "none"``).
 
-Everything here works on logits and masks (tensors in, plain dicts out): no rows, settings or storage.
+Certain items (a person gave the tag: manifest labels, reviewers' fixes) count as right, but reviewers fix the
+doubtful items, so they are never a random sample and never the yardstick. Tensors in, plain dicts out.
 """
 
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-#: Share of the informative certain items held out as validation.
-HOLDOUT_SHARE = 0.2
-#: Fewest held-out items worth measuring (so a hold-out needs >= 50 informative certain items at 20%).
-MIN_HOLDOUT_ITEMS = 10
-#: Temperatures searched (log-spaced grid, then refined).
-T_RANGE = (1e-2, 1e3)
-#: z of the two-sided 95% interval.
-Z95 = 1.959963984540054
+from ml.calibration import (
+    LOG_T_PRIOR_SD,
+    confidences,
+    fit_audit_temperature,
+    folds,
+    match_temperature,
+    restricted_log_probs,
+    t_quantile,
+    wilson_interval,
+)
+from ml.quality_report import AUDIT_MAX, AUDIT_MIN, AUDIT_SHARE, REVIEW_BELOW, audit_size, build_report
 
-
-def choose_holdout(
-    certain_tags: Sequence[str | None], original_candidates: Sequence[Sequence[str]], seed: int
-) -> list[int]:
-    """Indices of the certain items to hold out (sorted), or [] when fewer than MIN_HOLDOUT_ITEMS would be.
-
-    Eligible: a certain tag and an original candidate set that, with the tag, has >= 2 tags. Stratified by tag:
-    each tag gives about HOLDOUT_SHARE of its eligible items (seeded order).
-    """
-    eligible = [i for i, tag in enumerate(certain_tags) if tag is not None and len({*original_candidates[i], tag}) >= 2]
-    n_hold = int(HOLDOUT_SHARE * len(eligible))
-    if n_hold < MIN_HOLDOUT_ITEMS:
-        return []
-    rng = random.Random(f"holdout:{seed}")
-    by_tag: dict[str, list[int]] = {}
-    for i in eligible:
-        by_tag.setdefault(str(certain_tags[i]), []).append(i)
-    ranked = []  # (position within its tag / size of its tag, tie-break, item): proportional interleaving
-    for tag in sorted(by_tag):
-        items = by_tag[tag]
-        rng.shuffle(items)
-        ranked += [((r + 0.5) / len(items), rng.random(), i) for r, i in enumerate(items)]
-    ranked.sort()
-    return sorted(i for _, _, i in ranked[:n_hold])
+#: Folds of the audit's cross-fitted temperature (fewer when fewer items are audited).
+AUDIT_FOLDS = 5
+#: Below this many audited items the interval is also widened to the audit share's Wilson interval (the
+#: prediction-powered interval is a large-sample one).
+SMALL_AUDIT = 30
 
 
-def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (correct / n); (0, 1) when n = 0."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = correct / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+@dataclass
+class Assessment:
+    temperature: float
+    labels: torch.Tensor  # (N,) long
+    confidence: torch.Tensor  # (N,) calibrated probability that the label is right (1 for certain items)
+    margin: torch.Tensor  # (N,) p1 - p2 over the candidates
+    probs: torch.Tensor  # (N, K) calibrated, restricted to the candidates (one-hot for certain items)
+    report: dict
 
 
-def restricted_log_probs(logits: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """(N, K) log softmax(z / T) renormalised over each row's candidates (-inf outside them)."""
-    z = (logits.float() / temperature).masked_fill(~mask.bool(), float("-inf"))
-    return F.log_softmax(z, dim=1)
-
-
-def _objective(logits: torch.Tensor, mask: torch.Tensor, target: torch.Tensor | None, t: float) -> float:
-    """Mean negative log-likelihood at temperature t: of the tag (target given), else of the candidate set."""
-    z = logits.float() / t
-    if target is not None:
-        return float(-restricted_log_probs(logits, mask, t).gather(1, target.view(-1, 1)).mean())
-    inside = torch.logsumexp(z.masked_fill(~mask.bool(), float("-inf")), dim=1)
-    return float((torch.logsumexp(z, dim=1) - inside).mean())
-
-
-def fit_temperature(
-    logits: torch.Tensor, mask: torch.Tensor, target: torch.Tensor | None = None, *, t_min: float | None = None
-) -> float:
-    """The temperature minimising :func:`_objective` (log-spaced grid over T_RANGE, then golden-section)."""
-    lo, hi = math.log(max(T_RANGE[0], t_min or 0.0)), math.log(T_RANGE[1])
-    grid = [lo + (hi - lo) * j / 120 for j in range(121)]
-    values = [_objective(logits, mask, target, math.exp(g)) for g in grid]
-    best = min(range(len(grid)), key=lambda j: (values[j], -grid[j]))  # ties (a flat objective): the softest
-    a, b = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
-    ratio = (math.sqrt(5) - 1) / 2
-    for _ in range(40):
-        c, d = b - ratio * (b - a), a + ratio * (b - a)
-        if _objective(logits, mask, target, math.exp(c)) <= _objective(logits, mask, target, math.exp(d)):
-            b = d
-        else:
-            a = c
-    t = math.exp((a + b) / 2)
-    return t if _objective(logits, mask, target, t) <= values[best] else math.exp(grid[best])
-
-
-def calibrate(
-    logits: torch.Tensor,
-    mask: torch.Tensor,
-    holdout: Sequence[int],
-    holdout_mask: torch.Tensor | None,
-    holdout_target: torch.Tensor | None,
-    uncertain: Sequence[int],
-) -> dict:
-    """{"method", "temperature", "items", "nll_before", "nll_after"}: see the module doc for the three methods.
-
-    holdout: rows of ``logits`` held out, with their original candidate masks and tags; uncertain: rows whose
-    candidate set the candidate-likelihood fit may use (items not certain).
-    """
-    if len(holdout):
-        z, m, y = logits[list(holdout)], holdout_mask, holdout_target
-        t = fit_temperature(z, m, y)
-        before, after = _objective(z, m, y, 1.0), _objective(z, m, y, t)
-        return {"method": "holdout", "temperature": t, "items": len(holdout), "nll_before": before, "nll_after": after}
-    k = mask.shape[1]
-    rows = [i for i in uncertain if 1 < int(mask[i].sum()) < k]
-    if not rows:
-        return {"method": "none", "temperature": 1.0, "items": 0, "nll_before": None, "nll_after": None}
-    z, m = logits[rows], mask[rows]
-    t = fit_temperature(z, m, None, t_min=1.0)
-    before, after = _objective(z, m, None, 1.0), _objective(z, m, None, t)
-    return {
-        "method": "candidate_likelihood",
-        "temperature": t,
-        "items": len(rows),
-        "nll_before": before,
-        "nll_after": after,
-    }
+def _clip01(x: float) -> float:
+    return min(max(float(x), 0.0), 1.0)
 
 
 def _r(x: float | None, nd: int = 4) -> float | None:
     return None if x is None else round(float(x), nd)
 
 
-def quality_report(
-    *,
-    confidence: torch.Tensor,
-    certain: Sequence[bool],
-    holdout_correct: torch.Tensor | None,
-    holdout_correct_any_class: torch.Tensor | None,
-    calibration: dict,
-    history: Sequence,
+def audit_estimate(
+    logits: torch.Tensor,
+    mask: torch.Tensor,
+    model_labels: torch.Tensor,
+    audited: dict[int, int],
+    rest: torch.Tensor,
+    prior_t: float,
+    seed: int,
+    score_logits: torch.Tensor | None = None,
 ) -> dict:
-    """The job's quality report (a JSON-ready dict; docs/results.md, "Quality report", says what each field means).
+    """Accuracy of the model's labels on the items ``rest`` (indices), measured on the audit (module doc).
 
-    confidence: (N,) calibrated confidence of every item's label; certain: the items whose tag is given (right by
-    definition); holdout_correct: (H,) bool, the held-out items labelled right over their original candidates
-    (None without a hold-out), and over every class; history: the run's EpochMetrics.
+    The confidences that predict right and wrong come from ``score_logits`` (the consistency estimate's out-of-fold
+    copy of the model, scored the same way on audited and other items: the deployed logits of audited items are out
+    of sample, those of the others in sample and sharper) or, without it, from the deployed ``logits``. Their
+    temperature is fitted on the audit, cross-fitted. The deployed temperature: the MAP fit on the whole audit
+    without a copy; with one, the temperature at which the model-labelled items' mean confidence is the estimate.
+    Returns {"accuracy", "ci95", "temperature", "fold_temperatures", "folds", "audit": {items, right, share, ci95}}.
     """
-    n = len(certain)
-    cert = torch.tensor([bool(c) for c in certain], dtype=torch.bool)
-    conf = confidence.float().clone()
-    model_conf = conf[~cert]
-    expected = (float(cert.sum()) + float(model_conf.sum())) / max(n, 1)
-    warnings = []
-    holdout = None
-    if holdout_correct is not None and len(holdout_correct):
-        h, right = len(holdout_correct), int(holdout_correct.sum())
-        lo, hi = wilson_interval(right, h)
-        holdout = {
-            "items": h,
-            "correct": right,
-            "accuracy": _r(right / h),
-            "ci95": [_r(lo), _r(hi)],
-            "accuracy_any_class": _r(float(holdout_correct_any_class.float().mean()))
-            if holdout_correct_any_class is not None
-            else None,
-        }
+    scores = logits if score_logits is None else score_logits
+    idx = torch.tensor(sorted(audited), dtype=torch.long)
+    y = torch.tensor([audited[int(i)] for i in idx], dtype=torch.long)
+    z, m, lab = scores[idx], mask[idx], model_labels[idx]
+    right = (lab == y).float()
+    na, nr = len(idx), len(rest)
+    fold_sets = folds(na, min(AUDIT_FOLDS, na), seed, "audit") if na >= 2 else [list(range(na))]
+    temps, c_aud, c_rest = [], torch.zeros(na), torch.zeros(nr)
+    for f in fold_sets:
+        fit_on = [p for p in range(na) if p not in set(f)]
+        t_j = fit_audit_temperature(z[fit_on], m[fit_on], y[fit_on], prior_t) if fit_on else prior_t
+        temps.append(t_j)
+        c_aud[f] = confidences(z[f], m[f], lab[f], t_j)
+        if nr:
+            c_rest += confidences(scores[rest], mask[rest], model_labels[rest], t_j) / len(fold_sets)
+    resid = right - c_aud
+    share = float(right.mean())
+    w_lo, w_hi = wilson_interval(int(right.sum()), na)
+    if nr:
+        theta = float(c_rest.mean()) + float(resid.mean())
+        var_e = max(float(resid.var()) if na > 1 else 0.25, float((c_aud * (1 - c_aud)).mean()))
+        half = t_quantile(na - 1) * math.sqrt(var_e / na + (float(c_rest.var()) / nr if nr > 1 else 0.0))
+        lo, hi = theta - half, theta + half
     else:
-        warnings.append(
-            f"no hold-out: fewer than {MIN_HOLDOUT_ITEMS} certain items with two or more candidate tags could be "
-            f"held out ({int(HOLDOUT_SHARE * 100)}% of them); the estimate is not checked against known tags. "
-            f"Tag or review at least {math.ceil(MIN_HOLDOUT_ITEMS / HOLDOUT_SHARE)} such items to measure it."
-        )
-    if calibration["method"] == "candidate_likelihood":
-        warnings.append(
-            "confidence calibrated on the candidate sets of training items (no known tags held out): optimistic"
-        )
-    elif calibration["method"] == "none":
-        warnings.append("confidence not calibrated (no informative candidate sets): optimistic")
-    epochs = [
-        {
-            "epoch": h.epoch,
-            "pll_loss": _r(h.pll_loss, 6),
-            "align_loss": _r(h.align_loss, 6),
-            "label_churn": _r(h.label_churn),
-            "holdout_acc": _r(h.val_acc),
-        }
-        for h in history
-    ]
+        theta, lo, hi = share, w_lo, w_hi
+    if na < SMALL_AUDIT:
+        lo, hi = min(lo, w_lo), max(hi, w_hi)
+    if score_logits is None or not nr:
+        t_dep = fit_audit_temperature(logits[idx], m, y, 1.0 if score_logits is not None else prior_t)
+    else:
+        t_dep = match_temperature(logits[rest], mask[rest], model_labels[rest], _clip01(theta))
     return {
-        "estimated_accuracy": _r(min(max(expected, 0.0), 1.0)),
-        "estimated_accuracy_model_labels": _r(float(model_conf.mean())) if len(model_conf) else None,
-        "items": n,
-        "certain_items": int(cert.sum()),
-        "model_labelled_items": int((~cert).sum()),
-        "holdout": holdout,
-        "holdout_rule": {"share": HOLDOUT_SHARE, "min_items": MIN_HOLDOUT_ITEMS},
-        "calibration": {
-            **calibration,
-            "temperature": _r(calibration["temperature"], 6),
-            "nll_before": _r(calibration["nll_before"]),
-            "nll_after": _r(calibration["nll_after"]),
-        },
-        "epochs": epochs,
-        "final_label_churn": epochs[-1]["label_churn"] if epochs else None,
-        "warnings": warnings,
+        "accuracy": _clip01(theta),
+        "ci95": [_clip01(lo), _clip01(hi)],
+        "temperature": t_dep,
+        "fold_temperatures": temps,
+        "folds": [[int(idx[p]) for p in f] for f in fold_sets],
+        "audit": {"items": na, "right": int(right.sum()), "share": share, "ci95": [w_lo, w_hi]},
     }
+
+
+def assess(
+    logits: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    classes: Sequence[str],
+    certain: Sequence[bool],
+    audited: dict[int, int] | None = None,
+    features: torch.Tensor | None = None,
+    history: Sequence = (),
+    seed: int = 0,
+) -> Assessment:
+    """Labels, calibrated confidences and the quality report of a deployed classifier (module doc).
+
+    logits (N, K) before any temperature; mask (N, K) each item's candidate set: for an audited item its own set
+    (with the tag in it: the model is judged over it), for a certain item its set or just its tag; certain[i]: a
+    person gave item i's tag; audited {item index: true class index}; features (N, D) for the consistency estimate.
+    """
+    from ml.consistency import consistency_estimate
+
+    logits, mask = logits.detach().float().cpu(), mask.detach().bool().cpu().clone()
+    n, k = logits.shape
+    if len(certain) != n or mask.shape != (n, k) or len(classes) != k:
+        raise ValueError(f"assess: logits {tuple(logits.shape)}, mask {tuple(mask.shape)}, {len(certain)} certain")
+    audited = {int(i): int(t) for i, t in (audited or {}).items()}
+    for i, t in audited.items():
+        if not (0 <= i < n and 0 <= t < k):
+            raise ValueError(f"audited item {i}: index or class {t} out of range")
+        mask[i, t] = True
+    model_labels = restricted_log_probs(logits, mask).argmax(dim=1)
+    known = torch.tensor([bool(c) for c in certain], dtype=torch.bool)
+    if audited:
+        known[list(audited)] = True
+    rest = (~known).nonzero().flatten()
+    consistency = None
+    if features is not None:
+        consistency = consistency_estimate(features, logits, mask, model_labels, rest, seed=seed)
+    if audited:
+        prior_t, copy = (consistency["head_temperature"], consistency["oof_logits"]) if consistency else (1.0, None)
+        est = audit_estimate(logits, mask, model_labels, audited, rest, prior_t, seed, score_logits=copy)
+        basis = "audit"
+    elif consistency is not None:
+        basis, est = "consistency", consistency
+    else:
+        basis, est = "none", _no_estimate(logits, mask, model_labels, rest)
+    t = float(est["temperature"])
+    labels = model_labels.clone()
+    for i, tag in audited.items():
+        labels[i] = tag
+    probs = restricted_log_probs(logits, mask, t).exp()
+    probs[known] = 0.0
+    probs[known, labels[known]] = 1.0
+    confidence = probs.gather(1, labels.view(-1, 1)).squeeze(1)
+    top2 = probs.topk(min(2, k), dim=1).values
+    margin = top2[:, 0] - (top2[:, 1] if k > 1 else 0.0)
+    report = build_report(
+        basis=basis,
+        est=est,
+        consistency=consistency,
+        classes=classes,
+        labels=labels,
+        confidence=confidence,
+        probs=probs,
+        mask=mask,
+        known=known,
+        certain=certain,
+        audited=audited,
+        history=history,
+    )
+    return Assessment(temperature=t, labels=labels, confidence=confidence, margin=margin, probs=probs, report=report)
+
+
+def _no_estimate(logits: torch.Tensor, mask: torch.Tensor, model_labels: torch.Tensor, rest: torch.Tensor) -> dict:
+    """Neither an audit nor features: the raw mean confidence (T = 1), an interval that says nothing."""
+    c = confidences(logits[rest], mask[rest], model_labels[rest], 1.0) if len(rest) else torch.ones(1)
+    return {"accuracy": float(c.mean()), "ci95": [0.0, 1.0], "temperature": 1.0}
+
+
+__all__ = [
+    "AUDIT_MAX",
+    "AUDIT_MIN",
+    "AUDIT_SHARE",
+    "LOG_T_PRIOR_SD",
+    "REVIEW_BELOW",
+    "Assessment",
+    "assess",
+    "audit_estimate",
+    "audit_size",
+    "wilson_interval",
+]

@@ -101,11 +101,13 @@ def test_cifar10_reference_backbone_end_to_end(api, cifar10_path, reference_buil
     accuracy = sum(r["label"] == truth[r["file"]] for r in labels) / len(labels)
     chance = 1 / CANDIDATES
     assert accuracy >= chance + 0.3, f"label accuracy {accuracy:.2f} vs {chance:.2f} by picking a candidate at random"
-    quality = job["quality"]  # no known tags here: calibrated on the candidate sets, flagged as such
-    assert 0.0 <= quality["estimated_accuracy"] <= 1.0 and quality["holdout"] is None and quality["warnings"]
-    print(
-        f"e2e: label accuracy {accuracy:.3f}, estimated {quality['estimated_accuracy']:.3f} ({quality['calibration']})"
-    )
+    quality = job["quality"]  # no known tags here: estimated by consistency with the candidate sets, and it says so
+    est = quality["estimate"]
+    print(f"e2e: label accuracy {accuracy:.3f}, estimated {est['accuracy']:.3f} {est['ci95']} ({est['basis']})")
+    assert est["basis"] == "consistency" and quality["holdout"] is None and quality["warnings"]
+    # against the truth on real photos (the old candidate-likelihood fit said 85.3% for 73% right here; this one
+    # 63.2% [50.8, 75.5]): on 100 items the consistency interval is about +-12 points, hence the tolerance
+    assert est["ci95"][0] <= accuracy <= est["ci95"][1] and abs(est["accuracy"] - accuracy) <= 0.15, (est, accuracy)
 
     res = client.get(f"/models/{job['model_id']}/export")
     assert res.status_code == 200, res.text

@@ -12,6 +12,7 @@ from sqlalchemy import bindparam, or_, select, update
 from app.config import get_settings
 from app.db import session_scope
 from app.models import Dataset, Item, Job, Model
+from app.services.audits import audited_tags
 from app.services.datasets import lock_dataset, refresh_review_count
 from vocab import JobStatus
 from worker.job_run import JobRun, LeaseLost
@@ -43,6 +44,7 @@ class JobInput:
     classes: list[str]
     prompt_template: str | None
     items: list[ItemRow]
+    audited: dict[int, str] = dataclasses.field(default_factory=dict)  # item index -> tag a person gave in the audit
 
 
 def load_input(job_id: str) -> JobInput:
@@ -66,7 +68,9 @@ def load_input(job_id: str) -> JobInput:
         if not items:
             raise JobInputError(f"dataset {dataset.id} has no items to train on")
         params = dict(job.params or {})
-        return JobInput(job.id, job.owner_id, dataset.id, params, classes, dataset.prompt_template, items)
+        answers = audited_tags(session, dataset.id)  # the current audit's answers: the estimate's yardstick
+        audited = {i: answers[it.id] for i, it in enumerate(items) if answers.get(it.id) in known}
+        return JobInput(job.id, job.owner_id, dataset.id, params, classes, dataset.prompt_template, items, audited)
 
 
 def label_rows(job: JobInput, result, review_confidence: float) -> list[dict]:

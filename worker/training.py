@@ -273,7 +273,7 @@ def _plan(job: JobInput, config):
     items = job.items
     candidates, tags = [it.candidates for it in items], [it.certain_label for it in items]
     try:
-        return pipeline.plan_job(job.classes, candidates, tags, [it.sha256 for it in items], config)
+        return pipeline.plan_job(job.classes, candidates, tags, [it.sha256 for it in items], config, job.audited)
     except InvalidCandidates as exc:
         raise JobInputError(f"invalid candidate sets: {exc}") from exc
 
