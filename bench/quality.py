@@ -52,8 +52,7 @@ def train_and_logits(backbone, feats: torch.Tensor, mask: torch.Tensor, classes,
 
 def one_run(backbone, feats, truth, classes, *, q: float, seed: int, method: str, audits: Sequence[int], log) -> list:
     """Rows {method, q, seed, audit, est, lo, hi, true, covered} of one (q, seed, method)."""
-    from ml.data import partialize
-
+    from bench.data import partialize
     from ml.quality import assess
 
     n, k = len(truth), len(classes)
@@ -129,8 +128,7 @@ def run_cifar10(
     audits: Sequence[int],
     log: Callable[[str], None] = print,
 ) -> list[dict]:
-    from ml.data import load_cifar10
-
+    from bench.data import load_cifar10
     from ml.backbone import load_backbone
     from ml.features import FeatureCache, encode_images
 

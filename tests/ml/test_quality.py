@@ -24,8 +24,7 @@ NO_AUDIT_TOL, AUDIT_TOL = 0.05, 0.06
 @pytest.fixture(scope="module")
 def labelled(reference_backbone, cifar10_archive):
     """(features, truth, mask, logits, audited, classes): the deployed linear probe never saw the audited items."""
-    from ml.data import load_cifar10, partialize
-
+    from bench.data import load_cifar10, partialize
     from ml.features import FeatureCache, encode_images
 
     data = load_cifar10(cifar10_archive, "train", per_class=100, seed=0)
