@@ -165,6 +165,7 @@ def encode_job(run: JobRun, files: JobFiles, cache, backbone, plan, images, atte
     try:
         stage = {"items": len(plan.shas), "train_items": len(plan.train_idx), "views": plan.views, "device": device}
         run.stage("encoding", **stage)
+        backbone = runtime.image_encoder(backbone, settings.encoder, settings.model_cache_dir, files.storage)
         paths = dict(zip(plan.shas, images, strict=True))
         spread = Spread(run, files, cache, backbone, paths=paths, attempt=attempt, seed=plan.seed, device=queue)
         spread.encode(plan.needs)
@@ -341,6 +342,7 @@ def run_encode_task(job_id: str) -> str:
         offline=settings.offline,
     )
     storage = get_storage()
+    backbone = runtime.image_encoder(backbone, settings.encoder, settings.model_cache_dir, storage)
     runner = new_runner_id()
     encoded = 0
     asked = False
