@@ -106,7 +106,8 @@ def test_small_images_are_decoded_exactly_as_before(reference_backbone, photos):
     for data in photos.images[:3]:  # 32x32: no JPEG scale keeps 224 px, so the draft is never asked for
         assert features.draft_size((32, 32), reference_backbone.preprocess_cfg.image_size, True) is None
         for view in (0, 1):
-            assert torch.equal(_view(reference_backbone, data, view, True), _view(reference_backbone, data, view, False))
+            drafted, whole = _view(reference_backbone, data, view, True), _view(reference_backbone, data, view, False)
+            assert torch.equal(drafted, whole)
     # the bounds: eval keeps the short side >= S; augmented keeps the smallest crop's short side >= S
     assert features.draft_size((4000, 3000), 224, False) == (299, 224)
     w, h = features.draft_size((4000, 3000), 224, True)
