@@ -76,6 +76,8 @@ class OrtImageEncoder:
     """``backbone`` whose :meth:`encode_image` runs the ONNX tower; every other attribute is the backbone's (its id,
     preprocessing, model), so it goes wherever ``encode_images`` takes a backbone."""
 
+    engine = "onnxruntime"
+
     def __init__(self, backbone: Backbone, onnx_path: str | Path, threads: int = 0):
         self.backbone = backbone
         self.onnx_path = Path(onnx_path)

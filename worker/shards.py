@@ -163,9 +163,9 @@ def encode_job(run: JobRun, files: JobFiles, cache, backbone, plan, images, atte
 
     settings = get_settings()
     try:
-        stage = {"items": len(plan.shas), "train_items": len(plan.train_idx), "views": plan.views, "device": device}
-        run.stage("encoding", **stage)
         backbone = runtime.image_encoder(backbone, settings.encoder, settings.model_cache_dir, files.storage)
+        stage = {"items": len(plan.shas), "train_items": len(plan.train_idx), "views": plan.views, "device": device}
+        run.stage("encoding", **stage, encoder=getattr(backbone, "engine", "torch"))
         paths = dict(zip(plan.shas, images, strict=True))
         spread = Spread(run, files, cache, backbone, paths=paths, attempt=attempt, seed=plan.seed, device=queue)
         spread.encode(plan.needs)
