@@ -112,3 +112,24 @@ def test_small_images_are_decoded_exactly_as_before(reference_backbone, photos):
     assert features.draft_size((4000, 3000), 224, False) == (299, 224)
     w, h = features.draft_size((4000, 3000), 224, True)
     assert (0.06 * 4000 * 3000) ** 0.5 * w / 4000 >= 224 - 1e-6
+
+
+def test_the_worker_picks_its_encoder_and_reuses_the_stored_tower(reference_backbone, encoder, tmp_path):
+    from app.storage import LocalBlobStore
+    from worker.model_store import store_tower, stored_tower
+    from worker.runtime import image_encoder
+
+    models = encoder.onnx_path.parents[2]  # the fixture's model cache: the tower is exported there already
+    assert image_encoder(reference_backbone, "torch", models) is reference_backbone
+    auto = image_encoder(reference_backbone, "auto", models)  # a CPU backbone, onnxruntime installed
+    assert isinstance(auto, OrtImageEncoder) and auto.onnx_path == encoder.onnx_path and auto.engine == "onnxruntime"
+
+    storage = LocalBlobStore(tmp_path / "store")
+    store_tower(storage, reference_backbone, encoder.onnx_path.parent)  # the files are there: stored, not exported
+    address = tower_address(reference_backbone)
+    assert stored_tower(storage, address) is not None
+    other = image_encoder(reference_backbone, "onnxruntime", tmp_path / "worker-2", storage)  # another worker
+    assert other.onnx_path.read_bytes() == encoder.onnx_path.read_bytes()
+    assert not (other.onnx_path.parent / "tower.json").exists()  # copied from the store, not exported again
+    pixels = torch.randn(2, 3, 224, 224)
+    assert torch.equal(other.encode_image(pixels), encoder.encode_image(pixels))
