@@ -150,7 +150,7 @@ def _view_pixels(backbone: Backbone, decoded: tuple, sha: str, view: int, seed: 
     return augment(img, backbone.preprocess_cfg, random.Random(f"{seed}:{sha}:{view}"), full)
 
 
-def _pixels(backbone: Backbone, images, sha_list: list[str], chunk: list[tuple[int, int]], seed: int, names=None):
+def _pixels(backbone: Backbone, images, sha_list, chunk: list[tuple[int, int]], seed: int, names=None, draft=True):
     """Read, decode and preprocess one batch of (item, view) pairs: the (b, 3, S, S) input of one model call.
 
     An image is decoded once for its eval view and once for its augmented ones, each at its own draft scale
@@ -162,7 +162,7 @@ def _pixels(backbone: Backbone, images, sha_list: list[str], chunk: list[tuple[i
         if key not in decoded:
             data = _read(images[i])
             try:
-                decoded[key] = _decode(data, backbone.preprocess_cfg.image_size, v > 0)
+                decoded[key] = _decode(data, backbone.preprocess_cfg.image_size if draft else None, v > 0)
             except Exception as e:  # any decoder error: name the item
                 name = names[i] if names is not None else f"item {i}"
                 raise ValueError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from e
@@ -205,6 +205,7 @@ def encode_images(
     names: Sequence[str] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    draft: bool = True,
 ) -> torch.Tensor:
     """(views, N, D) float32 CPU image features, NOT normalised (see module doc for views and caching).
 
@@ -212,7 +213,7 @@ def encode_images(
     `decode_workers` threads read, decode and preprocess the next batches while the model runs (0: in this thread);
     the features are the same either way. An image that cannot be decoded is a ValueError naming it (`names[i]`,
     default "item i"). `should_cancel()` True -> `TrainingCancelled` between batches; `on_progress(done, total)`
-    counts views.
+    counts views. ``draft`` False: every JPEG decoded in full (the rate before draft decoding, for benchmarks).
     """
     assert views >= 1, f"views must be >= 1, got {views}"
     assert batch_size >= 1, f"batch_size must be >= 1, got {batch_size}"
@@ -237,7 +238,9 @@ def encode_images(
         on_progress(done, total)
 
     chunks = [pending[start : start + batch_size] for start in range(0, len(pending), batch_size)]
-    batches = _prepared(lambda chunk: _pixels(backbone, images, sha_list, chunk, seed, names), chunks, decode_workers)
+    batches = _prepared(
+        lambda chunk: _pixels(backbone, images, sha_list, chunk, seed, names, draft), chunks, decode_workers
+    )
     try:
         for chunk, pixels in batches:
             if should_cancel is not None and should_cancel():
