@@ -467,11 +467,24 @@ def bench_encode(
     cache_dir: CacheDir = None,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N (workers and raw rate).")] = "cpu",
     keep: Keep = False,
+    encoders: Annotated[
+        bool, typer.Option("--encoders", help="In this process: torch vs ONNX Runtime worker rate vs raw tower.")
+    ] = False,
+    photo_size: Annotated[str, typer.Option("--photo-size", help="--encoders: upscale photos to WxH.")] = "",
 ) -> None:
     """A dataset's encoding on one worker and on two sharing its shards, and the backbone's raw rate."""
     from bench.encode import EncodeBenchConfig, run_encode_bench
 
     cifar, models = _data_paths(cifar10_path, cache_dir)
+    if encoders:
+        from bench.encode_rates import run_encoder_rates
+
+        size = tuple(int(v) for v in photo_size.lower().split("x")) if photo_size else None
+        run_encoder_rates(
+            backbone_name=backbone, cache_dir=models, cifar10_path=cifar, images=images, size=size, threads=threads,
+            out=typer.echo,
+        )  # fmt: skip
+        return
     cfg = EncodeBenchConfig(
         cache_dir=models,
         cifar10_path=None if generated else cifar,

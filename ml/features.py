@@ -71,9 +71,30 @@ def _read(image: str | Path | bytes) -> bytes:
     return image if isinstance(image, bytes) else Path(image).read_bytes()
 
 
-def _decode(data: bytes) -> Image.Image:
+def draft_size(size: tuple[int, int], image_size: int, augmented: bool) -> tuple[int, int] | None:
+    """The smallest (w, h) a JPEG may be decoded to (``Image.draft``) and still give the model ``image_size``
+    pixels on the short side of what it is cropped to: the image's short side for the eval transform; for augmented
+    views the smallest crop RandomResizedCrop can draw (area 0.08, aspect 3/4: short side sqrt(0.06 w h)) or its
+    fallback's (the short side), whichever is smaller. None when no JPEG scale (1/2, 1/4, 1/8) fits: decoded in full."""
+    w, h = size
+    short = min(w, h)
+    if augmented:
+        short = min(short, math.sqrt(_AUG_SCALE[0] * _AUG_RATIO[0] * w * h))
+    f = image_size / max(short, 1)
+    if f > 0.5:
+        return None
+    return math.ceil(w * f - 1e-9), math.ceil(h * f - 1e-9)  # 1e-9: float error must not add a pixel
+
+
+def _decode(data: bytes, image_size: int | None = None, augmented: bool = False) -> tuple[Image.Image, tuple]:
+    """(RGB image, the file's own (w, h)); with ``image_size``, a JPEG is decoded at the smallest DCT scale that
+    :func:`draft_size` allows (several times faster on large photos; scale 1, i.e. small images, is untouched)."""
     with Image.open(io.BytesIO(data)) as im:
-        return im.convert("RGB")
+        full = im.size
+        target = draft_size(full, image_size, augmented) if image_size else None
+        if target is not None:
+            im.draft("RGB", target)  # a no-op for formats other than JPEG
+        return im.convert("RGB"), full
 
 
 def _pil_filter(name: str) -> int:
@@ -89,9 +110,14 @@ def _to_tensor(img: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
     return (x - mean) / std
 
 
-def augment(img: Image.Image, cfg: PreprocessConfig, rng: random.Random) -> torch.Tensor:
-    """RandomResizedCrop(image_size, scale 0.08-1, ratio 3/4-4/3) + horizontal flip(p 0.5), drawn from `rng`."""
-    w, h = img.size
+def augment(
+    img: Image.Image, cfg: PreprocessConfig, rng: random.Random, full_size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """RandomResizedCrop(image_size, scale 0.08-1, ratio 3/4-4/3) + horizontal flip(p 0.5), drawn from `rng`.
+
+    ``full_size``: the image's size in its file when ``img`` was decoded smaller (JPEG draft): the crop is drawn in
+    the file's pixels, as without the draft, and taken from ``img`` scaled to its size."""
+    w, h = full_size or img.size
     area = w * h
     box = None
     for _ in range(10):
@@ -106,31 +132,41 @@ def augment(img: Image.Image, cfg: PreprocessConfig, rng: random.Random) -> torc
     if box is None:  # fallback: the whole image centre-cropped to a valid ratio (torchvision behaviour)
         s = min(w, h)
         box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
-    out = img.crop(box).resize((cfg.image_size, cfg.image_size), _pil_filter(cfg.interpolation))
+    size, resample = (cfg.image_size, cfg.image_size), _pil_filter(cfg.interpolation)
+    if img.size == (w, h):
+        out = img.crop(box).resize(size, resample)
+    else:
+        sx, sy = img.size[0] / w, img.size[1] / h
+        out = img.resize(size, resample, box=(box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy))
     if rng.random() < 0.5:
         out = out.transpose(Image.FLIP_LEFT_RIGHT)
     return _to_tensor(out, cfg)
 
 
-def _view_pixels(backbone: Backbone, img: Image.Image, sha: str, view: int, seed: int) -> torch.Tensor:
+def _view_pixels(backbone: Backbone, decoded: tuple, sha: str, view: int, seed: int) -> torch.Tensor:
+    img, full = decoded
     if view == 0:
         return backbone.preprocess(img)
-    return augment(img, backbone.preprocess_cfg, random.Random(f"{seed}:{sha}:{view}"))
+    return augment(img, backbone.preprocess_cfg, random.Random(f"{seed}:{sha}:{view}"), full)
 
 
-def _pixels(backbone: Backbone, images, sha_list: list[str], chunk: list[tuple[int, int]], seed: int, names=None):
-    """Read, decode and preprocess one batch of (item, view) pairs: the (b, 3, S, S) input of one model call."""
-    decoded: dict[int, Image.Image] = {}
+def _pixels(backbone: Backbone, images, sha_list, chunk: list[tuple[int, int]], seed: int, names=None, draft=True):
+    """Read, decode and preprocess one batch of (item, view) pairs: the (b, 3, S, S) input of one model call.
+
+    An image is decoded once for its eval view and once for its augmented ones, each at its own draft scale
+    (:func:`draft_size`), so a view's pixels never depend on which other views share its batch."""
+    decoded: dict[tuple[int, bool], tuple] = {}
     pixels = []
     for i, v in chunk:
-        if i not in decoded:
+        key = (i, v > 0)
+        if key not in decoded:
             data = _read(images[i])
             try:
-                decoded[i] = _decode(data)
+                decoded[key] = _decode(data, backbone.preprocess_cfg.image_size if draft else None, v > 0)
             except Exception as e:  # any decoder error: name the item
                 name = names[i] if names is not None else f"item {i}"
                 raise ValueError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from e
-        pixels.append(_view_pixels(backbone, decoded[i], sha_list[i], v, seed))
+        pixels.append(_view_pixels(backbone, decoded[key], sha_list[i], v, seed))
     return torch.stack(pixels)
 
 
@@ -169,6 +205,7 @@ def encode_images(
     names: Sequence[str] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    draft: bool = True,
 ) -> torch.Tensor:
     """(views, N, D) float32 CPU image features, NOT normalised (see module doc for views and caching).
 
@@ -176,7 +213,7 @@ def encode_images(
     `decode_workers` threads read, decode and preprocess the next batches while the model runs (0: in this thread);
     the features are the same either way. An image that cannot be decoded is a ValueError naming it (`names[i]`,
     default "item i"). `should_cancel()` True -> `TrainingCancelled` between batches; `on_progress(done, total)`
-    counts views.
+    counts views. ``draft`` False: every JPEG decoded in full (the rate before draft decoding, for benchmarks).
     """
     assert views >= 1, f"views must be >= 1, got {views}"
     assert batch_size >= 1, f"batch_size must be >= 1, got {batch_size}"
@@ -201,7 +238,9 @@ def encode_images(
         on_progress(done, total)
 
     chunks = [pending[start : start + batch_size] for start in range(0, len(pending), batch_size)]
-    batches = _prepared(lambda chunk: _pixels(backbone, images, sha_list, chunk, seed, names), chunks, decode_workers)
+    batches = _prepared(
+        lambda chunk: _pixels(backbone, images, sha_list, chunk, seed, names, draft), chunks, decode_workers
+    )
     try:
         for chunk, pixels in batches:
             if should_cancel is not None and should_cancel():

@@ -137,6 +137,63 @@ def get_backbone(name: str, *, device: str, cache_dir: Path, offline: bool = Fal
         return backbone
 
 
+def image_encoder(backbone: Backbone, choice: str, cache_dir: Path, storage=None):
+    """What encodes a job's images (``TAGSIFT_ENCODER``): ``backbone`` itself (torch), or the backbone with its
+    image tower in ONNX Runtime (``ml.ort_encoder``): ``onnxruntime``, or ``auto`` on a CPU backbone when
+    onnxruntime imports. The tower's .onnx is kept in ``cache_dir/towers/<address>/``, copied from ``storage``'s
+    stored tower when there is one (``worker.model_store``), else exported once. ``auto`` falls back to torch (with a
+    warning) when the tower cannot be exported or loaded; an explicit ``onnxruntime`` raises."""
+    choice = (choice or "auto").strip().lower()
+    if choice == "torch" or (choice == "auto" and backbone.device.type != "cpu"):
+        return backbone
+    from ml import ort_encoder
+
+    if choice == "auto" and not ort_encoder.available():
+        return backbone
+    fetched: list[bool] = []
+
+    def fetch(address: str, path: Path) -> bool:
+        fetched.append(storage is not None and _stored_tower_onnx(storage, address, path))
+        return fetched[-1]
+
+    try:
+        encoder = ort_encoder.ort_encoder(backbone, cache_dir, fetch)
+    except Exception as exc:
+        if choice != "auto":
+            raise
+        log.warning("backbone %s: ONNX Runtime encoder unavailable (%s); encoding with torch", backbone.id, exc)
+        return backbone
+    if storage is not None and fetched and not fetched[-1]:  # exported here: stored with the towers at once
+        from worker.model_store import store_tower
+
+        try:
+            store_tower(storage, backbone, encoder.onnx_path.parent)
+        except Exception as exc:  # the job stores it with its model later
+            log.warning("tower of %s: not stored yet (%s)", backbone.id, exc)
+    return encoder
+
+
+def _stored_tower_onnx(storage, address: str, path: Path) -> bool:
+    """Copy the store's tower.onnx of ``address`` to ``path``; False when none is stored (or it cannot be read)."""
+    import json
+    import shutil
+
+    from worker.model_store import ONNX_SHA, stored_tower
+
+    try:
+        info = stored_tower(storage, address)
+        if info is None:
+            return False
+        [blob] = storage.fetch([json.loads(info)[ONNX_SHA]])
+        tmp = path.with_name(f".{path.name}.{threading.get_ident()}")
+        shutil.copyfile(blob, tmp)
+        tmp.replace(path)
+        return True
+    except Exception as exc:  # the store is away: export it here instead
+        log.warning("tower %s: not copied from the store (%s); exporting it", address[:16], exc)
+        return False
+
+
 def clear() -> None:
     """Forget the cached backbones (tests)."""
     with _lock:

@@ -155,8 +155,9 @@ def encode_job(run: JobRun, files: JobFiles, cache, backbone, plan, images, atte
 
     settings = get_settings()
     try:
+        backbone = runtime.image_encoder(backbone, settings.encoder, settings.model_cache_dir, files.storage)
         stage = {"items": len(plan.shas), "train_items": len(plan.train_idx), "views": plan.views, "device": device}
-        run.stage("encoding", **stage)
+        run.stage("encoding", **stage, encoder=getattr(backbone, "engine", "torch"))
         paths = dict(zip(plan.shas, images, strict=True))
         spread = Spread(run, files, cache, backbone, paths=paths, attempt=attempt, seed=plan.seed, device=queue)
         spread.encode(plan.needs)
@@ -333,6 +334,7 @@ def run_encode_task(job_id: str) -> str:
         offline=settings.offline,
     )
     storage = get_storage()
+    backbone = runtime.image_encoder(backbone, settings.encoder, settings.model_cache_dir, storage)
     runner = new_runner_id()
     encoded = 0
     asked = False

@@ -70,6 +70,9 @@ def test_the_default_job_runs_end_to_end(prod_env, start_worker):
     assert job.params["views"] is None  # the server's default was used
     encoding = next(e.data for e in events(job_id, "stage") if e.data["stage"] == "encoding")
     assert encoding["views"] == 2  # one clean + one augmented view
+    assert encoding["encoder"] == "onnxruntime"  # TAGSIFT_ENCODER=auto on a CPU worker
+    towers = list((prod_env.model_cache_dir / "towers").glob("*/tower.onnx"))  # exported once, into the model cache
+    assert len(towers) == 1 and get_storage().download(f"towers/{towers[0].parent.name}.json")  # and stored
     epochs = [e.data for e in events(job_id, "epoch")]
     assert [e["epoch"] for e in epochs] == list(range(1, job.params["epochs"] + 1))
     items = _items(ds)
