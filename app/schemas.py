@@ -364,7 +364,7 @@ class JobEventList(BaseModel):
 
 class ModelRead(_Output):
     id: str
-    job_id: str
+    job_id: str | None  # None: a live refit's revision of a job's model (metrics["refit"])
     dataset_id: str | None
     backbone: str
     method: str
