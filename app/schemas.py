@@ -426,8 +426,18 @@ class Problem(BaseModel):
 
 # --- webhooks (docs/integrations.md) ----------------------------------------------------------------------
 
-WEBHOOK_EVENTS = ("job.queued", "job.started", "job.succeeded", "job.failed", "job.cancelled", "item.reviewed")
-WebhookEvent = Literal["job.queued", "job.started", "job.succeeded", "job.failed", "job.cancelled", "item.reviewed"]
+WEBHOOK_EVENTS = (
+    "job.queued",
+    "job.started",
+    "job.succeeded",
+    "job.failed",
+    "job.cancelled",
+    "item.reviewed",
+    "labels.updated",
+)
+WebhookEvent = Literal[
+    "job.queued", "job.started", "job.succeeded", "job.failed", "job.cancelled", "item.reviewed", "labels.updated"
+]
 
 
 class WebhookCreate(_Input):
