@@ -169,3 +169,29 @@ def quality_series(session: Session, dataset_id: str) -> list[dict]:
             }
         )
     return points
+
+
+def item_states(session: Session, dataset_id: str, item_ids: list[str]) -> list[dict]:
+    """The tags of ``item_ids`` (of this dataset only) as the review page shows them, with the refit that last
+    changed each (``refit_revision``)."""
+    from app.models import Item
+
+    if not item_ids:
+        return []
+    rows = session.execute(
+        select(
+            Item.id, Item.label, Item.label_source, Item.confidence, Item.margin, Item.probs, Item.refit_revision
+        ).where(Item.dataset_id == dataset_id, Item.id.in_(item_ids[:200]))
+    ).all()
+    return [
+        {
+            "id": r.id,
+            "label": r.label,
+            "label_source": r.label_source,
+            "confidence": r.confidence,
+            "margin": r.margin,
+            "probs": r.probs,
+            "refit_revision": r.refit_revision,
+        }
+        for r in rows
+    ]
