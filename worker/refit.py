@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import random
 import time
 from dataclasses import dataclass
 
@@ -30,6 +31,8 @@ from worker.refit_rows import RefitInput, claim, fail, read_input, save
 
 log = logging.getLogger("worker.refit")
 
+#: Items the temperature is fitted on (a seeded sample of the uncertain ones beyond that).
+CALIBRATION_ITEMS = 2000
 #: A refit runs when at least this share of the items have cached features (the rest keep their tags).
 MIN_FEATURE_SHARE = 0.5
 
@@ -53,6 +56,8 @@ def assess(logits, mask, *, classes, certain, audited, features=None, history=()
     from ml.refit import relabel
 
     uncertain = [i for i, c in enumerate(certain) if not c]
+    if len(uncertain) > CALIBRATION_ITEMS:  # the temperature's fit costs ~200 passes over its items: a seeded sample
+        uncertain = sorted(random.Random(seed).sample(uncertain, CALIBRATION_ITEMS))
     calibration = calibrate(logits, mask, [], None, None, uncertain)
     t = float(calibration["temperature"])
     labels, confidence, margin, probs = relabel(logits, mask, t)

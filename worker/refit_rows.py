@@ -7,7 +7,7 @@ dataset's row lock (every decision takes it first, ``app.services.reviews``) and
 - never writes an item a reviewer decided (``label_source = 'reviewer'``, checked in the UPDATE itself) nor one
   with a decision after the read (an undo included: every decision adds an ``item_reviews`` row, whose ids grow
   while the dataset's lock is held, so "after the read" is "id above the one read").
-Items are written in bulk (PostgreSQL: ``UPDATE ... FROM (VALUES ...)`` in chunks; SQLite: one executemany).
+Items are written in bulk (PostgreSQL: one ``UPDATE ... FROM unnest(arrays)``; SQLite: one executemany).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import logging
 import time
 
 import numpy as np
-from sqlalchemy import Boolean, Float, String, bindparam, case, cast, column, func, or_, select, update, values
+from sqlalchemy import Boolean, bindparam, case, func, or_, select, text, update
 from sqlalchemy.types import JSON
 
 from app.config import get_settings
@@ -30,8 +30,6 @@ from app.services.webhooks import emit
 from app.storage import get_storage
 
 log = logging.getLogger("worker.refit")
-
-CHUNK = 2000
 
 
 @dataclasses.dataclass
@@ -296,44 +294,31 @@ def write_items(session, updates: list[dict], *, model_id: str, revision: int) -
         )
         session.connection().execute(stmt, updates)
         return
-    for start in range(0, len(updates), CHUNK):
-        chunk = updates[start : start + CHUNK]
-        v = values(
-            column("id", String),
-            column("label", String),
-            column("confidence", Float),
-            column("margin", Float),
-            column("needs_review", Boolean),
-            column("probs", String),
-            column("changed", Boolean),
-            name="v",
-        ).data(
-            [
-                (
-                    u["_id"],
-                    u["label"],
-                    u["confidence"],
-                    u["margin"],
-                    u["needs_review"],
-                    json.dumps(u["probs"]),
-                    u["changed"],
-                )
-                for u in chunk
-            ]
-        )
-        stmt = (
-            update(items)
-            .where(items.c.id == v.c.id, not_reviewer)
-            .values(
-                label=v.c.label,
-                confidence=v.c.confidence,
-                margin=v.c.margin,
-                needs_review=v.c.needs_review,
-                probs=cast(v.c.probs, JSON),
-                refit_revision=case((v.c.changed, revision), else_=items.c.refit_revision),
-                label_source="model",
-                model_id=model_id,
-                updated_at=now,
-            )
-        )
-        session.execute(stmt)
+    session.execute(
+        text(_PG_UPDATE),
+        {
+            "ids": [u["_id"] for u in updates],
+            "labels": [u["label"] for u in updates],
+            "confidence": [u["confidence"] for u in updates],
+            "margin": [u["margin"] for u in updates],
+            "needs_review": [u["needs_review"] for u in updates],
+            "probs": [json.dumps(u["probs"]) for u in updates],
+            "changed": [u["changed"] for u in updates],
+            "revision": revision,
+            "model_id": model_id,
+            "now": now,
+        },
+    )
+
+
+#: One statement for every item (arrays unnested on the server): no per-row round trip, no 10,000-parameter SQL.
+_PG_UPDATE = """
+UPDATE items SET label = v.label, confidence = v.confidence, margin = v.margin, needs_review = v.needs_review,
+  probs = CAST(v.probs AS JSON),
+  refit_revision = CASE WHEN v.changed THEN :revision ELSE items.refit_revision END,
+  label_source = 'model', model_id = :model_id, updated_at = :now
+FROM unnest(CAST(:ids AS varchar[]), CAST(:labels AS varchar[]), CAST(:confidence AS float8[]),
+            CAST(:margin AS float8[]), CAST(:needs_review AS boolean[]), CAST(:probs AS text[]),
+            CAST(:changed AS boolean[])) AS v(id, label, confidence, margin, needs_review, probs, changed)
+WHERE items.id = v.id AND (items.label_source IS NULL OR items.label_source <> 'reviewer')
+"""
