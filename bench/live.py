@@ -108,6 +108,7 @@ def run_review(
     from ml.data import load_cifar10, partialize
     from ml.features import FeatureCache, encode_images
 
+    torch.set_num_threads(1)  # as the live worker (worker.refit.REFIT_THREADS): the refit times are comparable
     bb = load_backbone(backbone, device="cpu", cache_dir=cache_dir)
     runs = []
     for seed in seeds:
