@@ -2,9 +2,9 @@
 
 A real ``tagsift serve`` and a real ``tagsift worker`` with the offline reference backbone, PostgreSQL and Redis.
 Sign in, upload (first with a broken manifest: the per-item errors show next to their rows), start a job and watch
-its progress reach the end, review ten items with the keyboard (one undo) and check the database, bulk-accept a
-shift-click selection, see the live refits those decisions started retag items on the open review page (marked,
-no reload), open an item's history, download the model and try /predict, sign out. No page may ask for a
+its progress reach the end, review ten items with the keyboard (one undo) and check the database, see the live
+refits those decisions started retag items on the open review page (marked, no reload), bulk-accept a shift-click
+selection, open an item's history, download the model and try /predict, sign out. No page may ask for a
 URL outside the served origin. Screenshots of each page go to ``$TAGSIFT_UI_SCREENSHOTS`` (docs/ui/).
 """
 

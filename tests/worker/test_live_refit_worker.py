@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from app.db import session_scope
 from app.main import create_app
-from app.models import Item, Owner, Refit
+from app.models import Dataset, Item, Owner, Refit
 from app.queue import TRAIN_TASK, enqueue
 from app.services.api_keys import create_api_key
 from tests.worker.conftest import make_dataset, make_job, wait_for, wait_status
@@ -41,6 +41,8 @@ def test_a_decision_through_the_api_retags_the_other_items_on_the_live_worker(em
     with session_scope() as session:
         items = list(session.scalars(select(Item).where(Item.dataset_id == ds).order_by(Item.seq)))
     assert all(it.model_id == job.model_id for it in items)
+    with session_scope() as session:  # the job's save wrote the dataset's quality report
+        assert session.get(Dataset, ds).quality == job.metrics["quality"] is not None
 
     headers = {"Authorization": f"Bearer {_key(owner)}"}
     with TestClient(create_app()) as client:
