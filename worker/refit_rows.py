@@ -45,6 +45,8 @@ class RefitInput:
     item_ids: list[str]
     shas: list[str]
     labels: list[str | None]
+    scores: np.ndarray  # (N, 2) the stored confidence and margin (NaN: none)
+    flags: np.ndarray  # (N,) the stored needs_review
     reviewer: np.ndarray  # (N,) bool: a reviewer decided it (never written)
     mask: np.ndarray  # (N, K) bool candidate sets (a certain tag within its set)
     targets: np.ndarray  # (N,) int64: the certain tag's index, -1 for the rest
@@ -97,7 +99,17 @@ def read_input(refit_id: str) -> RefitInput | None:
             .where(Item.dataset_id == dataset.id)
         )
         rows = session.execute(
-            select(Item.id, Item.sha256, Item.candidates, Item.given_label, Item.label, Item.label_source)
+            select(
+                Item.id,
+                Item.sha256,
+                Item.candidates,
+                Item.given_label,
+                Item.label,
+                Item.label_source,
+                Item.confidence,
+                Item.margin,
+                Item.needs_review,
+            )
             .where(Item.dataset_id == dataset.id)
             .order_by(Item.seq)
         ).all()
@@ -152,6 +164,14 @@ def _arrays(refit, dataset, classes, rows, audited: dict[str, str]) -> dict:
         "item_ids": [r.id for r in rows],
         "shas": [r.sha256 for r in rows],
         "labels": [r.label for r in rows],
+        "scores": np.array(
+            [
+                (np.nan if r.confidence is None else r.confidence, np.nan if r.margin is None else r.margin)
+                for r in rows
+            ],
+            dtype=np.float64,
+        ).reshape(-1, 2),
+        "flags": np.array([bool(r.needs_review) for r in rows], dtype=bool),
         "reviewer": reviewer,
         "mask": mask,
         "targets": targets,
@@ -246,24 +266,36 @@ def save(data: RefitInput, *, rows, labels, confidence, margin, probs, head_sha,
     return "succeeded"
 
 
+#: A refit rewrites an item whose tag or review flag changed, or whose confidence or margin moved by more than this;
+#: the rest already hold the new model's scores to that precision (on 100,000 items most rows move less, and each
+#: rewritten row costs PostgreSQL a new tuple and an entry in every items index).
+SCORE_TOLERANCE = 0.002
+
+
 def _item_rows(data: RefitInput, rows, labels, confidence, margin, probs, review_confidence: float) -> list[dict]:
-    labels, confidence, margin = labels.tolist(), confidence.tolist(), margin.tolist()
+    """The rows the refit writes (never a reviewer's; only those that changed: :data:`SCORE_TOLERANCE`)."""
+    labels, confidence, margin = np.asarray(labels), np.asarray(confidence, np.float64), np.asarray(margin, np.float64)
     probs = probs.numpy() if hasattr(probs, "numpy") else np.asarray(probs)
+    tags = np.array(data.classes, dtype=object)[labels]
+    old = np.array(data.labels, dtype=object)[rows]
+    flags = confidence < review_confidence
+    scores = data.scores[rows]
+    moved = ~(np.abs(scores - np.stack([confidence, margin], 1)) <= SCORE_TOLERANCE).all(1)  # NaN: moved
+    changed = tags != old
+    write = (changed | (flags != data.flags[rows]) | moved) & ~data.reviewer[rows]
     out = []
-    for j, r in enumerate(rows.tolist()):
-        if data.reviewer[r]:
-            continue
-        tag = data.classes[labels[j]]
+    for j in np.flatnonzero(write).tolist():
+        r = int(rows[j])
         cand = np.flatnonzero(data.mask[r])
         out.append(
             {
                 "_id": data.item_ids[r],
-                "label": tag,
+                "label": tags[j],
                 "confidence": float(confidence[j]),
                 "margin": float(margin[j]),
-                "needs_review": bool(confidence[j] < review_confidence),
+                "needs_review": bool(flags[j]),
                 "probs": {data.classes[k]: round(float(probs[j, k]), 4) for k in cand},
-                "changed": tag != data.labels[r],
+                "changed": bool(changed[j]),
             }
         )
     return out

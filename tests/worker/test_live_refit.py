@@ -74,8 +74,12 @@ def test_a_decision_retags_the_other_items_and_is_recorded(embedded_env):
     for item_id, tag in decided.items():  # the decisions stand
         assert after[item_id].label == tag and after[item_id].label_source == "reviewer"
     others = [i for i in data.item_ids if i not in decided]
-    assert all(after[i].model_id == refit.model_id for i in others)  # every other item retagged by the refit
     changed = [i for i in others if after[i].label != before[i].label]
+    # every other item holds the refit's tag and scores: rewritten by it, or unchanged within worker.refit_rows'
+    # SCORE_TOLERANCE (then it keeps the model that first set them)
+    rewritten = [i for i in others if after[i].model_id == refit.model_id]
+    assert set(changed) <= set(rewritten) and len(rewritten) > len(others) // 2
+    assert all(after[i].model_id == data.model_id for i in others if i not in rewritten)
     assert refit.changed_items == len(changed) > 0
     assert all(after[i].refit_revision == refit.revision for i in changed)
     assert all(after[i].refit_revision is None for i in others if i not in changed)
