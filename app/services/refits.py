@@ -57,7 +57,17 @@ def request_refit(session: Session, dataset_id: str, settings: Settings | None =
     if refit is not None:
         from app.queue import enqueue  # Celery's client: only when there is something to send
 
-        enqueue(REFIT_TASK, refit.id, queue=settings.live_queue)
+        try:
+            enqueue(REFIT_TASK, refit.id, queue=settings.live_queue)
+        except Exception as exc:  # the decision is stored; the row stays queued, replaced once refit_lost_seconds pass
+            log.error(
+                "dataset %s: refit %d not sent to the broker (%s): a decision after TAGSIFT_REFIT_LOST_SECONDS"
+                " replaces it",
+                dataset_id,
+                refit.revision,
+                exc,
+            )
+            return refit
         log.info("dataset %s: refit %d queued (%s)", dataset_id, refit.revision, refit.id)
     return refit
 

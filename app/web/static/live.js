@@ -10,7 +10,7 @@ document.addEventListener("DOMContentLoaded", function () {
   if (!root || !status) return;
   var dataset = root.dataset.dataset;
   var every = parseFloat(status.dataset.pollSeconds || "3") * 1000;
-  var seen = null; // the revision of the last refit applied, when the page first asked
+  var seen = null; // the revision of the last refit applied when the page first asked (-1: none)
 
   function cards() {
     return Array.prototype.slice.call(root.querySelectorAll(".card"));
@@ -50,16 +50,17 @@ document.addEventListener("DOMContentLoaded", function () {
         chip.classList.toggle("current", chip.dataset.tag === state.label);
       });
     }
-    if (state.refit_revision != null && state.refit_revision === revision) {
+    var r = state.refit_revision;
+    if (r != null && (r === revision || seen === null || r > seen)) { // changed by the latest refit, or since load
       card.classList.add("refit-changed");
-      card.dataset.refit = String(revision);
+      card.dataset.refit = String(r);
       var mark = card.querySelector("[data-refit-mark]");
       if (!mark) {
         mark = tagsift.el("span", "", "refit-mark");
         mark.setAttribute("data-refit-mark", "");
         card.querySelector(".meta").appendChild(mark);
       }
-      mark.textContent = "retagged by refit " + revision;
+      mark.textContent = "retagged by refit " + r;
       mark.title = "A live refit after review decisions changed this tag";
     }
   }
@@ -86,7 +87,7 @@ document.addEventListener("DOMContentLoaded", function () {
       cards().forEach(function (card) {
         if (byId[card.dataset.id]) apply(card, byId[card.dataset.id], revision);
       });
-      if (seen === null) seen = revision;
+      if (seen === null) seen = revision === null ? -1 : revision; // -1: none before the page: mark every change
       document.body.dataset.liveRevision = revision == null ? "" : String(revision);
     });
   }
