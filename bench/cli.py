@@ -423,6 +423,9 @@ def bench_review(
         str, typer.Option("--latency-items", help="--live: refit latency at these sizes (synthetic; '' skips).")
     ] = "10000,100000",
     latency_runs: Annotated[int, typer.Option("--latency-runs", help="--live: timed refits per size.")] = 5,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", help="--live: the job's epochs (default: its default).")
+    ] = None,
 ) -> None:
     """Simulate a reviewer fixing the lowest-margin items round after round (vs random and zero-shot order); R95.
     With --live: a reviewer fixing items in queue order with refits every --every decisions against none, and the
@@ -446,6 +449,7 @@ def bench_review(
                 seeds=[int(x) for x in seeds.split(",") if x.strip()],
                 every=every,
                 max_share=max_share,
+                epochs=epochs,
                 out=typer.echo,
             )
         sizes = [int(x) for x in latency_items.split(",") if x.strip()]

@@ -101,6 +101,7 @@ def run_review(
     seeds: Sequence[int],
     every: int,
     max_share: float,
+    epochs: int | None = None,
     out: Callable[[str], None] = print,
 ) -> list[dict]:
     from bench.review import default_params
@@ -118,7 +119,8 @@ def run_review(
         clean = torch.nn.functional.normalize(feats[0].float(), dim=-1)
         for q in qs:
             mask = partialize(data.labels, k, q, seed)
-            params = default_params(len(data), k, views=1, seed=seed)
+            overrides = {"epochs": epochs} if epochs else {}
+            params = default_params(len(data), k, views=1, seed=seed, **overrides)
             head = job_head(bb, feats, mask, list(data.classnames), params)
             static = simulate(clean, mask, data.labels, head, every=every, max_share=max_share, live=False)
             live = simulate(clean, mask, data.labels, head, every=every, max_share=max_share, live=True)
