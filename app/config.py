@@ -59,6 +59,22 @@ class Settings(BaseSettings):
         "",
         description="Queue of jobs asked to run on a GPU (only GPU workers consume it); empty: '<TAGSIFT_QUEUE>.gpu'.",
     )
+    live_queue: str = Field(
+        "",
+        description="Queue of live refits after review decisions (short tasks; `tagsift worker` starts a light process"
+        " that consumes only it, beside its training pool); empty: '<TAGSIFT_QUEUE>.live'.",
+    )
+    live_refit: bool = Field(
+        True,
+        description="Every review decision schedules a refit of the dataset's latest model on its cached features"
+        " (docs/architecture.md, Live refit); false: labels change only when a job runs.",
+    )
+    live_worker: bool = Field(
+        True, description="`tagsift worker` also starts the live refit process (false: run `tagsift live-worker`)."
+    )
+    refit_lost_seconds: float = Field(
+        600.0, description="A refit queued or running this long is taken as lost (its worker died): a new one runs."
+    )
     job_device: Literal["auto", "cpu", "gpu"] = Field(
         "auto",
         description="Device of a job whose request leaves `device` out: 'auto' (TAGSIFT_QUEUE, any worker), 'cpu'"
@@ -332,10 +348,11 @@ class Settings(BaseSettings):
         self.model_cache_dir = self.model_cache_dir.expanduser().resolve()
         self.cpu_queue = self.cpu_queue or f"{self.queue}.cpu"
         self.gpu_queue = self.gpu_queue or f"{self.queue}.gpu"
-        if len({self.queue, self.cpu_queue, self.gpu_queue}) < 3:
+        self.live_queue = self.live_queue or f"{self.queue}.live"
+        if len({self.queue, self.cpu_queue, self.gpu_queue, self.live_queue}) < 4:
             raise ValueError(
-                "TAGSIFT_QUEUE, TAGSIFT_CPU_QUEUE and TAGSIFT_GPU_QUEUE must be three different names, got"
-                f" {self.queue!r}, {self.cpu_queue!r} and {self.gpu_queue!r}"
+                "TAGSIFT_QUEUE, TAGSIFT_CPU_QUEUE, TAGSIFT_GPU_QUEUE and TAGSIFT_LIVE_QUEUE must be different names,"
+                f" got {self.queue!r}, {self.cpu_queue!r}, {self.gpu_queue!r} and {self.live_queue!r}"
             )
         return self
 

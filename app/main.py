@@ -12,7 +12,7 @@ from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimitMiddleware
 from app.api.openapi import add_links
 from app.api.request_log import RequestLogMiddleware
-from app.api.routes import audits, datasets, items, jobs, label_studio, models, predict, webhooks
+from app.api.routes import audits, datasets, items, jobs, label_studio, models, predict, refits, webhooks
 from app.db import get_engine
 from app.storage import get_storage
 from app.web.routes import install_web
@@ -50,7 +50,7 @@ def create_app() -> FastAPI:
         ok = all(checks.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 
-    for module in (datasets, audits, items, jobs, models, predict, label_studio, webhooks):
+    for module in (datasets, audits, items, jobs, models, predict, label_studio, webhooks, refits):
         api.include_router(module.router)
     generate = api.openapi
     api.openapi = lambda: add_links(generate())  # type: ignore[method-assign]  # FastAPI caches the document

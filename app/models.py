@@ -121,6 +121,10 @@ class Dataset(Base):
     # (app.services.datasets: lock_dataset, refresh_review_count; app.services.reviews; worker.job_rows).
     item_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     review_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # +1 in the transaction of every decision, undo or outside decision (app.services.reviews): a live refit reads
+    # it with the data and saves only while no decision came since (app.services.refits)
+    decision_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    quality: Mapped[dict | None] = mapped_column(JSON, default=None)  # the latest quality report (job or refit)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -158,6 +162,7 @@ class Item(Base):
     needs_review: Mapped[bool] = mapped_column(Boolean, default=False)  # in the review indexes, after dataset_id
     model_id: Mapped[str | None] = mapped_column(String(32), default=None)  # model that set ``label``
     probs: Mapped[dict | None] = mapped_column(JSON, default=None)  # candidate -> the model's probability
+    refit_revision: Mapped[int | None] = mapped_column(BigInteger, default=None)  # the refit that last changed label
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -316,7 +321,8 @@ class Model(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
     dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"), index=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    # the job that trained it; None for a live refit's revision (app.services.refits: metrics["refit"] says of what)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
     backbone: Mapped[str] = mapped_column(String(500))
     method: Mapped[str] = mapped_column(String(32))
     classes: Mapped[list[str]] = mapped_column(JSON)
@@ -381,3 +387,35 @@ class UploadRequest(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     response: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Refit(Base):
+    """A live refit of a dataset's latest model after review decisions (``app.services.refits``, ``worker.refit``).
+
+    ``decision_seq`` is the dataset's decision sequence the refit read; it saves only while it is still the
+    dataset's (a decision since makes it ``stale`` and one more refit runs). ``model_id`` is the model revision it
+    stored (the one ``/predict`` and the export serve); ``base_model_id`` the model it started from."""
+
+    __tablename__ = "refits"
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "revision"),
+        Index("ix_refits_dataset_status", "dataset_id", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    revision: Mapped[int] = mapped_column(Integer)  # 1, 2, ... per dataset
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued|running|succeeded|failed|stale
+    base_model_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    model_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    decision_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    reviewed_items: Mapped[int | None] = mapped_column(Integer, default=None)
+    audited_items: Mapped[int | None] = mapped_column(Integer, default=None)
+    changed_items: Mapped[int | None] = mapped_column(Integer, default=None)
+    seconds: Mapped[float | None] = mapped_column(Float, default=None)  # decision read -> every item retagged
+    quality: Mapped[dict | None] = mapped_column(JSON, default=None)
+    error_code: Mapped[str | None] = mapped_column(String(64), default=None)  # e.g. features_missing
+    error: Mapped[str | None] = mapped_column(Text, default=None)  # what happened and what to do
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)

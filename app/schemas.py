@@ -367,7 +367,7 @@ class JobEventList(BaseModel):
 
 class ModelRead(_Output):
     id: str
-    job_id: str
+    job_id: str | None  # None: a live refit's revision of a job's model (metrics["refit"])
     dataset_id: str | None
     backbone: str
     method: str
@@ -429,7 +429,7 @@ class Problem(BaseModel):
 
 # --- webhooks (docs/integrations.md) ----------------------------------------------------------------------
 
-WEBHOOK_EVENTS = (*vocab.STATUS_EVENTS.values(), "item.reviewed")  # a job's, one per status it enters, then a review's
+WEBHOOK_EVENTS = (*vocab.STATUS_EVENTS.values(), "item.reviewed", "labels.updated")  # job statuses, a review, a refit
 WebhookEvent = Literal[WEBHOOK_EVENTS]
 
 

@@ -419,13 +419,47 @@ def bench_review(
         Path | None, typer.Option("--feature-dir", help="Feature cache (default <TAGSIFT_DATA_DIR>/features).")
     ] = None,
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Where review.json/.md/.png go.")] = Path("bench-out"),
+    live: Annotated[bool, typer.Option("--live", help="Live refits every --every decisions against none.")] = False,
+    qs: Annotated[str, typer.Option("--qs", help="--live: candidate-set flip rates.")] = "0.3,0.7",
+    seeds: Annotated[str, typer.Option("--seeds", help="--live: seeds.")] = "1,2",
+    every: Annotated[int, typer.Option("--every", help="--live: decisions between refits.")] = 10,
+    latency_items: Annotated[
+        str, typer.Option("--latency-items", help="--live: refit latency at these sizes (synthetic; '' skips).")
+    ] = "10000,100000",
+    latency_runs: Annotated[int, typer.Option("--latency-runs", help="--live: timed refits per size.")] = 5,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", help="--live: the job's epochs (default: its default).")
+    ] = None,
 ) -> None:
-    """Simulate a reviewer fixing the lowest-margin items round after round (vs random and zero-shot order); R95."""
+    """Simulate a reviewer fixing the lowest-margin items round after round (vs random and zero-shot order); R95.
+    With --live: a reviewer fixing items in queue order with refits every --every decisions against none, and the
+    refit latency (docs/quality.md, Live refit)."""
     from app.config import get_settings
     from bench.review import run_cifar10
 
     settings = get_settings()
     cifar, models = _data_paths(cifar10_path, cache_dir)
+    if live:
+        from bench.live import run_latency, run_review
+
+        if per_class:
+            run_review(
+                backbone=backbone,
+                cifar10_path=cifar,
+                cache_dir=models,
+                feature_dir=feature_dir or settings.data_dir / "features",
+                per_class=per_class,
+                qs=_floats(qs),
+                seeds=[int(x) for x in seeds.split(",") if x.strip()],
+                every=every,
+                max_share=max_share,
+                epochs=epochs,
+                out=typer.echo,
+            )
+        sizes = [int(x) for x in latency_items.split(",") if x.strip()]
+        if sizes:
+            run_latency(sizes, latency_runs, out=typer.echo)
+        return
     command = "tagsift bench review " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "tagsift bench review"
     report = run_cifar10(
         backbone=backbone,

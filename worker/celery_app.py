@@ -54,12 +54,20 @@ def enqueue_encode(job_id: str, device: str = "auto", count: int = 1) -> None:
         celery_app.send_task(ENCODE_TASK, args=[job_id], queue=queue)
 
 
+def runtime_is_live() -> bool:
+    from worker import runtime
+
+    return runtime.is_live_process()
+
+
 @worker_ready.connect
 def _start_health_file(sender=None, **_kwargs) -> None:
     global _health
     from worker import runtime
     from worker.health import HealthFile
 
+    if runtime_is_live():
+        return
     settings = get_settings()
     if settings.worker_health_file is None:
         return
@@ -74,6 +82,8 @@ def _start_reaper(sender=None, **_kwargs) -> None:
     global _reaper
     from worker.leases import Reaper
 
+    if runtime_is_live():
+        return
     settings = get_settings()
     if settings.job_reap_interval_seconds <= 0:
         return
@@ -91,6 +101,8 @@ def _start_webhooks(sender=None, **_kwargs) -> None:
     global _webhooks
     from worker.webhooks import Dispatcher
 
+    if runtime_is_live():
+        return
     settings = get_settings()
     if settings.webhook_poll_seconds <= 0:
         return

@@ -73,6 +73,17 @@ def worker(
     runtime.set_worker_kind(kind)  # before the pool forks: children inherit it
     queues = settings.worker_queues(kind)
     typer.echo(f"tagsift worker: {kind} worker on queues {', '.join(queues)}", err=True)
+    from worker import live
+
+    beside = live.start_beside() if settings.live_refit and settings.live_worker else None
+    try:
+        _worker_main(celery_app, settings, queues, concurrency, pool)
+    finally:
+        if beside is not None:
+            live.stop(beside)
+
+
+def _worker_main(celery_app, settings, queues: list[str], concurrency: int | None, pool: str) -> None:
     celery_app.worker_main(
         [
             "worker",
@@ -88,6 +99,18 @@ def worker(
             "--without-mingle",
         ]
     )
+
+
+@cli.command("live-worker")
+def live_worker() -> None:
+    """Consume only the live refit queue (TAGSIFT_LIVE_QUEUE) in one light process (`tagsift worker` starts one)."""
+    from app.config import apply_model_cache_environment, get_settings
+
+    app_cli.require_storage()
+    apply_model_cache_environment(get_settings())
+    from worker import live
+
+    live.run()
 
 
 @cli.command("worker-health")

@@ -173,6 +173,8 @@ def save_result(run: JobRun, job: JobInput, cfg, backbone_id: str, model_id: str
                 )
                 session.connection().execute(stmt, rows)
                 refresh_review_count(session, job.dataset_id)
+            # the dataset's latest quality report (a live refit replaces it: app.services.refits)
+            session.execute(update(Dataset).where(Dataset.id == job.dataset_id).values(quality=metrics.get("quality")))
 
     try:
         run.transaction("save", save_once)

@@ -62,6 +62,20 @@ def set_worker_kind(kind: str) -> None:
     _worker_kind = kind
 
 
+_live = False
+
+
+def set_live_process() -> None:
+    """This process is the live refit consumer (``tagsift live-worker``): no reaper, webhook sender or health file
+    of its own (its parent ``tagsift worker`` has them)."""
+    global _live
+    _live = True
+
+
+def is_live_process() -> bool:
+    return _live
+
+
 def declared_worker_kind() -> str | None:
     """What `tagsift worker` set (None outside it); never probes CUDA."""
     return _worker_kind

@@ -7,11 +7,14 @@ epoch checkpoint. It never retries through Celery: errors are recorded on the jo
 
 ``tagsift.encode`` asks a free worker to help a running job with its encoding shards (``worker.shards``); the
 shard rows decide who encodes what, so a duplicate or a late message only finds nothing left to do.
+
+``tagsift.refit`` (``worker.refit``) runs on the live queue only: a refit row is claimed ``queued -> running`` once.
 """
 
 from __future__ import annotations
 
 from app.queue import ENCODE_TASK, TRAIN_TASK
+from app.services.refits import REFIT_TASK
 from worker.celery_app import celery_app
 
 
@@ -29,3 +32,11 @@ def encode(job_id: str) -> str:
     from worker.shards import run_encode_task
 
     return run_encode_task(job_id)
+
+
+@celery_app.task(name=REFIT_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True, max_retries=0)
+def refit(refit_id: str) -> str:
+    """Refit a dataset's latest model after review decisions (``worker.refit``; the live queue's light process)."""
+    from worker.refit import run_refit
+
+    return run_refit(refit_id)

@@ -17,6 +17,7 @@ from app.schemas import JobCreate
 from app.services import jobs as jobs_service
 from app.services.datasets import get_dataset
 from app.services.label_studio import invalid, items_by_image, parse_label_config
+from app.services.refits import request_refit
 from app.services.reviews import Reviewer, apply_decision, lock_item, withdraw_source
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ def webhook(
     source_ref = _annotation_ref(annotation.get("id"))
     apply_decision(session, item, ls_reviewer, "assign", label, add_to_candidates=True, source_ref=source_ref)
     session.commit()
+    request_refit(session, dataset.id)
     log.info("label-studio: task %s -> item %s reviewer label %r", task.get("id"), item.id, label)
     return 201, {"status": "ok", "result": {"item_id": item.id, "label": label}}
 
@@ -138,6 +140,8 @@ def _annotations_deleted(session: Session, dataset: Dataset, refs: list[str], re
         ).items():
             (undone if was_undone else kept).append(item_id)
     session.commit()
+    if undone:
+        request_refit(session, dataset.id)
     if not undone and not kept:
         return 200, {"status": "ignored", "reason": "no tag here came from the deleted annotations"}
     log.info("label-studio: annotations deleted -> items undone %s, kept (decided since) %s", undone, kept)

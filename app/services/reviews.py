@@ -34,6 +34,7 @@ from app.schemas import ItemRead, ItemUpdate
 from app.services.datasets import add_to_review_count, lock_dataset
 from app.services.items import get_item, item_read
 from app.services.lookup import get_owned
+from app.services.refits import note_decision, request_refit
 from app.services.webhooks import emit
 
 
@@ -114,6 +115,7 @@ def apply_decision(
     previous = {"label": item.label, "label_source": item.label_source}
     _record(session, item, reviewer, action, label, source_ref)
     add_to_review_count(session, item.dataset_id, -int(bool(item.needs_review)))  # the item leaves the queue
+    note_decision(session, item.dataset_id)  # a live refit that read the data before this one will not undo it
     if label not in item.candidates:
         item.candidates = [*item.candidates, label]
     item.label = label
@@ -155,7 +157,8 @@ def decide(
         raise InvalidInput("items: no item selected", errors=[FieldError(field="items", message="items: empty")])
     unique = list(dict.fromkeys(item_ids))
     owned = select(Item.dataset_id).join(Dataset, Dataset.id == Item.dataset_id)
-    for dataset_id in sorted(set(session.scalars(owned.where(Item.id.in_(unique), Dataset.owner_id == owner.id)))):
+    dataset_ids = sorted(set(session.scalars(owned.where(Item.id.in_(unique), Dataset.owner_id == owner.id))))
+    for dataset_id in dataset_ids:
         lock_dataset(session, dataset_id)  # the datasets first, then the items (app.services.datasets)
     items = list(
         session.scalars(
@@ -172,6 +175,8 @@ def decide(
     for item_id in unique:
         apply_decision(session, found[item_id], reviewer, action, label, add_to_candidates=add_to_candidates)
     session.commit()
+    for dataset_id in dataset_ids:
+        request_refit(session, dataset_id)  # the other items learn from it (app.services.refits)
     return [found[i] for i in unique]
 
 
@@ -213,6 +218,7 @@ def _restore(session: Session, item: Item, reviewer: Reviewer, undone: list[Item
     previous = {"label": item.label, "label_source": item.label_source}
     _record(session, item, reviewer, "undo", first.previous_label)
     add_to_review_count(session, item.dataset_id, int(first.previous_needs_review) - int(bool(item.needs_review)))
+    note_decision(session, item.dataset_id)
     for review in undone:
         review.undone = True
     item.label = first.previous_label
@@ -249,6 +255,7 @@ def undo_last(*, session: Session, owner: Owner, item_id: str, reviewer: Reviewe
         raise Conflict(f"item {item.id}: no decision to undo", code="nothing_to_undo")
     _restore(session, item, reviewer, standing[:1])
     session.commit()
+    request_refit(session, item.dataset_id)
     return item
 
 

@@ -169,6 +169,18 @@ def job_progress(
     }
 
 
+@router.get("/datasets/{dataset_id}/live")
+def live(
+    dataset_id: str, user: UserDep, session: SessionDep, items: Annotated[str, Query(max_length=8000)] = ""
+) -> dict:
+    """What the review page polls (static/live.js): the latest refit, the estimate, and the tags of its items."""
+    from app.services import refits
+
+    dataset = datasets_service.get_dataset(session=session, owner=user.owner, dataset_id=dataset_id)
+    ids = [i for i in items.split(",") if i][:200]
+    return {**refits.live_state(session, dataset), "items": refits.item_states(session, dataset.id, ids)}
+
+
 @router.post("/predict")
 async def predict(request: Request, user: CsrfUserDep, storage: StorageDep, settings: SettingsDep) -> dict:
     """Try a model on dropped images (the same form and answer as ``POST /predict``)."""

@@ -2,8 +2,9 @@
 
 A real ``tagsift serve`` and a real ``tagsift worker`` with the offline reference backbone, PostgreSQL and Redis.
 Sign in, upload (first with a broken manifest: the per-item errors show next to their rows), start a job and watch
-its progress reach the end, review ten items with the keyboard (one undo) and check the database, bulk-accept a
-shift-click selection, open an item's history, download the model and try /predict, sign out. No page may ask for a
+its progress reach the end, review ten items with the keyboard (one undo) and check the database, see the live
+refits those decisions started retag items on the open review page (marked, no reload), bulk-accept a shift-click
+selection, open an item's history, download the model and try /predict, sign out. No page may ask for a
 URL outside the served origin. Screenshots of each page go to ``$TAGSIFT_UI_SCREENSHOTS`` (docs/ui/).
 """
 
@@ -95,6 +96,31 @@ def _reviews(reviewer: str) -> list[ItemReview]:
 def _item(item_id: str) -> Item:
     with session_scope() as session:
         return session.get(Item, item_id)
+
+
+def _settled_refit(dataset_id: str):
+    """The dataset's latest refit once none is queued or running (the live process works through them)."""
+    from app.models import Refit
+    from tests.worker.conftest import wait_for
+
+    def settled():
+        with session_scope() as session:
+            refits = list(session.scalars(select(Refit).where(Refit.dataset_id == dataset_id).order_by(Refit.revision)))
+        done = refits and all(r.status not in ("queued", "running") for r in refits)
+        return refits[-1] if done else None
+
+    return wait_for(settled, timeout=240, what="the live refits")
+
+
+def _changed_by(dataset_id: str) -> dict[str, str]:
+    """{item id: tag} of the items whose tag a refit changed (and no reviewer decided since)."""
+    with session_scope() as session:
+        rows = session.scalars(
+            select(Item).where(
+                Item.dataset_id == dataset_id, Item.refit_revision.is_not(None), Item.label_source == "model"
+            )
+        )
+        return {it.id: it.label for it in rows}
 
 
 def review_ready(site) -> None:
@@ -233,6 +259,17 @@ def test_annotator_walkthrough(browser, stack, cifar10_path, shots_dir, tmp_path
     assert all(r.previous_source == "model" and r.previous_model_id for r in reviews if r.action != "undo")
     assert page.locator("body[data-skips='1']").count() == 1
     assert page.locator("[data-reviewed]").inner_text() == "10"
+
+    # --- the live refits those decisions started: the page follows them without a reload ---
+    revision = _settled_refit(dataset_id)
+    page.locator(f"body[data-live-revision='{revision.revision}']").wait_for(timeout=30_000)
+    assert revision.status == "succeeded", (revision.error_code, revision.error)
+    changed = _changed_by(dataset_id)
+    assert changed, "no refit changed a tag"
+    for item_id, tag in changed.items():  # each tag a refit changed since the page loaded shows, marked
+        page.locator(f".card.refit-changed[data-id='{item_id}'][data-label='{tag}']").wait_for(timeout=10_000)
+    assert f"Live refit {revision.revision}: succeeded" in page.locator("[data-live]").inner_text()
+    site.shot("review-live-refit")
 
     # --- bulk accept a shift-click selection of items the model tagged ---
     page.goto(site.url(f"/ui/datasets/{dataset_id}/review?needs_review=all&source=model"))
