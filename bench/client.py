@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.scale import fresh_database
 from bench.service import _Service, free_port, service_env
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -154,23 +155,6 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _fresh_database(admin_url: str) -> tuple[str, Callable[[], None]]:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    name = f"bench_client_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False), drop
-
-
 def run_client_bench(cfg: ClientBenchConfig, *, cifar10_path: Path, out: Callable[[str], None] = print) -> str:
     work = Path(tempfile.mkdtemp(prefix="tagsift-bench-client-"))
     try:
@@ -185,7 +169,7 @@ def run_client_bench(cfg: ClientBenchConfig, *, cifar10_path: Path, out: Callabl
                 admin = cfg.database_url
                 drop = None
                 if admin:
-                    url, drop = _fresh_database(admin)
+                    url, drop = fresh_database(admin, prefix="bench_client")
                     cfg_round = ClientBenchConfig(**{**cfg.__dict__, "database_url": url})
                 else:
                     cfg_round = cfg

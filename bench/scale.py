@@ -311,12 +311,12 @@ def summary_line(figs: list[SizeFigures]) -> str:
     )
 
 
-def _database(admin_url: str) -> tuple[str, Callable[[], None]]:
+def fresh_database(admin_url: str, prefix: str = "tagsift_bench_scale") -> tuple[str, Callable[[], None]]:
     """A fresh database on the server of ``admin_url``; returns its URL and a function that drops it."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    name = f"tagsift_bench_scale_{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
@@ -337,7 +337,7 @@ def run_scale_bench(cfg: ScaleBenchConfig, *, admin_url: str, out: Callable[[str
         raise ValueError("database_url: the scale bench measures PostgreSQL; give a postgresql+psycopg:// URL")
     if sorted(cfg.sizes) != cfg.sizes or len(cfg.sizes) < 2 or cfg.sizes[0] < 1:
         raise ValueError("sizes: at least two increasing sizes")
-    database_url, drop = _database(admin_url)
+    database_url, drop = fresh_database(admin_url)
     work = Path(tempfile.mkdtemp(prefix="tagsift-bench-scale-"))
     env = service_env(
         work / "var",

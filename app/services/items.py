@@ -149,10 +149,11 @@ def item_image(*, session: Session, storage: BlobStore, owner: Owner, item_id: s
         data = storage.get(item.sha256)
     except FileNotFoundError:
         raise NotFound(f"item {item_id}: the image blob is missing from storage", code="blob_missing") from None
-    return data, _media_type(data), item.sha256
+    return data, media_type(data), item.sha256
 
 
-def _media_type(data: bytes) -> str:
+def media_type(data: bytes) -> str:
+    """The media type of an image's bytes, by its leading bytes (``application/octet-stream`` when unknown)."""
     sigs = [
         (b"\xff\xd8\xff", "image/jpeg"),
         (b"\x89PNG\r\n\x1a\n", "image/png"),

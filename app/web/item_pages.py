@@ -20,22 +20,6 @@ from app.web.security import CsrfUserDep, UserDep
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
-#: Leading bytes of the image formats an upload may hold -> media type.
-MAGIC = [
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"GIF8", "image/gif"),
-    (b"BM", "image/bmp"),
-    (b"II*\x00", "image/tiff"),
-    (b"MM\x00*", "image/tiff"),
-]
-
-
-def media_type(data: bytes) -> str:
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return next((media for magic, media in MAGIC if data.startswith(magic)), "application/octet-stream")
-
 
 def safe_back(value: str | None, dataset_id: str) -> str:
     """Where "Back to review" goes: the review page the item was opened from (its filters kept), else the dataset's
@@ -60,7 +44,7 @@ async def original(item_id: str, user: UserDep, storage: StorageDep) -> Response
     sha = await run_in_threadpool(_sha, user.owner, item_id)
     data = await run_in_threadpool(storage.get, sha)
     headers = {"Cache-Control": "private, max-age=31536000, immutable", "ETag": f'"{sha}"'}
-    return Response(data, media_type=media_type(data), headers=headers)
+    return Response(data, media_type=items_service.media_type(data), headers=headers)
 
 
 @router.post("/items/{item_id}/decide")
