@@ -221,6 +221,9 @@ ATTACKS: dict[tuple[str, str], list[tuple[str, Attack]]] = {
             ),
         )
     ],
+    ("GET", "/datasets/{dataset_id}/refits"): [
+        ("the victim's refits", lambda a, v, m: a.get(f"/datasets/{v['dataset_id']}/refits"))
+    ],
     ("GET", "/items/{item_id}"): [("read", lambda a, v, m: a.get(f"/items/{v['item_id']}"))],
     ("PATCH", "/items/{item_id}"): [
         ("review", lambda a, v, m: a.patch(f"/items/{v['item_id']}", json={"label": "dog"}))
