@@ -26,5 +26,7 @@ def test_bench_ui_command_measures_the_review_page(cifar10_path: Path) -> None: 
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert len(re.findall(r"^run \d: review page with 24 items ready in [\d.]+ s", proc.stdout, re.MULTILINE)) == 3
     assert "over 5 keys (5 rows stored)" in proc.stdout
-    m = re.search(r"^ui review_ready_s=([\d.]+) map_ready_s=([\d.]+) lasso_s=([\d.]+) key_ms=([\d.]+)$", proc.stdout, re.M)
+    m = re.search(
+        r"^ui review_ready_s=([\d.]+) map_ready_s=([\d.]+) lasso_s=([\d.]+) key_ms=([\d.]+)$", proc.stdout, re.M
+    )
     assert m and all(float(x) > 0 for x in m.groups()), proc.stdout[-3000:]
