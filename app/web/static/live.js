@@ -74,6 +74,7 @@ document.addEventListener("DOMContentLoaded", function () {
       if (!res.ok) return;
       var body = res.body;
       status.textContent = describe(body);
+      status.title = status.textContent;  // the line is cut with an ellipsis when the row is narrow
       status.classList.toggle("error", !!(body.refit && body.refit.status === "failed"));
       var offer = document.querySelector("[data-live-offer]");
       if (offer) offer.hidden = !(body.refit && body.refit.error_code === "features_missing");
