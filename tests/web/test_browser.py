@@ -99,15 +99,19 @@ def _item(item_id: str) -> Item:
 
 
 def _settled_refit(dataset_id: str):
-    """The dataset's latest refit once none is queued or running (the live process works through them)."""
-    from app.models import Refit
+    """The dataset's latest refit once none is queued or running and it read every decision (the live process
+    works through them)."""
+    from app.models import Dataset, Refit
     from tests.worker.conftest import wait_for
 
     def settled():
         with session_scope() as session:
             refits = list(session.scalars(select(Refit).where(Refit.dataset_id == dataset_id).order_by(Refit.revision)))
+            seq = session.get(Dataset, dataset_id).decision_seq
         done = refits and all(r.status not in ("queued", "running") for r in refits)
-        return refits[-1] if done else None
+        # and the last one read every decision: a refit that finds decisions made while it ran queues one more just
+        # after its own commit, so "none queued" alone can be seen in between
+        return refits[-1] if done and refits[-1].decision_seq == seq else None
 
     return wait_for(settled, timeout=240, what="the live refits")
 
