@@ -17,6 +17,9 @@ Cifar10Path = Annotated[
     Path | None, typer.Option("--cifar10-path", help="CIFAR-10 JPEG archive (default TAGSIFT_CIFAR10_PATH).")
 ]
 CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Backbone cache (default TAGSIFT_MODEL_CACHE_DIR).")]
+FeatureDir = Annotated[
+    Path | None, typer.Option("--feature-dir", help="Feature cache (default <TAGSIFT_DATA_DIR>/features).")
+]
 ApiWorkers = Annotated[int, typer.Option("--api-workers", help="API processes (`tagsift serve --workers`).")]
 DatabaseUrl = Annotated[str, typer.Option("--database-url", help="PostgreSQL URL (default: SQLite).")]
 BrokerUrl = Annotated[str, typer.Option("--broker-url", help="Redis URL (default: SQLite broker).")]
@@ -89,9 +92,7 @@ def bench_reproduce(
     out: Annotated[Path, typer.Option("--out", help="Directory of the JSON results.")] = Path("bench-out"),
     cifar10_path: Cifar10Path = None,
     cache_dir: CacheDir = None,
-    feature_dir: Annotated[
-        Path | None, typer.Option("--feature-dir", help="Feature cache (default <data_dir>/features).")
-    ] = None,
+    feature_dir: FeatureDir = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Skip cells already on disk.")] = True,
     test_cached_only: Annotated[
         bool,
@@ -415,9 +416,7 @@ def bench_review(
     backbone: Annotated[str, typer.Option("--backbone", help="Backbone spec, or 'reference'.")] = "reference",
     cifar10_path: Cifar10Path = None,
     cache_dir: CacheDir = None,
-    feature_dir: Annotated[
-        Path | None, typer.Option("--feature-dir", help="Feature cache (default <TAGSIFT_DATA_DIR>/features).")
-    ] = None,
+    feature_dir: FeatureDir = None,
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Where review.json/.md/.png go.")] = Path("bench-out"),
     live: Annotated[bool, typer.Option("--live", help="Live refits every --every decisions against none.")] = False,
     qs: Annotated[str, typer.Option("--qs", help="--live: candidate-set flip rates.")] = "0.3,0.7",
@@ -567,9 +566,7 @@ def bench_quality(
     backbone: Annotated[str, typer.Option("--backbone", help="Backbone spec, or 'reference'.")] = "reference",
     cifar10_path: Cifar10Path = None,
     cache_dir: CacheDir = None,
-    feature_dir: Annotated[
-        Path | None, typer.Option("--feature-dir", help="Feature cache (default <TAGSIFT_DATA_DIR>/features).")
-    ] = None,
+    feature_dir: FeatureDir = None,
 ) -> None:
     """How close ml.quality's accuracy figure lands to the truth, with and without an audit (docs/quality.md)."""
     import torch
